@@ -1,0 +1,1 @@
+"""HTTP façades: thin routes over the services (OpenAI Files + Batches, models)."""

@@ -1,0 +1,61 @@
+"""The ASGI application: create_app(runtime) wires the routes, errors and the embedded engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from freight import __version__
+from freight.api import models, openai_batches, openai_files
+from freight.api.errors import install_error_handlers
+from freight.domain import ids
+from freight.runtime import Runtime
+
+log = logging.getLogger("freight.api")
+
+DEFAULT_PROJECT = "default"
+
+
+def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(runtime.engine.run(stop)) if run_engine else None
+        if not run_engine:
+            for backend in runtime.catalog.backends:
+                await backend.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            for backend in runtime.catalog.backends:
+                await backend.close()
+
+    app = FastAPI(title="freight", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_ids(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request_id = ids.new_request_id()
+        request.state.project = DEFAULT_PROJECT
+        response = await call_next(request)
+        response.headers["x-request-id"] = request_id
+        response.headers["request-id"] = request_id
+        return response
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    app.include_router(openai_files.router)
+    app.include_router(openai_batches.router)
+    app.include_router(models.router)
+    return app

@@ -1,0 +1,72 @@
+"""The one place that turns errors into HTTP responses in OpenAI's envelope.
+
+Every response of the OpenAI-style API that is not a success is
+``{"error": {"message", "type", "param", "code"}}`` with all four keys, and no traceback ever
+reaches a client: anything unexpected is logged and answered with a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from freight.domain.errors import FreightError
+from freight.wire.openai import error_envelope
+
+log = logging.getLogger("freight.api")
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_response(status: int, message: str, error_type: str | None = None, param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    headers = {}
+    if status in (400, 404, 409, 413, 415, 422):
+        # Deterministic: tell the SDKs (which retry 409) that asking again will not help.
+        headers["x-should-retry"] = "false"
+    body = error_envelope(message, error_type or _STATUS_TYPES.get(status, "server_error"), param, code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FreightError)
+    async def freight_error(_: Request, exc: FreightError) -> JSONResponse:
+        if exc.status_code >= 500:
+            log.error("internal error: %s", exc.message)
+            return error_response(500, "The server had an error while processing your request.", "server_error")
+        return error_response(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail) if exc.detail else "Request failed."
+        if exc.status_code == 404:
+            message = "Unknown request URL. Please check the URL and method."
+        elif exc.status_code == 405:
+            message = "Method not allowed for this URL."
+        return error_response(exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        return error_response(400, f"Invalid request: {first.get('msg', 'invalid input')}",
+                              param=".".join(loc) or None, code="invalid_value")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "The server had an error while processing your request.", "server_error")

@@ -1,0 +1,41 @@
+"""OpenAI Batch API: /v1/batches (shared/reference/batch-apis.md §2)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from freight.api.openai_files import _project, _runtime
+from freight.api.params import int_param, json_body, str_param
+from freight.wire import openai
+
+router = APIRouter()
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request) -> JSONResponse:
+    body = await json_body(request)
+    key = request.headers.get("idempotency-key")
+    batch = await run_in_threadpool(_runtime(request).batches.create, _project(request), body, key)
+    return JSONResponse(openai.batch_object(batch))
+
+
+@router.get("/v1/batches")
+async def list_batches(request: Request) -> JSONResponse:
+    limit = int_param(request, "limit", 20, 1, 100)
+    page = await run_in_threadpool(_runtime(request).batches.list, _project(request),
+                                   after=str_param(request, "after"), limit=limit)
+    return JSONResponse(openai.list_page([openai.batch_object(b) for b in page.items], page.has_more))
+
+
+@router.get("/v1/batches/{batch_id}")
+async def retrieve_batch(request: Request, batch_id: str) -> JSONResponse:
+    batch = await run_in_threadpool(_runtime(request).batches.get, _project(request), batch_id)
+    return JSONResponse(openai.batch_object(batch))
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
+    batch = await run_in_threadpool(_runtime(request).batches.cancel, _project(request), batch_id)
+    return JSONResponse(openai.batch_object(batch))

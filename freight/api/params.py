@@ -1,0 +1,60 @@
+"""Query-string and body parsing with errors in the protocol's shape (not FastAPI's 422)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from freight.domain.errors import InvalidInput
+from freight.wire import jsonx
+
+MAX_JSON_BODY_BYTES = 1024 * 1024
+
+
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidInput(f"Invalid value for '{name}': expected an integer, got {raw[:50]!r}.", param=name,
+                           code="invalid_value") from None
+    if not lo <= value <= hi:
+        raise InvalidInput(f"Invalid value for '{name}': must be between {lo} and {hi}, got {value}.", param=name,
+                           code="invalid_value")
+    return value
+
+
+def choice_param(request: Request, name: str, default: str | None, choices: tuple[str, ...]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw not in choices:
+        allowed = ", ".join(f"'{c}'" for c in choices)
+        raise InvalidInput(f"Invalid value for '{name}': {raw[:50]!r}. Supported values are: {allowed}.",
+                           param=name, code="invalid_value")
+    return raw
+
+
+def str_param(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name)
+    return raw or None
+
+
+async def json_body(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> Any:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidInput(f"The request body is larger than {max_bytes} bytes.", code="request_too_large")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data.strip():
+        return {}
+    try:
+        return jsonx.loads(data)
+    except jsonx.JSONDecodeError:
+        raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None

@@ -1,0 +1,129 @@
+"""Streaming multipart upload of ``POST /v1/files``: bytes go straight to a blob, never to memory.
+
+The size limit is enforced as the bytes arrive, so an oversized upload is cut off early.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from freight.domain.errors import InvalidInput, PayloadTooLarge
+from freight.ports import BlobWriter
+from freight.services.files import FileService
+
+MAX_FIELD_BYTES = 64 * 1024
+MAX_FIELDS = 32
+
+
+@dataclass
+class _Part:
+    name: str | None = None
+    filename: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class Upload:
+    fields: dict[str, str]
+    file_id: str | None
+    writer: BlobWriter | None
+    filename: str | None
+
+
+def _content_disposition(value: bytes) -> tuple[str | None, str | None]:
+    kind, params = parse_options_header(value)
+    name = params.get(b"name")
+    filename = params.get(b"filename")
+    return (name.decode("utf-8", "replace") if name is not None else None,
+            filename.decode("utf-8", "replace") if filename is not None else None)
+
+
+async def receive_upload(request: Request, files: FileService) -> Upload:
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data":
+        raise InvalidInput("Expected a multipart/form-data body with a 'file' part and a 'purpose' field.",
+                           param="file", code="invalid_content_type")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise InvalidInput("The multipart body has no boundary.", param="file", code="invalid_content_type")
+
+    fields: dict[str, str] = {}
+    part = _Part()
+    state: dict[str, Any] = {"file_id": None, "writer": None, "filename": None, "in_file": False}
+    limit = files.limits.max_upload_bytes
+
+    def on_part_begin() -> None:
+        nonlocal part
+        part = _Part()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        part.header_field += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        part.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        if bytes(part.header_field).lower() == b"content-disposition":
+            part.name, part.filename = _content_disposition(bytes(part.header_value))
+        part.header_field.clear()
+        part.header_value.clear()
+
+    def on_headers_finished() -> None:
+        if part.name == "file":
+            if state["writer"] is not None:
+                raise InvalidInput("Only one 'file' part is allowed.", param="file", code="invalid_value")
+            file_id, writer = files.new_upload()
+            state.update(file_id=file_id, writer=writer, filename=part.filename, in_file=True)
+        else:
+            state["in_file"] = False
+            if len(fields) >= MAX_FIELDS:
+                raise InvalidInput("Too many form fields.", code="invalid_value")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["in_file"]:
+            writer: BlobWriter = state["writer"]
+            writer.write(data[start:end])
+            if writer.size > limit:
+                raise PayloadTooLarge(f"The file is larger than the {limit} byte upload limit.", param="file",
+                                      code="file_too_large")
+        else:
+            part.data += data[start:end]
+            if len(part.data) > MAX_FIELD_BYTES:
+                raise InvalidInput(f"The form field {part.name!r} is too large.", param=part.name,
+                                   code="invalid_value")
+
+    def on_part_end() -> None:
+        if not state["in_file"] and part.name is not None:
+            fields[part.name] = part.data.decode("utf-8", "replace")
+        state["in_file"] = False
+
+    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_headers_finished": on_headers_finished,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    })
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+    except BaseException as exc:
+        if state["writer"] is not None:
+            state["writer"].abort()
+        if isinstance(exc, InvalidInput | PayloadTooLarge):
+            raise
+        if isinstance(exc, Exception):
+            raise InvalidInput(f"The multipart body could not be parsed: {exc}", param="file",
+                               code="invalid_multipart") from None
+        raise
+    return Upload(fields=fields, file_id=state["file_id"], writer=state["writer"], filename=state["filename"])

@@ -1,0 +1,1 @@
+"""The ``freight`` command line."""

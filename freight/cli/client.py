@@ -1,0 +1,222 @@
+"""Client commands against a freight (or any OpenAI-compatible) server over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from rich.table import Table
+
+from freight.cli.progress import BatchProgress, console
+from freight.wire import jsonx
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+class ApiError(click.ClickException):
+    exit_code = 1
+
+
+def _client(url: str | None, api_key: str | None) -> httpx.Client:
+    base = (url or os.environ.get("FREIGHT_URL") or DEFAULT_URL).rstrip("/")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    key = api_key or os.environ.get("FREIGHT_API_KEY") or "freight"
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},
+                        timeout=httpx.Timeout(600, connect=5))
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            message = error["message"]
+        except Exception:
+            message = response.text[:500]
+        raise ApiError(f"HTTP {response.status_code}: {message}")
+    return response.json()
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return _check(fn(*args, **kwargs))
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach the server: {exc}") from None
+
+
+url_option = click.option("--url", default=None, help=f"Server URL (env: FREIGHT_URL; default {DEFAULT_URL}).")
+key_option = click.option("--api-key", default=None, help="API key (env: FREIGHT_API_KEY).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON object.")
+
+
+def _ts(value: int | None) -> str:
+    return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _download(client: httpx.Client, file_id: str | None, dest: Path) -> Path | None:
+    if not file_id:
+        return None
+    tmp = dest.with_name(dest.name + ".part")
+    try:
+        with client.stream("GET", f"/files/{file_id}/content") as response:
+            if response.status_code >= 400:
+                response.read()
+                _check(response)
+            with open(tmp, "wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+    except httpx.HTTPError as exc:
+        raise ApiError(f"download failed: {exc}") from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def _download_batch(client: httpx.Client, batch: dict[str, Any], out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, suffix in (("output_file_id", "output"), ("error_file_id", "errors")):
+        path = _download(client, batch.get(key), out_dir / f"{batch['id']}_{suffix}.jsonl")
+        if path is not None:
+            paths.append(path)
+    return paths
+
+
+def _summary(batch: dict[str, Any]) -> str:
+    c = batch["request_counts"]
+    return f"{batch['id']} {batch['status']}: {c['completed']} succeeded, {c['failed']} failed of {c['total']}"
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--endpoint", default=None, help="Batch endpoint (default: the url of the input's lines).")
+@click.option("--completion-window", default="24h", show_default=True)
+@click.option("--metadata", "metadata", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--wait", is_flag=True, help="Show a live progress bar, then download the results.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where --wait puts the output and error files.")
+@url_option
+@key_option
+def submit(input_path: Path, endpoint: str | None, completion_window: str, metadata: tuple[str, ...], wait: bool,
+           output_dir: Path, url: str | None, api_key: str | None) -> None:
+    """Upload INPUT.jsonl and create a batch; print its id."""
+    from freight.cli.local_run import infer_endpoint
+
+    endpoint = endpoint or infer_endpoint(input_path)
+    meta = dict(item.split("=", 1) for item in metadata if "=" in item) or None
+    with _client(url, api_key) as client, open(input_path, "rb") as fh:
+        f = _call(client.post, "/files", files={"file": (input_path.name, fh, "application/jsonl")},
+                  data={"purpose": "batch"})
+        batch = _call(client.post, "/batches", json={"input_file_id": f["id"], "endpoint": endpoint,
+                                                      "completion_window": completion_window, "metadata": meta})
+        if not wait:
+            click.echo(batch["id"])
+            return
+        console.print(f"submitted {batch['id']}")
+        with BatchProgress(input_path.name) as bar:
+            while batch["status"] not in TERMINAL:
+                c = batch["request_counts"]
+                bar.update(batch["status"], c["total"], c["completed"], c["failed"])
+                time.sleep(0.5)
+                batch = _call(client.get, f"/batches/{batch['id']}")
+            c = batch["request_counts"]
+            bar.update(batch["status"], c["total"], c["completed"], c["failed"])
+        console.print(_summary(batch))
+        _report_errors(batch)
+        for path in _download_batch(client, batch, output_dir):
+            console.print(f"  {path}")
+        click.echo(batch["id"])
+        if batch["status"] == "failed":
+            sys.exit(1)
+        if batch["request_counts"]["failed"]:
+            sys.exit(3)
+
+
+def _report_errors(batch: dict[str, Any]) -> None:
+    for e in (batch.get("errors") or {}).get("data", []):
+        where = f"line {e['line']}" if e.get("line") else "file"
+        console.print(f"  {where}: {e['code']}" + (f" ({e['param']})" if e.get("param") else "") + f": {e['message']}")
+
+
+@click.command()
+@click.argument("batch_id")
+@url_option
+@key_option
+@json_option
+def status(batch_id: str, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """Show one batch."""
+    with _client(url, api_key) as client:
+        batch = _call(client.get, f"/batches/{batch_id}")
+    if as_json:
+        click.echo(jsonx.dumps(batch).decode())
+        return
+    c = batch["request_counts"]
+    table = Table(show_header=False, box=None)
+    for key, value in (
+        ("id", batch["id"]), ("status", batch["status"]), ("endpoint", batch["endpoint"]),
+        ("model", batch["model"] or "-"), ("requests", f"{c['completed']} succeeded, {c['failed']} failed "
+                                                       f"of {c['total']}"),
+        ("created", _ts(batch["created_at"])), ("expires", _ts(batch["expires_at"])),
+        ("output file", batch["output_file_id"] or "-"), ("error file", batch["error_file_id"] or "-"),
+    ):
+        table.add_row(f"[bold]{key}[/bold]", str(value))
+    console.print(table)
+    _report_errors(batch)
+
+
+@click.command(name="list")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@url_option
+@key_option
+@json_option
+def list_(limit: int, url: str | None, api_key: str | None, as_json: bool) -> None:
+    """List batches, newest first."""
+    with _client(url, api_key) as client:
+        page = _call(client.get, "/batches", params={"limit": limit})
+    if as_json:
+        click.echo(jsonx.dumps(page).decode())
+        return
+    table = Table("id", "status", "endpoint", "done", "failed", "total", "created")
+    for b in page["data"]:
+        c = b["request_counts"]
+        table.add_row(b["id"], b["status"], b["endpoint"], str(c["completed"]), str(c["failed"]), str(c["total"]),
+                      _ts(b["created_at"]))
+    console.print(table)
+
+
+@click.command()
+@click.argument("batch_id")
+@url_option
+@key_option
+def cancel(batch_id: str, url: str | None, api_key: str | None) -> None:
+    """Cancel a batch: nothing new starts; finished results are kept."""
+    with _client(url, api_key) as client:
+        batch = _call(client.post, f"/batches/{batch_id}/cancel")
+    click.echo(_summary(batch))
+
+
+@click.command()
+@click.argument("batch_id")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True)
+@url_option
+@key_option
+def download(batch_id: str, output_dir: Path, url: str | None, api_key: str | None) -> None:
+    """Download a batch's output and error files."""
+    with _client(url, api_key) as client:
+        batch = _call(client.get, f"/batches/{batch_id}")
+        paths = _download_batch(client, batch, output_dir)
+    console.print(_summary(batch))
+    if not paths:
+        console.print("no result files yet" if batch["status"] not in TERMINAL else "the batch has no result files")
+    for path in paths:
+        click.echo(str(path))
+
+
+client_commands = [submit, status, list_, cancel, download]

@@ -1,0 +1,129 @@
+"""``freight run``: a durable local batch without a server.
+
+The batch is keyed by the input's content, the endpoint and the output path: started again with
+the same arguments (after Ctrl-C, kill -9 or a crash) it finds its batch in the data dir and
+carries on; requests that already have a result never run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from freight.domain.batches import TERMINAL, Batch, BatchStatus
+from freight.domain.errors import InvalidInput
+from freight.runtime import Runtime
+from freight.wire import jsonx
+
+PROJECT = "local"
+
+
+@dataclass
+class RunOutcome:
+    batch: Batch
+    output_path: Path
+    errors_path: Path
+    elapsed_s: float
+    resumed: bool
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def infer_endpoint(path: Path) -> str:
+    """The url of the first line that has one (every line must match it; validation checks)."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                obj = jsonx.loads(raw.lstrip(b"\xef\xbb\xbf"))
+            except jsonx.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("url"), str):
+                return str(obj["url"])
+    raise InvalidInput("Cannot tell the endpoint from the input (no line has a 'url'); pass --endpoint.")
+
+
+def _copy_blob(rt: Runtime, file_id: str | None, dest: Path) -> None:
+    tmp = dest.with_name(dest.name + ".tmp")
+    with open(tmp, "wb") as out:
+        if file_id is not None:
+            key = rt.store.file_blob_key(file_id)
+            if key is not None:
+                with rt.blobs.open(key) as fh:
+                    while chunk := fh.read(1 << 20):
+                        out.write(chunk)
+    os.replace(tmp, dest)
+
+
+def prepare(rt: Runtime, input_path: Path, output_path: Path, endpoint: str, window: str) -> tuple[Batch, bool]:
+    key = "run:" + hashlib.sha256(
+        f"{_digest(input_path)}|{endpoint}|{output_path.resolve()}".encode()).hexdigest()
+    existing = rt.store.find_batch(PROJECT, key)
+    if existing is not None:
+        return existing, True
+    file_id, writer = rt.files.new_upload()
+    try:
+        with open(input_path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                writer.write(chunk)
+    except BaseException:
+        writer.abort()
+        raise
+    f = rt.files.finish_upload(PROJECT, file_id, writer, filename=input_path.name, purpose="batch",
+                               expires_after_s=None)
+    batch = rt.batches.create(PROJECT, {"input_file_id": f.id, "endpoint": endpoint, "completion_window": window},
+                              idempotency_key=key)
+    return batch, False
+
+
+async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll_s: float = 0.25) -> Batch:
+    """Run the engine until this batch is terminal; call ``on_progress(batch)`` as it moves."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    engine_task = asyncio.create_task(rt.engine.run(stop))
+    try:
+        while True:
+            batch = await asyncio.to_thread(rt.store.get_batch, PROJECT, batch_id)
+            assert batch is not None
+            if callable(on_progress):
+                on_progress(batch)
+            if batch.status in TERMINAL or stop.is_set() or engine_task.done():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+    finally:
+        stop.set()
+        await engine_task
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        for backend in rt.catalog.backends:
+            await backend.close()
+    return batch
+
+
+def deliver(rt: Runtime, batch: Batch, output_path: Path, errors_path: Path) -> None:
+    if batch.status is BatchStatus.FAILED:
+        return
+    _copy_blob(rt, batch.output_file_id, output_path)
+    _copy_blob(rt, batch.error_file_id, errors_path)
+
+
+def elapsed_since(start: float) -> float:
+    return time.monotonic() - start

@@ -1,0 +1,195 @@
+"""``freight``: serve, run a local batch, validate a file, and drive a server.
+
+Exit status: 0 success; 1 an error (or a batch that failed validation); 2 a usage error;
+3 a batch that finished with failed requests; 130 interrupted (run it again to resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from freight import __version__
+from freight.cli.client import client_commands
+from freight.cli.progress import BatchProgress, console
+from freight.domain.batches import BatchStatus
+from freight.domain.errors import FreightError
+from freight.wire.batch_input import BatchInputValidator, iter_lines
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _settings(config: Path | None, data_dir: Path | None, **kw: Any) -> Any:
+    from freight.config import load_settings
+
+    return load_settings(config, data_dir=data_dir, **kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="freight")
+@click.option("-v", "--verbose", is_flag=True, help="Log more, and show tracebacks of errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """freight: the bulk lane for AI work (OpenAI-compatible batch inference)."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                             help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
+data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                               help="Where freight keeps its database and files (env: FREIGHT_DATA_DIR).")
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind (env: FREIGHT_HOST; default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port to bind (env: FREIGHT_PORT; default 8080).")
+@data_dir_option
+@config_option
+def serve(host: str | None, port: int | None, data_dir: Path | None, config: Path | None) -> None:
+    """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
+    import uvicorn
+
+    from freight.api.app import create_app
+    from freight.runtime import build_runtime
+
+    settings = _settings(config, data_dir, host=host, port=port)
+    runtime = build_runtime(settings)
+    app = create_app(runtime)
+    models = ", ".join(m.id for m in runtime.catalog.models())
+    console.print(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
+                  f"(data: {settings.data_dir}; models: {models})")
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+    finally:
+        runtime.close()
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the output lines (succeeded requests), in input order.")
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the error lines (default: OUTPUT with .errors.jsonl).")
+@click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
+@click.option("--completion-window", default="30d", show_default=True, help="Deadline for the whole batch.")
+@data_dir_option
+@config_option
+def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint: str | None,
+        completion_window: str, data_dir: Path | None, config: Path | None) -> None:
+    """Run a batch file locally, durably: interrupted, the same command resumes it."""
+    from freight.cli import local_run
+    from freight.config import default_data_dir
+    from freight.runtime import build_runtime
+
+    if errors_path is None:
+        name = output_path.name.removesuffix(".jsonl")
+        errors_path = output_path.with_name(name + ".errors.jsonl")
+    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"))
+    endpoint = endpoint or local_run.infer_endpoint(input_path)
+    started = time.monotonic()
+    runtime = build_runtime(settings)
+    try:
+        batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
+        if resumed:
+            console.print(f"resuming {batch.id} ({batch.status}, {batch.request_counts.completed + batch.request_counts.failed}"
+                          f"/{batch.request_counts.total} done)")
+        with BatchProgress(input_path.name) as bar:
+            def show(b: Any) -> None:
+                c = b.request_counts
+                bar.update(str(b.status), c.total, c.completed, c.failed)
+
+            batch = asyncio.run(local_run.run_batch(runtime, batch.id, show))
+        local_run.deliver(runtime, batch, output_path, errors_path)
+    finally:
+        runtime.close()
+    elapsed = time.monotonic() - started
+    counts = batch.request_counts
+    if batch.status not in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED):
+        console.print(f"interrupted: {batch.id} is {batch.status}; run the same command again to resume.")
+        sys.exit(130)
+    if batch.status is BatchStatus.FAILED:
+        console.print(f"[red]batch {batch.id} failed validation:[/red]")
+        for e in batch.errors or []:
+            where = f"line {e.line}" if e.line else "file"
+            console.print(f"  {where}: {e.code}" + (f" ({e.param})" if e.param else "") + f": {e.message}")
+        sys.exit(1)
+    rate = counts.total / elapsed if elapsed > 0 else 0.0
+    console.print(f"[bold]{batch.status}[/bold] {batch.id}: {counts.total} requests, {counts.completed} succeeded, "
+                  f"{counts.failed} failed in {elapsed:.1f}s ({rate:.0f} requests/s)")
+    console.print(f"  output: {output_path}")
+    console.print(f"  errors: {errors_path}")
+    print(output_path)
+    if counts.failed:
+        sys.exit(3)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
+@config_option
+def validate(input_path: Path, endpoint: str | None, config: Path | None) -> None:
+    """Check a batch file offline; print every problem with its line number."""
+    from freight.backends import build_backends
+    from freight.cli import local_run
+    from freight.services.catalog import ModelCatalog
+
+    settings = _settings(config, None)
+    catalog = ModelCatalog(build_backends(settings.model_tables()))
+    try:
+        endpoint = endpoint or local_run.infer_endpoint(input_path)
+    except FreightError:
+        endpoint = "/v1/chat/completions"
+    limits = settings.input_limits
+    validator = BatchInputValidator(endpoint=endpoint, model_check=catalog.check, limits=limits)
+    with open(input_path, "rb") as fh:
+        for raw in iter_lines(fh, limits.max_line_bytes):
+            validator.feed(raw)
+    problems = validator.finish()
+    for p in problems:
+        where = f"line {p.line}" if p.line else "file"
+        click.echo(f"{input_path}:{where}: {p.code}" + (f" ({p.param})" if p.param else "") + f": {p.message}")
+    if validator.problem_count > len(problems):
+        click.echo(f"... and {validator.problem_count - len(problems)} more problems")
+    if problems:
+        click.echo(f"{validator.problem_count} problem(s); {validator.request_count} valid request(s).", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+
+
+for command in client_commands:
+    cli.add_command(command)
+
+
+def main() -> None:
+    verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FreightError as exc:
+        if verbose:
+            console.print_exception()
+        console.print(f"[red]error:[/red] {exc.message}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # the CLI's last-resort handler: a message, the traceback only with -v
+        if verbose:
+            console.print_exception()
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(1)

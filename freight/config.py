@@ -1,0 +1,166 @@
+"""Settings: one object built at start-up from freight.toml, FREIGHT_* variables and flags.
+
+Precedence: command-line flag > environment variable > freight.toml > default. Nothing deeper
+in the code reads the environment; secrets are read from variables named in the config
+(``api_key_env``), never written in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from freight.domain.durations import parse_duration_s
+from freight.domain.errors import ConfigError
+from freight.domain.retry import RetryPolicy
+from freight.engine.engine import EngineSettings
+from freight.services.batches import WindowLimits
+from freight.services.files import UploadLimits
+from freight.wire.batch_input import InputLimits
+
+DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("freight", appauthor=False))
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input_limits: InputLimits = field(default_factory=InputLimits)
+    upload: UploadLimits = field(default_factory=UploadLimits)
+    window: WindowLimits = field(default_factory=WindowLimits)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    sqlite_synchronous: str = "FULL"
+    config_path: Path | None = None
+
+    def model_tables(self) -> dict[str, dict[str, Any]]:
+        """The configured models, or the bundled default when none are configured."""
+        if self.models:
+            return self.models
+        return {DEFAULT_EMBEDDING_MODEL: {"backend": "local-embeddings"}}
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = table.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _duration(value: Any, where: str) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return parse_duration_s(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def find_config(explicit: Path | None, env: dict[str, str]) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file not found: {explicit}")
+        return explicit
+    if env.get("FREIGHT_CONFIG"):
+        return find_config(Path(env["FREIGHT_CONFIG"]), {})
+    local = Path("freight.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    env = dict(os.environ) if env is None else env
+    path = find_config(config, env)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+    unknown = set(data) - {"server", "limits", "engine", "models"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
+    server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
+    models = _section(data, "models")
+    for name, table in models.items():
+        if not isinstance(table, dict) or "backend" not in table:
+            raise ConfigError(f"[models.\"{name}\"] needs a 'backend' key")
+
+    settings = Settings(config_path=path)
+    settings.models = {str(k): dict(v) for k, v in models.items()}
+    if server.get("data_dir"):
+        settings.data_dir = Path(str(server["data_dir"])).expanduser()
+    if env.get("FREIGHT_DATA_DIR"):
+        settings.data_dir = Path(env["FREIGHT_DATA_DIR"]).expanduser()
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    settings.host = host or env.get("FREIGHT_HOST") or _take(server, "host", str, "server") or settings.host
+    port_value = port or env.get("FREIGHT_PORT") or _take(server, "port", int, "server") or settings.port
+    try:
+        settings.port = int(port_value)
+    except ValueError:
+        raise ConfigError(f"port must be a number, got {port_value!r}") from None
+    settings.public_url = env.get("FREIGHT_PUBLIC_URL") or _take(server, "public_url", str, "server")
+    settings.sqlite_synchronous = _take(server, "sqlite_synchronous", str, "server") or "FULL"
+
+    il = InputLimits()
+    settings.input_limits = InputLimits(
+        max_lines=_take(limits, "max_lines", int, "limits") or il.max_lines,
+        max_bytes=_take(limits, "max_input_bytes", int, "limits") or il.max_bytes,
+        max_line_bytes=_take(limits, "max_line_bytes", int, "limits") or il.max_line_bytes,
+        max_custom_id_chars=_take(limits, "max_custom_id_chars", int, "limits") or il.max_custom_id_chars,
+        max_reported_errors=_take(limits, "max_reported_errors", int, "limits") or il.max_reported_errors,
+    )
+    settings.upload = UploadLimits(
+        max_upload_bytes=_take(limits, "max_upload_bytes", int, "limits") or UploadLimits().max_upload_bytes,
+        input=settings.input_limits,
+    )
+    wl = WindowLimits()
+    settings.window = WindowLimits(
+        min_s=_duration(limits["completion_window_min"], "limits.completion_window_min")
+        if "completion_window_min" in limits else wl.min_s,
+        max_s=_duration(limits["completion_window_max"], "limits.completion_window_max")
+        if "completion_window_max" in limits else wl.max_s,
+    )
+    es = EngineSettings()
+    rp = RetryPolicy()
+    try:
+        retry = RetryPolicy(
+            max_attempts=_take(engine, "max_attempts", int, "engine") or rp.max_attempts,
+            base_delay_s=float(_take(engine, "retry_base_delay_s", (int, float), "engine") or rp.base_delay_s),
+            max_delay_s=float(_take(engine, "retry_max_delay_s", (int, float), "engine") or rp.max_delay_s),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[engine]: {exc}") from None
+    settings.engine = EngineSettings(
+        lease_s=float(_take(engine, "lease_s", (int, float), "engine") or es.lease_s),
+        poll_interval_s=float(_take(engine, "poll_interval_s", (int, float), "engine") or es.poll_interval_s),
+        drain_timeout_s=float(_take(engine, "drain_timeout_s", (int, float), "engine") or es.drain_timeout_s),
+        retry=retry,
+        input_limits=settings.input_limits,
+    )
+    return settings

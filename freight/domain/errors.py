@@ -1,0 +1,70 @@
+"""Errors of freight's own making (failures of one request are data, not exceptions).
+
+The tree::
+
+    FreightError
+    ├── InvalidInput        the caller sent something wrong (HTTP 400)
+    ├── NotFound            no such file or batch for this caller (HTTP 404)
+    ├── Conflict            the object is in a state that forbids the operation (HTTP 409)
+    ├── PayloadTooLarge     an upload or body is over its configured limit (HTTP 413)
+    ├── ConfigError         freight.toml or a setting is wrong (startup)
+    ├── BackendError        a backend could not run a request (retried by the engine)
+    └── StoreError          the store failed (disk full, locked, corrupt)
+"""
+
+from __future__ import annotations
+
+
+class FreightError(Exception):
+    """Something went wrong inside freight."""
+
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(self, message: str | None = None, *, param: str | None = None, code: str | None = None):
+        self.message = message or (self.__doc__ or "").strip()
+        self.param = param
+        self.code = code
+        super().__init__(self.message)
+
+
+class InvalidInput(FreightError):
+    """The request is invalid."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class NotFound(FreightError):
+    """No such object."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+
+
+class Conflict(FreightError):
+    """The object's current state does not allow this operation."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
+class PayloadTooLarge(FreightError):
+    """The upload is larger than the configured limit."""
+
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class ConfigError(FreightError):
+    """The configuration is invalid."""
+
+
+class BackendError(FreightError):
+    """A backend failed to execute a request; the engine treats it as transient."""
+
+    status_code = 502
+
+
+class StoreError(FreightError):
+    """The store failed."""

@@ -1,0 +1,54 @@
+"""Prefixed random ids ("file-…", "batch_…") and the patterns that recognise them.
+
+Ids are generated here and only here; an id that comes from a client is checked against its
+pattern before it reaches a store, so no user-supplied string ever names a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+
+FILE_PREFIX = "file-"
+BATCH_PREFIX = "batch_"
+BATCH_REQUEST_PREFIX = "batch_req_"
+REQUEST_PREFIX = "req_"
+
+_ID_BODY = r"[a-f0-9]{24}"
+FILE_ID_RE = re.compile(rf"^file-{_ID_BODY}$")
+BATCH_ID_RE = re.compile(rf"^batch_{_ID_BODY}$")
+
+
+def _random() -> str:
+    return secrets.token_hex(12)
+
+
+def new_file_id() -> str:
+    return FILE_PREFIX + _random()
+
+
+def new_batch_id() -> str:
+    return BATCH_PREFIX + _random()
+
+
+def new_request_id() -> str:
+    return REQUEST_PREFIX + _random()
+
+
+def new_attempt_id() -> str:
+    return secrets.token_hex(8)
+
+
+def batch_request_id(batch_id: str, idx: int) -> str:
+    """The output line's "id": stable for a request across retries and restarts."""
+    digest = hashlib.blake2b(f"{batch_id}/{idx}".encode(), digest_size=12).hexdigest()
+    return BATCH_REQUEST_PREFIX + digest
+
+
+def is_file_id(value: str) -> bool:
+    return bool(FILE_ID_RE.match(value))
+
+
+def is_batch_id(value: str) -> bool:
+    return bool(BATCH_ID_RE.match(value))

@@ -1,0 +1,329 @@
+"""The engine loop: advance every active batch, and keep each backend busy with claimed work.
+
+Two kinds of task run on the event loop:
+
+- ``tick`` (on every wake-up, at least every ``poll_interval_s``) looks at each active batch and
+  moves it along its status machine: ingest a validating batch, finalize a finished one, close
+  out an expired or cancelled one;
+- one dispatcher per backend claims chunks of requests (round-robin across batches, so one big
+  batch cannot starve the others) and runs up to ``backend.max_concurrency`` chunks at once.
+
+Every store call runs in a worker thread. Results are stored only by the attempt that holds the
+claim, so a chunk that outlives its lease (or its batch's deadline) can never overwrite or
+double a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random as _random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from freight.domain import ids
+from freight.domain.batches import Batch, BatchStatus
+from freight.domain.clock import Clock
+from freight.domain.requests import (
+    BATCH_CANCELLED,
+    BATCH_EXPIRED,
+    NEVER_RAN_MESSAGES,
+    ClaimedRequest,
+    Failure,
+    Result,
+)
+from freight.domain.retry import RetryPolicy, is_transient_status
+from freight.engine.finalize import finalize_batch
+from freight.engine.ingest import ingest_batch
+from freight.ports import Backend, BlobStore, Completion, Retry, Store
+from freight.services.catalog import ModelCatalog
+from freight.wire import jsonx
+from freight.wire.batch_input import InputLimits
+
+log = logging.getLogger("freight.engine")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    #: How long a claim is valid without renewal (renewed every third of it while running).
+    lease_s: float = 120.0
+    #: Longest sleep between two looks at the store when nothing wakes the engine.
+    poll_interval_s: float = 0.2
+    #: How long cancel and expiry wait for in-flight requests before abandoning them.
+    drain_timeout_s: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    input_limits: InputLimits = field(default_factory=InputLimits)
+
+
+class Engine:
+    def __init__(
+        self,
+        store: Store,
+        blobs: BlobStore,
+        catalog: ModelCatalog,
+        clock: Clock,
+        settings: EngineSettings | None = None,
+        *,
+        owner: str | None = None,
+        random: Callable[[], float] = _random.random,
+    ):
+        self.store = store
+        self.blobs = blobs
+        self.catalog = catalog
+        self.clock = clock
+        self.settings = settings or EngineSettings()
+        self.owner = owner or ids.new_attempt_id()
+        self._random = random
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._work: dict[int, asyncio.Event] = {}
+        self._runnable: dict[int, list[Batch]] = {}
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.errors: int = 0
+
+    # ---- waking ------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Ask the engine to look at the store now (safe to call from any thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake_now()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake.set()
+        for event in self._work.values():
+            event.set()
+
+    # ---- main loop ---------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None, until: Callable[[], bool] | None = None) -> None:
+        """Run until ``stop`` is set or ``until()`` is true after a tick."""
+        self._loop = asyncio.get_running_loop()
+        for backend in self.catalog.backends:
+            await backend.start()
+        dispatchers = [asyncio.create_task(self._dispatch(b)) for b in self.catalog.backends]
+        stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
+        try:
+            while stop is None or not stop.is_set():
+                self._wake.clear()
+                try:
+                    await self.tick()
+                except Exception:
+                    self.errors += 1
+                    log.exception("engine tick failed; retrying", extra={"event": "tick_failed"})
+                if until is not None and until():
+                    break
+                waits: list[asyncio.Task[object]] = [asyncio.create_task(self._wake.wait())]
+                if stop_wait is not None:
+                    waits.append(stop_wait)  # type: ignore[arg-type]
+                done, _ = await asyncio.wait(waits, timeout=self.settings.poll_interval_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waits[0].cancel()
+        finally:
+            if stop_wait is not None:
+                stop_wait.cancel()
+            for task in dispatchers:
+                task.cancel()
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
+
+    async def tick(self) -> None:
+        batches = await asyncio.to_thread(self.store.active_batches)
+        runnable: dict[int, list[Batch]] = {}
+        now = self.clock.now()
+        for batch in batches:
+            if batch.id in self._busy:
+                if batch.status is BatchStatus.IN_PROGRESS:
+                    self._add_runnable(runnable, batch)
+                continue
+            if batch.status is BatchStatus.VALIDATING:
+                self._spawn(batch.id, self._ingest(batch))
+            elif batch.status is BatchStatus.IN_PROGRESS:
+                if now >= batch.expires_at:
+                    self._spawn(batch.id, self._close(batch, BatchStatus.EXPIRED, batch.expires_at))
+                    continue
+                self._add_runnable(runnable, batch)
+                counts = batch.request_counts
+                if counts.completed + counts.failed >= counts.total:
+                    self._spawn(batch.id, self._finish(batch))
+            elif batch.status is BatchStatus.FINALIZING:
+                self._spawn(batch.id, self._finish(batch))
+            elif batch.status is BatchStatus.CANCELLING:
+                self._spawn(batch.id, self._close(batch, BatchStatus.CANCELLED, batch.cancelling_at or now))
+        self._runnable = runnable
+        for event in self._work.values():
+            event.set()
+
+    def _add_runnable(self, runnable: dict[int, list[Batch]], batch: Batch) -> None:
+        backend = self.catalog.backend_for(batch.model) if batch.model else None
+        if backend is not None:
+            runnable.setdefault(id(backend), []).append(batch)
+
+    def _spawn(self, batch_id: str, coro: object) -> None:
+        self._busy.add(batch_id)
+
+        async def guarded() -> None:
+            try:
+                await coro  # type: ignore[misc]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.errors += 1
+                log.exception("batch step failed; will retry", extra={"event": "batch_step_failed",
+                                                                      "batch_id": batch_id})
+            finally:
+                self._busy.discard(batch_id)
+                self.wake()
+
+        task = asyncio.create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- batch steps -------------------------------------------------------------------
+    async def _ingest(self, batch: Batch) -> None:
+        started = await asyncio.to_thread(
+            ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock
+        )
+        log.info("batch validated", extra={"event": "batch_validated", "batch_id": batch.id, "ok": started})
+
+    async def _finish(self, batch: Batch) -> None:
+        pending, running = await asyncio.to_thread(self.store.open_counts, batch.id)
+        if pending or running:
+            return
+        if batch.status is BatchStatus.IN_PROGRESS:
+            moved = await asyncio.to_thread(
+                self.store.set_status, batch.id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING,
+                int(self.clock.now()))
+            if moved is None:
+                return
+        await asyncio.to_thread(
+            finalize_batch, batch, self.store, self.blobs, self.clock, [BatchStatus.FINALIZING], BatchStatus.COMPLETED
+        )
+        log.info("batch completed", extra={"event": "batch_completed", "batch_id": batch.id})
+
+    async def _close(self, batch: Batch, final: BatchStatus, since: float) -> None:
+        """Expiry or cancellation: nothing new starts; in-flight work drains, then the files."""
+        code = BATCH_EXPIRED if final is BatchStatus.EXPIRED else BATCH_CANCELLED
+        never_ran = Result.never_ran(code, NEVER_RAN_MESSAGES[code])
+        await asyncio.to_thread(self.store.close_unstarted, batch.id, never_ran, False)
+        _, running = await asyncio.to_thread(self.store.open_counts, batch.id)
+        if running:
+            if self.clock.now() < since + self.settings.drain_timeout_s:
+                return
+            abandoned = Result.never_ran(
+                code, NEVER_RAN_MESSAGES[code] + f" It was still running after {self.settings.drain_timeout_s:g}s "
+                "and its result was abandoned.")
+            await asyncio.to_thread(self.store.close_unstarted, batch.id, abandoned, True)
+        await asyncio.to_thread(finalize_batch, batch, self.store, self.blobs, self.clock, [batch.status], final)
+        log.info("batch closed", extra={"event": f"batch_{final}", "batch_id": batch.id})
+
+    # ---- execution ---------------------------------------------------------------------
+    async def _dispatch(self, backend: Backend) -> None:
+        key = id(backend)
+        work = self._work.setdefault(key, asyncio.Event())
+        slots = asyncio.Semaphore(max(1, backend.max_concurrency))
+        turn = 0
+        while True:
+            await slots.acquire()
+            got: tuple[Batch, list[ClaimedRequest]] | None = None
+            candidates = self._runnable.get(key, [])
+            try:
+                for i in range(len(candidates)):
+                    batch = candidates[(turn + i) % len(candidates)]
+                    claimed = await asyncio.to_thread(
+                        self.store.claim, batch.id, self.owner, self.clock.now(), self.settings.lease_s,
+                        backend.chunk_size, self.settings.retry.max_attempts)
+                    if claimed:
+                        got = (batch, claimed)
+                        turn = turn + i + 1
+                        break
+            except Exception:
+                self.errors += 1
+                log.exception("claim failed", extra={"event": "claim_failed"})
+            if got is None:
+                slots.release()
+                work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(work.wait(), timeout=self.settings.poll_interval_s)
+                continue
+            task = asyncio.create_task(self._run_chunk(backend, *got))
+            self._tasks.add(task)
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._tasks.discard(t)
+                slots.release()
+
+            task.add_done_callback(done)
+
+    async def _renew(self, batch_id: str, attempt_ids: list[str]) -> None:
+        every = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            await asyncio.to_thread(self.store.renew, batch_id, attempt_ids, self.clock.now() + self.settings.lease_s)
+
+    async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest]) -> None:
+        renewer = asyncio.create_task(self._renew(batch.id, [c.attempt_id for c in claimed]))
+        try:
+            bodies = [jsonx.loads(c.body) for c in claimed]
+            try:
+                results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
+                if len(results) != len(bodies):
+                    raise RuntimeError(f"backend returned {len(results)} results for {len(bodies)} requests")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("backend call failed", exc_info=True, extra={"event": "backend_failed",
+                                                                          "batch_id": batch.id})
+                results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
+            completions, retries = self._decide(claimed, results)
+            if completions:
+                await asyncio.to_thread(self.store.complete, batch.id, completions)
+            if retries:
+                await asyncio.to_thread(self.store.retry_later, batch.id, retries)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The results are lost with this chunk, but the leases expire and the requests run again.
+            self.errors += 1
+            log.exception("storing results failed", extra={"event": "store_failed", "batch_id": batch.id})
+        finally:
+            renewer.cancel()
+        self.wake()
+
+    def _decide(
+        self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure]
+    ) -> tuple[list[Completion], list[Retry]]:
+        completions: list[Completion] = []
+        retries: list[Retry] = []
+        now = self.clock.now()
+        for request, result in zip(claimed, results, strict=True):
+            transient = isinstance(result, Failure) or (
+                result.status_code is not None and is_transient_status(result.status_code))
+            if not transient:
+                assert isinstance(result, Result)
+                completions.append(Completion(request.idx, request.attempt_id, result))
+                continue
+            decision = self.settings.retry.decide(request.attempts, self._random)
+            why = (f"{result.code}: {result.message}" if isinstance(result, Failure)
+                   else f"HTTP {result.status_code}")
+            if decision is not None:
+                retries.append(Retry(request.idx, request.attempt_id, now + decision.delay_s, why))
+                continue
+            if isinstance(result, Failure):
+                final = Result.never_ran(
+                    result.code, f"{result.message} (gave up after {request.attempts} attempts)")
+            else:
+                final = result
+            completions.append(Completion(request.idx, request.attempt_id, final))
+        return completions, retries

@@ -1,0 +1,81 @@
+"""Writing a batch's output and error files, in input order, then its terminal status.
+
+Runs in a worker thread. Idempotent: the files get fresh ids each time and are recorded together
+with the status in one store transaction, so a crash before that leaves only unreferenced bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from freight.domain import ids
+from freight.domain.batches import Batch, BatchStatus
+from freight.domain.clock import Clock
+from freight.domain.files import File, FileStatus
+from freight.domain.requests import Outcome
+from freight.ports import BlobStore, BlobWriter, Store
+from freight.wire.batch_output import result_line
+
+READ_CHUNK = 1000
+WRITE_BUFFER = 1 << 20
+
+
+class _Sink:
+    def __init__(self, writer: BlobWriter):
+        self.writer = writer
+        self.buffer: list[bytes] = []
+        self.pending = 0
+        self.lines = 0
+
+    def add(self, line: bytes) -> None:
+        self.buffer.append(line)
+        self.pending += len(line)
+        self.lines += 1
+        if self.pending >= WRITE_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.writer.write(b"".join(self.buffer))
+            self.buffer = []
+            self.pending = 0
+
+
+def finalize_batch(
+    batch: Batch, store: Store, blobs: BlobStore, clock: Clock, expected: Sequence[BatchStatus], final: BatchStatus
+) -> bool:
+    out_id, err_id = ids.new_file_id(), ids.new_file_id()
+    out, err = _Sink(blobs.writer(out_id)), _Sink(blobs.writer(err_id))
+    try:
+        after = -1
+        while True:
+            chunk = store.results(batch.id, after, READ_CHUNK)
+            if not chunk:
+                break
+            for stored in chunk:
+                line = result_line(ids.batch_request_id(batch.id, stored.idx), stored.custom_id, stored.result)
+                (out if stored.result.outcome is Outcome.SUCCEEDED else err).add(line)
+            after = chunk[-1].idx
+        files: list[tuple[File, str] | None] = []
+        now = int(clock.now())
+        expires_at = now + batch.output_expires_after_s if batch.output_expires_after_s else None
+        for sink, file_id, kind in ((out, out_id, "output"), (err, err_id, "error")):
+            sink.flush()
+            if sink.lines == 0:
+                sink.writer.abort()
+                files.append(None)
+                continue
+            size = sink.writer.commit()
+            f = File(id=file_id, project=batch.project, filename=f"{batch.id}_{kind}.jsonl", purpose="batch_output",
+                     bytes=size, created_at=now, status=FileStatus.PROCESSED, expires_at=expires_at)
+            files.append((f, file_id))
+    except BaseException:
+        out.writer.abort()
+        err.writer.abort()
+        raise
+    done = store.finish_batch(batch.id, expected, final, int(clock.now()), files[0], files[1])
+    if not done:
+        for pair in files:
+            if pair is not None:
+                blobs.delete(pair[1])
+    return done

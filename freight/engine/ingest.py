@@ -1,0 +1,58 @@
+"""Validating → in_progress (or failed): stream the input file, persist every valid request.
+
+Runs in a worker thread. Idempotent: a crash halfway leaves the batch in ``validating`` and the
+next engine clears what was written and starts again.
+"""
+
+from __future__ import annotations
+
+from freight.domain.batches import Batch, BatchError
+from freight.domain.clock import Clock
+from freight.ports import BlobStore, NewRequest, Store
+from freight.services.catalog import ModelCatalog
+from freight.wire.batch_input import BatchInputValidator, InputLimits, iter_lines
+
+INSERT_CHUNK = 1000
+
+
+def ingest_batch(
+    batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog, limits: InputLimits, clock: Clock
+) -> bool:
+    """Validate and persist a batch's requests. True when the batch went on to in_progress."""
+    store.clear_requests(batch.id)
+    key = store.file_blob_key(batch.input_file_id)
+    if key is None or not blobs.exists(key):
+        error = BatchError(
+            code="invalid_request",
+            message=f"Cannot find file {batch.input_file_id}; it was deleted before the batch could read it.",
+            param="input_file_id",
+        )
+        store.fail_validation(batch.id, [error], int(clock.now()))
+        return False
+    validator = BatchInputValidator(endpoint=batch.endpoint, model_check=catalog.check, limits=limits)
+    rows: list[NewRequest] = []
+    idx = 0
+    with blobs.open(key) as fh:
+        for raw in iter_lines(fh, limits.max_line_bytes):
+            request = validator.feed(raw)
+            if request is None or validator.problem_count:
+                continue  # once the batch is known to fail, only keep looking for problems
+            rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=request.body))
+            idx += 1
+            if len(rows) >= INSERT_CHUNK:
+                store.insert_requests(batch.id, rows)
+                rows = []
+    problems = validator.finish()
+    now = int(clock.now())
+    if problems:
+        errors = [BatchError(code=p.code, message=p.message, param=p.param, line=p.line) for p in problems]
+        if validator.problem_count > len(problems):
+            errors.append(BatchError(
+                code="too_many_errors",
+                message=f"{validator.problem_count} lines have problems; only the first {len(problems)} are listed.",
+            ))
+        store.fail_validation(batch.id, errors, now)
+        return False
+    if rows:
+        store.insert_requests(batch.id, rows)
+    return store.start_batch(batch.id, total=idx, model=validator.model, at=now)

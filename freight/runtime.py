@@ -1,0 +1,65 @@
+"""The composition root: builds the store, blobs, backends, services and engine from Settings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from freight.backends import build_backends
+from freight.config import Settings
+from freight.engine.engine import Engine
+from freight.ports import Backend
+from freight.services.batches import BatchService
+from freight.services.catalog import ModelCatalog
+from freight.services.files import FileService
+from freight.store.blobs import LocalBlobStore
+from freight.store.lock import DataDirLock
+from freight.store.sqlite import SqliteStore
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: SqliteStore
+    blobs: LocalBlobStore
+    catalog: ModelCatalog
+    files: FileService
+    batches: BatchService
+    engine: Engine
+    clock: SystemClock = field(default_factory=SystemClock)
+    lock: DataDirLock | None = None
+
+    def close(self) -> None:
+        self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
+def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, lock: bool = True) -> Runtime:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    data_lock = None
+    if lock:
+        data_lock = DataDirLock(settings.data_dir)
+        data_lock.acquire()
+    try:
+        clock = SystemClock()
+        store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
+        blobs = LocalBlobStore(settings.data_dir / "blobs")
+        catalog = ModelCatalog(backends if backends is not None else build_backends(settings.model_tables()))
+        engine = Engine(store, blobs, catalog, clock, settings.engine)
+        files = FileService(store, blobs, clock, settings.upload)
+        batches = BatchService(store, clock, settings.window, on_change=engine.wake)
+        if data_lock is not None:
+            # This process is the only engine on this data dir: every lease left behind belongs to a
+            # dead process, so its requests can run again at once instead of after lease expiry.
+            store.release_leases()
+    except BaseException:
+        if data_lock is not None:
+            data_lock.release()
+        raise
+    return Runtime(settings, store, blobs, catalog, files, batches, engine, clock, data_lock)

@@ -1,0 +1,169 @@
+"""Files: accept an upload, look files up, list, delete and read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO
+
+from freight.domain import ids
+from freight.domain.clock import Clock
+from freight.domain.errors import InvalidInput, NotFound, PayloadTooLarge
+from freight.domain.files import (
+    BATCH_FILE_DEFAULT_EXPIRY_S,
+    MAX_EXPIRES_AFTER_S,
+    MIN_EXPIRES_AFTER_S,
+    UPLOAD_PURPOSES,
+    File,
+    FileStatus,
+)
+from freight.ports import BlobStore, BlobWriter, Page, Store
+from freight.wire import jsonx
+from freight.wire.batch_input import InputLimits, iter_lines
+
+#: How many bad lines an upload error lists before it stops counting them one by one.
+MAX_LISTED_UPLOAD_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_upload_bytes: int = 512 * 1024 * 1024
+    input: InputLimits = InputLimits()
+
+
+class FileService:
+    def __init__(self, store: Store, blobs: BlobStore, clock: Clock, limits: UploadLimits | None = None):
+        self.store = store
+        self.blobs = blobs
+        self.clock = clock
+        self.limits = limits or UploadLimits()
+
+    # ---- upload ------------------------------------------------------------------------
+    def check_purpose(self, purpose: object) -> str:
+        if purpose is None or purpose == "":
+            raise InvalidInput("Missing required parameter: 'purpose'.", param="purpose",
+                               code="missing_required_parameter")
+        if not isinstance(purpose, str) or purpose not in UPLOAD_PURPOSES:
+            allowed = ", ".join(f"'{p}'" for p in sorted(UPLOAD_PURPOSES))
+            raise InvalidInput(f"Invalid value: {purpose!r}. Supported values are: {allowed}.", param="purpose",
+                               code="invalid_value")
+        return purpose
+
+    def max_bytes_for(self, purpose: str) -> int:
+        if purpose == "batch":
+            return min(self.limits.max_upload_bytes, self.limits.input.max_bytes)
+        return self.limits.max_upload_bytes
+
+    def new_upload(self) -> tuple[str, BlobWriter]:
+        file_id = ids.new_file_id()
+        return file_id, self.blobs.writer(file_id)
+
+    def finish_upload(
+        self,
+        project: str,
+        file_id: str,
+        writer: BlobWriter,
+        *,
+        filename: str,
+        purpose: str,
+        expires_after_s: int | None,
+    ) -> File:
+        """Commit an upload that was streamed into ``writer``; checks a batch file is JSONL."""
+        try:
+            if writer.size > self.max_bytes_for(purpose):
+                raise PayloadTooLarge(
+                    f"The file is larger than the {self.max_bytes_for(purpose)} byte limit for purpose '{purpose}'.",
+                    param="file", code="file_too_large")
+            if expires_after_s is not None and not MIN_EXPIRES_AFTER_S <= expires_after_s <= MAX_EXPIRES_AFTER_S:
+                raise InvalidInput(
+                    f"expires_after[seconds] must be between {MIN_EXPIRES_AFTER_S} and {MAX_EXPIRES_AFTER_S}.",
+                    param="expires_after.seconds", code="invalid_value")
+            size = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        try:
+            if purpose == "batch":
+                self._check_jsonl(file_id, size)
+        except BaseException:
+            self.blobs.delete(file_id)
+            raise
+        now = int(self.clock.now())
+        if expires_after_s is None and purpose == "batch":
+            expires_after_s = BATCH_FILE_DEFAULT_EXPIRY_S
+        f = File(
+            id=file_id,
+            project=project,
+            filename=filename or "upload.jsonl",
+            purpose=purpose,
+            bytes=size,
+            created_at=now,
+            status=FileStatus.PROCESSED,
+            expires_at=now + expires_after_s if expires_after_s is not None else None,
+        )
+        self.store.insert_file(f, file_id)
+        return f
+
+    def _check_jsonl(self, blob_key: str, size: int) -> None:
+        """OpenAI refuses a batch file that is not JSONL at upload; the rest is checked per batch."""
+        limits = self.limits.input
+        problems: list[str] = []
+        count = 0
+        lines = 0
+        with self.blobs.open(blob_key) as fh:
+            for raw in iter_lines(fh, limits.max_line_bytes):
+                problem = None
+                if raw.data is None:
+                    problem = f"line {raw.line}: {raw.length} bytes, over the {limits.max_line_bytes} byte line limit"
+                elif not raw.data.strip():
+                    continue
+                else:
+                    lines += 1
+                    try:
+                        obj = jsonx.loads(raw.data)
+                    except jsonx.JSONDecodeError:
+                        problem = f"line {raw.line}: not valid JSON"
+                    else:
+                        if not isinstance(obj, dict):
+                            problem = f"line {raw.line}: not a JSON object"
+                if problem is not None:
+                    count += 1
+                    if len(problems) < MAX_LISTED_UPLOAD_PROBLEMS:
+                        problems.append(problem)
+        if count:
+            more = f" (and {count - len(problems)} more)" if count > len(problems) else ""
+            raise InvalidInput(
+                "Invalid file format for Batch API. Must be .jsonl, one JSON object per line: "
+                + "; ".join(problems) + more + ".",
+                param="file", code="invalid_file_format")
+        if lines == 0:
+            raise InvalidInput(
+                "The file is empty. A batch input file needs at least one request line.",
+                param="file", code="empty_file")
+        if lines > limits.max_lines:
+            raise InvalidInput(
+                f"The file has {lines} lines; a batch input file may have at most {limits.max_lines}.",
+                param="file", code="too_many_tasks")
+
+    # ---- reads -------------------------------------------------------------------------
+    def get(self, project: str, file_id: str) -> File:
+        f = self.store.get_file(project, file_id) if ids.is_file_id(file_id) else None
+        if f is None:
+            raise NotFound(f"No such File object: {file_id}", param="id", code=None)
+        return f
+
+    def list(self, project: str, *, purpose: str | None, after: str | None, limit: int, order: str) -> Page:
+        return self.store.list_files(project, purpose=purpose, after=after, limit=limit, order=order)
+
+    def delete(self, project: str, file_id: str) -> None:
+        f = self.get(project, file_id)
+        if not self.store.delete_file(project, f.id):
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        # The bytes stay until no batch needs them: a batch may still be validating this file.
+        # They are reclaimed by the store's garbage collection of unreferenced blobs.
+
+    def open_content(self, project: str, file_id: str) -> tuple[File, IO[bytes]]:
+        f = self.get(project, file_id)
+        key = self.store.file_blob_key(f.id)
+        if key is None:
+            raise NotFound(f"No such File object: {file_id}", param="id")
+        return f, self.blobs.open(key)

@@ -1,0 +1,1 @@
+"""Store adapters: SQLite (the embedded default) and local blob files."""

@@ -1,0 +1,73 @@
+-- freight's SQLite schema, version 1.
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    status TEXT NOT NULL,
+    status_details TEXT,
+    blob_key TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS files_by_project ON files(project, deleted, created_at, id);
+
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    project TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    completion_window TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    in_progress_at INTEGER,
+    finalizing_at INTEGER,
+    completed_at INTEGER,
+    failed_at INTEGER,
+    expired_at INTEGER,
+    cancelling_at INTEGER,
+    cancelled_at INTEGER,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    errors TEXT,
+    metadata TEXT,
+    model TEXT,
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    output_expires_after_s INTEGER,
+    idempotency_key TEXT,
+    UNIQUE (project, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);
+CREATE INDEX IF NOT EXISTS batches_active ON batches(status) WHERE status NOT IN ('completed', 'failed', 'expired', 'cancelled');
+
+CREATE TABLE IF NOT EXISTS requests (
+    batch_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    custom_id TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    attempt_id TEXT,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_error TEXT,
+    status_code INTEGER,
+    response_body BLOB,
+    request_id TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch_id, idx)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_open ON requests(batch_id, state, idx) WHERE state < 2;

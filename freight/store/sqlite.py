@@ -1,0 +1,477 @@
+"""The embedded store: one SQLite database in WAL mode under the data dir.
+
+One writer connection (``BEGIN IMMEDIATE`` for every write, so a claim is atomic) and one
+reader connection, each behind its own lock; WAL lets readers run while a write is open.
+``synchronous=FULL`` by default: a committed write survives a crash of the process and of the
+machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from freight.domain import ids
+from freight.domain.batches import TIMESTAMP_FIELD, Batch, BatchError, BatchStatus, RequestCounts, Usage
+from freight.domain.errors import StoreError
+from freight.domain.files import File, FileStatus
+from freight.domain.requests import (
+    WORKER_LOST,
+    ClaimedRequest,
+    Outcome,
+    RequestState,
+    Result,
+)
+from freight.ports import Completion, NewRequest, Page, Retry, StoredResult
+from freight.wire import jsonx
+
+_BATCH_COLUMNS = (
+    "id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at, in_progress_at, "
+    "finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, output_file_id, "
+    "error_file_id, errors, metadata, model, total, completed, failed, input_tokens, output_tokens, "
+    "output_expires_after_s"
+)
+_FILE_COLUMNS = "id, project, filename, purpose, bytes, created_at, expires_at, status, status_details"
+
+
+def _batch_from_row(row: sqlite3.Row) -> Batch:
+    errors = None
+    if row["errors"]:
+        errors = [BatchError(**e) for e in jsonx.loads(row["errors"])]
+    return Batch(
+        id=row["id"],
+        project=row["project"],
+        endpoint=row["endpoint"],
+        input_file_id=row["input_file_id"],
+        completion_window=row["completion_window"],
+        status=BatchStatus(row["status"]),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        in_progress_at=row["in_progress_at"],
+        finalizing_at=row["finalizing_at"],
+        completed_at=row["completed_at"],
+        failed_at=row["failed_at"],
+        expired_at=row["expired_at"],
+        cancelling_at=row["cancelling_at"],
+        cancelled_at=row["cancelled_at"],
+        output_file_id=row["output_file_id"],
+        error_file_id=row["error_file_id"],
+        errors=errors,
+        metadata=jsonx.loads(row["metadata"]) if row["metadata"] else None,
+        model=row["model"],
+        request_counts=RequestCounts(total=row["total"], completed=row["completed"], failed=row["failed"]),
+        usage=Usage(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"]),
+        output_expires_after_s=row["output_expires_after_s"],
+    )
+
+
+def _file_from_row(row: sqlite3.Row) -> File:
+    return File(
+        id=row["id"],
+        project=row["project"],
+        filename=row["filename"],
+        purpose=row["purpose"],
+        bytes=row["bytes"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        status=FileStatus(row["status"]),
+        status_details=row["status_details"],
+    )
+
+
+def _result_from_row(row: sqlite3.Row) -> Result:
+    return Result(
+        status_code=row["status_code"],
+        body=row["response_body"],
+        request_id=row["request_id"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000):
+        self.path = str(path)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            self._writer = self._connect()
+            self._writer.executescript(resources.files("freight.store").joinpath("schema.sql").read_text())
+            self._reader = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        if self._synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"unknown sqlite synchronous mode {self._synchronous!r}")
+        conn.execute(f"PRAGMA synchronous={self._synchronous.upper()}")
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed to start: {exc}") from exc
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"store write failed to commit: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            try:
+                yield self._reader
+            except sqlite3.Error as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
+
+    # ---- files -------------------------------------------------------------------------
+    def insert_file(self, f: File, blob_key: str) -> None:
+        with self._write() as c:
+            self._insert_file(c, f, blob_key)
+
+    @staticmethod
+    def _insert_file(c: sqlite3.Connection, f: File, blob_key: str) -> None:
+        c.execute(
+            "INSERT INTO files (id, project, filename, purpose, bytes, created_at, expires_at, status, "
+            "status_details, blob_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (f.id, f.project, f.filename, f.purpose, f.bytes, f.created_at, f.expires_at, str(f.status),
+             f.status_details, blob_key),
+        )
+
+    def get_file(self, project: str, file_id: str) -> File | None:
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE id=? AND project=? AND deleted=0", (file_id, project)
+            ).fetchone()
+        return _file_from_row(row) if row else None
+
+    def file_blob_key(self, file_id: str) -> str | None:
+        with self._read() as c:
+            row = c.execute("SELECT blob_key FROM files WHERE id=? AND deleted=0", (file_id,)).fetchone()
+        return row["blob_key"] if row else None
+
+    def list_files(self, project: str, *, purpose: str | None, after: str | None, limit: int, order: str) -> Page:
+        clauses = ["project=?", "deleted=0"]
+        args: list[Any] = [project]
+        if purpose is not None:
+            clauses.append("purpose=?")
+            args.append(purpose)
+        cmp, direction = (">", "ASC") if order == "asc" else ("<", "DESC")
+        with self._read() as c:
+            if after is not None:
+                row = c.execute("SELECT rowid FROM files WHERE id=? AND project=?", (after, project)).fetchone()
+                if row is None:
+                    return Page([], False)
+                clauses.append(f"rowid {cmp} ?")
+                args.append(row["rowid"])
+            rows = c.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE {' AND '.join(clauses)} ORDER BY rowid {direction} LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+        return Page([_file_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    def delete_file(self, project: str, file_id: str) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE files SET deleted=1 WHERE id=? AND project=? AND deleted=0", (file_id, project))
+            return cur.rowcount == 1
+
+    # ---- batches -----------------------------------------------------------------------
+    def insert_batch(self, b: Batch, idempotency_key: str | None) -> Batch:
+        with self._write() as c:
+            if idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? AND idempotency_key=?",
+                    (b.project, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return _batch_from_row(row)
+            c.execute(
+                "INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, "
+                "expires_at, metadata, output_expires_after_s, idempotency_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (b.id, b.project, b.endpoint, b.input_file_id, b.completion_window, str(b.status), b.created_at,
+                 b.expires_at, jsonx.dumps(b.metadata).decode() if b.metadata is not None else None,
+                 b.output_expires_after_s, idempotency_key),
+            )
+        return b
+
+    def get_batch(self, project: str | None, batch_id: str) -> Batch | None:
+        with self._read() as c:
+            if project is None:
+                row = c.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
+            else:
+                row = c.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=? AND project=?", (batch_id, project)
+                ).fetchone()
+        return _batch_from_row(row) if row else None
+
+    def find_batch(self, project: str, idempotency_key: str) -> Batch | None:
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? AND idempotency_key=?",
+                (project, idempotency_key),
+            ).fetchone()
+        return _batch_from_row(row) if row else None
+
+    def list_batches(self, project: str, *, after: str | None, limit: int) -> Page:
+        with self._read() as c:
+            if after is not None:
+                row = c.execute("SELECT seq FROM batches WHERE id=? AND project=?", (after, project)).fetchone()
+                if row is None:
+                    return Page([], False)
+                rows = c.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? AND seq<? ORDER BY seq DESC LIMIT ?",
+                    (project, row["seq"], limit + 1),
+                ).fetchall()
+            else:
+                rows = c.execute(
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? ORDER BY seq DESC LIMIT ?",
+                    (project, limit + 1),
+                ).fetchall()
+        return Page([_batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    def active_batches(self) -> list[Batch]:
+        with self._read() as c:
+            rows = c.execute(
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status NOT IN "
+                "('completed', 'failed', 'expired', 'cancelled') ORDER BY seq"
+            ).fetchall()
+        return [_batch_from_row(r) for r in rows]
+
+    def set_status(self, batch_id: str, expected: Sequence[BatchStatus], new: BatchStatus, at: int) -> Batch | None:
+        ts = TIMESTAMP_FIELD.get(new)
+        placeholders = ",".join("?" for _ in expected)
+        sets = "status=?" + (f", {ts}=?" if ts else "")
+        args: list[Any] = [str(new)] + ([at] if ts else [])
+        with self._write() as c:
+            cur = c.execute(
+                f"UPDATE batches SET {sets} WHERE id=? AND status IN ({placeholders})",
+                (*args, batch_id, *[str(s) for s in expected]),
+            )
+            if cur.rowcount != 1:
+                return None
+            row = c.execute(f"SELECT {_BATCH_COLUMNS} FROM batches WHERE id=?", (batch_id,)).fetchone()
+        return _batch_from_row(row)
+
+    # ---- ingest ------------------------------------------------------------------------
+    def clear_requests(self, batch_id: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM requests WHERE batch_id=?", (batch_id,))
+
+    def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None:
+        with self._write() as c:
+            c.executemany(
+                "INSERT INTO requests (batch_id, idx, line, custom_id, body) VALUES (?,?,?,?,?)",
+                [(batch_id, r.idx, r.line, r.custom_id, r.body) for r in rows],
+            )
+
+    def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE batches SET status='in_progress', in_progress_at=?, total=?, model=? "
+                "WHERE id=? AND status='validating'",
+                (at, total, model, batch_id),
+            )
+            return cur.rowcount == 1
+
+    def fail_validation(self, batch_id: str, errors: Sequence[BatchError], at: int) -> bool:
+        data = jsonx.dumps([{"code": e.code, "message": e.message, "param": e.param, "line": e.line} for e in errors])
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE batches SET status='failed', failed_at=?, errors=? WHERE id=? AND status='validating'",
+                (at, data.decode(), batch_id),
+            )
+            if cur.rowcount == 1:
+                c.execute("DELETE FROM requests WHERE batch_id=?", (batch_id,))
+            return cur.rowcount == 1
+
+    # ---- execution ---------------------------------------------------------------------
+    def claim(
+        self, batch_id: str, owner: str, now: float, lease_s: float, limit: int, max_attempts: int
+    ) -> list[ClaimedRequest]:
+        claimed: list[ClaimedRequest] = []
+        with self._write() as c:
+            status = c.execute("SELECT status FROM batches WHERE id=?", (batch_id,)).fetchone()
+            if status is None or status["status"] != "in_progress":
+                return []
+            rows = c.execute(
+                "SELECT idx, state, attempts, custom_id, body FROM requests WHERE batch_id=? AND state<2 AND "
+                "((state=0 AND not_before<=?) OR (state=1 AND lease_until<?)) ORDER BY idx LIMIT ?",
+                (batch_id, now, now, limit),
+            ).fetchall()
+            lost = 0
+            updates = []
+            for row in rows:
+                if row["state"] == RequestState.RUNNING and row["attempts"] >= max_attempts:
+                    c.execute(
+                        "UPDATE requests SET state=2, attempt_id=NULL, lease_owner=NULL, lease_until=NULL, "
+                        "error_code=?, error_message=? WHERE batch_id=? AND idx=?",
+                        (WORKER_LOST, "The worker running this request was lost on its last allowed attempt "
+                         f"({row['attempts']} of {max_attempts}).", batch_id, row["idx"]),
+                    )
+                    lost += 1
+                    continue
+                attempt_id = ids.new_attempt_id()
+                updates.append((attempt_id, owner, now + lease_s, batch_id, row["idx"]))
+                claimed.append(
+                    ClaimedRequest(
+                        batch_id=batch_id,
+                        idx=row["idx"],
+                        custom_id=row["custom_id"],
+                        body=row["body"],
+                        attempt_id=attempt_id,
+                        attempts=row["attempts"] + 1,
+                    )
+                )
+            c.executemany(
+                "UPDATE requests SET state=1, attempts=attempts+1, attempt_id=?, lease_owner=?, lease_until=? "
+                "WHERE batch_id=? AND idx=?",
+                updates,
+            )
+            if lost:
+                c.execute("UPDATE batches SET failed=failed+? WHERE id=?", (lost, batch_id))
+        return claimed
+
+    def renew(self, batch_id: str, attempt_ids: Sequence[str], until: float) -> int:
+        with self._write() as c:
+            cur = c.executemany(
+                "UPDATE requests SET lease_until=? WHERE batch_id=? AND attempt_id=? AND state=1",
+                [(until, batch_id, a) for a in attempt_ids],
+            )
+            return cur.rowcount
+
+    def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
+        stored = succeeded = failed = tokens_in = tokens_out = 0
+        with self._write() as c:
+            for item in items:
+                r = item.result
+                cur = c.execute(
+                    "UPDATE requests SET state=2, status_code=?, response_body=?, request_id=?, error_code=?, "
+                    "error_message=?, input_tokens=?, output_tokens=?, attempt_id=NULL, lease_owner=NULL, "
+                    "lease_until=NULL WHERE batch_id=? AND idx=? AND attempt_id=? AND state=1",
+                    (r.status_code, r.body, r.request_id, r.error_code, r.error_message, r.input_tokens,
+                     r.output_tokens, batch_id, item.idx, item.attempt_id),
+                )
+                if cur.rowcount != 1:
+                    continue
+                stored += 1
+                if r.outcome is Outcome.SUCCEEDED:
+                    succeeded += 1
+                else:
+                    failed += 1
+                tokens_in += r.input_tokens
+                tokens_out += r.output_tokens
+            if stored:
+                c.execute(
+                    "UPDATE batches SET completed=completed+?, failed=failed+?, input_tokens=input_tokens+?, "
+                    "output_tokens=output_tokens+? WHERE id=?",
+                    (succeeded, failed, tokens_in, tokens_out, batch_id),
+                )
+        return stored
+
+    def retry_later(self, batch_id: str, items: Sequence[Retry]) -> int:
+        with self._write() as c:
+            n = 0
+            for item in items:
+                cur = c.execute(
+                    "UPDATE requests SET state=0, not_before=?, last_error=?, attempt_id=NULL, lease_owner=NULL, "
+                    "lease_until=NULL WHERE batch_id=? AND idx=? AND attempt_id=? AND state=1",
+                    (item.not_before, item.last_error, batch_id, item.idx, item.attempt_id),
+                )
+                n += cur.rowcount
+            return n
+
+    def close_unstarted(self, batch_id: str, result: Result, include_running: bool) -> int:
+        states = "state<2" if include_running else "state=0"
+        with self._write() as c:
+            cur = c.execute(
+                f"UPDATE requests SET state=2, status_code=?, response_body=?, request_id=?, error_code=?, "
+                f"error_message=?, attempt_id=NULL, lease_owner=NULL, lease_until=NULL "
+                f"WHERE batch_id=? AND {states}",
+                (result.status_code, result.body, result.request_id, result.error_code, result.error_message,
+                 batch_id),
+            )
+            n = cur.rowcount
+            if n:
+                column = "completed" if result.outcome is Outcome.SUCCEEDED else "failed"
+                c.execute(f"UPDATE batches SET {column}={column}+? WHERE id=?", (n, batch_id))
+            return n
+
+    def open_counts(self, batch_id: str) -> tuple[int, int]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT state, count(*) AS n FROM requests WHERE batch_id=? AND state<2 GROUP BY state", (batch_id,)
+            ).fetchall()
+        counts = {row["state"]: row["n"] for row in rows}
+        return counts.get(0, 0), counts.get(1, 0)
+
+    def results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT idx, custom_id, status_code, response_body, request_id, error_code, error_message, "
+                "input_tokens, output_tokens FROM requests WHERE batch_id=? AND idx>? AND state=2 ORDER BY idx "
+                "LIMIT ?",
+                (batch_id, after_idx, limit),
+            ).fetchall()
+        return [StoredResult(row["idx"], row["custom_id"], _result_from_row(row)) for row in rows]
+
+    def finish_batch(
+        self,
+        batch_id: str,
+        expected: Sequence[BatchStatus],
+        new: BatchStatus,
+        at: int,
+        output_file: tuple[File, str] | None,
+        error_file: tuple[File, str] | None,
+    ) -> bool:
+        ts = TIMESTAMP_FIELD[new]
+        placeholders = ",".join("?" for _ in expected)
+        with self._write() as c:
+            cur = c.execute(
+                f"UPDATE batches SET status=?, {ts}=?, output_file_id=?, error_file_id=? "
+                f"WHERE id=? AND status IN ({placeholders})",
+                (str(new), at, output_file[0].id if output_file else None, error_file[0].id if error_file else None,
+                 batch_id, *[str(s) for s in expected]),
+            )
+            if cur.rowcount != 1:
+                return False
+            for pair in (output_file, error_file):
+                if pair is not None:
+                    self._insert_file(c, pair[0], pair[1])
+        return True
+
+    def release_leases(self) -> int:
+        with self._write() as c:
+            cur = c.execute(
+                "UPDATE requests SET state=0, attempt_id=NULL, lease_owner=NULL, lease_until=NULL WHERE state=1"
+            )
+            return cur.rowcount

@@ -1,0 +1,1 @@
+"""Wire shapes: the only code that knows the JSON of each protocol."""

@@ -1,0 +1,31 @@
+"""JSON in and out: orjson for speed, ASCII-safe output for JSONL that survives splitlines()."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+JSONDecodeError = orjson.JSONDecodeError
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, ASCII-only: U+2028/U+2029/U+0085 and every non-ASCII character escaped.
+
+    Users split output files with ``str.splitlines()``, which breaks lines on those characters
+    (shared/reference/batch-apis.md §3.3), so nothing outside ASCII is written raw.
+    """
+    data = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+    if data.isascii():
+        return data
+    return ascii_escape(data)
+
+
+def ascii_escape(data: bytes) -> bytes:
+    """Re-encode UTF-8 JSON text with every non-ASCII character as a \\u escape."""
+    return json.dumps(orjson.loads(data), ensure_ascii=True, separators=(",", ":")).encode("ascii")
