@@ -57,6 +57,7 @@ def infer_endpoint(path: Path) -> str:
 
 
 def _copy_blob(rt: Runtime, file_id: str | None, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     with open(tmp, "wb") as out:
         if file_id is not None:

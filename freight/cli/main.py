@@ -101,8 +101,9 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     try:
         batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
         if resumed:
-            console.print(f"resuming {batch.id} ({batch.status}, {batch.request_counts.completed + batch.request_counts.failed}"
-                          f"/{batch.request_counts.total} done)")
+            counts = batch.request_counts
+            done = counts.completed + counts.failed
+            console.print(f"resuming {batch.id} ({batch.status}, {done}/{counts.total} done)")
         with BatchProgress(input_path.name) as bar:
             def show(b: Any) -> None:
                 c = b.request_counts

@@ -82,6 +82,7 @@ class Engine:
         self._busy: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: int = 0
+        self._stopping = False
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -108,6 +109,7 @@ class Engine:
     async def run(self, stop: asyncio.Event | None = None, until: Callable[[], bool] | None = None) -> None:
         """Run until ``stop`` is set or ``until()`` is true after a tick."""
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
         for backend in self.catalog.backends:
             await backend.start()
         dispatchers = [asyncio.create_task(self._dispatch(b)) for b in self.catalog.backends]
@@ -129,6 +131,7 @@ class Engine:
                                              return_when=asyncio.FIRST_COMPLETED)
                 waits[0].cancel()
         finally:
+            self._stopping = True
             if stop_wait is not None:
                 stop_wait.cancel()
             for task in dispatchers:
@@ -234,7 +237,7 @@ class Engine:
         work = self._work.setdefault(key, asyncio.Event())
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
         turn = 0
-        while True:
+        while not self._stopping:
             await slots.acquire()
             got: tuple[Batch, list[ClaimedRequest]] | None = None
             candidates = self._runnable.get(key, [])
@@ -254,8 +257,7 @@ class Engine:
             if got is None:
                 slots.release()
                 work.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(work.wait(), timeout=self.settings.poll_interval_s)
+                await self._sleep_until(work, self.settings.poll_interval_s)
                 continue
             task = asyncio.create_task(self._run_chunk(backend, *got))
             self._tasks.add(task)
@@ -265,6 +267,15 @@ class Engine:
                 slots.release()
 
             task.add_done_callback(done)
+
+    async def _sleep_until(self, event: asyncio.Event, timeout_s: float) -> None:
+        """Wait for ``event`` or ``timeout_s``. (Not ``wait_for``: on Python 3.11 it can swallow a
+        cancellation that arrives as the event fires, and the dispatcher would never stop.)"""
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=timeout_s)
+        finally:
+            waiter.cancel()
 
     async def _renew(self, batch_id: str, attempt_ids: list[str]) -> None:
         every = self.settings.lease_s / 3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from freight.domain import ids
@@ -27,7 +27,7 @@ MAX_LISTED_UPLOAD_PROBLEMS = 20
 @dataclass(frozen=True)
 class UploadLimits:
     max_upload_bytes: int = 512 * 1024 * 1024
-    input: InputLimits = InputLimits()
+    input: InputLimits = field(default_factory=InputLimits)
 
 
 class FileService:

@@ -32,7 +32,7 @@ class LocalBlobWriter:
         self._final = final
         self._tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         self._fsync = fsync
-        self._fh: IO[bytes] | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._fh: IO[bytes] | None = open(self._tmp, "wb")
         self._size = 0
 
     @property
@@ -103,7 +103,7 @@ class LocalBlobStore:
 
     def open(self, key: str) -> IO[bytes]:
         try:
-            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._path(key), "rb")
         except OSError as exc:
             raise StoreError(f"cannot open blob {key}: {exc}") from exc
 

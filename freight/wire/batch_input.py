@@ -60,15 +60,18 @@ def iter_lines(stream: IO[bytes], max_line_bytes: int) -> Iterator[RawLine]:
     buf = b""
     skipping = False  # inside an over-long line: discard until its newline
     skipped_len = 0
-    first = True
+    head: bytes | None = b""  # the first bytes, held until we know whether they are a byte-order mark
     while True:
         chunk = stream.read(READ_CHUNK)
-        if not chunk:
+        at_eof = not chunk
+        if head is not None:
+            head += chunk
+            if len(head) < len(BOM) and not at_eof:
+                continue
+            chunk = head[len(BOM) :] if head.startswith(BOM) else head
+            head = None
+        if at_eof and not chunk:
             break
-        if first:
-            first = False
-            if chunk.startswith(BOM):
-                chunk = chunk[len(BOM) :]
         start = 0
         while True:
             nl = chunk.find(b"\n", start)
@@ -200,7 +203,8 @@ class BatchInputValidator:
                 return None
         custom_id, method, url, body = obj["custom_id"], obj["method"], obj["url"], obj["body"]
         if not isinstance(custom_id, str):
-            return self._wrong_type(line, "custom_id", "a string", custom_id)
+            self._wrong_type(line, "custom_id", "a string", custom_id)
+            return None
         if not custom_id:
             self._problem(line, "invalid_value", "custom_id must not be empty.", "custom_id")
             return None
@@ -213,12 +217,14 @@ class BatchInputValidator:
             )
             return None
         if not isinstance(method, str):
-            return self._wrong_type(line, "method", "a string", method)
+            self._wrong_type(line, "method", "a string", method)
+            return None
         if method != "POST":
             self._problem(line, "invalid_value", f"Invalid value: {method!r}. Only 'POST' is supported.", "method")
             return None
         if not isinstance(url, str):
-            return self._wrong_type(line, "url", "a string", url)
+            self._wrong_type(line, "url", "a string", url)
+            return None
         if url != self.endpoint:
             self._problem(
                 line,
@@ -228,7 +234,8 @@ class BatchInputValidator:
             )
             return None
         if not isinstance(body, dict):
-            return self._wrong_type(line, "body", "an object", body)
+            self._wrong_type(line, "body", "an object", body)
+            return None
         if body.get("stream") is True:
             self._problem(line, "streaming_unsupported", "Streaming is not supported in the Batch API.", "body.stream")
             return None
@@ -237,7 +244,8 @@ class BatchInputValidator:
             return None
         model = body["model"]
         if not isinstance(model, str):
-            return self._wrong_type(line, "body.model", "a string", model)
+            self._wrong_type(line, "body.model", "a string", model)
+            return None
         required = REQUIRED_BODY_PARAM.get(self.endpoint)
         if required is not None and required[0] not in body:
             self._problem(line, "invalid_request", required[1], f"body.{required[0]}")
@@ -275,7 +283,6 @@ class BatchInputValidator:
             f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.",
             param,
         )
-        return None
 
     def finish(self) -> list[LineProblem]:
         if self.request_count == 0 and self.problem_count == 0:

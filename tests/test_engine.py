@@ -1,0 +1,236 @@
+"""The engine end to end in-process: SQLite store, local blobs, the scripted backend, a fixed clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freight.backends.scripted import ScriptedBackend
+from freight.domain.batches import TERMINAL, Batch, BatchStatus
+from freight.domain.clock import FixedClock
+from freight.domain.retry import RetryPolicy
+from freight.engine.engine import Engine, EngineSettings
+from freight.services.batches import BatchService
+from freight.services.catalog import ModelCatalog
+from freight.services.files import FileService
+from freight.store.blobs import LocalBlobStore
+from freight.store.sqlite import SqliteStore
+
+MODEL = "freight-scripted"
+
+
+@dataclass
+class World:
+    store: SqliteStore
+    blobs: LocalBlobStore
+    clock: FixedClock
+    backend: ScriptedBackend
+    engine: Engine
+    files: FileService
+    batches: BatchService
+
+    def submit(self, bodies: list[dict[str, Any]], window: str = "24h", endpoint: str = "/v1/chat/completions",
+               custom_ids: list[str] | None = None) -> Batch:
+        ids = custom_ids or [f"r{i}" for i in range(len(bodies))]
+        data = "".join(json.dumps({"custom_id": c, "method": "POST", "url": endpoint, "body": b}) + "\n"
+                       for c, b in zip(ids, bodies, strict=True)).encode()
+        file_id, writer = self.files.new_upload()
+        writer.write(data)
+        f = self.files.finish_upload("p", file_id, writer, filename="in.jsonl", purpose="batch",
+                                     expires_after_s=None)
+        return self.batches.create("p", {"input_file_id": f.id, "endpoint": endpoint, "completion_window": window})
+
+    def run_until_done(self, batch_id: str, *, during: Any = None, timeout_s: float = 20) -> Batch:
+        def done() -> bool:
+            b = self.store.get_batch("p", batch_id)
+            return b is not None and b.status in TERMINAL
+
+        async def main() -> None:
+            task = asyncio.create_task(self.engine.run(until=done))
+            if during is not None:
+                await during()
+            await asyncio.wait_for(task, timeout_s)
+
+        asyncio.run(main())
+        batch = self.store.get_batch("p", batch_id)
+        assert batch is not None
+        return batch
+
+    def lines(self, file_id: str | None) -> list[dict[str, Any]]:
+        if file_id is None:
+            return []
+        key = self.store.file_blob_key(file_id)
+        assert key is not None
+        with self.blobs.open(key) as fh:
+            return [json.loads(line) for line in fh.read().decode().splitlines()]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    store = SqliteStore(tmp_path / "db.sqlite", synchronous="OFF")
+    blobs = LocalBlobStore(tmp_path / "blobs", fsync=False)
+    clock = FixedClock()
+    backend = ScriptedBackend(chunk_size=4, max_concurrency=2)
+    settings = EngineSettings(lease_s=30, poll_interval_s=0.01, drain_timeout_s=5,
+                              retry=RetryPolicy(max_attempts=3, base_delay_s=0, max_delay_s=0))
+    engine = Engine(store, blobs, ModelCatalog([backend]), clock, settings)
+    yield World(store, blobs, clock, backend, engine, FileService(store, blobs, clock),
+                BatchService(store, clock, on_change=engine.wake))
+    store.close()
+
+
+def chat(i: int, **script: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
+    if script:
+        body["script"] = script
+    return body
+
+
+def one_line_per_custom_id(w: World, batch: Batch, n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    out, err = w.lines(batch.output_file_id), w.lines(batch.error_file_id)
+    ids = [line["custom_id"] for line in out + err]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(n)), "lost or doubled lines"
+    counts = batch.request_counts
+    assert (counts.total, counts.completed, counts.failed) == (n, len(out), len(err))
+    return out, err
+
+
+def test_a_batch_completes_with_outputs_in_input_order(world: World) -> None:
+    batch = world.submit([chat(i) for i in range(23)])
+    done = world.run_until_done(batch.id)
+    assert done.status is BatchStatus.COMPLETED and done.error_file_id is None
+    out, err = one_line_per_custom_id(world, done, 23)
+    assert [line["custom_id"] for line in out] == [f"r{i}" for i in range(23)]
+    assert all(line["response"]["status_code"] == 200 and line["error"] is None for line in out)
+    assert out[5]["response"]["body"]["echo"]["messages"][0]["content"] == "q5"
+    assert done.in_progress_at and done.finalizing_at and done.completed_at and done.model == MODEL
+
+
+def test_permanent_errors_go_to_the_error_file_and_transient_ones_are_retried(world: World) -> None:
+    bodies = [chat(i) for i in range(10)]
+    bodies[2] = chat(2, status=400)
+    bodies[5] = chat(5, status=503, fail_times=2, key="five")
+    bodies[7] = chat(7, status=0, fail_times=1, key="seven")
+    done = world.run_until_done(world.submit(bodies).id)
+    out, err = one_line_per_custom_id(world, done, 10)
+    assert [line["custom_id"] for line in err] == ["r2"]
+    assert err[0]["response"]["status_code"] == 400 and err[0]["error"] is None
+    assert err[0]["response"]["body"]["error"]["message"] == "scripted failure 400"
+    by_id = {line["custom_id"]: line for line in out}
+    assert by_id["r5"]["response"]["body"]["attempt"] == 3
+    assert by_id["r7"]["response"]["body"]["attempt"] == 2
+    assert world.backend.calls["five"] == 3
+
+
+def test_attempts_run_out_into_the_error_file(world: World) -> None:
+    bodies = [chat(0, status=503, key="a"), chat(1, status=0, key="b"), chat(2)]
+    done = world.run_until_done(world.submit(bodies).id)
+    out, err = one_line_per_custom_id(world, done, 3)
+    by_id = {line["custom_id"]: line for line in err}
+    assert by_id["r0"]["response"]["status_code"] == 503 and by_id["r0"]["error"] is None
+    assert by_id["r1"]["response"] is None and by_id["r1"]["error"]["code"] == "connection_error"
+    assert "gave up after 3 attempts" in by_id["r1"]["error"]["message"]
+    assert world.backend.calls["a"] == 3 == world.backend.calls["b"]
+
+
+def test_cancel_keeps_finished_results_and_closes_the_rest(world: World) -> None:
+    bodies = [chat(i, sleep_s=0.05) for i in range(40)]
+    batch = world.submit(bodies)
+
+    async def cancel_midway() -> None:
+        while True:
+            b = world.store.get_batch("p", batch.id)
+            assert b is not None
+            if b.request_counts.completed >= 8:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(world.batches.cancel, "p", batch.id)
+
+    done = world.run_until_done(batch.id, during=cancel_midway)
+    assert done.status is BatchStatus.CANCELLED and done.cancelling_at and done.cancelled_at
+    out, err = one_line_per_custom_id(world, done, 40)
+    assert len(out) >= 8 and err, "expected partial results and cancelled lines"
+    assert {line["error"]["code"] for line in err} == {"batch_cancelled"}
+    assert world.backend.executed < 40
+
+
+def test_expiry_keeps_finished_results_and_expires_the_rest(world: World) -> None:
+    bodies = [chat(i, sleep_s=0.05) for i in range(40)]
+    batch = world.submit(bodies, window="60s")
+
+    async def jump_past_deadline() -> None:
+        while True:
+            b = world.store.get_batch("p", batch.id)
+            assert b is not None
+            if b.request_counts.completed >= 8:
+                break
+            await asyncio.sleep(0.01)
+        world.clock.advance(61)
+        world.engine.wake()
+
+    done = world.run_until_done(batch.id, during=jump_past_deadline)
+    assert done.status is BatchStatus.EXPIRED and done.expired_at
+    out, err = one_line_per_custom_id(world, done, 40)
+    assert len(out) >= 8 and err
+    assert {line["error"]["code"] for line in err} == {"batch_expired"}
+    assert err[0]["response"] is None
+
+
+def test_validation_failure_reports_lines(world: World) -> None:
+    bodies = [chat(0), {"model": "nope", "messages": []}, chat(2), {"messages": []}]
+    done = world.run_until_done(world.submit(bodies).id)
+    assert done.status is BatchStatus.FAILED and done.failed_at
+    assert [(e.line, e.code, e.param) for e in done.errors or []] == [
+        (2, "model_not_found", "body.model"), (4, "invalid_request", "body.model")]
+    assert done.request_counts.total == 0 and world.backend.executed == 0
+
+
+def test_requests_held_by_a_dead_worker_run_again_after_its_lease(world: World) -> None:
+    batch = world.submit([chat(i) for i in range(6)])
+    # validate only: drive one tick by hand, then let a "dead" worker take three requests
+    asyncio.run(world.engine.tick())
+
+    async def settle() -> None:
+        for _ in range(200):
+            b = world.store.get_batch("p", batch.id)
+            if b is not None and b.status is BatchStatus.IN_PROGRESS:
+                return
+            await asyncio.sleep(0.01)
+            await world.engine.tick()
+
+    asyncio.run(settle())
+    dead = world.store.claim(batch.id, "dead-worker", world.clock.now(), 30, 3, 3)
+    assert len(dead) == 3
+    world.clock.advance(31)  # the dead worker's lease runs out
+    done = world.run_until_done(batch.id)
+    out, _ = one_line_per_custom_id(world, done, 6)
+    assert len(out) == 6
+    # a late answer from the dead worker cannot change anything
+    from freight.domain.requests import Result
+    from freight.ports import Completion
+
+    late = [Completion(c.idx, c.attempt_id, Result(status_code=200, body=b'"late"')) for c in dead]
+    assert world.store.complete(batch.id, late) == 0
+
+
+def test_one_big_batch_does_not_starve_another(world: World) -> None:
+    big = world.submit([chat(i, sleep_s=0.01) for i in range(60)])
+    small = world.submit([chat(i) for i in range(4)])
+    order: list[str] = []
+
+    async def watch() -> None:
+        while len(order) < 2:
+            for b in (big, small):
+                got = world.store.get_batch("p", b.id)
+                if got is not None and got.status in TERMINAL and b.id not in order:
+                    order.append(b.id)
+            await asyncio.sleep(0.01)
+
+    world.run_until_done(big.id, during=watch)
+    assert order[0] == small.id
