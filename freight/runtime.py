@@ -58,6 +58,7 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             # This process is the only engine on this data dir: every lease left behind belongs to a
             # dead process, so its requests can run again at once instead of after lease expiry.
             store.release_leases()
+            engine.sweep_orphan_blobs()
     except BaseException:
         if data_lock is not None:
             data_lock.release()

@@ -234,3 +234,27 @@ def test_one_big_batch_does_not_starve_another(world: World) -> None:
 
     world.run_until_done(big.id, during=watch)
     assert order[0] == small.id
+
+
+def test_deleted_and_expired_files_lose_their_bytes_only_when_no_batch_reads_them(world: World) -> None:
+    batch = world.submit([chat(0, sleep_s=0.2)])
+    input_key = world.store.file_blob_key(batch.input_file_id)
+    assert input_key is not None
+    world.files.delete("p", batch.input_file_id)
+    assert world.engine.purge_files() == 0 and world.blobs.exists(input_key), "an active batch still reads it"
+    done = world.run_until_done(batch.id)
+    assert done.status is BatchStatus.COMPLETED
+    assert world.engine.purge_files() == 1 and not world.blobs.exists(input_key)
+    # the output file expires after its output_expires_after; here: none set, so it stays
+    assert done.output_file_id is not None and world.store.get_file("p", done.output_file_id) is not None
+    world.clock.advance(31 * 86400)
+    assert world.engine.purge_files() == 0
+
+
+def test_orphan_blobs_are_swept(world: World) -> None:
+    writer = world.blobs.writer("file-" + "9" * 24)
+    writer.write(b"half a finalize")
+    writer.commit()
+    batch = world.submit([chat(0)])
+    assert world.engine.sweep_orphan_blobs() == 1
+    assert world.blobs.exists(world.store.file_blob_key(batch.input_file_id) or "")

@@ -54,6 +54,8 @@ class EngineSettings:
     drain_timeout_s: float = 30.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     input_limits: InputLimits = field(default_factory=InputLimits)
+    #: How often deleted and expired files have their bytes removed.
+    housekeeping_interval_s: float = 60.0
 
 
 class Engine:
@@ -83,6 +85,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: int = 0
         self._stopping = False
+        self._next_housekeeping = 0.0
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -142,6 +145,10 @@ class Engine:
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
 
     async def tick(self) -> None:
+        now = self.clock.now()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + self.settings.housekeeping_interval_s
+            await asyncio.to_thread(self.purge_files)
         batches = await asyncio.to_thread(self.store.active_batches)
         runnable: dict[int, list[Batch]] = {}
         now = self.clock.now()
@@ -192,6 +199,29 @@ class Engine:
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # ---- housekeeping ------------------------------------------------------------------
+    def purge_files(self) -> int:
+        """Remove the bytes of deleted and expired files that no active batch reads any more."""
+        purged = 0
+        while batch := self.store.purgeable_files(self.clock.now()):
+            for _, key in batch:
+                self.blobs.delete(key)
+            self.store.mark_purged([file_id for file_id, _ in batch])
+            purged += len(batch)
+        return purged
+
+    def sweep_orphan_blobs(self) -> int:
+        """Remove blobs no file refers to (finalizing or uploading when a process died).
+
+        Only safe while no upload or finalize is in flight: call it before the engine and the API
+        start, with the data dir's lock held.
+        """
+        referenced = self.store.blob_keys()
+        orphans = [key for key in self.blobs.keys() if key not in referenced]
+        for key in orphans:
+            self.blobs.delete(key)
+        return len(orphans)
 
     # ---- batch steps -------------------------------------------------------------------
     async def _ingest(self, batch: Batch) -> None:

@@ -158,8 +158,8 @@ class FileService:
         f = self.get(project, file_id)
         if not self.store.delete_file(project, f.id):
             raise NotFound(f"No such File object: {file_id}", param="id")
-        # The bytes stay until no batch needs them: a batch may still be validating this file.
-        # They are reclaimed by the store's garbage collection of unreferenced blobs.
+        # The bytes stay until no active batch reads them (one may still be validating this file);
+        # the engine's housekeeping (Engine.purge_files) removes them after that.
 
     def open_content(self, project: str, file_id: str) -> tuple[File, IO[bytes]]:
         f = self.get(project, file_id)

@@ -115,3 +115,6 @@ class LocalBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
+
+    def keys(self) -> list[str]:
+        return [p.name for p in self.root.iterdir() if _KEY_RE.match(p.name)]

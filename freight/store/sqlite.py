@@ -177,7 +177,7 @@ class SqliteStore:
 
     def file_blob_key(self, file_id: str) -> str | None:
         with self._read() as c:
-            row = c.execute("SELECT blob_key FROM files WHERE id=? AND deleted=0", (file_id,)).fetchone()
+            row = c.execute("SELECT blob_key FROM files WHERE id=? AND deleted<2", (file_id,)).fetchone()
         return row["blob_key"] if row else None
 
     def list_files(self, project: str, *, purpose: str | None, after: str | None, limit: int, order: str) -> Page:
@@ -468,6 +468,26 @@ class SqliteStore:
                 if pair is not None:
                     self._insert_file(c, pair[0], pair[1])
         return True
+
+    def purgeable_files(self, now: float, limit: int = 100) -> list[tuple[str, str]]:
+        """(file id, blob key) of files deleted or past ``expires_at`` that no active batch reads."""
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT f.id, f.blob_key FROM files f WHERE (f.deleted=1 OR (f.deleted=0 AND f.expires_at IS NOT NULL "
+                "AND f.expires_at<=?)) AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.input_file_id=f.id AND "
+                "b.status NOT IN ('completed', 'failed', 'expired', 'cancelled')) LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [(row["id"], row["blob_key"]) for row in rows]
+
+    def mark_purged(self, file_ids: Sequence[str]) -> None:
+        """The bytes are gone: the file stays as a tombstone (deleted=2) so its id is never reused."""
+        with self._write() as c:
+            c.executemany("UPDATE files SET deleted=2 WHERE id=?", [(i,) for i in file_ids])
+
+    def blob_keys(self) -> set[str]:
+        with self._read() as c:
+            return {row["blob_key"] for row in c.execute("SELECT blob_key FROM files WHERE deleted<2")}
 
     def release_leases(self) -> int:
         with self._write() as c:
