@@ -80,8 +80,13 @@ class Store(Protocol):
     # ---- ingest ------------------------------------------------------------------------
     def clear_requests(self, batch_id: str) -> None: ...
     def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None: ...
-    def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool: ...
-    def fail_validation(self, batch_id: str, errors: Sequence[BatchError], at: int) -> bool: ...
+    def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
+        """Validated: set the total; validating → in_progress (a cancelling batch stays cancelling)."""
+        ...
+
+    def fail_validation(self, batch_id: str, errors: Sequence[BatchError], at: int) -> bool:
+        """validating → failed with these errors (a cancelling batch keeps its status); drops requests."""
+        ...
 
     # ---- execution ---------------------------------------------------------------------
     def claim(
@@ -118,7 +123,11 @@ class Store(Protocol):
         output_file: tuple[File, str] | None,
         error_file: tuple[File, str] | None,
     ) -> bool:
-        """Record the output/error files and the terminal status in one transaction."""
+        """Record the output/error files and the terminal status in one transaction.
+
+        Refused (False) while any request of the batch has no result yet, or when the batch is
+        not in ``expected``.
+        """
         ...
 
     def release_leases(self) -> int:

@@ -140,11 +140,26 @@ def test_finish_batch_records_files_and_status_atomically(store: SqliteStore) ->
     assert not store.finish_batch(b.id, [BatchStatus.FINALIZING], BatchStatus.COMPLETED, int(NOW), (f, f.id), None)
     assert store.get_file("p", f.id) is None
     store.set_status(b.id, [BatchStatus.IN_PROGRESS], BatchStatus.FINALIZING, int(NOW))
+    # refused while a request has no result: its line would be missing from the files
+    assert not store.finish_batch(b.id, [BatchStatus.FINALIZING], BatchStatus.COMPLETED, int(NOW), (f, f.id), None)
+    store.close_unstarted(b.id, ok(), include_running=True)
     assert store.finish_batch(b.id, [BatchStatus.FINALIZING], BatchStatus.COMPLETED, int(NOW) + 1, (f, f.id), None)
     batch = store.get_batch("p", b.id)
     assert batch is not None and batch.status is BatchStatus.COMPLETED and batch.completed_at == int(NOW) + 1
     assert batch.output_file_id == f.id and batch.error_file_id is None
     assert store.get_file("p", f.id) is not None and store.get_file("other", f.id) is None
+
+
+def test_a_batch_cancelled_while_validating_gets_its_total_and_keeps_cancelling(store: SqliteStore) -> None:
+    b = Batch(id="batch_" + "f" * 24, project="p", endpoint="/v1/embeddings", input_file_id="f",
+              completion_window="24h", status=BatchStatus.VALIDATING, created_at=1, expires_at=2)
+    store.insert_batch(b, None)
+    store.insert_requests(b.id, [NewRequest(i, i + 1, f"x{i}", b"{}") for i in range(3)])
+    assert store.set_status(b.id, [BatchStatus.VALIDATING], BatchStatus.CANCELLING, 3) is not None
+    assert store.start_batch(b.id, 3, "m", 4)
+    got = store.get_batch("p", b.id)
+    assert got is not None and got.status is BatchStatus.CANCELLING and got.request_counts.total == 3
+    assert got.in_progress_at is None
 
 
 def test_fail_validation_keeps_errors_and_drops_requests(store: SqliteStore) -> None:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from freight import __version__
 from freight.api import models, openai_batches, openai_files
-from freight.api.errors import install_error_handlers
+from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
 from freight.runtime import Runtime
 
@@ -46,7 +46,12 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     async def request_ids(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = ids.new_request_id()
         request.state.project = DEFAULT_PROJECT
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            # Handlers for Exception run outside this middleware, where the ids would be lost.
+            log.exception("unhandled error", extra={"request_id": request_id})
+            response = error_response(500, "The server had an error while processing your request.", "server_error")
         response.headers["x-request-id"] = request_id
         response.headers["request-id"] = request_id
         return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi import APIRouter, Request
@@ -14,6 +15,7 @@ from freight.domain.requests import Failure
 from freight.wire import openai
 
 router = APIRouter()
+log = logging.getLogger("freight.api")
 _STARTED = int(time.time())
 
 
@@ -47,7 +49,12 @@ async def _realtime(request: Request, endpoint: str) -> Response:
     backend = catalog.backend_for(model)
     if problem is not None or backend is None:
         return error_response(404, problem or "unknown model", param="model", code="model_not_found")
-    (result,) = await backend.execute(endpoint, [body])
+    try:
+        (result,) = await backend.execute(endpoint, [body])
+    except Exception as exc:  # as the engine does: a backend that raises is a model failure, not a crash
+        log.warning("backend call failed", exc_info=True)
+        return error_response(503, f"The model could not answer: {type(exc).__name__}: {exc}", "server_error",
+                              code="backend_error")
     if isinstance(result, Failure):
         return error_response(503, f"The model could not answer: {result.message}", "server_error",
                               code=result.code)

@@ -6,7 +6,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from freight.domain.errors import InvalidInput
+from freight.domain.errors import InvalidInput, PayloadTooLarge
 from freight.wire import jsonx
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
@@ -49,7 +49,7 @@ async def json_body(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> A
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidInput(f"The request body is larger than {max_bytes} bytes.", code="request_too_large")
+            raise PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.", code="request_too_large")
         chunks.append(chunk)
     data = b"".join(chunks)
     if not data.strip():

@@ -120,7 +120,8 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
 
 
 def deliver(rt: Runtime, batch: Batch, output_path: Path, errors_path: Path) -> None:
-    if batch.status is BatchStatus.FAILED:
+    """Copy the result files out, once the batch has them: an interrupted run delivers nothing."""
+    if batch.status is BatchStatus.FAILED or batch.status not in TERMINAL:
         return
     _copy_blob(rt, batch.output_file_id, output_path)
     _copy_blob(rt, batch.error_file_id, errors_path)

@@ -170,7 +170,12 @@ class Engine:
             elif batch.status is BatchStatus.FINALIZING:
                 self._spawn(batch.id, self._finish(batch))
             elif batch.status is BatchStatus.CANCELLING:
-                self._spawn(batch.id, self._close(batch, BatchStatus.CANCELLED, batch.cancelling_at or now))
+                if batch.in_progress_at is None and batch.request_counts.total == 0 and not batch.errors:
+                    # Cancelled while validating and never validated (e.g. a crash in between):
+                    # persist its requests first, so that each gets its batch_cancelled line.
+                    self._spawn(batch.id, self._ingest(batch))
+                else:
+                    self._spawn(batch.id, self._close(batch, BatchStatus.CANCELLED, batch.cancelling_at or now))
         self._runnable = runnable
         for event in self._work.values():
             event.set()
@@ -250,16 +255,19 @@ class Engine:
         code = BATCH_EXPIRED if final is BatchStatus.EXPIRED else BATCH_CANCELLED
         never_ran = Result.never_ran(code, NEVER_RAN_MESSAGES[code])
         await asyncio.to_thread(self.store.close_unstarted, batch.id, never_ran, False)
-        _, running = await asyncio.to_thread(self.store.open_counts, batch.id)
-        if running:
-            if self.clock.now() < since + self.settings.drain_timeout_s:
-                return
+        pending, running = await asyncio.to_thread(self.store.open_counts, batch.id)
+        if running and self.clock.now() < since + self.settings.drain_timeout_s:
+            return  # let in-flight requests finish; look again on the next tick
+        if pending or running:
+            # Running past the drain timeout (abandoned), or put back for a retry since we looked.
             abandoned = Result.never_ran(
-                code, NEVER_RAN_MESSAGES[code] + f" It was still running after {self.settings.drain_timeout_s:g}s "
-                "and its result was abandoned.")
+                code, NEVER_RAN_MESSAGES[code] + " It had not finished when the batch closed and its result, if "
+                "any, was discarded.")
             await asyncio.to_thread(self.store.close_unstarted, batch.id, abandoned, True)
-        await asyncio.to_thread(finalize_batch, batch, self.store, self.blobs, self.clock, [batch.status], final)
-        log.info("batch closed", extra={"event": f"batch_{final}", "batch_id": batch.id})
+        done = await asyncio.to_thread(
+            finalize_batch, batch, self.store, self.blobs, self.clock, [batch.status], final)
+        if done:
+            log.info("batch closed", extra={"event": f"batch_{final}", "batch_id": batch.id})
 
     # ---- execution ---------------------------------------------------------------------
     async def _dispatch(self, backend: Backend) -> None:

