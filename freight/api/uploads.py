@@ -12,6 +12,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from freight.domain.errors import InvalidInput, PayloadTooLarge
+from freight.domain.files import UPLOAD_PURPOSES
 from freight.ports import BlobWriter
 from freight.services.files import FileService
 
@@ -56,7 +57,6 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
     fields: dict[str, str] = {}
     part = _Part()
     state: dict[str, Any] = {"file_id": None, "writer": None, "filename": None, "in_file": False}
-    limit = files.limits.max_upload_bytes
 
     def on_part_begin() -> None:
         nonlocal part
@@ -79,7 +79,11 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
             if state["writer"] is not None:
                 raise InvalidInput("Only one 'file' part is allowed.", param="file", code="invalid_value")
             file_id, writer = files.new_upload()
-            state.update(file_id=file_id, writer=writer, filename=part.filename, in_file=True)
+            purpose = fields.get("purpose")
+            # The SDKs send the form fields before the file: with the purpose known, the tighter
+            # limit of that purpose (200 MB for batch input) cuts an oversized upload off early.
+            limit = files.max_bytes_for(purpose) if purpose in UPLOAD_PURPOSES else files.limits.max_upload_bytes
+            state.update(file_id=file_id, writer=writer, filename=part.filename, in_file=True, limit=limit)
         else:
             state["in_file"] = False
             if len(fields) >= MAX_FIELDS:
@@ -89,9 +93,10 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
         if state["in_file"]:
             writer: BlobWriter = state["writer"]
             writer.write(data[start:end])
+            limit = state["limit"]
             if writer.size > limit:
-                raise PayloadTooLarge(f"The file is larger than the {limit} byte upload limit.", param="file",
-                                      code="file_too_large")
+                raise PayloadTooLarge(f"The file is larger than the {limit} byte limit for this upload.",
+                                      param="file", code="file_too_large")
         else:
             part.data += data[start:end]
             if len(part.data) > MAX_FIELD_BYTES:
