@@ -21,9 +21,6 @@ install: $(STAMP)
 demo: install
 	rm -rf .freight-demo demo-output
 	$(BIN)/freight run examples/embeddings.jsonl -o demo-output/embeddings.jsonl --data-dir .freight-demo
-	@echo
-	@echo "Results: demo-output/embeddings.jsonl (one line per request, input order)"
-	@echo "Errors:  demo-output/embeddings.errors.jsonl"
 
 lint: install
 	$(BIN)/ruff check .

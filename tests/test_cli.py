@@ -227,7 +227,7 @@ def test_run_prints_a_summary_and_writes_the_outputs(tmp_path: Path, config: Pat
     r = freight("run", path, "-o", out, "--data-dir", tmp_path / "data", "--config", config, cwd=tmp_path)
     assert r.returncode == 0, r
     assert r.stdout.strip() == str(out)
-    assert re.search(r"completed.*: 6 requests, 6 succeeded, 0 failed in [0-9.]+s", r.stderr), r.stderr
+    assert re.search(r"completed batch_[0-9a-f]+ in [0-9.]+s: 6 requests, 6 succeeded, 0 failed", r.stderr), r.stderr
     assert [line["custom_id"] for line in parse_jsonl(out.read_bytes())] == ids
     errors = tmp_path / "out" / "results.errors.jsonl"
     assert errors.exists() and errors.read_bytes() == b""

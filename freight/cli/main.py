@@ -7,6 +7,7 @@ Exit status: 0 success; 1 an error (or a batch that failed validation); 2 a usag
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -18,12 +19,21 @@ import click
 
 from freight import __version__
 from freight.cli.client import client_commands
+from freight.cli.keys import keys
 from freight.cli.progress import BatchProgress, console
 from freight.domain.batches import BatchStatus
-from freight.domain.errors import FreightError
+from freight.domain.errors import ConfigError, FreightError
+from freight.domain.keys import DEFAULT_PROJECT
 from freight.wire.batch_input import BatchInputValidator, iter_lines
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _settings(config: Path | None, data_dir: Path | None, **kw: Any) -> Any:
@@ -64,10 +74,26 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config: Pat
 
     settings = _settings(config, data_dir, host=host, port=port)
     runtime = build_runtime(settings)
+    try:
+        with_keys = runtime.keys.required()
+        if not with_keys and not is_loopback(settings.host):
+            raise ConfigError(
+                f"refusing to serve on {settings.host}: this data dir has no API keys, so anyone who can reach "
+                "the port could use it. Without keys freight binds to loopback only (127.0.0.1, ::1, localhost). "
+                f"Create a key first: freight keys create --project NAME --data-dir {settings.data_dir}")
+    except BaseException:
+        runtime.close()
+        raise
     app = create_app(runtime)
     models = ", ".join(m.id for m in runtime.catalog.models())
     console.print(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
                   f"(data: {settings.data_dir}; models: {models})")
+    if with_keys:
+        projects = sorted({k.project for k in runtime.keys.list() if k.revoked_at is None})
+        console.print(f"API keys required ({len(projects)} project(s): {', '.join(projects)})")
+    else:
+        console.print(f"no API keys: loopback only, every request is in project '{DEFAULT_PROJECT}' "
+                      "(make keys with: freight keys create --project NAME)")
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
     finally:
@@ -125,11 +151,11 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
             console.print(f"  {where}: {e.code}" + (f" ({e.param})" if e.param else "") + f": {e.message}")
         sys.exit(1)
     rate = counts.total / elapsed if elapsed > 0 else 0.0
-    console.print(f"[bold]{batch.status}[/bold] {batch.id}: {counts.total} requests, {counts.completed} succeeded, "
-                  f"{counts.failed} failed in {elapsed:.1f}s ({rate:.0f} requests/s)")
-    console.print(f"  output: {output_path}")
-    console.print(f"  errors: {errors_path}")
-    print(output_path)
+    console.print(f"[bold]{batch.status}[/bold] {batch.id} in {elapsed:.1f}s: {counts.total} requests, "
+                  f"{counts.completed} succeeded, {counts.failed} failed ({rate:.0f} requests/s)", soft_wrap=True)
+    console.print(f"  output: {output_path}", soft_wrap=True)
+    console.print(f"  errors: {errors_path}", soft_wrap=True)
+    print(output_path)  # stdout: the one machine-readable line (the summary above goes to stderr)
     if counts.failed:
         sys.exit(3)
 
@@ -169,6 +195,7 @@ def validate(input_path: Path, endpoint: str | None, config: Path | None) -> Non
 
 for command in client_commands:
     cli.add_command(command)
+cli.add_command(keys)
 
 
 def main() -> None:
