@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench chaos clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: lint
 
 bench: install
 	$(BIN)/python bench/run.py
+
+chaos: install
+	$(BIN)/python -m tests.chaos --kills 100
 
 clean:
 	rm -rf $(VENV) .freight-demo demo-output bench/.work

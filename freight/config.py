@@ -19,11 +19,15 @@ from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
 from freight.engine.engine import EngineSettings
+from freight.ports import Quota
 from freight.services.batches import WindowLimits
 from freight.services.files import UploadLimits
+from freight.services.message_batches import MessageBatchLimits
 from freight.wire.batch_input import InputLimits
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+#: Per-project limits by default (0 in freight.toml: no limit).
+DEFAULT_QUOTA = Quota(max_active_batches=100, max_queued_requests=1_000_000)
 
 
 def default_data_dir() -> Path:
@@ -41,6 +45,9 @@ class Settings:
     upload: UploadLimits = field(default_factory=UploadLimits)
     window: WindowLimits = field(default_factory=WindowLimits)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    quota: Quota = DEFAULT_QUOTA
+    #: ``[anthropic]``: the Message Batches API's limits and batch window.
+    anthropic: MessageBatchLimits = field(default_factory=MessageBatchLimits)
     sqlite_synchronous: str = "FULL"
     config_path: Path | None = None
 
@@ -101,7 +108,7 @@ def load_settings(
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
-    unknown = set(data) - {"server", "limits", "engine", "models"}
+    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -139,6 +146,18 @@ def load_settings(
         max_upload_bytes=_take(limits, "max_upload_bytes", int, "limits") or UploadLimits().max_upload_bytes,
         input=settings.input_limits,
     )
+    def quota_limit(key: str, default: int | None) -> int | None:
+        value = _take(limits, key, int, "limits")
+        if value is None:
+            return default
+        if value < 0:
+            raise ConfigError(f"limits.{key} must be 0 (no limit) or more, got {value}")
+        return value or None
+
+    settings.quota = Quota(
+        max_active_batches=quota_limit("max_active_batches_per_project", DEFAULT_QUOTA.max_active_batches),
+        max_queued_requests=quota_limit("max_queued_requests_per_project", DEFAULT_QUOTA.max_queued_requests),
+    )
     wl = WindowLimits()
     settings.window = WindowLimits(
         min_s=_duration(limits["completion_window_min"], "limits.completion_window_min")
@@ -163,4 +182,22 @@ def load_settings(
         retry=retry,
         input_limits=settings.input_limits,
     )
+    settings.anthropic = _anthropic_limits(_section(data, "anthropic"))
     return settings
+
+
+def _anthropic_limits(table: dict[str, Any]) -> MessageBatchLimits:
+    """``[anthropic]``: batch_window ("24h"), max_batch_requests, max_batch_bytes, max_request_bytes."""
+    unknown = set(table) - {"batch_window", "max_batch_requests", "max_batch_bytes", "max_request_bytes"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [anthropic]: {', '.join(sorted(unknown))}")
+    d = MessageBatchLimits()
+    window = table.get("batch_window", d.batch_window)
+    if _duration(window, "anthropic.batch_window") < 1:
+        raise ConfigError("anthropic.batch_window must be at least 1s")
+    return MessageBatchLimits(
+        max_requests=_take(table, "max_batch_requests", int, "anthropic") or d.max_requests,
+        max_bytes=_take(table, "max_batch_bytes", int, "anthropic") or d.max_bytes,
+        max_request_bytes=_take(table, "max_request_bytes", int, "anthropic") or d.max_request_bytes,
+        batch_window=str(window) if not isinstance(window, int) else f"{window}s",
+    )

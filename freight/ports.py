@@ -15,6 +15,9 @@ from typing import IO, Any, Protocol
 
 from freight.domain.batches import Batch, BatchError, BatchStatus
 from freight.domain.files import File
+from freight.domain.keys import ApiKey
+from freight.domain.lanes import LaneLimits, LaneOutcome, LaneSub, UpstreamProgress
+from freight.domain.message_batches import EndedCounts, MessageBatch
 from freight.domain.requests import ClaimedRequest, Failure, Result
 
 
@@ -49,6 +52,16 @@ class StoredResult:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """A project's limits on work in the system (None: no limit)."""
+
+    #: Batches not yet in a terminal state.
+    max_active_batches: int | None = None
+    #: Requests of active batches without a result yet (a validating batch counts its input's lines).
+    max_queued_requests: int | None = None
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[Any]
     has_more: bool
@@ -56,15 +69,26 @@ class Page:
 
 class Store(Protocol):
     # ---- files -------------------------------------------------------------------------
-    def insert_file(self, f: File, blob_key: str) -> None: ...
+    def insert_file(self, f: File, blob_key: str, idempotency_key: str | None = None) -> File:
+        """Insert, or return the file already created under the same idempotency key (then the
+        caller's ``blob_key`` is not referenced and its bytes may be deleted)."""
+        ...
+
+    def find_file(self, project: str, idempotency_key: str) -> File | None: ...
     def get_file(self, project: str, file_id: str) -> File | None: ...
     def file_blob_key(self, file_id: str) -> str | None: ...
     def list_files(self, project: str, *, purpose: str | None, after: str | None, limit: int, order: str) -> Page: ...
     def delete_file(self, project: str, file_id: str) -> bool: ...
 
     # ---- batches -----------------------------------------------------------------------
-    def insert_batch(self, b: Batch, idempotency_key: str | None) -> Batch:
-        """Insert, or return the batch already created under the same idempotency key."""
+    def insert_batch(
+        self, b: Batch, idempotency_key: str | None, quota: Quota | None = None, requests: int = 0
+    ) -> Batch:
+        """Insert, or return the batch already created under the same idempotency key.
+
+        With a ``quota``, the insert and the check that the project stays within it (counting this
+        batch's ``requests``) are one transaction; over it, ``RateLimited`` is raised.
+        """
         ...
 
     def get_batch(self, project: str | None, batch_id: str) -> Batch | None: ...
@@ -143,6 +167,84 @@ class Store(Protocol):
         """Every blob key a file row still refers to."""
         ...
 
+    # ---- API keys ----------------------------------------------------------------------
+    def insert_api_key(self, key: ApiKey, secret_hash: str) -> None: ...
+    def get_api_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key (revoked ones too) and the sha256 of its secret."""
+        ...
+
+    def list_api_keys(self) -> list[ApiKey]: ...
+    def revoke_api_key(self, key_id: str, at: int) -> bool: ...
+    def has_api_keys(self) -> bool:
+        """Whether any key that is not revoked exists."""
+        ...
+
+    # ---- Anthropic Message Batches (freight/services/message_batches.py) ------------------
+    def insert_message_batch(
+        self, f: File, blob_key: str, b: Batch, requests: int, quota: Quota | None = None
+    ) -> None:
+        """Record a Message Batch's input file, its batch and its Message Batch row in one transaction
+        (with the project's ``quota`` checked in it, as ``insert_batch`` does)."""
+        ...
+
+    def is_message_batch(self, batch_id: str) -> bool: ...
+    def get_message_batch(self, project: str, batch_id: str) -> MessageBatch | None: ...
+    def list_message_batches(
+        self, project: str, *, after: str | None, before: str | None, limit: int
+    ) -> Page:
+        """Message Batches, newest first: older than ``after``, or the ``limit`` just newer than ``before``."""
+        ...
+
+    def settle_message_batch(self, batch_id: str) -> EndedCounts | None:
+        """Count a terminal batch's results by kind (once; kept). None while it is not terminal."""
+        ...
+
+    def delete_message_batch(self, project: str, batch_id: str) -> bool:
+        """Delete a terminal Message Batch: its requests, batch row and files. False if none or not ended."""
+        ...
+
+    def restart_ingest(self, batch_id: str) -> None:
+        """Drop the requests of a batch being validated and zero its counters (validation starts over)."""
+        ...
+
+    def insert_finished_requests(self, batch_id: str, rows: Sequence[tuple[NewRequest, Result]]) -> None:
+        """Persist requests that already have their final result (refused at validation); counted."""
+        ...
+
+    # ---- batch lanes (freight/engine/lanes.py) -----------------------------------------
+    def lane_unassigned(self, batch_id: str, after_idx: int, limit: int) -> list[tuple[int, bytes, int]]:
+        """Pending requests of a batch that no live sub holds, in input order after ``after_idx``:
+        (idx, body, how many subs held it before)."""
+        ...
+
+    def lane_plan(self, sub: LaneSub, idxs: Sequence[int]) -> None:
+        """Record a planned sub and the requests it holds, in one transaction."""
+        ...
+
+    def lane_subs(self, batch_id: str, live_only: bool = True) -> list[LaneSub]: ...
+    def lane_bodies(self, sub_id: str, after_idx: int, limit: int) -> list[tuple[int, bytes]]:
+        """The requests of a sub, in input order."""
+        ...
+
+    def lane_items(self, sub_id: str) -> list[int]:
+        """The request indexes a sub holds, in input order."""
+        ...
+
+    def lane_update(self, sub_id: str, **fields: Any) -> None:
+        """Set columns of a sub (state, upload_id, upstream_id, create_sent_at, upstream_status,
+        completed, failed, cancel_sent)."""
+        ...
+
+    def lane_finish(self, sub_id: str, batch_id: str, results: Sequence[tuple[int, Result]]) -> int:
+        """Store these results (each only if its request has none yet) and mark the sub done, in one
+        transaction. Requests of the sub without a result here go back to the pool. Returns how many
+        results were stored."""
+        ...
+
+    def lane_progress(self, batch_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per batch: (completed, failed) that live subs' upstream batches report, not yet downloaded."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -188,3 +290,51 @@ class Backend(Protocol):
     async def start(self) -> None: ...
     async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure]: ...
     async def close(self) -> None: ...
+
+
+class BatchLane(Protocol):
+    """A provider's own batch API (OpenAI Files + Batches, Anthropic Message Batches) for some models.
+
+    Not a ``Backend``: a lane takes whole sets of requests and answers hours later, so the engine's
+    ``LaneRunner`` (freight/engine/lanes.py) drives it, one durable step at a time. A lane holds no
+    state of its own beyond a connection pool; every id it returns is recorded by the runner before
+    the next call. Requests come as freight's own batch lines (``{"custom_id", "method", "url",
+    "body"}``) whose ``custom_id`` is the upstream key (freight.domain.lanes.upstream_key); outcomes
+    are returned by that key. Errors (connection, 5xx, 429) are raised and retried by the runner.
+    """
+
+    limits: LaneLimits
+    #: First and longest interval between two polls of one upstream batch (the runner backs off).
+    poll_interval_s: float
+    max_poll_interval_s: float
+    #: How many times a request may be submitted upstream (resubmission of expired/retryable ones).
+    max_rounds: int
+    #: After a cancel (or freight's window running out): how long to wait for upstream batches to end.
+    cancel_timeout_s: float
+
+    def models(self) -> Sequence[ModelInfo]: ...
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def upload(self, sub_id: str, endpoint: str, lines: IO[bytes]) -> str | None:
+        """Put the requests upstream if the protocol has a separate step for it (OpenAI: a file;
+        returns its id); None when the create carries them (Anthropic)."""
+        ...
+
+    async def find_upload(self, sub_id: str) -> str | None:
+        """After a crash during ``upload``: the upload that did arrive, if any."""
+        ...
+
+    async def create(self, sub_id: str, endpoint: str, upload_id: str | None, lines: IO[bytes]) -> str:
+        """Create the upstream batch; its id. ``LaneRefused`` when the upstream will never take it."""
+        ...
+
+    async def find_created(self, sub_id: str, upload_id: str | None, sent_at: float, requests: int) -> str | None:
+        """After a crash during ``create``: the upstream batch that was created, if any."""
+        ...
+
+    async def poll(self, upstream_id: str) -> UpstreamProgress: ...
+    async def outcomes(self, upstream_id: str) -> list[LaneOutcome]:
+        """Every line the ended upstream batch has for its requests (some may be missing)."""
+        ...
+
+    async def cancel(self, upstream_id: str) -> None: ...

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from freight.backends import build_backends
+from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
 from freight.ports import Backend
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
+from freight.services.keys import KeyService
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
 from freight.store.sqlite import SqliteStore
@@ -31,6 +32,7 @@ class Runtime:
     files: FileService
     batches: BatchService
     engine: Engine
+    keys: KeyService
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
 
@@ -50,10 +52,12 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         clock = SystemClock()
         store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
         blobs = LocalBlobStore(settings.data_dir / "blobs")
-        catalog = ModelCatalog(backends if backends is not None else build_backends(settings.model_tables()))
+        catalog = ModelCatalog(backends if backends is not None else build_backends(settings.model_tables()),
+                               build_lanes(settings.model_tables()) if backends is None else [])
         engine = Engine(store, blobs, catalog, clock, settings.engine)
         files = FileService(store, blobs, clock, settings.upload)
-        batches = BatchService(store, clock, settings.window, on_change=engine.wake)
+        batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
+        keys = KeyService(store, clock)
         if data_lock is not None:
             # This process is the only engine on this data dir: every lease left behind belongs to a
             # dead process, so its requests can run again at once instead of after lease expiry.
@@ -63,4 +67,4 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if data_lock is not None:
             data_lock.release()
         raise
-    return Runtime(settings, store, blobs, catalog, files, batches, engine, clock, data_lock)
+    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, clock, data_lock)

@@ -55,7 +55,7 @@ def freight_command() -> list[str]:
 
 
 def config_text(*, embeddings: bool = False, slow_chunk: int = 4, slow_concurrency: int = 2,
-                extra: str = "") -> str:
+                extra: str = "", limits: str = "") -> str:
     text = f"""\
 [models."{SCRIPTED}"]
 backend = "scripted"
@@ -71,7 +71,7 @@ retry_base_delay_s = 0.05
 
 [limits]
 completion_window_min = "1s"
-"""
+{limits}"""
     if embeddings:
         text += f'\n[models."{EMBEDDING_MODEL}"]\nbackend = "local-embeddings"\n'
     return text + extra
@@ -96,9 +96,10 @@ class ResponseLog:
                              response.headers.get("x-request-id")))
 
 
-def openai_client(base_url: str, log: ResponseLog | None = None, timeout: float = 30) -> OpenAI:
+def openai_client(base_url: str, log: ResponseLog | None = None, timeout: float = 30,
+                  api_key: str = "test") -> OpenAI:
     http_client = DefaultHttpxClient(event_hooks={"response": [log.hook]}) if log is not None else None
-    return OpenAI(base_url=base_url, api_key="test", _strict_response_validation=True, max_retries=0,
+    return OpenAI(base_url=base_url, api_key=api_key, _strict_response_validation=True, max_retries=0,
                   timeout=timeout, http_client=http_client)
 
 
@@ -122,8 +123,16 @@ class FreightServer:
     def db_path(self) -> Path:
         return self.data_dir / "freight.db"
 
-    def client(self, log: ResponseLog | None = None) -> OpenAI:
-        return openai_client(self.base_url, log)
+    def client(self, log: ResponseLog | None = None, api_key: str = "test") -> OpenAI:
+        return openai_client(self.base_url, log, api_key=api_key)
+
+    def create_key(self, project: str) -> str:
+        """``freight keys create`` on this server's data dir; the key (the last line it prints)."""
+        done = subprocess.run([*freight_command(), "keys", "create", "--project", project, "--data-dir",
+                               str(self.data_dir), "--config", str(self.config)], capture_output=True, text=True,
+                              cwd=self.config.parent, env=subprocess_env(), stdin=subprocess.DEVNULL, timeout=60)
+        assert done.returncode == 0, done
+        return done.stdout.strip().splitlines()[-1]
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -131,13 +140,18 @@ class FreightServer:
         except OSError:
             return ""
 
-    def start(self, timeout_s: float = 60) -> FreightServer:
+    def spawn(self) -> None:
+        """Start the process without waiting for it to answer."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         cmd = [*freight_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--config", str(self.config)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.config.parent, env=subprocess_env(), start_new_session=True)
+
+    def start(self, timeout_s: float = 60) -> FreightServer:
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:

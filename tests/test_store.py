@@ -201,3 +201,105 @@ def test_release_leases_returns_running_to_pending(store: SqliteStore) -> None:
     store.claim(b.id, "w", NOW, 1000, 3, 5)
     assert store.release_leases() == 3
     assert len(store.claim(b.id, "w2", NOW, 30, 10, 5)) == 3
+
+
+# ---- files' idempotency, per-project quotas, API keys, upgrades --------------------------------
+
+
+def _file(file_id: str, project: str = "p", lines: int | None = 5) -> File:
+    return File(id=file_id, project=project, filename="in.jsonl", purpose="batch", bytes=10, created_at=int(NOW),
+                lines=lines)
+
+
+def test_file_idempotency_key_returns_the_first_file(store: SqliteStore) -> None:
+    first = _file("file-" + "1" * 24)
+    assert store.insert_file(first, first.id, "up-1").id == first.id
+    again = _file("file-" + "2" * 24)
+    assert store.insert_file(again, again.id, "up-1").id == first.id
+    assert store.get_file("p", again.id) is None and store.file_blob_key(again.id) is None
+    other = _file("file-" + "3" * 24, project="q")
+    assert store.insert_file(other, other.id, "up-1").id == other.id, "keys are per project"
+    assert store.delete_file("p", first.id)
+    found = store.find_file("p", "up-1")
+    assert found is not None and found.id == first.id, "a deleted file still answers its key (no re-create)"
+    assert store.get_file("p", first.id) is None
+    plain = _file("file-" + "4" * 24)
+    store.insert_file(plain, plain.id)
+    store.insert_file(_file("file-" + "5" * 24), "file-" + "5" * 24)  # many files without a key
+    got = store.get_file("p", plain.id)
+    assert got is not None and got.lines == 5
+
+
+def test_quota_counts_active_batches_and_queued_requests(store: SqliteStore) -> None:
+    from freight.domain.errors import RateLimited
+    from freight.ports import Quota
+
+    f = _file("file-" + "6" * 24, lines=7)
+    store.insert_file(f, f.id)
+
+    def new(n: int) -> Batch:
+        return Batch(id=f"batch_{n:024x}", project="p", endpoint="/v1/embeddings", input_file_id=f.id,
+                     completion_window="24h", status=BatchStatus.VALIDATING, created_at=1, expires_at=2)
+
+    quota = Quota(max_active_batches=3, max_queued_requests=20)
+    store.insert_batch(new(1), None, quota, 7)  # validating: counts its file's 7 lines
+    store.insert_batch(new(2), None, quota, 7)  # 14
+    with pytest.raises(RateLimited) as info:
+        store.insert_batch(new(3), None, quota, 7)  # 21 > 20
+    assert info.value.code == "too_many_queued_requests" and store.get_batch("p", new(3).id) is None
+    # once running, a batch counts the requests that have no result yet
+    store.insert_requests(new(1).id, [NewRequest(i, i + 1, f"c{i}", b"{}") for i in range(7)])
+    store.start_batch(new(1).id, 7, "m", int(NOW))
+    claimed = store.claim(new(1).id, "w", NOW, 30, 4, 5)
+    store.complete(new(1).id, [Completion(c.idx, c.attempt_id, ok()) for c in claimed])  # 3 + 7 queued
+    store.insert_batch(new(3), None, quota, 7)  # 17
+    with pytest.raises(RateLimited) as info:
+        store.insert_batch(new(4), None, quota, 1)
+    assert info.value.code == "too_many_active_batches" and info.value.status_code == 429
+    assert store.insert_batch(new(5), None, None, 1).id == new(5).id, "no quota: no limit"
+    other = Batch(**{**new(6).__dict__, "project": "q"})
+    assert store.insert_batch(other, None, quota, 7).id == other.id, "another project has its own quota"
+    # an idempotent replay is answered even at the limit
+    store.insert_batch(Batch(**{**new(7).__dict__, "project": "r"}), "k", Quota(max_active_batches=1), 1)
+    assert store.insert_batch(Batch(**{**new(8).__dict__, "project": "r"}), "k", Quota(max_active_batches=1),
+                              1).id == new(7).id
+
+
+def test_api_keys_keep_a_hash_and_can_be_revoked(store: SqliteStore) -> None:
+    from freight.domain.keys import ApiKey
+
+    assert not store.has_api_keys() and store.list_api_keys() == []
+    store.insert_api_key(ApiKey("0123456789ab", "team", 5), "ab" * 32)
+    assert store.has_api_keys()
+    found = store.get_api_key("0123456789ab")
+    assert found == (ApiKey("0123456789ab", "team", 5), "ab" * 32)
+    assert store.revoke_api_key("0123456789ab", 9) and not store.revoke_api_key("0123456789ab", 10)
+    assert not store.has_api_keys() and store.list_api_keys() == [ApiKey("0123456789ab", "team", 5, 9)]
+    assert store.get_api_key("nope") is None
+
+
+def test_a_version_1_data_dir_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as c:  # make it look like freight 0.1's: no new columns, no api_keys table
+        c.execute("DROP INDEX files_by_idempotency_key")
+        c.execute("ALTER TABLE files DROP COLUMN lines")
+        c.execute("ALTER TABLE files DROP COLUMN idempotency_key")
+        c.execute("DROP TABLE api_keys")
+        c.execute("PRAGMA user_version=0")
+        c.execute("INSERT INTO files (id, project, filename, purpose, bytes, created_at, status, blob_key) "
+                  "VALUES ('file-000000000000000000000001', 'p', 'a.jsonl', 'batch', 3, 1, 'processed', 'k')")
+    store = SqliteStore(path)
+    try:
+        old = store.get_file("p", "file-000000000000000000000001")
+        assert old is not None and old.lines is None
+        f = _file("file-" + "7" * 24)
+        assert store.insert_file(f, f.id, "k").id == f.id
+        assert not store.has_api_keys()
+    finally:
+        store.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    SqliteStore(path).close()  # and opening it again is a no-op

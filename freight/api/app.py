@@ -9,16 +9,39 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from freight import __version__
-from freight.api import models, openai_batches, openai_files
+from freight.api import anthropic_batches, models, openai_batches, openai_files
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
 from freight.runtime import Runtime
 
 log = logging.getLogger("freight.api")
 
-DEFAULT_PROJECT = "default"
+#: Paths anyone may call, with or without a key.
+OPEN_PATHS = frozenset({"/health"})
+
+
+def presented_key(request: Request) -> str | None:
+    """The API key of a request: ``Authorization: Bearer …`` (OpenAI) or ``X-Api-Key`` (Anthropic)."""
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def unauthorized(has_key: bool) -> JSONResponse:
+    if has_key:
+        message = "Incorrect API key provided. Create one with `freight keys create --project NAME`."
+    else:
+        message = ("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY' "
+                   "(or 'X-Api-Key: YOUR_KEY').")
+    response = error_response(401, message, "authentication_error", code="invalid_api_key")
+    response.headers["www-authenticate"] = 'Bearer realm="freight"'
+    return response
 
 
 def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
@@ -45,13 +68,22 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     @app.middleware("http")
     async def request_ids(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = ids.new_request_id()
-        request.state.project = DEFAULT_PROJECT
+        request.state.request_id = request_id
+        response: Response
         try:
-            response = await call_next(request)
+            token = presented_key(request)
+            project = await run_in_threadpool(runtime.keys.project_for, token)
+            if project is None and request.url.path not in OPEN_PATHS:
+                response = unauthorized(token is not None)
+            else:
+                request.state.project = project
+                response = await call_next(request)
         except Exception:
             # Handlers for Exception run outside this middleware, where the ids would be lost.
             log.exception("unhandled error", extra={"request_id": request_id})
             response = error_response(500, "The server had an error while processing your request.", "server_error")
+        if isinstance(response, JSONResponse) and anthropic_batches.is_anthropic_path(request.url.path):
+            response = anthropic_batches.reshape_error(request, response)  # Anthropic's error envelope
         response.headers["x-request-id"] = request_id
         response.headers["request-id"] = request_id
         return response
@@ -63,4 +95,5 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     app.include_router(openai_files.router)
     app.include_router(openai_batches.router)
     app.include_router(models.router)
+    app.include_router(anthropic_batches.router)
     return app

@@ -47,16 +47,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def freight_error(_: Request, exc: FreightError) -> JSONResponse:
         if exc.status_code >= 500:
             log.error("internal error: %s", exc.message)
+            if exc.public:
+                return error_response(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
             return error_response(500, "The server had an error while processing your request.", "server_error")
         return error_response(exc.status_code, exc.message, exc.error_type, exc.param, exc.code)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail) if exc.detail else "Request failed."
         if exc.status_code == 404:
             message = "Unknown request URL. Please check the URL and method."
         elif exc.status_code == 405:
-            message = "Method not allowed for this URL."
+            message = f"Method {request.method[:20]} is not allowed for this URL."
+        if request.url.path == "/v1/messages" or request.url.path.startswith("/v1/messages/"):
+            # Routing errors (a method no route lists) on the Anthropic API: in its envelope too.
+            from freight.api import anthropic_batches
+
+            return anthropic_batches.error_response(request, exc.status_code, message)
         return error_response(exc.status_code, message)
 
     @app.exception_handler(RequestValidationError)

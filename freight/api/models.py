@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from freight.api import openapi_docs
 from freight.api.errors import error_response
 from freight.api.openai_files import _runtime
 from freight.api.params import json_body
@@ -61,16 +62,16 @@ async def _realtime(request: Request, endpoint: str) -> Response:
     return Response(result.body or b"{}", status_code=result.status_code or 500, media_type="application/json")
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=openapi_docs.REALTIME)
 async def embeddings(request: Request) -> Response:
     return await _realtime(request, "/v1/embeddings")
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=openapi_docs.REALTIME)
 async def chat_completions(request: Request) -> Response:
     return await _realtime(request, "/v1/chat/completions")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=openapi_docs.REALTIME)
 async def completions(request: Request) -> Response:
     return await _realtime(request, "/v1/completions")

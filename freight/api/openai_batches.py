@@ -6,22 +6,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from freight.api import openapi_docs
 from freight.api.openai_files import _project, _runtime
-from freight.api.params import int_param, json_body, str_param
+from freight.api.params import idempotency_key, int_param, json_body, str_param
 from freight.wire import openai
 
 router = APIRouter()
 
 
-@router.post("/v1/batches")
+@router.post("/v1/batches", openapi_extra=openapi_docs.CREATE_BATCH)
 async def create_batch(request: Request) -> JSONResponse:
     body = await json_body(request)
-    key = request.headers.get("idempotency-key")
+    key = idempotency_key(request)
     batch = await run_in_threadpool(_runtime(request).batches.create, _project(request), body, key)
     return JSONResponse(openai.batch_object(batch))
 
 
-@router.get("/v1/batches")
+@router.get("/v1/batches", openapi_extra=openapi_docs.LIST_BATCHES)
 async def list_batches(request: Request) -> JSONResponse:
     limit = int_param(request, "limit", 20, 1, 100)
     page = await run_in_threadpool(_runtime(request).batches.list, _project(request),

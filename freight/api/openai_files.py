@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from freight.api.params import choice_param, int_param, str_param
-from freight.api.uploads import receive_upload
+from freight.api import openapi_docs
+from freight.api.params import choice_param, idempotency_key, int_param, str_param
+from freight.api.uploads import drain, receive_upload
 from freight.domain.errors import InvalidInput
 from freight.domain.files import ALL_PURPOSES
 from freight.runtime import Runtime
@@ -30,9 +31,15 @@ def _project(request: Request) -> str:
     return project
 
 
-@router.post("/v1/files")
+@router.post("/v1/files", openapi_extra=openapi_docs.CREATE_FILE)
 async def create_file(request: Request) -> JSONResponse:
     rt = _runtime(request)
+    key = idempotency_key(request)
+    if key is not None:
+        earlier = await run_in_threadpool(rt.files.find, _project(request), key)
+        if earlier is not None:
+            await drain(request, rt.files.limits.max_upload_bytes)
+            return JSONResponse(openai.file_object(earlier))
     upload = await receive_upload(request, rt.files)
     try:
         purpose = rt.files.check_purpose(upload.fields.get("purpose"))
@@ -51,7 +58,8 @@ async def create_file(request: Request) -> JSONResponse:
                                    code="invalid_value") from None
         f = await run_in_threadpool(
             rt.files.finish_upload, _project(request), upload.file_id, upload.writer,
-            filename=upload.filename or "upload.jsonl", purpose=purpose, expires_after_s=expires_after_s)
+            filename=upload.filename or "upload.jsonl", purpose=purpose, expires_after_s=expires_after_s,
+            idempotency_key=key)
     except BaseException:
         if upload.writer is not None:
             upload.writer.abort()
@@ -59,7 +67,7 @@ async def create_file(request: Request) -> JSONResponse:
     return JSONResponse(openai.file_object(f))
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", openapi_extra=openapi_docs.LIST_FILES)
 async def list_files(request: Request) -> JSONResponse:
     rt = _runtime(request)
     limit = int_param(request, "limit", 10_000, 1, 10_000)

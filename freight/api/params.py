@@ -10,6 +10,7 @@ from freight.domain.errors import InvalidInput, PayloadTooLarge
 from freight.wire import jsonx
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -58,3 +59,14 @@ async def json_body(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> A
         return jsonx.loads(data)
     except jsonx.JSONDecodeError:
         raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header: a retry with the same key (per project) gets the first answer."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(f"The Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters.",
+                           param="Idempotency-Key", code="invalid_value")
+    return key

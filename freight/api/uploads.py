@@ -11,7 +11,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from freight.domain.errors import InvalidInput, PayloadTooLarge
+from freight.domain.errors import FreightError, InvalidInput, PayloadTooLarge
 from freight.domain.files import UPLOAD_PURPOSES
 from freight.ports import BlobWriter
 from freight.services.files import FileService
@@ -125,10 +125,20 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
     except BaseException as exc:
         if state["writer"] is not None:
             state["writer"].abort()
-        if isinstance(exc, InvalidInput | PayloadTooLarge):
+        if isinstance(exc, FreightError):
             raise
         if isinstance(exc, Exception):
             raise InvalidInput(f"The multipart body could not be parsed: {exc}", param="file",
                                code="invalid_multipart") from None
         raise
     return Upload(fields=fields, file_id=state["file_id"], writer=state["writer"], filename=state["filename"])
+
+
+async def drain(request: Request, max_bytes: int) -> None:
+    """Read and drop a request body (a replayed upload), still bounded by the upload limit."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"The request body is larger than the {max_bytes} byte upload limit.",
+                                  param="file", code="file_too_large")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from freight.domain.errors import ConfigError
-from freight.ports import Backend
+from freight.ports import Backend, BatchLane
 
-KINDS = ("local-embeddings", "scripted")
+KINDS = ("local-embeddings", "openai", "scripted")
 
 
 def build_backend(name: str, table: dict[str, Any]) -> Backend:
@@ -19,14 +19,45 @@ def build_backend(name: str, table: dict[str, Any]) -> Backend:
             from freight.backends.local_embeddings import LocalEmbeddingBackend
 
             return LocalEmbeddingBackend(model_id=name, **options)
+        if kind == "openai":
+            from freight.backends.openai_http import OpenAIHTTPBackend
+
+            return OpenAIHTTPBackend(model_id=name, **options)
         if kind == "scripted":
             from freight.backends.scripted import ScriptedBackend
 
             return ScriptedBackend(model_id=name, **options)
     except TypeError as exc:
         raise ConfigError(f"[models.\"{name}\"]: {exc}") from None
-    raise ConfigError(f"[models.\"{name}\"]: unknown backend {kind!r} (known: {', '.join(KINDS)})")
+    raise ConfigError(f"[models.\"{name}\"]: unknown backend {kind!r} (known: {', '.join(KINDS + LANE_KINDS)})")
 
 
 def build_backends(tables: dict[str, dict[str, Any]]) -> list[Backend]:
-    return [build_backend(name, table) for name, table in tables.items()]
+    """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter).
+    Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
+    from freight.backends.messages_adapter import MessagesAdapter
+
+    return [MessagesAdapter(build_backend(name, table)) for name, table in tables.items()
+            if table.get("backend") not in LANE_KINDS]
+
+
+#: Models forwarded to a provider's own batch API (freight/backends/provider_batches.py).
+LANE_KINDS = ("openai-batch", "anthropic-batch")
+
+
+def build_lanes(tables: dict[str, dict[str, Any]]) -> list[BatchLane]:
+    """The batch lanes of the ``[models."name"]`` tables whose backend is one of ``LANE_KINDS``."""
+    from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane
+
+    lanes: list[BatchLane] = []
+    for name, table in tables.items():
+        kind = table.get("backend")
+        if kind not in LANE_KINDS:
+            continue
+        options = {k: v for k, v in table.items() if k != "backend"}
+        try:
+            lanes.append(OpenAIBatchLane(name, **options) if kind == "openai-batch"
+                         else AnthropicBatchLane(name, **options))
+        except TypeError as exc:
+            raise ConfigError(f"[models.\"{name}\"]: {exc}") from None
+    return lanes

@@ -8,7 +8,16 @@ Model ``freight-scripted`` on every endpoint. The body may carry ``"script"``:
   process), then succeed;
 - ``{"status": 400}``: always answer that status with an OpenAI error body.
 
-The success body echoes the request body back, so tests can check routing.
+The success body echoes the request body back, so tests can check routing. On
+``/v1/chat/completions`` it is also shaped like a chat completion (``id``, ``model``, ``choices``,
+``usage``), so that translating callers (the Messages adapter) get a real answer: the reply is
+``script["reply"]`` or ``"echo: <last message>"``; a word is a token, so ``max_tokens`` cuts the
+reply (``finish_reason: "length"``), and a ``stop`` string in it ends the reply there
+(``finish_reason: "stop"`` and, as vLLM does, ``stop_reason`` naming the string).
+
+A chat request can also carry its script in its last message: content starting with
+``#script `` followed by the script's JSON (for callers that cannot add a ``script`` key, such
+as Anthropic Messages params).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from freight.ports import ModelInfo
 from freight.wire import jsonx
 
 SCRIPTED_MODEL = "freight-scripted"
+CHAT = "/v1/chat/completions"
 ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 
 
@@ -48,7 +58,7 @@ class ScriptedBackend:
         return list(await asyncio.gather(*(self._one(endpoint, body) for body in bodies)))
 
     async def _one(self, endpoint: str, body: dict[str, Any]) -> Result | Failure:
-        script = body.get("script") or {}
+        script = body.get("script") or _message_script(body) or {}
         self.executed += 1
         if script.get("sleep_s"):
             await asyncio.sleep(float(script["sleep_s"]))
@@ -64,6 +74,60 @@ class ScriptedBackend:
             error = {"error": {"message": f"scripted failure {status}", "type": "invalid_request_error"
                                if status < 500 else "server_error", "param": None, "code": None}}
             return Result(status_code=status, body=jsonx.dumps(error), request_id=ids.new_request_id())
-        response = {"object": "scripted", "endpoint": endpoint, "echo": body, "attempt": attempt}
+        response: dict[str, Any] = {"object": "scripted", "endpoint": endpoint, "echo": body, "attempt": attempt}
+        input_tokens, output_tokens = len(jsonx.dumps(body)) // 4, 1
+        if endpoint == CHAT:
+            output_tokens = _chat_completion(response, body, script, input_tokens)
         return Result(status_code=200, body=jsonx.dumps(response), request_id=ids.new_request_id(),
-                      input_tokens=len(jsonx.dumps(body)) // 4, output_tokens=1)
+                      input_tokens=input_tokens, output_tokens=output_tokens)
+
+
+SCRIPT_PREFIX = "#script "
+
+
+def _last_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return ""
+    content = messages[-1].get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _message_script(body: dict[str, Any]) -> dict[str, Any] | None:
+    text = _last_text(body)
+    if not text.startswith(SCRIPT_PREFIX):
+        return None
+    try:
+        script = jsonx.loads(text[len(SCRIPT_PREFIX):])
+    except jsonx.JSONDecodeError:
+        return None
+    return script if isinstance(script, dict) else None
+
+
+def _chat_completion(response: dict[str, Any], body: dict[str, Any], script: dict[str, Any], prompt: int) -> int:
+    """Add a chat completion's fields to ``response``; the number of completion tokens (words)."""
+    reply = str(script.get("reply", f"echo: {_last_text(body)}"))
+    finish, matched = str(script.get("finish_reason", "stop")), None
+    stops = body.get("stop")
+    for stop in [stops] if isinstance(stops, str) else stops if isinstance(stops, list) else []:
+        if isinstance(stop, str) and stop and stop in reply:
+            reply, finish, matched = reply[: reply.index(stop)], "stop", stop
+    words = reply.split(" ") if reply else []
+    limit = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(limit, int) and len(words) > limit:
+        words, finish, matched = words[:limit], "length", None
+        reply = " ".join(words)
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": reply},
+                              "finish_reason": finish, "logprobs": None}
+    if matched is not None:
+        choice["stop_reason"] = matched
+    response.update({
+        "id": "chatcmpl-" + ids.new_attempt_id(),
+        "created": 0,
+        "model": body.get("model"),
+        "choices": [choice],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words)},
+    })
+    return len(words)

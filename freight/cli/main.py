@@ -166,12 +166,12 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
 @config_option
 def validate(input_path: Path, endpoint: str | None, config: Path | None) -> None:
     """Check a batch file offline; print every problem with its line number."""
-    from freight.backends import build_backends
+    from freight.backends import build_backends, build_lanes
     from freight.cli import local_run
     from freight.services.catalog import ModelCatalog
 
     settings = _settings(config, None)
-    catalog = ModelCatalog(build_backends(settings.model_tables()))
+    catalog = ModelCatalog(build_backends(settings.model_tables()), build_lanes(settings.model_tables()))
     try:
         endpoint = endpoint or local_run.infer_endpoint(input_path)
     except FreightError:

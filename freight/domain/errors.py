@@ -7,9 +7,12 @@ The tree::
     ├── NotFound            no such file or batch for this caller (HTTP 404)
     ├── Conflict            the object is in a state that forbids the operation (HTTP 409)
     ├── PayloadTooLarge     an upload or body is over its configured limit (HTTP 413)
+    ├── Unauthorized        no API key, or not a valid one (HTTP 401)
+    ├── RateLimited         a per-project limit is reached; try again later (HTTP 429)
     ├── ConfigError         freight.toml or a setting is wrong (startup)
     ├── BackendError        a backend could not run a request (retried by the engine)
     └── StoreError          the store failed (disk full, locked, corrupt)
+        └── InsufficientStorage  no space left for a write (HTTP 507; nothing was stored)
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ class FreightError(Exception):
 
     status_code = 500
     error_type = "server_error"
+    #: Whether a 5xx's message may be shown to the client (otherwise a generic one is).
+    public = False
 
     def __init__(self, message: str | None = None, *, param: str | None = None, code: str | None = None):
         self.message = message or (self.__doc__ or "").strip()
@@ -56,6 +61,20 @@ class PayloadTooLarge(FreightError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(FreightError):
+    """No valid API key was provided."""
+
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class RateLimited(FreightError):
+    """A limit of this project is reached; try again later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
 class ConfigError(FreightError):
     """The configuration is invalid."""
 
@@ -68,3 +87,11 @@ class BackendError(FreightError):
 
 class StoreError(FreightError):
     """The store failed."""
+
+
+class InsufficientStorage(StoreError):
+    """The server has no space left to store this; nothing was stored."""
+
+    status_code = 507
+    #: Safe to show the client: it says what happened, nothing about the server's insides.
+    public = True

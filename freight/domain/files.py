@@ -32,3 +32,5 @@ class File:
     status: FileStatus = FileStatus.PROCESSED
     expires_at: int | None = None
     status_details: str | None = None
+    #: Request lines of a batch input file (counted at upload; None for other files).
+    lines: int | None = None

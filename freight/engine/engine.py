@@ -5,8 +5,9 @@ Two kinds of task run on the event loop:
 - ``tick`` (on every wake-up, at least every ``poll_interval_s``) looks at each active batch and
   moves it along its status machine: ingest a validating batch, finalize a finished one, close
   out an expired or cancelled one;
-- one dispatcher per backend claims chunks of requests (round-robin across batches, so one big
-  batch cannot starve the others) and runs up to ``backend.max_concurrency`` chunks at once.
+- one dispatcher per backend claims chunks of requests (round-robin across projects, then across
+  each project's batches, so one tenant or one big batch cannot starve the others) and runs up to
+  ``backend.max_concurrency`` chunks at once.
 
 Every store call runs in a worker thread. Results are stored only by the attempt that holds the
 claim, so a chunk that outlives its lease (or its batch's deadline) can never overwrite or
@@ -19,12 +20,15 @@ import asyncio
 import contextlib
 import logging
 import random as _random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from freight.domain import ids
 from freight.domain.batches import Batch, BatchStatus
 from freight.domain.clock import Clock
+from freight.domain.message_batches import MESSAGES_ENDPOINT
 from freight.domain.requests import (
     BATCH_CANCELLED,
     BATCH_EXPIRED,
@@ -36,12 +40,15 @@ from freight.domain.requests import (
 from freight.domain.retry import RetryPolicy, is_transient_status
 from freight.engine.finalize import finalize_batch
 from freight.engine.ingest import ingest_batch
+from freight.engine.ingest_messages import ingest_message_batch
+from freight.engine.lanes import LaneRunner
 from freight.ports import Backend, BlobStore, Completion, Retry, Store
 from freight.services.catalog import ModelCatalog
 from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits
 
 log = logging.getLogger("freight.engine")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,46 @@ class EngineSettings:
     input_limits: InputLimits = field(default_factory=InputLimits)
     #: How often deleted and expired files have their bytes removed.
     housekeeping_interval_s: float = 60.0
+    #: Storing a chunk's results is retried this many times (a locked or full store), with a backoff
+    #: from ``store_retry_base_s`` doubling up to ``store_retry_max_s``, before the results are given
+    #: up (the requests then run again once their lease expires).
+    store_retry_attempts: int = 8
+    store_retry_base_s: float = 0.05
+    store_retry_max_s: float = 2.0
+    #: A batch step (validate, finalize, close) that failed is tried again after a backoff that
+    #: doubles from ``poll_interval_s`` up to this.
+    step_retry_max_s: float = 30.0
+
+
+class FairTurns:
+    """Whose turn it is to have a chunk claimed: projects in turn, and each project's batches in turn.
+
+    So a project with many (or huge) batches gets one chunk in P while P projects have work, and
+    never holds up the others for longer than that; within a project, batches share the same way.
+    """
+
+    def __init__(self) -> None:
+        self._last_project: str | None = None
+        self._last_batch: dict[str, str] = {}
+
+    def order(self, batches: Sequence[Batch]) -> list[Batch]:
+        """Every batch, in the order to try them: the next project's batches first, from its next batch."""
+        by_project: dict[str, list[Batch]] = {}
+        for batch in batches:
+            by_project.setdefault(batch.project, []).append(batch)
+        projects = sorted(by_project)
+        start = next((i for i, p in enumerate(projects) if self._last_project is None or p > self._last_project), 0)
+        ordered: list[Batch] = []
+        for project in projects[start:] + projects[:start]:
+            own = by_project[project]
+            last = self._last_batch.get(project)
+            after = next((i + 1 for i, b in enumerate(own) if b.id == last), 0)
+            ordered.extend(own[after:] + own[:after])
+        return ordered
+
+    def served(self, batch: Batch) -> None:
+        self._last_project = batch.project
+        self._last_batch[batch.project] = batch.id
 
 
 class Engine:
@@ -86,6 +133,10 @@ class Engine:
         self.errors: int = 0
         self._stopping = False
         self._next_housekeeping = 0.0
+        #: Batches whose model is forwarded to a provider's batch API (engine/lanes.py).
+        self.lanes = LaneRunner(store, blobs, catalog, clock, random=random)
+        #: batch id -> (consecutive failures of its steps, monotonic time before which not to retry)
+        self._failing: dict[str, tuple[int, float]] = {}
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -115,6 +166,8 @@ class Engine:
         self._stopping = False
         for backend in self.catalog.backends:
             await backend.start()
+        for lane in self.catalog.lanes:
+            await lane.start()
         dispatchers = [asyncio.create_task(self._dispatch(b)) for b in self.catalog.backends]
         stop_wait = asyncio.create_task(stop.wait()) if stop is not None else None
         try:
@@ -143,6 +196,8 @@ class Engine:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
+            for lane in self.catalog.lanes:
+                await lane.close()
 
     async def tick(self) -> None:
         now = self.clock.now()
@@ -157,8 +212,19 @@ class Engine:
                 if batch.status is BatchStatus.IN_PROGRESS:
                     self._add_runnable(runnable, batch)
                 continue
+            failing = self._failing.get(batch.id)
+            if failing is not None and time.monotonic() < failing[1]:
+                if batch.status is BatchStatus.IN_PROGRESS:
+                    self._add_runnable(runnable, batch)  # its requests still run; only the step waits
+                continue
             if batch.status is BatchStatus.VALIDATING:
                 self._spawn(batch.id, self._ingest(batch))
+            elif batch.status is BatchStatus.IN_PROGRESS and self.lanes.handles(batch):
+                counts = batch.request_counts
+                if counts.completed + counts.failed >= counts.total:
+                    self._spawn(batch.id, self._finish(batch))
+                else:  # forwarded to a provider's batch API: one durable step at a time
+                    self._spawn(batch.id, self.lanes.advance(batch), wake=False)
             elif batch.status is BatchStatus.IN_PROGRESS:
                 if now >= batch.expires_at:
                     self._spawn(batch.id, self._close(batch, BatchStatus.EXPIRED, batch.expires_at))
@@ -174,6 +240,8 @@ class Engine:
                     # Cancelled while validating and never validated (e.g. a crash in between):
                     # persist its requests first, so that each gets its batch_cancelled line.
                     self._spawn(batch.id, self._ingest(batch))
+                elif self.lanes.handles(batch):
+                    self._spawn(batch.id, self.lanes.advance(batch), wake=False)
                 else:
                     self._spawn(batch.id, self._close(batch, BatchStatus.CANCELLED, batch.cancelling_at or now))
         self._runnable = runnable
@@ -185,21 +253,26 @@ class Engine:
         if backend is not None:
             runnable.setdefault(id(backend), []).append(batch)
 
-    def _spawn(self, batch_id: str, coro: object) -> None:
+    def _spawn(self, batch_id: str, coro: object, *, wake: bool = True) -> None:
         self._busy.add(batch_id)
 
         async def guarded() -> None:
             try:
                 await coro  # type: ignore[misc]
+                self._failing.pop(batch_id, None)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.errors += 1
-                log.exception("batch step failed; will retry", extra={"event": "batch_step_failed",
-                                                                      "batch_id": batch_id})
+                failures = self._failing.get(batch_id, (0, 0.0))[0] + 1
+                delay = min(self.settings.step_retry_max_s, self.settings.poll_interval_s * 2 ** (failures - 1))
+                self._failing[batch_id] = (failures, time.monotonic() + delay)
+                log.exception("batch step failed (%d in a row); will retry in %.1f s", failures, delay,
+                              extra={"event": "batch_step_failed", "batch_id": batch_id})
             finally:
                 self._busy.discard(batch_id)
-                self.wake()
+                if wake:
+                    self.wake()
 
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
@@ -230,9 +303,14 @@ class Engine:
 
     # ---- batch steps -------------------------------------------------------------------
     async def _ingest(self, batch: Batch) -> None:
-        started = await asyncio.to_thread(
-            ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock
-        )
+        if batch.endpoint == MESSAGES_ENDPOINT and await asyncio.to_thread(self.store.is_message_batch, batch.id):
+            # A Message Batch: a bad request is that request's error, not the batch's (ingest_messages.py).
+            started = await asyncio.to_thread(
+                ingest_message_batch, batch, self.store, self.blobs, self.catalog, self.clock)
+        else:
+            started = await asyncio.to_thread(
+                ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock
+            )
         log.info("batch validated", extra={"event": "batch_validated", "batch_id": batch.id, "ok": started})
 
     async def _finish(self, batch: Batch) -> None:
@@ -274,20 +352,19 @@ class Engine:
         key = id(backend)
         work = self._work.setdefault(key, asyncio.Event())
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
-        turn = 0
+        turns = FairTurns()
         while not self._stopping:
             await slots.acquire()
             got: tuple[Batch, list[ClaimedRequest]] | None = None
             candidates = self._runnable.get(key, [])
             try:
-                for i in range(len(candidates)):
-                    batch = candidates[(turn + i) % len(candidates)]
+                for batch in turns.order(candidates):
                     claimed = await asyncio.to_thread(
                         self.store.claim, batch.id, self.owner, self.clock.now(), self.settings.lease_s,
                         backend.chunk_size, self.settings.retry.max_attempts)
                     if claimed:
                         got = (batch, claimed)
-                        turn = turn + i + 1
+                        turns.served(batch)
                         break
             except Exception:
                 self.errors += 1
@@ -319,7 +396,29 @@ class Engine:
         every = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(every)
-            await asyncio.to_thread(self.store.renew, batch_id, attempt_ids, self.clock.now() + self.settings.lease_s)
+            try:
+                await asyncio.to_thread(self.store.renew, batch_id, attempt_ids,
+                                        self.clock.now() + self.settings.lease_s)
+            except Exception:
+                # Keep trying: a lease that runs out only costs a second run of these requests.
+                log.warning("renewing leases failed", exc_info=True, extra={"event": "renew_failed",
+                                                                             "batch_id": batch_id})
+
+    async def _store_with_retries(self, what: str, fn: Callable[..., T], *args: object) -> T:
+        """A store write of results held only in memory: retried through a locked or full store."""
+        delay = self.settings.store_retry_base_s
+        attempts = max(1, self.settings.store_retry_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception:
+                if attempt == attempts or self._stopping:
+                    raise
+                log.warning("%s failed (attempt %d of %d); retrying in %.2f s", what, attempt, attempts, delay,
+                            exc_info=True, extra={"event": "store_retry"})
+                await asyncio.sleep(delay)
+                delay = min(self.settings.store_retry_max_s, delay * 2)
+        raise AssertionError("unreachable")
 
     async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest]) -> None:
         renewer = asyncio.create_task(self._renew(batch.id, [c.attempt_id for c in claimed]))
@@ -336,10 +435,11 @@ class Engine:
                                                                           "batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
             completions, retries = self._decide(claimed, results)
+            # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
             if completions:
-                await asyncio.to_thread(self.store.complete, batch.id, completions)
+                await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
             if retries:
-                await asyncio.to_thread(self.store.retry_later, batch.id, retries)
+                await self._store_with_retries("scheduling retries", self.store.retry_later, batch.id, retries)
         except asyncio.CancelledError:
             raise
         except Exception:

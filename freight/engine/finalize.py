@@ -73,9 +73,30 @@ def finalize_batch(
         out.writer.abort()
         err.writer.abort()
         raise
-    done = store.finish_batch(batch.id, expected, final, int(clock.now()), files[0], files[1])
+    try:
+        done = store.finish_batch(batch.id, expected, final, int(clock.now()), files[0], files[1])
+    except BaseException:
+        _drop_unless_recorded(batch.id, store, blobs, files)
+        raise
     if not done:
         for pair in files:
             if pair is not None:
                 blobs.delete(pair[1])
     return done
+
+
+def _drop_unless_recorded(batch_id: str, store: Store, blobs: BlobStore, files: list[tuple[File, str] | None]) -> None:
+    """Recording the files failed: remove their bytes, unless the store did record them after all.
+
+    (A commit can fail after it reached the disk; then the batch names these files and they must
+    stay.) When even that cannot be read, the bytes stay: the orphan sweep at start-up removes
+    bytes that no file refers to.
+    """
+    try:
+        current = store.get_batch(None, batch_id)
+    except Exception:
+        return
+    recorded = {current.output_file_id, current.error_file_id} if current is not None else set()
+    for pair in files:
+        if pair is not None and pair[0].id not in recorded:
+            blobs.delete(pair[1])

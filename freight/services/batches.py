@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from freight.domain import ids
-from freight.domain.batches import Batch, BatchStatus, CancelAction, cancel_action
+from freight.domain.batches import Batch, BatchStatus, CancelAction, RequestCounts, cancel_action
 from freight.domain.clock import Clock
 from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
-from freight.ports import Page, Store
+from freight.ports import Page, Quota, Store
 
 #: Endpoints a freight batch can target (each model says which of them it serves).
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
@@ -95,6 +95,21 @@ def check_output_expires_after(value: object) -> int | None:
     return seconds
 
 
+def with_upstream_progress(store: Store, batches: list[Batch]) -> list[Batch]:
+    """Batches forwarded to a provider's batch API count what its running batches report done
+    (not downloaded yet) in ``request_counts`` (freight/engine/lanes.py)."""
+    live = [b.id for b in batches if b.status in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING)]
+    progress = store.lane_progress(live) if live else {}
+    for b in batches:
+        if b.id in progress:
+            ok, bad = progress[b.id]
+            c = b.request_counts
+            ok = min(ok, c.total - c.completed - c.failed)
+            bad = min(bad, c.total - c.completed - c.failed - ok)
+            b.request_counts = RequestCounts(total=c.total, completed=c.completed + ok, failed=c.failed + bad)
+    return batches
+
+
 class BatchService:
     def __init__(
         self,
@@ -102,13 +117,20 @@ class BatchService:
         clock: Clock,
         window: WindowLimits | None = None,
         on_change: Callable[[], None] | None = None,
+        quota: Quota | None = None,
     ):
         self.store = store
         self.clock = clock
         self.window = window or WindowLimits()
+        self.quota = quota or Quota()
         self._on_change = on_change or (lambda: None)
 
     def create(self, project: str, body: object, idempotency_key: str | None = None) -> Batch:
+        if idempotency_key is not None:
+            # A retry of a create that succeeded gets that batch, whatever changed since.
+            existing = self.store.find_batch(project, idempotency_key)
+            if existing is not None:
+                return existing
         if not isinstance(body, dict):
             raise InvalidInput("The request body must be a JSON object.", code="invalid_request")
         input_file_id = _required_str(body, "input_file_id")
@@ -128,6 +150,13 @@ class BatchService:
         if f.purpose != "batch":
             raise InvalidInput(f"File {input_file_id!r} has purpose '{f.purpose}'; a batch input file must have "
                                "purpose 'batch'.", param="input_file_id", code="invalid_value")
+        requests = f.lines or 0
+        limit = self.quota.max_queued_requests
+        if limit is not None and requests > limit:
+            raise InvalidInput(
+                f"File {input_file_id!r} has {requests} requests; a project may have at most {limit} queued "
+                "(limits.max_queued_requests_per_project). Split it into smaller batches.",
+                param="input_file_id", code="too_many_queued_requests")
         now = int(self.clock.now())
         batch = Batch(
             id=ids.new_batch_id(),
@@ -141,7 +170,7 @@ class BatchService:
             metadata=metadata,
             output_expires_after_s=output_expires_after_s,
         )
-        stored = self.store.insert_batch(batch, idempotency_key)
+        stored = self.store.insert_batch(batch, idempotency_key, self.quota, requests)
         self._on_change()
         return stored
 
@@ -149,10 +178,12 @@ class BatchService:
         batch = self.store.get_batch(project, batch_id) if ids.is_batch_id(batch_id) else None
         if batch is None:
             raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
-        return batch
+        return with_upstream_progress(self.store, [batch])[0]
 
     def list(self, project: str, *, after: str | None, limit: int) -> Page:
-        return self.store.list_batches(project, after=after, limit=limit)
+        page = self.store.list_batches(project, after=after, limit=limit)
+        return Page(with_upstream_progress(self.store, page.items), page.has_more)
+
 
     def cancel(self, project: str, batch_id: str) -> Batch:
         for _ in range(5):  # the engine may move the batch between our read and our write

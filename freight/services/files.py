@@ -66,8 +66,13 @@ class FileService:
         filename: str,
         purpose: str,
         expires_after_s: int | None,
+        idempotency_key: str | None = None,
     ) -> File:
-        """Commit an upload that was streamed into ``writer``; checks a batch file is JSONL."""
+        """Commit an upload that was streamed into ``writer``; checks a batch file is JSONL.
+
+        With an ``idempotency_key`` already used by this project, the file made then is returned
+        and these bytes are dropped.
+        """
         try:
             if writer.size > self.max_bytes_for(purpose):
                 raise PayloadTooLarge(
@@ -81,9 +86,10 @@ class FileService:
         except BaseException:
             writer.abort()
             raise
+        lines = None
         try:
             if purpose == "batch":
-                self._check_jsonl(file_id, size)
+                lines = self._check_jsonl(file_id, size)
         except BaseException:
             self.blobs.delete(file_id)
             raise
@@ -99,12 +105,26 @@ class FileService:
             created_at=now,
             status=FileStatus.PROCESSED,
             expires_at=now + expires_after_s if expires_after_s is not None else None,
+            lines=lines,
         )
-        self.store.insert_file(f, file_id)
-        return f
+        try:
+            stored = self.store.insert_file(f, file_id, idempotency_key)
+        except BaseException:
+            self.blobs.delete(file_id)
+            raise
+        if stored.id != f.id:
+            self.blobs.delete(file_id)  # the same upload was accepted before: keep that one
+        return stored
 
-    def _check_jsonl(self, blob_key: str, size: int) -> None:
-        """OpenAI refuses a batch file that is not JSONL at upload; the rest is checked per batch."""
+    def find(self, project: str, idempotency_key: str) -> File | None:
+        """The file this project uploaded with this idempotency key, if any."""
+        return self.store.find_file(project, idempotency_key)
+
+    def _check_jsonl(self, blob_key: str, size: int) -> int:
+        """OpenAI refuses a batch file that is not JSONL at upload; the rest is checked per batch.
+
+        Returns the number of request (non-blank) lines.
+        """
         limits = self.limits.input
         problems: list[str] = []
         count = 0
@@ -143,6 +163,7 @@ class FileService:
             raise InvalidInput(
                 f"The file has {lines} lines; a batch input file may have at most {limits.max_lines}.",
                 param="file", code="too_many_tasks")
+        return lines
 
     # ---- reads -------------------------------------------------------------------------
     def get(self, project: str, file_id: str) -> File:

@@ -7,14 +7,23 @@ into place, so a reader never sees half a file and a crash never leaves one unde
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
 from typing import IO
 
-from freight.domain.errors import StoreError
+from freight.domain.errors import InsufficientStorage, StoreError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _blob_error(what: str, exc: OSError) -> StoreError:
+    if exc.errno in _NO_SPACE:
+        return InsufficientStorage(f"The server is out of disk space ({what}); nothing was stored.",
+                                   code="insufficient_storage")
+    return StoreError(f"{what}: {exc}")
 
 
 def _alive(pid: int) -> bool:
@@ -32,7 +41,10 @@ class LocalBlobWriter:
         self._final = final
         self._tmp = final.with_name(final.name + f".tmp{os.getpid()}")
         self._fsync = fsync
-        self._fh: IO[bytes] | None = open(self._tmp, "wb")
+        try:
+            self._fh: IO[bytes] | None = open(self._tmp, "wb")
+        except OSError as exc:
+            raise _blob_error("cannot create blob", exc) from exc
         self._size = 0
 
     @property
@@ -45,7 +57,7 @@ class LocalBlobWriter:
             self._fh.write(data)
         except OSError as exc:
             self.abort()
-            raise StoreError(f"cannot write blob: {exc}") from exc
+            raise _blob_error("cannot write blob", exc) from exc
         self._size += len(data)
 
     def commit(self) -> int:
@@ -65,13 +77,16 @@ class LocalBlobWriter:
                     os.close(dir_fd)
         except OSError as exc:
             self.abort()
-            raise StoreError(f"cannot commit blob: {exc}") from exc
+            raise _blob_error("cannot commit blob", exc) from exc
         return self._size
 
     def abort(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:
+                pass  # closing flushes what is buffered: on a full disk that fails too
         try:
             os.unlink(self._tmp)
         except FileNotFoundError:

@@ -1,4 +1,6 @@
--- freight's SQLite schema, version 1.
+-- freight's SQLite schema, version 2 (PRAGMA user_version).
+-- Version 1 data dirs are upgraded by SqliteStore._migrate: columns added since version 1 are
+-- also added there, and indexes on them are made there (not here: this script runs first).
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY,
     project TEXT NOT NULL,
@@ -10,7 +12,9 @@ CREATE TABLE IF NOT EXISTS files (
     status TEXT NOT NULL,
     status_details TEXT,
     blob_key TEXT NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    lines INTEGER,
+    idempotency_key TEXT
 );
 CREATE INDEX IF NOT EXISTS files_by_project ON files(project, deleted, created_at, id);
 
@@ -71,3 +75,54 @@ CREATE TABLE IF NOT EXISTS requests (
     PRIMARY KEY (batch_id, idx)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS requests_open ON requests(batch_id, state, idx) WHERE state < 2;
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+
+-- Anthropic Message Batches (freight/domain/message_batches.py): the batches created through
+-- /v1/messages/batches, how many requests each had, and how they came out once it ended.
+CREATE TABLE IF NOT EXISTS message_batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT NOT NULL UNIQUE,
+    project TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    succeeded INTEGER,
+    errored INTEGER,
+    canceled INTEGER,
+    expired INTEGER
+);
+CREATE INDEX IF NOT EXISTS message_batches_by_project ON message_batches(project, seq);
+
+-- Batch lanes (freight/domain/lanes.py, freight/engine/lanes.py): every upstream batch a lane
+-- made or may have made for a freight batch ("sub"), recorded before each step, and which requests
+-- each sub holds.
+CREATE TABLE IF NOT EXISTS lane_subs (
+    id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    upload_id TEXT,
+    upstream_id TEXT,
+    create_sent_at REAL,
+    upstream_status TEXT,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancel_sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS lane_subs_by_batch ON lane_subs(batch_id, state);
+
+CREATE TABLE IF NOT EXISTS lane_items (
+    batch_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    sub_id TEXT NOT NULL,
+    PRIMARY KEY (batch_id, idx, sub_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS lane_items_by_sub ON lane_items(sub_id, idx);

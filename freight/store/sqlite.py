@@ -18,8 +18,11 @@ from typing import Any
 
 from freight.domain import ids
 from freight.domain.batches import TIMESTAMP_FIELD, Batch, BatchError, BatchStatus, RequestCounts, Usage
-from freight.domain.errors import StoreError
+from freight.domain.errors import InsufficientStorage, RateLimited, StoreError
 from freight.domain.files import File, FileStatus
+from freight.domain.keys import ApiKey
+from freight.domain.lanes import LaneSub, SubState
+from freight.domain.message_batches import EndedCounts, MessageBatch
 from freight.domain.requests import (
     WORKER_LOST,
     ClaimedRequest,
@@ -27,7 +30,7 @@ from freight.domain.requests import (
     RequestState,
     Result,
 )
-from freight.ports import Completion, NewRequest, Page, Retry, StoredResult
+from freight.ports import Completion, NewRequest, Page, Quota, Retry, StoredResult
 from freight.wire import jsonx
 
 _BATCH_COLUMNS = (
@@ -36,7 +39,27 @@ _BATCH_COLUMNS = (
     "error_file_id, errors, metadata, model, total, completed, failed, input_tokens, output_tokens, "
     "output_expires_after_s"
 )
-_FILE_COLUMNS = "id, project, filename, purpose, bytes, created_at, expires_at, status, status_details"
+_FILE_COLUMNS = "id, project, filename, purpose, bytes, created_at, expires_at, status, status_details, lines"
+_TERMINAL_SQL = "('completed', 'failed', 'expired', 'cancelled')"
+
+SCHEMA_VERSION = 2
+#: Columns added after version 1: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("files", "lines", "INTEGER"),
+    ("files", "idempotency_key", "TEXT"),
+)
+_LATE_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS files_by_idempotency_key ON files(project, idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+)
+
+
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """A clear StoreError for a failed SQLite call; "disk full" becomes InsufficientStorage."""
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return InsufficientStorage(f"The server is out of disk space ({what}: {exc}); nothing was stored.",
+                                   code="insufficient_storage")
+    return StoreError(f"{what}: {exc}")
 
 
 def _batch_from_row(row: sqlite3.Row) -> Batch:
@@ -81,6 +104,7 @@ def _file_from_row(row: sqlite3.Row) -> File:
         expires_at=row["expires_at"],
         status=FileStatus(row["status"]),
         status_details=row["status_details"],
+        lines=row["lines"],
     )
 
 
@@ -106,9 +130,28 @@ class SqliteStore:
         try:
             self._writer = self._connect()
             self._writer.executescript(resources.files("freight.store").joinpath("schema.sql").read_text())
+            self._migrate(self._writer)
             self._reader = self._connect()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a data dir made by an older freight up to this schema (idempotent)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column, declaration in _ADDED_COLUMNS:
+                have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            for statement in _LATE_INDEXES:
+                conn.execute(statement)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -127,19 +170,21 @@ class SqliteStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise StoreError(f"store write failed to start: {exc}") from exc
+                raise _store_error("store write failed to start", exc) from exc
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error("store write failed", exc) from exc
                 raise
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                raise StoreError(f"store write failed to commit: {exc}") from exc
+                raise _store_error("store write failed to commit", exc) from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -147,7 +192,7 @@ class SqliteStore:
             try:
                 yield self._reader
             except sqlite3.Error as exc:
-                raise StoreError(f"store read failed: {exc}") from exc
+                raise _store_error("store read failed", exc) from exc
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
@@ -155,18 +200,34 @@ class SqliteStore:
             self._reader.close()
 
     # ---- files -------------------------------------------------------------------------
-    def insert_file(self, f: File, blob_key: str) -> None:
+    def insert_file(self, f: File, blob_key: str, idempotency_key: str | None = None) -> File:
         with self._write() as c:
-            self._insert_file(c, f, blob_key)
+            if idempotency_key is not None:
+                row = c.execute(
+                    f"SELECT {_FILE_COLUMNS} FROM files WHERE project=? AND idempotency_key=?",
+                    (f.project, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    return _file_from_row(row)
+            self._insert_file(c, f, blob_key, idempotency_key)
+        return f
 
     @staticmethod
-    def _insert_file(c: sqlite3.Connection, f: File, blob_key: str) -> None:
+    def _insert_file(c: sqlite3.Connection, f: File, blob_key: str, idempotency_key: str | None = None) -> None:
         c.execute(
             "INSERT INTO files (id, project, filename, purpose, bytes, created_at, expires_at, status, "
-            "status_details, blob_key) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            "status_details, blob_key, lines, idempotency_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (f.id, f.project, f.filename, f.purpose, f.bytes, f.created_at, f.expires_at, str(f.status),
-             f.status_details, blob_key),
+             f.status_details, blob_key, f.lines, idempotency_key),
         )
+
+    def find_file(self, project: str, idempotency_key: str) -> File | None:
+        """The file created under this key, even if it was deleted since (a retry must not re-create it)."""
+        with self._read() as c:
+            row = c.execute(
+                f"SELECT {_FILE_COLUMNS} FROM files WHERE project=? AND idempotency_key=?", (project, idempotency_key)
+            ).fetchone()
+        return _file_from_row(row) if row else None
 
     def get_file(self, project: str, file_id: str) -> File | None:
         with self._read() as c:
@@ -206,7 +267,9 @@ class SqliteStore:
             return cur.rowcount == 1
 
     # ---- batches -----------------------------------------------------------------------
-    def insert_batch(self, b: Batch, idempotency_key: str | None) -> Batch:
+    def insert_batch(
+        self, b: Batch, idempotency_key: str | None, quota: Quota | None = None, requests: int = 0
+    ) -> Batch:
         with self._write() as c:
             if idempotency_key is not None:
                 row = c.execute(
@@ -215,6 +278,8 @@ class SqliteStore:
                 ).fetchone()
                 if row is not None:
                     return _batch_from_row(row)
+            if quota is not None:
+                self._check_quota(c, b.project, quota, requests)
             c.execute(
                 "INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, "
                 "expires_at, metadata, output_expires_after_s, idempotency_key) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -223,6 +288,25 @@ class SqliteStore:
                  b.output_expires_after_s, idempotency_key),
             )
         return b
+
+    @staticmethod
+    def _check_quota(c: sqlite3.Connection, project: str, quota: Quota, requests: int) -> None:
+        row = c.execute(
+            "SELECT count(*) AS active, coalesce(sum(CASE WHEN b.total=0 THEN coalesce(f.lines, 0) "
+            "ELSE b.total-b.completed-b.failed END), 0) AS queued FROM batches b "
+            f"LEFT JOIN files f ON f.id=b.input_file_id WHERE b.project=? AND b.status NOT IN {_TERMINAL_SQL}",
+            (project,),
+        ).fetchone()
+        active, queued = int(row["active"]), int(row["queued"])
+        if quota.max_active_batches is not None and active >= quota.max_active_batches:
+            raise RateLimited(
+                f"This project has {active} active batches, its limit (limits.max_active_batches_per_project); "
+                "wait for one to finish, or cancel one, then try again.", code="too_many_active_batches")
+        if quota.max_queued_requests is not None and queued + requests > quota.max_queued_requests:
+            raise RateLimited(
+                f"This project has {queued} requests queued; this batch's {requests} more would pass its limit of "
+                f"{quota.max_queued_requests} (limits.max_queued_requests_per_project). Try again when more "
+                "requests have finished.", code="too_many_queued_requests")
 
     def get_batch(self, project: str | None, batch_id: str) -> Batch | None:
         with self._read() as c:
@@ -262,8 +346,7 @@ class SqliteStore:
     def active_batches(self) -> list[Batch]:
         with self._read() as c:
             rows = c.execute(
-                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status NOT IN "
-                "('completed', 'failed', 'expired', 'cancelled') ORDER BY seq"
+                f"SELECT {_BATCH_COLUMNS} FROM batches WHERE status NOT IN {_TERMINAL_SQL} ORDER BY seq"
             ).fetchall()
         return [_batch_from_row(r) for r in rows]
 
@@ -507,3 +590,245 @@ class SqliteStore:
                 "UPDATE requests SET state=0, attempt_id=NULL, lease_owner=NULL, lease_until=NULL WHERE state=1"
             )
             return cur.rowcount
+
+    # ---- API keys ----------------------------------------------------------------------
+    def insert_api_key(self, key: ApiKey, secret_hash: str) -> None:
+        with self._write() as c:
+            c.execute("INSERT INTO api_keys (id, project, secret_hash, created_at) VALUES (?,?,?,?)",
+                      (key.id, key.project, secret_hash, key.created_at))
+
+    def get_api_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        with self._read() as c:
+            row = c.execute("SELECT id, project, secret_hash, created_at, revoked_at FROM api_keys WHERE id=?",
+                            (key_id,)).fetchone()
+        if row is None:
+            return None
+        return ApiKey(row["id"], row["project"], row["created_at"], row["revoked_at"]), row["secret_hash"]
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self._read() as c:
+            rows = c.execute("SELECT id, project, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+            return [ApiKey(r["id"], r["project"], r["created_at"], r["revoked_at"]) for r in rows]
+
+    def revoke_api_key(self, key_id: str, at: int) -> bool:
+        with self._write() as c:
+            cur = c.execute("UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL", (at, key_id))
+            return cur.rowcount == 1
+
+    def has_api_keys(self) -> bool:
+        with self._read() as c:
+            return c.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
+
+    # ---- Anthropic Message Batches -----------------------------------------------------
+    _MB_SELECT = (
+        "SELECT " + ", ".join("b." + c.strip() for c in _BATCH_COLUMNS.split(","))
+        + ", m.seq AS m_seq, m.requests AS m_requests, m.succeeded AS m_succeeded, m.errored AS m_errored, "
+        "m.canceled AS m_canceled, m.expired AS m_expired FROM message_batches m JOIN batches b ON b.id=m.batch_id"
+    )
+
+    @staticmethod
+    def _message_batch_from_row(row: sqlite3.Row) -> MessageBatch:
+        ended = None
+        if row["m_succeeded"] is not None:
+            ended = EndedCounts(succeeded=row["m_succeeded"], errored=row["m_errored"], canceled=row["m_canceled"],
+                                expired=row["m_expired"])
+        return MessageBatch(batch=_batch_from_row(row), requests=row["m_requests"], ended=ended)
+
+    def insert_message_batch(
+        self, f: File, blob_key: str, b: Batch, requests: int, quota: Quota | None = None
+    ) -> None:
+        with self._write() as c:
+            if quota is not None:
+                self._check_quota(c, b.project, quota, requests)
+            self._insert_file(c, f, blob_key)
+            c.execute(
+                "INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, "
+                "expires_at, metadata, output_expires_after_s) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (b.id, b.project, b.endpoint, b.input_file_id, b.completion_window, str(b.status), b.created_at,
+                 b.expires_at, jsonx.dumps(b.metadata).decode() if b.metadata is not None else None,
+                 b.output_expires_after_s),
+            )
+            c.execute("INSERT INTO message_batches (batch_id, project, requests) VALUES (?,?,?)",
+                      (b.id, b.project, requests))
+
+    def is_message_batch(self, batch_id: str) -> bool:
+        with self._read() as c:
+            return c.execute("SELECT 1 FROM message_batches WHERE batch_id=?", (batch_id,)).fetchone() is not None
+
+    def get_message_batch(self, project: str, batch_id: str) -> MessageBatch | None:
+        with self._read() as c:
+            row = c.execute(self._MB_SELECT + " WHERE m.batch_id=? AND m.project=?", (batch_id, project)).fetchone()
+        return self._message_batch_from_row(row) if row else None
+
+    def list_message_batches(self, project: str, *, after: str | None, before: str | None, limit: int) -> Page:
+        with self._read() as c:
+            cursor = after if after is not None else before
+            if cursor is not None:
+                row = c.execute("SELECT seq FROM message_batches WHERE batch_id=? AND project=?",
+                                (cursor, project)).fetchone()
+                if row is None:
+                    return Page([], False)
+                if after is not None:
+                    rows = c.execute(self._MB_SELECT + " WHERE m.project=? AND m.seq<? ORDER BY m.seq DESC LIMIT ?",
+                                     (project, row["seq"], limit + 1)).fetchall()
+                else:
+                    rows = c.execute(self._MB_SELECT + " WHERE m.project=? AND m.seq>? ORDER BY m.seq ASC LIMIT ?",
+                                     (project, row["seq"], limit + 1)).fetchall()
+                    has_more = len(rows) > limit
+                    return Page([self._message_batch_from_row(r) for r in reversed(rows[:limit])], has_more)
+            else:
+                rows = c.execute(self._MB_SELECT + " WHERE m.project=? ORDER BY m.seq DESC LIMIT ?",
+                                 (project, limit + 1)).fetchall()
+        return Page([self._message_batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    def settle_message_batch(self, batch_id: str) -> EndedCounts | None:
+        with self._write() as c:
+            row = c.execute(
+                "SELECT b.status, m.succeeded, m.errored, m.canceled, m.expired FROM message_batches m "
+                "JOIN batches b ON b.id=m.batch_id WHERE m.batch_id=?", (batch_id,)).fetchone()
+            if row is None or row["status"] not in ("completed", "failed", "expired", "cancelled"):
+                return None
+            if row["succeeded"] is not None:
+                return EndedCounts(row["succeeded"], row["errored"], row["canceled"], row["expired"])
+            counts = c.execute(
+                "SELECT coalesce(sum(status_code BETWEEN 200 AND 299), 0) AS ok, "
+                "coalesce(sum(status_code IS NULL AND error_code='batch_cancelled'), 0) AS canceled, "
+                "coalesce(sum(status_code IS NULL AND error_code='batch_expired'), 0) AS expired, "
+                "count(*) AS n FROM requests WHERE batch_id=? AND state=2", (batch_id,)).fetchone()
+            ended = EndedCounts(succeeded=counts["ok"], canceled=counts["canceled"], expired=counts["expired"],
+                                errored=counts["n"] - counts["ok"] - counts["canceled"] - counts["expired"])
+            c.execute("UPDATE message_batches SET succeeded=?, errored=?, canceled=?, expired=? WHERE batch_id=?",
+                      (ended.succeeded, ended.errored, ended.canceled, ended.expired, batch_id))
+        return ended
+
+    def delete_message_batch(self, project: str, batch_id: str) -> bool:
+        with self._write() as c:
+            row = c.execute(
+                "SELECT b.status, b.input_file_id, b.output_file_id, b.error_file_id FROM message_batches m "
+                "JOIN batches b ON b.id=m.batch_id WHERE m.batch_id=? AND m.project=?", (batch_id, project)).fetchone()
+            if row is None or row["status"] not in ("completed", "failed", "expired", "cancelled"):
+                return False
+            c.execute("DELETE FROM requests WHERE batch_id=?", (batch_id,))
+            files = [row[k] for k in ("input_file_id", "output_file_id", "error_file_id") if row[k]]
+            c.executemany("UPDATE files SET deleted=1 WHERE id=? AND deleted=0", [(f,) for f in files])
+            c.execute("DELETE FROM message_batches WHERE batch_id=?", (batch_id,))
+            c.execute("DELETE FROM batches WHERE id=?", (batch_id,))
+        return True
+
+    def restart_ingest(self, batch_id: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM requests WHERE batch_id=?", (batch_id,))
+            c.execute("UPDATE batches SET completed=0, failed=0, input_tokens=0, output_tokens=0 "
+                      "WHERE id=? AND status IN ('validating', 'cancelling')", (batch_id,))
+
+    def insert_finished_requests(self, batch_id: str, rows: Sequence[tuple[NewRequest, Result]]) -> None:
+        succeeded = sum(1 for _, r in rows if r.outcome is Outcome.SUCCEEDED)
+        with self._write() as c:
+            c.executemany(
+                "INSERT INTO requests (batch_id, idx, line, custom_id, body, state, status_code, response_body, "
+                "request_id, error_code, error_message) VALUES (?,?,?,?,?,2,?,?,?,?,?)",
+                [(batch_id, q.idx, q.line, q.custom_id, q.body, r.status_code, r.body, r.request_id, r.error_code,
+                  r.error_message) for q, r in rows],
+            )
+            c.execute("UPDATE batches SET completed=completed+?, failed=failed+? WHERE id=?",
+                      (succeeded, len(rows) - succeeded, batch_id))
+
+    # ---- batch lanes -------------------------------------------------------------------
+    _LANE_COLUMNS = ("id, batch_id, round, state, requests, bytes, created_at, upload_id, upstream_id, create_sent_at, "
+                     "upstream_status, completed, failed, cancel_sent")
+    _LANE_SETTABLE = frozenset({"state", "upload_id", "upstream_id", "create_sent_at", "upstream_status", "completed",
+                                "failed", "cancel_sent"})
+
+    @staticmethod
+    def _lane_sub_from_row(row: sqlite3.Row) -> LaneSub:
+        return LaneSub(id=row["id"], batch_id=row["batch_id"], round=row["round"], state=SubState(row["state"]),
+                       requests=row["requests"], bytes=row["bytes"], created_at=row["created_at"],
+                       upload_id=row["upload_id"], upstream_id=row["upstream_id"],
+                       create_sent_at=row["create_sent_at"], upstream_status=row["upstream_status"],
+                       completed=row["completed"], failed=row["failed"], cancel_sent=bool(row["cancel_sent"]))
+
+    def lane_unassigned(self, batch_id: str, after_idx: int, limit: int) -> list[tuple[int, bytes, int]]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT r.idx, r.body, (SELECT count(*) FROM lane_items li WHERE li.batch_id=r.batch_id "
+                "AND li.idx=r.idx) AS held FROM requests r WHERE r.batch_id=? AND r.state=0 AND r.idx>? AND NOT "
+                "EXISTS (SELECT 1 FROM lane_items li JOIN lane_subs s ON s.id=li.sub_id WHERE "
+                "li.batch_id=r.batch_id AND li.idx=r.idx AND s.state!='done') ORDER BY r.idx LIMIT ?",
+                (batch_id, after_idx, limit),
+            ).fetchall()
+        return [(row["idx"], row["body"], row["held"]) for row in rows]
+
+    def lane_plan(self, sub: LaneSub, idxs: Sequence[int]) -> None:
+        with self._write() as c:
+            c.execute(
+                f"INSERT INTO lane_subs ({self._LANE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (sub.id, sub.batch_id, sub.round, str(sub.state), sub.requests, sub.bytes, sub.created_at,
+                 sub.upload_id, sub.upstream_id, sub.create_sent_at, sub.upstream_status, sub.completed, sub.failed,
+                 int(sub.cancel_sent)),
+            )
+            c.executemany("INSERT INTO lane_items (batch_id, idx, sub_id) VALUES (?,?,?)",
+                          [(sub.batch_id, i, sub.id) for i in idxs])
+
+    def lane_subs(self, batch_id: str, live_only: bool = True) -> list[LaneSub]:
+        where = " AND state!='done'" if live_only else ""
+        with self._read() as c:
+            rows = c.execute(f"SELECT {self._LANE_COLUMNS} FROM lane_subs WHERE batch_id=?{where} "
+                             "ORDER BY created_at, id", (batch_id,)).fetchall()
+        return [self._lane_sub_from_row(r) for r in rows]
+
+    def lane_bodies(self, sub_id: str, after_idx: int, limit: int) -> list[tuple[int, bytes]]:
+        with self._read() as c:
+            rows = c.execute(
+                "SELECT r.idx, r.body FROM lane_items li JOIN requests r ON r.batch_id=li.batch_id AND r.idx=li.idx "
+                "WHERE li.sub_id=? AND li.idx>? ORDER BY li.idx LIMIT ?", (sub_id, after_idx, limit)).fetchall()
+        return [(row["idx"], row["body"]) for row in rows]
+
+    def lane_items(self, sub_id: str) -> list[int]:
+        with self._read() as c:
+            return [row[0] for row in c.execute("SELECT idx FROM lane_items WHERE sub_id=? ORDER BY idx", (sub_id,))]
+
+    def lane_update(self, sub_id: str, **fields: Any) -> None:
+        unknown = set(fields) - self._LANE_SETTABLE
+        if unknown:
+            raise ValueError(f"not a settable lane_subs column: {sorted(unknown)}")
+        values = [str(v) if isinstance(v, SubState) else int(v) if isinstance(v, bool) else v
+                  for v in fields.values()]
+        with self._write() as c:
+            c.execute(f"UPDATE lane_subs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*values, sub_id))
+
+    def lane_finish(self, sub_id: str, batch_id: str, results: Sequence[tuple[int, Result]]) -> int:
+        with self._write() as c:
+            state = c.execute("SELECT state FROM lane_subs WHERE id=?", (sub_id,)).fetchone()
+            if state is None or state["state"] == "done":
+                return 0  # finished before (a crash after the commit, then the same download again)
+            still_open = {row[0] for row in c.execute(
+                "SELECT r.idx FROM lane_items li JOIN requests r ON r.batch_id=li.batch_id AND r.idx=li.idx "
+                "WHERE li.sub_id=? AND r.state<2", (sub_id,))}
+            fresh = [(idx, r) for idx, r in results if idx in still_open]
+            c.executemany(
+                "UPDATE requests SET state=2, status_code=?, response_body=?, request_id=?, error_code=?, "
+                "error_message=?, input_tokens=?, output_tokens=?, attempts=attempts+1, attempt_id=NULL, "
+                "lease_owner=NULL, lease_until=NULL WHERE batch_id=? AND idx=? AND state<2",
+                [(r.status_code, r.body, r.request_id, r.error_code, r.error_message, r.input_tokens, r.output_tokens,
+                  batch_id, idx) for idx, r in fresh],
+            )
+            if fresh:
+                succeeded = sum(1 for _, r in fresh if r.outcome is Outcome.SUCCEEDED)
+                c.execute(
+                    "UPDATE batches SET completed=completed+?, failed=failed+?, input_tokens=input_tokens+?, "
+                    "output_tokens=output_tokens+? WHERE id=?",
+                    (succeeded, len(fresh) - succeeded, sum(r.input_tokens for _, r in fresh),
+                     sum(r.output_tokens for _, r in fresh), batch_id),
+                )
+            c.execute("UPDATE lane_subs SET state='done' WHERE id=?", (sub_id,))
+        return len(fresh)
+
+    def lane_progress(self, batch_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not batch_ids:
+            return {}
+        marks = ",".join("?" for _ in batch_ids)
+        with self._read() as c:
+            rows = c.execute(
+                f"SELECT batch_id, sum(completed) AS ok, sum(failed) AS bad FROM lane_subs WHERE batch_id IN ({marks}) "
+                "AND state='running' GROUP BY batch_id", tuple(batch_ids)).fetchall()
+        return {row["batch_id"]: (row["ok"] or 0, row["bad"] or 0) for row in rows}

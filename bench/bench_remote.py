@@ -1,0 +1,305 @@
+"""Remote models at the edge of their rate limits: freight's engine vs the OpenAI cookbook's algorithm.
+
+    python bench/bench_remote.py                  # 10,000 requests, both upstream modes
+    python bench/bench_remote.py --quick          # 2,000 requests
+    python bench/bench_remote.py --mode quantized --requests 5000
+
+Upstream: ``freight.testing.upstream`` in a child process (its own core), 100 ms latency, limits 6,000
+RPM and 1,000,000 TPM counted on real usage (prompt + completion), enforced two ways:
+
+- ``quantized``: buckets holding 1 s of the rate (OpenAI documents that per-minute limits may be
+  enforced over shorter periods, e.g. 6,000 RPM as 100 per second);
+- ``per-minute``: buckets holding a whole minute (a client may burst a minute's budget at once).
+
+Workload: chat requests with prompts of 10-130 words and ``max_tokens`` from 16 to 512 (mean ~95);
+the upstream answers between a fifth of ``max_tokens`` and all of it (mean ~0.6x).
+
+freight: ``freight run``'s code path in this process (SQLite store, engine, ``openai`` backend with
+``rpm``/``tpm`` set to the limits). Baseline: the cookbook's ``api_request_parallel_processor.py``
+algorithm, re-implemented here on httpx: two continuously refilled buckets starting full, each request
+charged its prompt tokens (counted exactly with the upstream's own tokenizer, as tiktoken is for
+OpenAI) plus ``n * max_tokens``, never given back; a 1 ms loop; after any rate-limit error every send
+pauses 15 s; failed requests retried up to 5 attempts.
+
+Figures: wall time; 429s the upstream sent; requests and tokens per minute the upstream admitted
+over the steady part of the run (from the 10th to the 90th percentile of successful answers), as a
+fraction of the limits. A baseline run still going after ``--baseline-timeout`` is stopped; its
+wall time is then projected from its rate so far (marked ``>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx
+
+from bench.common import Row
+from freight.testing.upstream import CHAT, Upstream, UpstreamConfig, UpstreamStats, count_text_tokens
+
+RPM = 6_000
+TPM = 1_000_000
+LATENCY_S = 0.1
+MODES = {"quantized": 1.0, "per-minute": 60.0}
+WORDS = ("river mill market bread cheese apple wool winter square wheel stone light water field road house "
+         "the of and to in is was for on that with as by at from his her an are this which be or had not but").split()
+
+
+def workload(n: int, seed: int = 1) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        words = rng.randint(10, 130)
+        text = " ".join(rng.choice(WORDS) for _ in range(words)) + "?"
+        max_tokens = rng.choices([16, 32, 64, 128, 256, 512], weights=[2, 3, 3, 2, 1, 0.5])[0]
+        body = {"model": "remote", "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens,
+                "user": f"r{i:06d}"}
+        lines.append({"custom_id": f"r{i:06d}", "method": "POST", "url": CHAT, "body": body})
+    return lines
+
+
+@dataclass
+class Side:
+    name: str
+    wall_s: float
+    succeeded: int
+    total: int
+    rate_limited: int
+    rpm: float
+    tpm: float
+    finished: bool = True
+
+    @property
+    def projected_wall_s(self) -> float:
+        if self.finished or self.succeeded == 0:
+            return self.wall_s
+        return self.wall_s * self.total / self.succeeded
+
+
+def steady_rates(stats: UpstreamStats) -> tuple[float, float]:
+    """(requests/min, tokens/min) admitted by the upstream between the 10th and 90th percentile of successes."""
+    times = sorted(t for t, _, outcome in stats.events if outcome == "ok")
+    if len(times) < 20:
+        return math.nan, math.nan
+    lo, hi = times[len(times) // 10], times[(len(times) * 9) // 10]
+    if hi - lo < 1.0:
+        return math.nan, math.nan
+    requests = sum(1 for t in times if lo <= t <= hi) / (hi - lo) * 60
+    first, last = math.ceil(lo), math.floor(hi)  # whole seconds inside the steady part (idle ones count too)
+    admitted = sum(row[2] for row in stats.timeline if first <= row[0] < last)
+    tokens = admitted / (last - first) * 60 if last > first else math.nan
+    return requests, tokens
+
+
+def side_from(name: str, stats: UpstreamStats, wall_s: float, total: int, finished: bool) -> Side:
+    rpm, tpm = steady_rates(stats)
+    return Side(name, wall_s, stats.count("ok"), total, stats.count("rate_limited") + stats.count("throttled"),
+                rpm, tpm, finished)
+
+
+# ---- freight ---------------------------------------------------------------------------------------------------------
+
+def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
+    from freight.cli import local_run
+    from freight.config import Settings
+    from freight.domain.retry import RetryPolicy
+    from freight.engine.engine import EngineSettings
+    from freight.runtime import build_runtime
+
+    with tempfile.TemporaryDirectory(prefix="freight-bench-remote-") as tmp:
+        root = Path(tmp)
+        input_path = root / "input.jsonl"
+        input_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+        settings = Settings(data_dir=root / "data", models={"remote": {
+            "backend": "openai", "base_url": up.base_url, "upstream_model": "sim", "rpm": RPM, "tpm": TPM}})
+        settings.engine = EngineSettings(poll_interval_s=0.05, retry=RetryPolicy(max_attempts=8, base_delay_s=0.5),
+                                         input_limits=settings.input_limits)
+        settings.sqlite_synchronous = "NORMAL"
+        up.reset_stats()
+        started = time.perf_counter()
+        rt = build_runtime(settings)
+        try:
+            batch, _ = local_run.prepare(rt, input_path, root / "out.jsonl", CHAT, "24h")
+            batch = asyncio.run(local_run.run_batch(rt, batch.id))
+            local_run.deliver(rt, batch, root / "out.jsonl", root / "errors.jsonl")
+        finally:
+            rt.close()
+        wall = time.perf_counter() - started
+        out = (root / "out.jsonl").read_text().splitlines()
+        assert len(out) == len(lines), f"freight delivered {len(out)} of {len(lines)} lines"
+    return side_from("freight", up.stats(), wall, len(lines), True)
+
+
+# ---- the cookbook's algorithm ----------------------------------------------------------------------------------------
+
+def cookbook_tokens(body: dict[str, Any]) -> int:
+    """``num_tokens_consumed_from_request`` for chat: 4 per message + its values + 2, plus n * max_tokens."""
+    completion = body.get("n", 1) * body.get("max_tokens", 15)
+    tokens = 0
+    for message in body["messages"]:
+        tokens += 4
+        for key, value in message.items():
+            tokens += count_text_tokens(value)
+            if key == "name":
+                tokens -= 1
+    return tokens + 2 + completion
+
+
+async def cookbook(lines: list[dict[str, Any]], base_url: str, deadline_s: float) -> tuple[int, bool]:
+    """Returns (succeeded, finished)."""
+    pending = deque(lines)
+    retries: deque[tuple[dict[str, Any], int, int]] = deque()
+    capacity_requests, capacity_tokens = float(RPM), float(TPM)
+    last_update = time.monotonic()
+    in_progress = 0
+    succeeded = 0
+    last_rate_limit = -math.inf
+    started = time.monotonic()
+    nxt: tuple[dict[str, Any], int, int] | None = None
+    tasks: set[asyncio.Task[None]] = set()
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None,
+                                                                 max_keepalive_connections=1000)) as client:
+
+        async def call(request: tuple[dict[str, Any], int, int]) -> None:
+            nonlocal in_progress, succeeded, last_rate_limit
+            line, cost, attempts_left = request
+            try:
+                response = await client.post(base_url + "/chat/completions", json=line["body"])
+                data = response.json()
+                if "error" in data:
+                    if response.status_code == 429 or "rate limit" in str(data["error"].get("message", "")).lower():
+                        last_rate_limit = time.monotonic()
+                    if attempts_left:
+                        retries.append(request)
+                else:
+                    succeeded += 1
+            except (httpx.HTTPError, ValueError):
+                if attempts_left:
+                    retries.append(request)
+            finally:
+                in_progress -= 1
+
+        while True:
+            if time.monotonic() - started > deadline_s:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                return succeeded, False
+            if nxt is None:
+                if retries:
+                    nxt = retries.popleft()
+                elif pending:
+                    line = pending.popleft()
+                    nxt = (line, cookbook_tokens(line["body"]), 5)
+            now = time.monotonic()
+            elapsed = now - last_update
+            capacity_requests = min(capacity_requests + RPM * elapsed / 60.0, float(RPM))
+            capacity_tokens = min(capacity_tokens + TPM * elapsed / 60.0, float(TPM))
+            last_update = now
+            if nxt is not None and capacity_requests >= 1 and capacity_tokens >= nxt[1]:
+                capacity_requests -= 1
+                capacity_tokens -= nxt[1]
+                in_progress += 1
+                task = asyncio.create_task(call((nxt[0], nxt[1], nxt[2] - 1)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                nxt = None
+            if in_progress == 0 and nxt is None and not pending and not retries:
+                return succeeded, True
+            await asyncio.sleep(0.001)
+            since = time.monotonic() - last_rate_limit
+            if since < 15:
+                await asyncio.sleep(15 - since)
+
+
+def run_cookbook(lines: list[dict[str, Any]], up: Upstream, deadline_s: float) -> Side:
+    up.reset_stats()
+    started = time.perf_counter()
+    _, finished = asyncio.run(cookbook(lines, up.base_url, deadline_s))
+    wall = time.perf_counter() - started
+    return side_from("cookbook", up.stats(), wall, len(lines), finished)
+
+
+# ---- the table ------------------------------------------------------------------------------------------------------
+
+def compare(mode: str, n: int, baseline_timeout_s: float, log: bool = True) -> list[Row]:
+    lines = workload(n)
+    config = UpstreamConfig(rpm=RPM, tpm=TPM, burst_s=MODES[mode], latency_s=LATENCY_S, max_events=4 * n + 1000)
+    with Upstream(config, subprocess=True) as up:
+        if log:
+            print(f"[{mode}, {n} requests] freight ...", file=sys.stderr, flush=True)
+        ours = run_freight(lines, up)
+        if log:
+            print(f"  {ours}", file=sys.stderr, flush=True)
+            print(f"[{mode}, {n} requests] cookbook ...", file=sys.stderr, flush=True)
+        base = run_cookbook(lines, up, max(baseline_timeout_s, 1.5 * ours.wall_s))
+        if log:
+            print(f"  {base}", file=sys.stderr, flush=True)
+    label = f"remote {mode} {n // 1000}k"
+    prefix = "" if base.finished else ">"
+
+    def frac(x: float, limit: int) -> str:
+        return "n/a" if math.isnan(x) else f"{x / limit:.3f}"
+
+    binding_ours = max(ours.rpm / RPM, ours.tpm / TPM)
+    wall_ratio = base.projected_wall_s / ours.wall_s
+    return [
+        Row(label, "wall time", f"{ours.wall_s:.1f} s", f"{prefix}{base.projected_wall_s:.1f} s",
+            f"{prefix}{wall_ratio:.2f}x", "freight faster", wall_ratio > 1),
+        Row(label, "429s received", str(ours.rate_limited), str(base.rate_limited), "", "fewer",
+            ours.rate_limited < base.rate_limited or ours.rate_limited == 0),
+        Row(label, "steady RPM / 6,000", frac(ours.rpm, RPM), frac(base.rpm, RPM), "", "", None),
+        Row(label, "steady TPM / 1,000,000", frac(ours.tpm, TPM), frac(base.tpm, TPM), "", "", None),
+        Row(label, "binding limit used", f"{binding_ours:.3f}",
+            f"{max(base.rpm / RPM, base.tpm / TPM):.3f}", "", ">= 0.95", binding_ours >= 0.95),
+        Row(label, "succeeded", f"{ours.succeeded}/{n}", f"{base.succeeded}/{n}", "", "all", ours.succeeded == n),
+    ]
+
+
+def run(requests: int = 10_000, modes: tuple[str, ...] = tuple(MODES), baseline_timeout_s: float = 180.0) -> list[Row]:
+    """For bench/run.py."""
+    rows: list[Row] = []
+    for mode in modes:
+        rows += compare(mode, requests, baseline_timeout_s)
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    headers = ("benchmark", "measure", "freight", "cookbook", "ratio", "target", "")
+    table = [headers] + [(r.bench, r.measure, r.freight, r.baseline, r.ratio, r.target,
+                          "" if r.ok is None else ("ok" if r.ok else "MISSED")) for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
+    for n, row in enumerate(table):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=None, help="batch size (default 10,000; --quick: 2,000)")
+    parser.add_argument("--quick", action="store_true", help="2,000 requests")
+    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--baseline-timeout", type=float, default=180.0,
+                        help="stop the baseline after this many seconds (or 1.5x freight's wall time if longer)")
+    args = parser.parse_args()
+    n = args.requests or (2_000 if args.quick else 10_000)
+    modes = tuple(MODES) if args.mode == "both" else (args.mode,)
+    print_table(run(n, modes, args.baseline_timeout))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Validating → in_progress for a Message Batch: every request is kept, a bad one gets its error.
+
+An OpenAI batch file fails as a whole when a line is bad (``ingest.py``). A Message Batch does
+not: Anthropic validates each request's ``params`` asynchronously and reports a bad one as an
+``errored`` result (shared/reference/batch-apis.md §4.4). The create already checked what is
+checked synchronously (custom_id, params being an object, one model), and wrote the input file
+itself, so here only ``params`` are looked at:
+
+- no ``model``, or not a string: 400 ``invalid_request_error``;
+- a model this freight does not serve on ``/v1/messages``: 404 ``not_found_error``;
+- ``stream: true``: 400 ``invalid_request_error``.
+
+Those requests are stored already finished (and counted); the rest are pending. Everything the
+params hold beyond that is the backend's business (the Messages adapter refuses what does not
+translate, with ``invalid_request_error``). Idempotent like ``ingest.py``: a crash halfway starts
+validation over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freight.domain import ids
+from freight.domain.batches import Batch, BatchError
+from freight.domain.clock import Clock
+from freight.domain.message_batches import MESSAGES_ENDPOINT
+from freight.domain.requests import Result
+from freight.ports import BlobStore, NewRequest, Store
+from freight.services.catalog import ModelCatalog
+from freight.wire import jsonx
+from freight.wire.batch_input import iter_lines
+
+INSERT_CHUNK = 1000
+#: The input file was written by freight itself, each line already within the create's limits.
+MAX_LINE_BYTES = 1 << 30
+
+
+def _refused(status: int, error_type: str, message: str) -> Result:
+    body = {"type": "error", "error": {"type": error_type, "message": message}}
+    return Result(status_code=status, body=jsonx.dumps(body), request_id=ids.new_request_id())
+
+
+def check_params(params: Any, catalog: ModelCatalog) -> Result | None:
+    """None when the request can run; else its final (refused) result."""
+    if not isinstance(params, dict):
+        return _refused(400, "invalid_request_error", "params: Input should be a valid dictionary.")
+    model = params.get("model")
+    if model is None:
+        return _refused(400, "invalid_request_error", "model: Field required.")
+    if not isinstance(model, str):
+        return _refused(400, "invalid_request_error", "model: Input should be a valid string.")
+    problem = catalog.check(model, MESSAGES_ENDPOINT)
+    if problem is not None:
+        return _refused(404, "not_found_error", f"model: {problem}")
+    if params.get("stream") is True:
+        return _refused(400, "invalid_request_error", "stream: streaming is not supported in a Message Batch.")
+    return None
+
+
+def ingest_message_batch(batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog, clock: Clock) -> bool:
+    """Persist a Message Batch's requests. True when the batch went on (to in_progress)."""
+    store.restart_ingest(batch.id)
+    key = store.file_blob_key(batch.input_file_id)
+    if key is None or not blobs.exists(key):
+        error = BatchError(code="invalid_request", param="input_file_id",
+                           message=f"The requests of this batch ({batch.input_file_id}) are gone.")
+        store.fail_validation(batch.id, [error], int(clock.now()))
+        return False
+    pending: list[NewRequest] = []
+    finished: list[tuple[NewRequest, Result]] = []
+    model: str | None = None
+    idx = 0
+    with blobs.open(key) as fh:
+        for raw in iter_lines(fh, MAX_LINE_BYTES):
+            if raw.data is None or not raw.data.strip():
+                continue
+            line = jsonx.loads(raw.data)
+            params = line["body"]
+            request = NewRequest(idx=idx, line=raw.line, custom_id=line["custom_id"], body=jsonx.dumps(params))
+            idx += 1
+            refused = check_params(params, catalog)
+            if refused is not None:
+                finished.append((request, refused))
+            else:
+                pending.append(request)
+                model = model or params["model"]
+            if len(pending) >= INSERT_CHUNK:
+                store.insert_requests(batch.id, pending)
+                pending = []
+            if len(finished) >= INSERT_CHUNK:
+                store.insert_finished_requests(batch.id, finished)
+                finished = []
+    if pending:
+        store.insert_requests(batch.id, pending)
+    if finished:
+        store.insert_finished_requests(batch.id, finished)
+    return store.start_batch(batch.id, total=idx, model=model, at=int(clock.now()))

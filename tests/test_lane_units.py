@@ -1,0 +1,169 @@
+"""Batch lanes without a network: reading providers' result lines, planning subs within limits, and
+settling outcomes into results or another round (the end-to-end tests are in test_batch_lanes.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane
+from freight.domain.batches import Batch, BatchStatus
+from freight.domain.clock import FixedClock
+from freight.domain.lanes import (
+    LaneLimits,
+    LaneOutcome,
+    OutcomeKind,
+    SubState,
+    UpstreamProgress,
+    parse_upstream_key,
+    upstream_key,
+)
+from freight.domain.requests import Result
+from freight.engine.lanes import LaneRunner
+from freight.ports import ModelInfo, NewRequest
+from freight.services.catalog import ModelCatalog
+from freight.store.blobs import LocalBlobStore
+from freight.store.sqlite import SqliteStore
+
+
+def test_upstream_keys_round_trip() -> None:
+    key = upstream_key("sub_0123456789abcdef", 4711)
+    assert key == "sub_0123456789abcdef-4711" and len(key) <= 64
+    assert parse_upstream_key("sub_0123456789abcdef", key) == 4711
+    assert parse_upstream_key("sub_other", key) is None
+    assert parse_upstream_key("sub_0123456789abcdef", "sub_0123456789abcdef-x") is None
+
+
+def test_openai_result_lines() -> None:
+    ok = OpenAIBatchLane.outcome({"custom_id": "k", "response": {"status_code": 200, "request_id": "r", "body": {
+        "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}}, "error": None})
+    assert ok is not None and ok.kind is OutcomeKind.FINAL and ok.result is not None
+    assert (ok.result.status_code, ok.result.input_tokens, ok.result.output_tokens) == (200, 3, 2)
+    refused = OpenAIBatchLane.outcome({"custom_id": "k", "response": {"status_code": 400, "body": {"error": {}}}})
+    assert refused is not None and refused.kind is OutcomeKind.FINAL
+    limited = OpenAIBatchLane.outcome({"custom_id": "k", "response": {"status_code": 429, "body": {}}})
+    assert limited is not None and limited.kind is OutcomeKind.RETRY
+    for code in ("batch_expired", "batch_cancelled"):
+        line = OpenAIBatchLane.outcome({"custom_id": "k", "response": None, "error": {"code": code, "message": "m"}})
+        assert line is not None and line.kind is OutcomeKind.NOT_RUN
+    timeout = OpenAIBatchLane.outcome({"custom_id": "k", "response": None, "error": {"code": "request_timeout"}})
+    assert timeout is not None and timeout.kind is OutcomeKind.RETRY and timeout.result is not None
+    assert timeout.result.error_code == "request_timeout"
+    assert OpenAIBatchLane.outcome({"no": "custom_id"}) is None
+
+
+def test_anthropic_result_lines() -> None:
+    ok = AnthropicBatchLane.outcome({"custom_id": "k", "result": {"type": "succeeded", "message": {
+        "type": "message", "usage": {"input_tokens": 5, "output_tokens": 1}}}})
+    assert ok is not None and ok.kind is OutcomeKind.FINAL and ok.result is not None and ok.result.status_code == 200
+    assert ok.result.input_tokens == 5
+
+    def errored(error_type: str) -> LaneOutcome:
+        line = AnthropicBatchLane.outcome({"custom_id": "k", "result": {"type": "errored", "error": {
+            "type": "error", "error": {"type": error_type, "message": "m"}, "request_id": "req_1"}}})
+        assert line is not None
+        return line
+
+    bad = errored("invalid_request_error")
+    assert bad.kind is OutcomeKind.FINAL and bad.result is not None and bad.result.status_code == 400
+    assert bad.result.body is not None and json.loads(bad.result.body)["error"]["type"] == "invalid_request_error"
+    assert errored("overloaded_error").kind is OutcomeKind.RETRY
+    assert errored("not_found_error").kind is OutcomeKind.FINAL
+    for kind in ("canceled", "expired"):
+        line = AnthropicBatchLane.outcome({"custom_id": "k", "result": {"type": kind}})
+        assert line is not None and line.kind is OutcomeKind.NOT_RUN
+
+
+class FakeLane:
+    """A lane that is never called over the network here: only its limits matter."""
+
+    def __init__(self, max_requests: int, max_bytes: int, max_rounds: int = 2):
+        self.limits = LaneLimits(max_requests, max_bytes)
+        self.poll_interval_s = 0.1
+        self.max_poll_interval_s = 1.0
+        self.max_rounds = max_rounds
+        self.cancel_timeout_s = 10.0
+
+    def models(self) -> Sequence[ModelInfo]:
+        return [ModelInfo("lane-model", frozenset({"/v1/chat/completions"}))]
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def upload(self, sub_id: str, endpoint: str, lines: IO[bytes]) -> str | None:
+        raise AssertionError
+    async def find_upload(self, sub_id: str) -> str | None:
+        raise AssertionError
+    async def create(self, sub_id: str, endpoint: str, upload_id: str | None, lines: IO[bytes]) -> str:
+        raise AssertionError
+    async def find_created(self, sub_id: str, upload_id: str | None, sent_at: float, requests: int) -> str | None:
+        raise AssertionError
+    async def poll(self, upstream_id: str) -> UpstreamProgress:
+        raise AssertionError
+    async def outcomes(self, upstream_id: str) -> list[LaneOutcome]:
+        raise AssertionError
+    async def cancel(self, upstream_id: str) -> None:
+        raise AssertionError
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[SqliteStore, LaneRunner, FakeLane, Batch]:
+    store = SqliteStore(tmp_path / "freight.db", synchronous="OFF")
+    lane = FakeLane(max_requests=4, max_bytes=1000)
+    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs"), ModelCatalog([], [lane]), FixedClock())
+    batch = Batch(id="batch_" + "1" * 24, project="p", endpoint="/v1/chat/completions", input_file_id="file-x",
+                  completion_window="24h", status=BatchStatus.VALIDATING, created_at=0, expires_at=86400)
+    store.insert_batch(batch, None)
+    bodies = [{"model": "lane-model", "messages": [{"role": "user", "content": "x" * (400 if i == 5 else 10)}]}
+              for i in range(11)]
+    bodies.append({"model": "lane-model", "messages": [{"role": "user", "content": "y" * 2000}]})  # too big
+    store.insert_requests(batch.id, [NewRequest(i, i + 1, f"c{i}", json.dumps(b).encode())
+                                     for i, b in enumerate(bodies)])
+    store.start_batch(batch.id, len(bodies), "lane-model", 0)
+    return store, runner, lane, batch
+
+
+def test_planning_splits_by_count_and_bytes(world: tuple[SqliteStore, LaneRunner, FakeLane, Batch]) -> None:
+    store, runner, lane, batch = world
+    runner._plan(batch, lane)  # type: ignore[arg-type]
+    subs = store.lane_subs(batch.id)
+    assert all(s.state is SubState.PLANNED and s.round == 1 for s in subs)
+    groups = [store.lane_items(s.id) for s in subs]
+    assert sorted(i for g in groups for i in g) == list(range(11)), "every request once, the too-big one aside"
+    assert all(len(g) <= 4 for g in groups) and all(s.bytes <= 1000 for s in subs)
+    assert len(groups) >= 3
+    (too_big,) = store.results(batch.id, -1, 100)
+    assert too_big.idx == 11 and too_big.result.error_code == "request_too_large"
+    runner._plan(batch, lane)  # type: ignore[arg-type]
+    assert len(store.lane_subs(batch.id)) == len(subs), "planning again takes nothing already held"
+
+
+def test_settling_stores_finals_and_hands_back_the_rest(world: tuple[SqliteStore, LaneRunner, FakeLane,
+                                                                     Batch]) -> None:
+    store, runner, lane, batch = world
+    runner._plan(batch, lane)  # type: ignore[arg-type]
+    sub = next(s for s in store.lane_subs(batch.id) if s.requests == 4)
+    a, b, c, d = store.lane_items(sub.id)
+    ok = Result(status_code=200, body=b"{}")
+    outcomes = [LaneOutcome(upstream_key(sub.id, a), OutcomeKind.FINAL, ok),
+                LaneOutcome(upstream_key(sub.id, b), OutcomeKind.RETRY, Result(status_code=503, body=b"{}")),
+                LaneOutcome(upstream_key(sub.id, c), OutcomeKind.NOT_RUN),
+                LaneOutcome("someone-else-7", OutcomeKind.FINAL, ok)]  # not ours: ignored; d has no line
+    assert runner._settle(batch, lane, sub, outcomes, closing=False) == 1  # type: ignore[arg-type]
+    assert [r.idx for r in store.results(batch.id, -1, 100)] == sorted([a, 11])
+    assert next(s for s in store.lane_subs(batch.id, live_only=False) if s.id == sub.id).state is SubState.DONE
+    runner._plan(batch, lane)  # type: ignore[arg-type]
+    again = [s for s in store.lane_subs(batch.id) if s.round == 2]
+    assert [store.lane_items(s.id) for s in again] == [[b, c, d]], "a new round with only those"
+    # the last round: what still did not work is final
+    second = again[0]
+    assert runner._settle(batch, lane, second, [  # type: ignore[arg-type]
+        LaneOutcome(upstream_key(second.id, b), OutcomeKind.RETRY, Result(status_code=503, body=b"{}"))],
+        closing=False) == 3
+    finals = {r.idx: r.result for r in store.results(batch.id, -1, 100)}
+    assert finals[b].status_code == 503 and finals[c].error_code == finals[d].error_code == "upstream_not_run"
+
+
