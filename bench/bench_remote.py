@@ -11,7 +11,7 @@ RPM and 1,000,000 TPM counted on real usage (prompt + completion), enforced two 
   enforced over shorter periods, e.g. 6,000 RPM as 100 per second);
 - ``per-minute``: buckets holding a whole minute (a client may burst a minute's budget at once).
 
-Workload: chat requests with prompts of 10-130 words and ``max_tokens`` from 16 to 512 (mean ~95);
+Workload: chat requests with prompts of 10-130 words and ``max_tokens`` from 16 to 512 (mean ~93);
 the upstream answers between a fifth of ``max_tokens`` and all of it (mean ~0.6x).
 
 freight: ``freight run``'s code path in this process (SQLite store, engine, ``openai`` backend with
@@ -146,7 +146,7 @@ def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
 
 def cookbook_tokens(body: dict[str, Any]) -> int:
     """``num_tokens_consumed_from_request`` for chat: 4 per message + its values + 2, plus n * max_tokens."""
-    completion = body.get("n", 1) * body.get("max_tokens", 15)
+    completion: int = body.get("n", 1) * body.get("max_tokens", 15)
     tokens = 0
     for message in body["messages"]:
         tokens += 4

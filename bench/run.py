@@ -18,6 +18,7 @@ from bench.common import Row
 BENCHES = {
     "validate": ("bench.bench_validate", {}),
     "embeddings": ("bench.bench_embeddings", {}),
+    "remote": ("bench.bench_remote", {"requests": 2000}),
 }
 
 

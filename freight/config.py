@@ -7,6 +7,7 @@ in the code reads the environment; secrets are read from variables named in the 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from freight.services.message_batches import MessageBatchLimits
 from freight.wire.batch_input import InputLimits
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
 #: Per-project limits by default (0 in freight.toml: no limit).
 DEFAULT_QUOTA = Quota(max_active_batches=100, max_queued_requests=1_000_000)
 
@@ -55,7 +57,11 @@ class Settings:
         """The configured models, or the bundled default when none are configured."""
         if self.models:
             return self.models
-        return {DEFAULT_EMBEDDING_MODEL: {"backend": "local-embeddings"}}
+        tables: dict[str, dict[str, Any]] = {DEFAULT_EMBEDDING_MODEL: {"backend": "local-embeddings"}}
+        if importlib.util.find_spec("llama_cpp") is not None:
+            # The bundled chat model needs llama-cpp-python (a compiled extra that `make` installs).
+            tables[DEFAULT_CHAT_MODEL] = {"backend": "llama-cpp"}
+        return tables
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Mapping of every outcome (permanent vs transient), the secret never showing, the
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -291,7 +292,7 @@ def test_overload_cools_down_every_request_and_probes(upstream: Upstream) -> Non
     assert all(isinstance(r, Result) and r.status_code == 200 for r in results[5:])
     times = [t for t, _, outcome in upstream.stats().events if outcome == "throttled"]
     assert len(times) == 5
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.28, gaps  # serialized: each refused probe restarts the cool-down
 
 
@@ -333,7 +334,7 @@ def test_concurrency_is_bounded(upstream: Upstream) -> None:
     assert all(stats.ok(f"k{i}") == 1 for i in range(40))
 
 
-# ---- estimates ---------------------------------------------------------------------------------------------------------
+# ---- estimates -------------------------------------------------------------------------------------------------------
 
 
 def test_estimate_helpers() -> None:

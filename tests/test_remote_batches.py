@@ -209,8 +209,8 @@ def test_rejected_requests_go_to_the_error_file_with_the_upstream_body(
     _, clean = upstreams
     clean.reset_stats()
     rejected = {f"r{i:02d}" for i in range(0, 30, 4)}
-    lines = [line(f"r{i:02d}", "remote-clean", **({"reject": True} if f"r{i:02d}" in rejected else {}))
-             for i in range(30)]
+    marker: dict[str, Any] = {"reject": True}
+    lines = [line(f"r{i:02d}", "remote-clean", **(marker if f"r{i:02d}" in rejected else {})) for i in range(30)]
     batch, output, errors = run_batch(server, lines)
     assert batch.status == "completed"
     assert set(errors) == rejected

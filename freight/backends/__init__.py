@@ -7,7 +7,7 @@ from typing import Any
 from freight.domain.errors import ConfigError
 from freight.ports import Backend, BatchLane
 
-KINDS = ("local-embeddings", "openai", "scripted")
+KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted")
 
 
 def build_backend(name: str, table: dict[str, Any]) -> Backend:
@@ -19,6 +19,10 @@ def build_backend(name: str, table: dict[str, Any]) -> Backend:
             from freight.backends.local_embeddings import LocalEmbeddingBackend
 
             return LocalEmbeddingBackend(model_id=name, **options)
+        if kind == "llama-cpp":
+            from freight.backends.llama_cpp import LlamaCppBackend
+
+            return LlamaCppBackend(model_id=name, **options)
         if kind == "openai":
             from freight.backends.openai_http import OpenAIHTTPBackend
 
