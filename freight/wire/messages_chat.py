@@ -69,7 +69,7 @@ def _number(params: dict[str, Any], key: str, lo: float, hi: float) -> float | N
         raise Untranslatable(f"{key}: Input should be a valid number, got {_type_name(value)}.")
     if not lo <= value <= hi:
         raise Untranslatable(f"{key}: Input should be between {lo:g} and {hi:g}, got {value}.")
-    return value
+    return float(value)
 
 
 def _text_blocks(blocks: list[Any], where: str) -> str:
