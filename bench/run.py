@@ -19,6 +19,7 @@ BENCHES = {
     "validate": ("bench.bench_validate", {}),
     "embeddings": ("bench.bench_embeddings", {}),
     "remote": ("bench.bench_remote", {"requests": 2000}),
+    "chat": ("bench.bench_chat", {}),
 }
 
 

@@ -7,7 +7,6 @@ A :class:`FreightServer` runs ``freight serve`` as a subprocess on a loopback po
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -29,14 +28,6 @@ SCRIPTED = "freight-scripted"
 SCRIPTED_SLOW = "freight-scripted-slow"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-
-
-def embeddings_available() -> bool:
-    """True once the local embedding backend exists in this checkout."""
-    try:
-        return importlib.util.find_spec("freight.backends.local_embeddings") is not None
-    except ImportError:
-        return False
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from servers import EMBEDDING_MODEL, TERMINAL, FreightServer, config_text, embeddings_available, parse_jsonl
+from servers import EMBEDDING_MODEL, TERMINAL, FreightServer, config_text, parse_jsonl
 
 CORPUS = Path(__file__).parent / "corpus"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((CORPUS / "manifest.json").read_text())
@@ -26,8 +26,6 @@ max_line_bytes = 1048576
 max_input_bytes = 12582912
 max_lines = 300
 """
-
-pytestmark = pytest.mark.skipif(not embeddings_available(), reason="the embedding backend is part of freight")
 
 
 class Recorder:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
 from servers import FreightServer, config_text, jsonl_bytes, request_line
-
-schemathesis = pytest.importorskip("schemathesis")
 
 MAX_EXAMPLES = 50
 SENT: Counter[str] = Counter()

