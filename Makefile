@@ -37,6 +37,7 @@ install: $(STAMP)
 demo: install
 	rm -rf .freight-demo demo-output
 	$(BIN)/freight run examples/embeddings.jsonl -o demo-output/embeddings.jsonl --data-dir .freight-demo
+	$(BIN)/freight run examples/chat.jsonl -o demo-output/chat.jsonl --data-dir .freight-demo
 
 lint: install
 	$(BIN)/ruff check .
