@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +259,34 @@ def test_orphan_blobs_are_swept(world: World) -> None:
     batch = world.submit([chat(0)])
     assert world.engine.sweep_orphan_blobs() == 1
     assert world.blobs.exists(world.store.file_blob_key(batch.input_file_id) or "")
+
+
+class CountingBackend(ScriptedBackend):
+    """A scripted backend whose first ``fail_starts`` starts raise (a model file not there yet, say)."""
+
+    def __init__(self, model_id: str, fail_starts: int = 0) -> None:
+        super().__init__(model_id, chunk_size=4, max_concurrency=2)
+        self.starts = 0
+        self.fail_starts = fail_starts
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.starts <= self.fail_starts:
+            raise RuntimeError("model not loadable yet")
+
+
+def test_backends_start_when_their_first_work_arrives_and_a_failed_start_is_retried(world: World) -> None:
+    busy = CountingBackend(MODEL, fail_starts=2)
+    idle = CountingBackend("never-used")
+    world.engine = Engine(world.store, world.blobs, ModelCatalog([busy, idle]), world.clock, world.engine.settings)
+    world.batches = BatchService(world.store, world.clock, on_change=world.engine.wake)
+    batch = world.submit([chat(i) for i in range(6)])
+    done = world.run_until_done(batch.id)
+    assert done.status is BatchStatus.COMPLETED
+    one_line_per_custom_id(world, done, 6)
+    assert busy.starts == 3  # two failures (no request claimed meanwhile, none charged an attempt), then loaded
+    assert idle.starts == 0  # a model nobody asked for is never loaded
+    assert world.engine.errors == 2
+    with sqlite3.connect(world.store.path) as db:
+        attempts = [row[0] for row in db.execute("SELECT attempts FROM requests WHERE batch_id=?", (batch.id,))]
+    assert attempts == [1] * 6
