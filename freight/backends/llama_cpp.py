@@ -323,6 +323,8 @@ class SchedulerStats:
     generated_tokens: int = 0
     max_active: int = 0
     moves: int = 0  # sequences moved to a lower slot
+    #: How many steps decoded how many sequences (the batch's fill; see bench/bench_chat.py's bound).
+    decode_widths: dict[int, int] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -458,6 +460,8 @@ class Scheduler:
                 feed = s.tokens[-2] if len(s.tokens) >= 2 else s.spec.prompt[-1]
             planned.append((s, BatchItem(s.slot, (feed,), s.n_past + s.pos_offset, True)))
         budget -= len(decoding)
+        if decoding:
+            self.stats.decode_widths[len(decoding)] = self.stats.decode_widths.get(len(decoding), 0) + 1
         prefilling_now: list[tuple[_Seq, int]] = []  # prompt chunks in this step: (sequence, cells it will hold)
         for s in self._active.values():  # dict order = admission order: the oldest prompt first
             if budget <= 0:
