@@ -4,6 +4,7 @@
     python bench/bench_chat.py --variants     # also other weights, flash attention, no prefix cache, unified KV
     python bench/bench_chat.py --repeat 3     # best of 3 per row (for a shared, noisy machine)
     python bench/bench_chat.py --config '{"n_slots": 16, "n_ctx": 8192}'
+    python bench/bench_chat.py --requests 128 --defaults-only --skip-raw [--distinct]   # slots refilled
 
 Workload: 32 chat requests with mixed prompt lengths (the SmolLM2 chat template adds ~30 tokens; the user texts
 span ~5 to ~330 tokens), ``max_tokens`` 64, temperature 0, through the model's chat template. The baseline is
@@ -319,11 +320,13 @@ def main() -> None:
     ap.add_argument("--variants", action="store_true", help="also try other engine settings")
     ap.add_argument("--config", action="append", default=[], help="extra row: JSON of LlamaCppBackend arguments")
     ap.add_argument("--short", action="store_true", help="only the short questions (a decode-bound workload)")
+    ap.add_argument("--distinct", action="store_true", help="number each request's text: no shared document")
+    ap.add_argument("--defaults-only", action="store_true", help="of freight, only the default engine")
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--skip-raw", action="store_true")
     args = ap.parse_args()
 
-    convs = workload(args.requests, args.short)
+    convs = workload(args.requests, args.short, args.distinct)
     src = smollm2_path()
     print(
         f"{args.requests} {'short ' if args.short else ''}chat requests, max_tokens {args.max_tokens}, "
@@ -341,7 +344,8 @@ def main() -> None:
                 args.min_cpu,
             )
         )
-    rows = ROWS + (VARIANTS if args.variants else []) + [(f"freight, {c}", json.loads(c)) for c in args.config]
+    rows = ROWS[:1] if args.defaults_only else ROWS
+    rows = rows + (VARIANTS if args.variants else []) + [(f"freight, {c}", json.loads(c)) for c in args.config]
     for label, kw in rows:
         fn = functools.partial(bench_freight, label, convs, args.max_tokens, n_threads=args.threads, **kw)
         runs.append(best_of(label, args.repeat, fn, args.min_cpu))
