@@ -256,6 +256,7 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("freight, 32 slots, F32, flash attention auto", {"flash_attn": None}),
     ("freight, 32 slots, F32, no shared prefixes", {"prefix_cache": False}),
     ("freight, 32 slots, F32, unified KV cache", {"kv_unified": True}),
+    ("freight, 32 slots, F32, KV cache q8_0 (+ flash attention)", {"kv_type": "q8_0"}),
 ]
 
 
@@ -267,6 +268,8 @@ def run(requests: int = 32, max_tokens: int = 64, repeat: int = 1) -> list[Row]:
     label = "llama-cpp-python, one at a time"
     base = best_of(label, repeat, lambda: bench_high_level(label, src, convs, max_tokens, threads))
     ours = best_of("freight", repeat, lambda: bench_freight("freight", convs, max_tokens, n_threads=threads))
+    q8 = best_of("freight, kv_type q8_0", repeat,
+                 lambda: bench_freight("freight", convs, max_tokens, n_threads=threads, kv_type="q8_0"))
     other = workload(requests, distinct=True)
     base_d = best_of(label + ", distinct", repeat, lambda: bench_high_level(label, src, other, max_tokens, threads))
     ours_d = best_of("freight, distinct", repeat,
@@ -290,6 +293,8 @@ def run(requests: int = 32, max_tokens: int = 64, repeat: int = 1) -> list[Row]:
             f"{base.wall:.1f} s", "", ""),
         Row("chat", "prompt tokens computed, of those in the requests", f"{ours.computed_prompt_tokens}",
             f"{ours.prompt_tokens}", "", ""),
+        Row("chat", "output tok/s, the same, opt-in 8-bit KV cache (kv_type q8_0)", f"{q8.tps:.1f}",
+            f"{base.tps:.1f}", f"{q8.tps / base.tps:.2f}x", ""),
         Row("chat", "output tok/s, the same with distinct prompts", f"{ours_d.tps:.1f}", f"{base_d.tps:.1f}",
             f"{ours_d.tps / base_d.tps:.2f}x", ""),
         Row("chat", "  prompt tokens computed (distinct prompts)", f"{ours_d.computed_prompt_tokens}",

@@ -24,6 +24,7 @@ from freight.backends.llama_cpp import (
     LlamaCppBackend,
     SchedulerStats,
 )
+from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.wire.jsonx import loads
 
@@ -474,3 +475,18 @@ def test_shared_prefix_kv_gives_the_answers_of_a_full_prefill(backend: LlamaCppB
         else:
             assert gap is not None and gap < NEAR_TIE, f"prompt {i}: diverges at token {pos}, top-2 gap {gap}"
     assert identical >= len(DOC_PROMPTS) // 2
+
+
+def test_quantised_kv_cache_option(backend: LlamaCppBackend) -> None:
+    with pytest.raises(ConfigError):
+        LlamaCppBackend(kv_type="q4_k")
+    q8 = LlamaCppBackend(cache_dir=backend._cache_dir, n_slots=4, n_ctx=2048, kv_type="q8_0")
+    asyncio.run(q8.start())
+    try:
+        bodies = [chat("What is the capital of France?", max_tokens=12, temperature=0),
+                  chat("Summarize this text: " + PARA * 3, max_tokens=12, temperature=0)]
+        first, second = (ok(r) for r in run(q8, bodies))
+    finally:
+        asyncio.run(q8.close())
+    assert "Paris" in content(first)
+    assert second["usage"]["completion_tokens"] >= 1
