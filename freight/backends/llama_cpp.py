@@ -58,8 +58,8 @@ Weights, KV cache and why (measured on the 2-core AVX-512 development VM, see ``
   request (on the benchmark's workload: 618 of 4,225 prompt tokens computed). llama-cpp-python's ``Llama`` reuses
   the previous prompt's prefix the same way.
 - KV cache in F16 by default. ``kv_type="q8_0"`` halves it (and the attention reads that grow with every
-  sequence's context) and turns flash attention on, which a quantised V cache needs: 15-20% more output tokens/s on
-  the benchmark, at the cost of 8-bit keys and values (outputs can differ slightly from the F16 cache's).
+  sequence's context) and turns flash attention on, which a quantised V cache needs. Faster in some benchmark runs,
+  not in others (docs/benchmarks.md); 8-bit keys and values change some outputs slightly, so it is opt-in.
 - Flash attention is off by default: on this CPU it made batched steps slower.
 """
 
