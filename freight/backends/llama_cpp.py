@@ -522,7 +522,7 @@ class Scheduler:
                 if n > best:
                     best, src = n, d.slot
         for d, end in prefilling_now:
-            if _common_prefix(d.spec.prompt, prompt, min(limit, end)) >= max(best, 0) + runner.min_prefix:
+            if _common_prefix(d.spec.prompt, prompt, min(limit, end)) >= best + runner.min_prefix:
                 return False
         s.started = True
         if best < runner.min_prefix:

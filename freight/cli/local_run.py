@@ -95,7 +95,7 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(RuntimeError):  # incl. NotImplementedError: a loop without signals
             loop.add_signal_handler(sig, stop.set)
     engine_task = asyncio.create_task(rt.engine.run(stop))
     try:
@@ -112,7 +112,7 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
         stop.set()
         await engine_task
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(RuntimeError):  # incl. NotImplementedError: a loop without signals
                 loop.remove_signal_handler(sig)
         for backend in rt.catalog.backends:
             await backend.close()
