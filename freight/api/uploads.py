@@ -18,6 +18,8 @@ from freight.services.files import FileService
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_FIELDS = 32
+#: The longest boundary accepted (python-multipart refuses longer ones; RFC 2046 allows 70).
+MAX_BOUNDARY_LENGTH = 256
 
 
 @dataclass
@@ -56,7 +58,7 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
 
     fields: dict[str, str] = {}
     part = _Part()
-    state: dict[str, Any] = {"file_id": None, "writer": None, "filename": None, "in_file": False}
+    state: dict[str, Any] = {"file_id": None, "writer": None, "filename": None, "in_file": False, "ended": False}
 
     def on_part_begin() -> None:
         nonlocal part
@@ -108,7 +110,10 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
             fields[part.name] = part.data.decode("utf-8", "replace")
         state["in_file"] = False
 
-    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
+    def on_end() -> None:
+        state["ended"] = True
+
+    callbacks = {
         "on_part_begin": on_part_begin,
         "on_header_field": on_header_field,
         "on_header_value": on_header_value,
@@ -116,12 +121,23 @@ async def receive_upload(request: Request, files: FileService) -> Upload:
         "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data,
         "on_part_end": on_part_end,
-    })
+        "on_end": on_end,
+    }
     try:
+        if len(boundary) > MAX_BOUNDARY_LENGTH:
+            raise InvalidInput(f"The multipart boundary is {len(boundary)} characters long; at most "
+                               f"{MAX_BOUNDARY_LENGTH} are allowed (RFC 2046 recommends 70).", param="file",
+                               code="invalid_content_type")
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         async for chunk in request.stream():
             if chunk:
                 parser.write(chunk)
         parser.finalize()
+        if not state["ended"]:
+            # The body ended before the closing boundary (a client or proxy cut it short): what
+            # arrived may be any prefix of the file, so none of it is kept.
+            raise InvalidInput("The multipart body ended before its closing boundary: the upload was cut "
+                               "short, and nothing was stored.", param="file", code="invalid_multipart")
     except BaseException as exc:
         if state["writer"] is not None:
             state["writer"].abort()
