@@ -51,7 +51,7 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
     try:
         clock = SystemClock()
         store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
-        blobs = LocalBlobStore(settings.data_dir / "blobs")
+        blobs = LocalBlobStore(settings.data_dir / "blobs", reserve=settings.data_dir / "disk-reserve")
         catalog = ModelCatalog(backends if backends is not None else build_backends(settings.model_tables()),
                                build_lanes(settings.model_tables()) if backends is None else [])
         engine = Engine(store, blobs, catalog, clock, settings.engine)

@@ -245,7 +245,8 @@ def test_deleted_and_expired_files_lose_their_bytes_only_when_no_batch_reads_the
     assert world.engine.purge_files() == 0 and world.blobs.exists(input_key), "an active batch still reads it"
     done = world.run_until_done(batch.id)
     assert done.status is BatchStatus.COMPLETED
-    assert world.engine.purge_files() == 1 and not world.blobs.exists(input_key)
+    world.engine.purge_files()  # (the engine may have purged it already, at the tick after the batch ended)
+    assert not world.blobs.exists(input_key)
     # the output file expires after its output_expires_after; here: none set, so it stays
     assert done.output_file_id is not None and world.store.get_file("p", done.output_file_id) is not None
     world.clock.advance(31 * 86400)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import IO
 
 from freight.domain import ids
 from freight.domain.clock import Clock
-from freight.domain.errors import InvalidInput, NotFound, PayloadTooLarge
+from freight.domain.errors import InsufficientStorage, InvalidInput, NotFound, PayloadTooLarge
 from freight.domain.files import (
     BATCH_FILE_DEFAULT_EXPIRY_S,
     MAX_EXPIRES_AFTER_S,
@@ -20,8 +21,39 @@ from freight.ports import BlobStore, BlobWriter, Page, Store
 from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits, iter_lines
 
+log = logging.getLogger("freight.files")
+
 #: How many bad lines an upload error lists before it stops counting them one by one.
 MAX_LISTED_UPLOAD_PROBLEMS = 20
+
+
+def purge_files(store: Store, blobs: BlobStore, now: float) -> int:
+    """Remove the bytes of deleted and expired files that no active batch reads any more.
+
+    The bytes go first, then the row is marked: on a full disk removing bytes is what makes room
+    for that write, and a purge cut short in between is simply done again.
+    """
+    purged = 0
+    while batch := store.purgeable_files(now):
+        for _, key in batch:
+            blobs.delete(key)
+        store.mark_purged([file_id for file_id, _ in batch])
+        purged += len(batch)
+    blobs.restore_reserve()
+    return purged
+
+
+def sweep_orphan_blobs(store: Store, blobs: BlobStore) -> int:
+    """Remove blobs no file refers to (finalizing or uploading when a process died).
+
+    Only safe while no upload or finalize is in flight: call it before the engine and the API
+    start, with the data dir's lock held.
+    """
+    referenced = store.blob_keys()
+    orphans = [key for key in blobs.keys() if key not in referenced]
+    for key in orphans:
+        blobs.delete(key)
+    return len(orphans)
 
 
 @dataclass(frozen=True)
@@ -176,11 +208,31 @@ class FileService:
         return self.store.list_files(project, purpose=purpose, after=after, limit=limit, order=order)
 
     def delete(self, project: str, file_id: str) -> None:
+        """Delete a file; its bytes go at once unless a batch still reads it (then when that batch ends).
+
+        Deleting is how a user frees space, so it must work on a full disk: if the store cannot
+        write for lack of space, the disk space held in reserve is given back and the write tried
+        again.
+        """
         f = self.get(project, file_id)
-        if not self.store.delete_file(project, f.id):
+        try:
+            deleted = self.store.delete_file(project, f.id)
+        except InsufficientStorage:
+            if not self.blobs.release_reserve():
+                raise
+            log.warning("the disk is full: released the space held in reserve to delete file %s", f.id,
+                        extra={"event": "reserve_released", "file_id": f.id, "project": project})
+            deleted = self.store.delete_file(project, f.id)
+        if not deleted:
             raise NotFound(f"No such File object: {file_id}", param="id")
-        # The bytes stay until no active batch reads them (one may still be validating this file);
-        # the engine's housekeeping (Engine.purge_files) removes them after that.
+        # The bytes stay while an active batch reads them (one may still be validating this file);
+        # the engine purges them when that batch ends. The delete itself is done: a purge that
+        # fails here is left to the engine's housekeeping.
+        try:
+            purge_files(self.store, self.blobs, self.clock.now())
+        except Exception:
+            log.warning("removing the bytes of deleted file %s failed; housekeeping will retry", f.id,
+                        exc_info=True, extra={"event": "purge_failed", "file_id": f.id})
 
     def open_content(self, project: str, file_id: str) -> tuple[File, IO[bytes]]:
         f = self.get(project, file_id)

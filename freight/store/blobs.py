@@ -7,6 +7,7 @@ into place, so a reader never sees half a file and a crash never leaves one unde
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -93,12 +94,71 @@ class LocalBlobWriter:
             pass
 
 
+#: Disk space held in reserve (see LocalBlobStore.release_reserve).
+RESERVE_BYTES = 16 * 1024 * 1024
+
+
+def _allocate(path: Path, size: int) -> None:
+    """Create ``path`` with ``size`` bytes really allocated on disk (not a sparse file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # pragma: no cover (macOS)
+            block = b"\0" * (1 << 20)
+            for offset in range(0, size, len(block)):
+                os.write(fd, block[: size - offset])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalBlobStore:
-    def __init__(self, root: Path, *, fsync: bool = True):
+    """Blobs under ``root``; with ``reserve``, that file holds ``reserve_bytes`` of disk space back.
+
+    On a full disk, freeing space needs a few writes of its own (the store marks a file deleted);
+    the reserve is given back for them (``release_reserve``) and taken again once the disk has
+    room (``restore_reserve``, at most every housekeeping pass).
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True, reserve: Path | None = None,
+                 reserve_bytes: int = RESERVE_BYTES):
         self.root = root
         self._fsync = fsync
+        self._reserve = reserve
+        self._reserve_bytes = reserve_bytes
         root.mkdir(parents=True, exist_ok=True)
         self.sweep_temporaries()
+        self.restore_reserve()
+
+    def release_reserve(self) -> bool:
+        """Give the reserved space back to the file system; False if none was held."""
+        if self._reserve is None:
+            return False
+        try:
+            os.unlink(self._reserve)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def restore_reserve(self) -> bool:
+        """Hold the reserve again if the disk has twice its size free; True if it is held."""
+        if self._reserve is None:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            if self._reserve.stat().st_size >= self._reserve_bytes:
+                return True
+        tmp = self._reserve.with_name(self._reserve.name + ".new")
+        try:
+            stat = os.statvfs(self._reserve.parent)
+            if stat.f_bavail * stat.f_frsize < 2 * self._reserve_bytes:
+                return False
+            _allocate(tmp, self._reserve_bytes)
+            os.replace(tmp, self._reserve)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        return True
 
     def _path(self, key: str) -> Path:
         if not _KEY_RE.match(key):
