@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from freight import __version__
 from freight.api import anthropic_batches, models, openai_batches, openai_files
+from freight.api.access_log import AccessLog
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
 from freight.runtime import Runtime
@@ -74,6 +75,8 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
             token = presented_key(request)
             project = await run_in_threadpool(runtime.keys.project_for, token)
             if project is None and request.url.path not in OPEN_PATHS:
+                log.debug("request refused: %s", "invalid API key" if token is not None else "no API key",
+                          extra={"event": "unauthorized", "request_id": request_id})
                 response = unauthorized(token is not None)
             else:
                 request.state.project = project
@@ -87,6 +90,9 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
         response.headers["x-request-id"] = request_id
         response.headers["request-id"] = request_id
         return response
+
+    # Outermost: it sees the final status, the request id and the project set above.
+    app.add_middleware(AccessLog)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -42,9 +42,17 @@ def error_response(status: int, message: str, error_type: str | None = None, par
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _debug(request: Request, status: int, code: str | None, message: str) -> None:
+    """A request-level failure, at debug: why this request got its 4xx (the access log has the status)."""
+    log.debug("request failed: %s: %s", f"{status} {code}" if code else status, message,
+              extra={"event": "request_failed", "status": status, "code": code,
+                     "request_id": getattr(request.state, "request_id", None)})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FreightError)
-    async def freight_error(_: Request, exc: FreightError) -> JSONResponse:
+    async def freight_error(request: Request, exc: FreightError) -> JSONResponse:
+        _debug(request, exc.status_code, exc.code, exc.message)
         if exc.status_code >= 500:
             log.error("internal error: %s", exc.message)
             if exc.public:
@@ -59,6 +67,7 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "Unknown request URL. Please check the URL and method."
         elif exc.status_code == 405:
             message = f"Method {request.method[:20]} is not allowed for this URL."
+        _debug(request, exc.status_code, None, message)
         if request.url.path == "/v1/messages" or request.url.path.startswith("/v1/messages/"):
             # Routing errors (a method no route lists) on the Anthropic API: in its envelope too.
             from freight.api import anthropic_batches
@@ -67,9 +76,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, message)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        _debug(request, 400, "invalid_value", str(first.get("msg", "invalid input")))
         return error_response(400, f"Invalid request: {first.get('msg', 'invalid input')}",
                               param=".".join(loc) or None, code="invalid_value")
 

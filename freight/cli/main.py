@@ -20,6 +20,7 @@ import click
 from freight import __version__
 from freight.cli.client import client_commands
 from freight.cli.keys import keys
+from freight.cli.logs import FORMATS, LEVELS, resolve_format, setup_logging
 from freight.cli.progress import BatchProgress, console
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
@@ -50,8 +51,10 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """freight: the bulk lane for AI work (OpenAI-compatible batch inference)."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        setup_logging(logging.INFO if verbose else logging.WARNING)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -63,11 +66,24 @@ data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, pa
 @cli.command()
 @click.option("--host", default=None, help="Address to bind (env: FREIGHT_HOST; default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (env: FREIGHT_PORT; default 8080).")
+@click.option("--log-format", type=click.Choice(FORMATS), default=None,
+              help="text, or json: one JSON object per line (env: FREIGHT_LOG_FORMAT; default text).")
+@click.option("--log-level", type=click.Choice(LEVELS), default=None,
+              help="info (default): an access line per request and a line per batch transition; "
+                   "debug (also -v): why each request failed.")
 @data_dir_option
 @config_option
-def serve(host: str | None, port: int | None, data_dir: Path | None, config: Path | None) -> None:
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, log_format: str | None, log_level: str | None,
+          data_dir: Path | None, config: Path | None) -> None:
     """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
     import uvicorn
+
+    level = log_level or ("debug" if ctx.obj.get("verbose") else "info")
+    fmt = resolve_format(log_format)
+    setup_logging(level, fmt)
+    # With JSON logs every line of the output is a JSON object: the banner too.
+    say = console.print if fmt == "text" else logging.getLogger("freight.cli").info
 
     from freight.api.app import create_app
     from freight.runtime import build_runtime
@@ -86,16 +102,18 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config: Pat
         raise
     app = create_app(runtime)
     models = ", ".join(m.id for m in runtime.catalog.models())
-    console.print(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
-                  f"(data: {settings.data_dir}; models: {models})")
+    say(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
+        f"(data: {settings.data_dir}; models: {models})")
     if with_keys:
         projects = sorted({k.project for k in runtime.keys.list() if k.revoked_at is None})
-        console.print(f"API keys required ({len(projects)} project(s): {', '.join(projects)})")
+        say(f"API keys required ({len(projects)} project(s): {', '.join(projects)})")
     else:
-        console.print(f"no API keys: loopback only, every request is in project '{DEFAULT_PROJECT}' "
-                      "(make keys with: freight keys create --project NAME)")
+        say(f"no API keys: loopback only, every request is in project '{DEFAULT_PROJECT}' "
+            "(make keys with: freight keys create --project NAME)")
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", timeout_graceful_shutdown=10)
+        # log_config=None: uvicorn keeps the logging set up above; its access log is off (ours has the project).
+        uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=level,
+                    access_log=False, timeout_graceful_shutdown=10)
     finally:
         runtime.close()
 

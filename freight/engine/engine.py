@@ -42,8 +42,11 @@ from freight.engine.finalize import finalize_batch
 from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
+from freight.engine.repeats import RepeatedFailures
 from freight.ports import Backend, BlobStore, Completion, Retry, Store
 from freight.services.catalog import ModelCatalog
+from freight.services.files import purge_files, sweep_orphan_blobs
+from freight.services.transitions import log_transition
 from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits
 
@@ -137,6 +140,8 @@ class Engine:
         self.lanes = LaneRunner(store, blobs, catalog, clock, random=random)
         #: batch id -> (consecutive failures of its steps, monotonic time before which not to retry)
         self._failing: dict[str, tuple[int, float]] = {}
+        self.repeats = RepeatedFailures(log)
+        self._active_ids: set[str] = set()
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -175,9 +180,10 @@ class Engine:
                 self._wake.clear()
                 try:
                     await self.tick()
-                except Exception:
+                    self.repeats.ok("tick_failed")
+                except Exception as exc:
                     self.errors += 1
-                    log.exception("engine tick failed; retrying", extra={"event": "tick_failed"})
+                    self.repeats.failed("tick_failed", "engine tick failed; retrying", exc)
                 if until is not None and until():
                     break
                 waits: list[asyncio.Task[object]] = [asyncio.create_task(self._wake.wait())]
@@ -200,13 +206,18 @@ class Engine:
                 await lane.close()
 
     async def tick(self) -> None:
-        now = self.clock.now()
-        if now >= self._next_housekeeping:
-            self._next_housekeeping = now + self.settings.housekeeping_interval_s
-            await asyncio.to_thread(self.purge_files)
         batches = await asyncio.to_thread(self.store.active_batches)
-        runnable: dict[int, list[Batch]] = {}
+        ended = bool(self._active_ids - {b.id for b in batches})  # files only they read can go now
+        self._active_ids = {b.id for b in batches}
         now = self.clock.now()
+        if ended or now >= self._next_housekeeping:
+            self._next_housekeeping = now + self.settings.housekeeping_interval_s
+            try:
+                await asyncio.to_thread(self.purge_files)
+                self.repeats.ok("purge_failed")
+            except Exception as exc:
+                self.repeats.failed("purge_failed", "removing deleted files failed", exc, level=logging.WARNING)
+        runnable: dict[int, list[Batch]] = {}
         for batch in batches:
             if batch.id in self._busy:
                 if batch.status is BatchStatus.IN_PROGRESS:
@@ -281,37 +292,28 @@ class Engine:
     # ---- housekeeping ------------------------------------------------------------------
     def purge_files(self) -> int:
         """Remove the bytes of deleted and expired files that no active batch reads any more."""
-        purged = 0
-        while batch := self.store.purgeable_files(self.clock.now()):
-            for _, key in batch:
-                self.blobs.delete(key)
-            self.store.mark_purged([file_id for file_id, _ in batch])
-            purged += len(batch)
-        return purged
+        return purge_files(self.store, self.blobs, self.clock.now())
 
     def sweep_orphan_blobs(self) -> int:
-        """Remove blobs no file refers to (finalizing or uploading when a process died).
+        """Remove blobs no file refers to: only before the engine and the API start (lock held)."""
+        return sweep_orphan_blobs(self.store, self.blobs)
 
-        Only safe while no upload or finalize is in flight: call it before the engine and the API
-        start, with the data dir's lock held.
-        """
-        referenced = self.store.blob_keys()
-        orphans = [key for key in self.blobs.keys() if key not in referenced]
-        for key in orphans:
-            self.blobs.delete(key)
-        return len(orphans)
+    async def _transitioned(self, old: BatchStatus, batch_id: str) -> None:
+        after = await asyncio.to_thread(self.store.get_batch, None, batch_id)
+        if after is not None and after.status is not old:
+            log_transition(old, after)
 
     # ---- batch steps -------------------------------------------------------------------
     async def _ingest(self, batch: Batch) -> None:
         if batch.endpoint == MESSAGES_ENDPOINT and await asyncio.to_thread(self.store.is_message_batch, batch.id):
             # A Message Batch: a bad request is that request's error, not the batch's (ingest_messages.py).
-            started = await asyncio.to_thread(
+            await asyncio.to_thread(
                 ingest_message_batch, batch, self.store, self.blobs, self.catalog, self.clock)
         else:
-            started = await asyncio.to_thread(
+            await asyncio.to_thread(
                 ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock
             )
-        log.info("batch validated", extra={"event": "batch_validated", "batch_id": batch.id, "ok": started})
+        await self._transitioned(batch.status, batch.id)
 
     async def _finish(self, batch: Batch) -> None:
         pending, running = await asyncio.to_thread(self.store.open_counts, batch.id)
@@ -323,10 +325,10 @@ class Engine:
                 int(self.clock.now()))
             if moved is None:
                 return
-        await asyncio.to_thread(
-            finalize_batch, batch, self.store, self.blobs, self.clock, [BatchStatus.FINALIZING], BatchStatus.COMPLETED
-        )
-        log.info("batch completed", extra={"event": "batch_completed", "batch_id": batch.id})
+            log_transition(BatchStatus.IN_PROGRESS, moved)
+        if await asyncio.to_thread(finalize_batch, batch, self.store, self.blobs, self.clock,
+                                   [BatchStatus.FINALIZING], BatchStatus.COMPLETED):
+            await self._transitioned(BatchStatus.FINALIZING, batch.id)
 
     async def _close(self, batch: Batch, final: BatchStatus, since: float) -> None:
         """Expiry or cancellation: nothing new starts; in-flight work drains, then the files."""
@@ -345,11 +347,11 @@ class Engine:
         done = await asyncio.to_thread(
             finalize_batch, batch, self.store, self.blobs, self.clock, [batch.status], final)
         if done:
-            log.info("batch closed", extra={"event": f"batch_{final}", "batch_id": batch.id})
+            await self._transitioned(batch.status, batch.id)
 
     # ---- execution ---------------------------------------------------------------------
     async def _dispatch(self, backend: Backend) -> None:
-        key = id(backend)
+        key, models = id(backend), ",".join(m.id for m in backend.models())
         work = self._work.setdefault(key, asyncio.Event())
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
         turns = FairTurns()
@@ -380,9 +382,10 @@ class Engine:
                         got = (batch, claimed)
                         turns.served(batch)
                         break
-            except Exception:
+                self.repeats.ok(f"claim_failed:{models}")
+            except Exception as exc:
                 self.errors += 1
-                log.exception("claim failed", extra={"event": "claim_failed"})
+                self.repeats.failed(f"claim_failed:{models}", f"claim failed (model {models})", exc)
             if got is None:
                 slots.release()
                 work.clear()
@@ -424,12 +427,14 @@ class Engine:
         attempts = max(1, self.settings.store_retry_attempts)
         for attempt in range(1, attempts + 1):
             try:
-                return await asyncio.to_thread(fn, *args)
-            except Exception:
+                done = await asyncio.to_thread(fn, *args)
+                self.repeats.ok("store_retry", "store_failed")
+                return done
+            except Exception as exc:
                 if attempt == attempts or self._stopping:
                     raise
-                log.warning("%s failed (attempt %d of %d); retrying in %.2f s", what, attempt, attempts, delay,
-                            exc_info=True, extra={"event": "store_retry"})
+                self.repeats.failed("store_retry", f"{what} failed; retrying (at most {attempts} tries)", exc,
+                                    level=logging.WARNING)
                 await asyncio.sleep(delay)
                 delay = min(self.settings.store_retry_max_s, delay * 2)
         raise AssertionError("unreachable")
@@ -442,11 +447,12 @@ class Engine:
                 results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
                 if len(results) != len(bodies):
                     raise RuntimeError(f"backend returned {len(results)} results for {len(bodies)} requests")
+                self.repeats.ok(f"backend_failed:{batch.model}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("backend call failed", exc_info=True, extra={"event": "backend_failed",
-                                                                          "batch_id": batch.id})
+                self.repeats.failed(f"backend_failed:{batch.model}", f"backend call failed (model {batch.model})",
+                                    exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
             completions, retries = self._decide(claimed, results)
             # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
@@ -456,10 +462,10 @@ class Engine:
                 await self._store_with_retries("scheduling retries", self.store.retry_later, batch.id, retries)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             # The results are lost with this chunk, but the leases expire and the requests run again.
             self.errors += 1
-            log.exception("storing results failed", extra={"event": "store_failed", "batch_id": batch.id})
+            self.repeats.failed("store_failed", "storing results failed", exc, extra={"batch_id": batch.id})
         finally:
             renewer.cancel()
         self.wake()

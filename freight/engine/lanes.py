@@ -51,6 +51,7 @@ from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED, NEVER_RAN_ME
 from freight.engine.finalize import finalize_batch
 from freight.ports import BatchLane, BlobStore, Store
 from freight.services.catalog import ModelCatalog
+from freight.services.transitions import log_transition
 
 log = logging.getLogger("freight.lanes")
 
@@ -140,7 +141,9 @@ class LaneRunner:
         if done:
             self._closing_since.pop(batch.id, None)
             self._planned.discard(batch.id)
-            log.info("lane batch closed", extra={"event": f"batch_{final}", "batch_id": batch.id})
+            after = await asyncio.to_thread(self.store.get_batch, None, batch.id)
+            if after is not None:
+                log_transition(batch.status, after, lane=True)
 
     # ---- planning -------------------------------------------------------------------------
     def _plan(self, batch: Batch, lane: BatchLane) -> int:

@@ -13,6 +13,7 @@ from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from freight.ports import Page, Quota, Store
+from freight.services.transitions import log_transition
 
 #: Endpoints a freight batch can target (each model says which of them it serves).
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
@@ -171,6 +172,8 @@ class BatchService:
             output_expires_after_s=output_expires_after_s,
         )
         stored = self.store.insert_batch(batch, idempotency_key, self.quota, requests)
+        if stored.id == batch.id:
+            log_transition(None, stored)
         self._on_change()
         return stored
 
@@ -192,6 +195,7 @@ class BatchService:
                 return batch
             updated = self.store.set_status(batch.id, [batch.status], BatchStatus.CANCELLING, int(self.clock.now()))
             if updated is not None:
+                log_transition(batch.status, updated)
                 self._on_change()
                 return updated
         return self.get(project, batch_id)

@@ -33,6 +33,7 @@ from freight.domain.message_batches import (
     message_batch_id,
 )
 from freight.ports import BlobStore, BlobWriter, Quota, Store
+from freight.services.transitions import log_transition
 from freight.wire import jsonx
 from freight.wire.anthropic import result_line
 from freight.wire.json_stream import ArrayFieldSplitter, JsonStreamError
@@ -125,6 +126,7 @@ class MessageBatchService:
             updated = self.store.set_status(mb.batch.id, [mb.batch.status], BatchStatus.CANCELLING,
                                             int(self.clock.now()))
             if updated is not None:
+                log_transition(mb.batch.status, updated)
                 self.on_change()
                 return replace(mb, batch=updated)
         return self.get(project, message_batch_id)
@@ -251,6 +253,7 @@ class MessageBatchCreate:
         except BaseException:
             self.service.blobs.delete(self.file_id)
             raise
+        log_transition(None, batch)
         self.service.on_change()
         return MessageBatch(batch=batch, requests=self.count)
 
