@@ -92,11 +92,11 @@ def drive(server: FreightServer, key: str) -> Session:
     auth = {"authorization": f"Bearer {key}"}
     with httpx.Client(base_url=server.base_url, headers=auth, timeout=30,
                       event_hooks={"response": [seen]}) as client:
-        def batch_of(lines: list[dict[str, Any]]) -> str:
+        def batch_of(lines: list[dict[str, Any]], window: str = "24h") -> str:
             f = client.post("/files", files={"file": ("in.jsonl", jsonl_bytes(lines))}, data={"purpose": "batch"})
             assert f.status_code == 200, f.text
             b = client.post("/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
-                                              "completion_window": "24h"})
+                                              "completion_window": window})
             assert b.status_code == 200, b.text
             return str(b.json()["id"])
 
@@ -108,7 +108,9 @@ def drive(server: FreightServer, key: str) -> Session:
         wait_status(client, slow, {"in_progress"})
         assert client.post(f"/batches/{slow}/cancel").status_code == 200
         assert wait_status(client, slow, TERMINAL)["status"] == "cancelled"
-        session.batches = {"completed": completed, "failed": failed, "cancelled": slow}
+        late = batch_of([request_line(f"late-{i}", model=SCRIPTED_SLOW, sleep_s=0.5) for i in range(40)], "1s")
+        assert wait_status(client, late, TERMINAL)["status"] == "expired"
+        session.batches = {"completed": completed, "failed": failed, "cancelled": slow, "expired": late}
 
         assert client.get("/files/file-doesnotexist").status_code == 404
         assert client.get("/batches", params={"limit": "abc", "api_key": QUERY_SECRET}).status_code == 400
@@ -207,6 +209,8 @@ def test_json_one_line_per_batch_transition(json_session: Session) -> None:
     assert done["batch_id"] in done["message"] and "acme" in done["message"]
     failed = next(e for e in logs if e.get("event") == "batch_transition" and e["new_status"] == "failed")
     assert failed["validation_errors"] == 1 and "1 validation error" in failed["message"]
+    assert transitions(logs, b["expired"]) == [(None, "validating"), ("validating", "in_progress"),
+                                                ("in_progress", "expired")]
     cancelled = next(e for e in logs if e.get("event") == "batch_transition" and e["new_status"] == "cancelled")
     assert cancelled["total"] == 24 and cancelled["completed"] + cancelled["failed"] == 24
     assert not [e for e in logs if e["message"] in ("batch validated", "batch closed", "batch completed")]
@@ -236,6 +240,7 @@ def test_text_transitions_name_the_batch(text_session: Session) -> None:
     assert f"batch {b['completed']} finalizing -> completed (project acme; 6 total, 6 completed, 0 failed)" in log
     assert f"batch {b['failed']} validating -> failed (project acme; 0 total" in log
     assert f"batch {b['cancelled']} cancelling -> cancelled (project acme; 24 total" in log
+    assert f"batch {b['expired']} in_progress -> expired (project acme; 40 total" in log
 
 
 def test_text_verbose_says_why_requests_failed(text_session: Session) -> None:

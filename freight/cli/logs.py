@@ -77,6 +77,10 @@ class TextFormatter(logging.Formatter):
         return line + (" " + " ".join(more) if more else "")
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``setup_logging`` installs (and replaces when it is called again)."""
+
+
 def resolve_format(value: str | None) -> str:
     fmt = (value or os.environ.get("FREIGHT_LOG_FORMAT") or "text").strip().lower()
     if fmt not in FORMATS:
@@ -86,11 +90,12 @@ def resolve_format(value: str | None) -> str:
 
 def setup_logging(level: str | int, fmt: str | None = None, stream: TextIO | None = None) -> None:
     """Send every log line of this process to ``stream`` (stderr) at ``level``, in ``fmt``."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _Handler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if resolve_format(fmt) == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, _Handler):  # set up before (the group's options, then serve's)
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # uvicorn's loggers: errors go through the handler above; its access log is ours (api/access_log.py).
