@@ -305,3 +305,30 @@ def test_the_log_format_flag(tmp_path: Path) -> None:
     assert [(e["method"], e["path"], e["status"]) for e in logs if e["logger"] == "freight.access"] == [
         ("GET", "/health", 200)] * len([e for e in logs if e["logger"] == "freight.access"])
     assert any(e["logger"] == "freight.access" for e in logs)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: logging.getLogger(name).level for name in ("python_multipart", "httpx", "httpcore")}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in levels.items():
+        logging.getLogger(name).setLevel(old)
+
+
+def test_setup_logging_keeps_a_clients_broken_body_at_debug(restore_logging: None) -> None:
+    import io
+
+    from freight.cli.logs import setup_logging
+
+    out = io.StringIO()
+    setup_logging("info", "json", stream=out)
+    setup_logging("info", "json", stream=out)  # again (the group's options, then serve's): one handler
+    logging.getLogger("python_multipart.multipart").warning("Did not find CRLF at end of boundary (12)")
+    logging.getLogger("freight.engine").info("batch %s done", "batch_x", extra={"batch_id": "batch_x"})
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(e["logger"], e["message"], e["batch_id"]) for e in lines] == [
+        ("freight.engine", "batch batch_x done", "batch_x")]

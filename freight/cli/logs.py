@@ -106,3 +106,6 @@ def setup_logging(level: str | int, fmt: str | None = None, stream: TextIO | Non
     # Libraries that log every HTTP call they make at info would drown the access log.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # The multipart parser warns about a client's broken body: a request-level failure, so debug only
+    # (the 400 has its access line, and its reason at debug).
+    logging.getLogger("python_multipart").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.ERROR)
