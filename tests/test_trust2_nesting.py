@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from freight.backends.scripted import ScriptedBackend
 from freight.domain.clock import FixedClock
 from freight.domain.errors import InvalidInput
 from freight.domain.nesting import MAX_JSON_NESTING
+from freight.engine.ingest_messages import ingest_message_batch
+from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
 from freight.services.message_batches import MessageBatchService
 from freight.store.blobs import LocalBlobStore
@@ -106,3 +109,23 @@ def test_message_batch_create_refuses_a_deep_request(services: Any, levels: int)
     create.abort()
     assert caught.value.status_code == 400
     assert caught.value.message.startswith("requests.1 nests arrays and objects more than")
+
+
+def test_a_stored_message_batch_with_a_deep_request_gives_that_request_its_error(services: Any) -> None:
+    files, message_batches = services
+    store, blobs, clock = files.store, files.blobs, files.clock
+    create = message_batches.creator("p")
+    create.feed(b'{"requests": [{"custom_id": "a", "params": {"model": "m"}}, '
+                b'{"custom_id": "b", "params": {"model": "m"}}]}')
+    batch = create.finish().batch
+    # What a batch made before the create checked nesting holds.
+    key = store.file_blob_key(batch.input_file_id)
+    writer = blobs.writer(key)
+    writer.write(b'{"custom_id":"a","method":"POST","url":"/v1/messages","body":{"model":"m"}}\n'
+                 b'{"custom_id":"b","method":"POST","url":"/v1/messages","body":{"model":"m","x":'
+                 + nested(300) + b"}}\n")
+    writer.commit()
+    assert ingest_message_batch(batch, store, blobs, ModelCatalog([ScriptedBackend()]), clock)
+    deep = store.results(batch.id, 0, 10)[0]
+    assert (deep.custom_id, deep.result.status_code) == ("b", 400)
+    assert b"nests arrays and objects more than 128 levels" in (deep.result.body or b"")
