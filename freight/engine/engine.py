@@ -75,7 +75,7 @@ class EngineSettings:
     #: A batch step (validate, finalize, close) that failed is tried again after a backoff that
     #: doubles from ``poll_interval_s`` up to this.
     step_retry_max_s: float = 30.0
-    #: Validation failing this often in a row (past the window: the second) is given up (domain/steps.py).
+    #: Validation failing this often in a row (once past the window: the next) is given up (domain/steps.py).
     step_max_tries: int = 10
     step_tries_past_window: int = 3
 
