@@ -22,7 +22,7 @@ _STARTED = int(time.time())
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    models = [openai.model_object(m.id, _STARTED, m.owned_by) for m in _runtime(request).catalog.models()]
+    models = [openai.model_object(m.id, _STARTED, m.owned_by, m.endpoints) for m in _runtime(request).catalog.models()]
     return JSONResponse({"object": "list", "data": models})
 
 
@@ -30,7 +30,7 @@ async def list_models(request: Request) -> JSONResponse:
 async def retrieve_model(request: Request, model_id: str) -> JSONResponse:
     for m in _runtime(request).catalog.models():
         if m.id == model_id:
-            return JSONResponse(openai.model_object(m.id, _STARTED, m.owned_by))
+            return JSONResponse(openai.model_object(m.id, _STARTED, m.owned_by, m.endpoints))
     return error_response(404, f"The model '{model_id}' does not exist.", param="model", code="model_not_found")
 
 

@@ -7,7 +7,9 @@ from typing import Any
 from starlette.requests import Request
 
 from freight.domain.errors import InvalidInput, PayloadTooLarge
+from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.wire import jsonx
+from freight.wire.json_stream import nests_deeper_than
 
 MAX_JSON_BODY_BYTES = 1024 * 1024
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -55,6 +57,8 @@ async def json_body(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> A
     data = b"".join(chunks)
     if not data.strip():
         return {}
+    if nests_deeper_than(data, MAX_JSON_NESTING):
+        raise InvalidInput(too_deep_message("The request body"), code="nesting_too_deep")
     try:
         return jsonx.loads(data)
     except jsonx.JSONDecodeError:

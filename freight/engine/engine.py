@@ -38,11 +38,14 @@ from freight.domain.requests import (
     Result,
 )
 from freight.domain.retry import RetryPolicy, is_transient_status
+from freight.domain.steps import StepPolicy
 from freight.engine.finalize import finalize_batch
+from freight.engine.give_up import give_up_validation
 from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
 from freight.engine.repeats import RepeatedFailures
+from freight.engine.turns import FairTurns
 from freight.ports import Backend, BlobStore, Completion, Retry, Store
 from freight.services.catalog import ModelCatalog
 from freight.services.files import purge_files, sweep_orphan_blobs
@@ -75,37 +78,9 @@ class EngineSettings:
     #: A batch step (validate, finalize, close) that failed is tried again after a backoff that
     #: doubles from ``poll_interval_s`` up to this.
     step_retry_max_s: float = 30.0
-
-
-class FairTurns:
-    """Whose turn it is to have a chunk claimed: projects in turn, and each project's batches in turn.
-
-    So a project with many (or huge) batches gets one chunk in P while P projects have work, and
-    never holds up the others for longer than that; within a project, batches share the same way.
-    """
-
-    def __init__(self) -> None:
-        self._last_project: str | None = None
-        self._last_batch: dict[str, str] = {}
-
-    def order(self, batches: Sequence[Batch]) -> list[Batch]:
-        """Every batch, in the order to try them: the next project's batches first, from its next batch."""
-        by_project: dict[str, list[Batch]] = {}
-        for batch in batches:
-            by_project.setdefault(batch.project, []).append(batch)
-        projects = sorted(by_project)
-        start = next((i for i, p in enumerate(projects) if self._last_project is None or p > self._last_project), 0)
-        ordered: list[Batch] = []
-        for project in projects[start:] + projects[:start]:
-            own = by_project[project]
-            last = self._last_batch.get(project)
-            after = next((i + 1 for i, b in enumerate(own) if b.id == last), 0)
-            ordered.extend(own[after:] + own[:after])
-        return ordered
-
-    def served(self, batch: Batch) -> None:
-        self._last_project = batch.project
-        self._last_batch[batch.project] = batch.id
+    #: Validation failing this often in a row (once past the window: the next) is given up (domain/steps.py).
+    step_max_tries: int = 10
+    step_tries_past_window: int = 3
 
 
 class Engine:
@@ -142,6 +117,9 @@ class Engine:
         self._failing: dict[str, tuple[int, float]] = {}
         self.repeats = RepeatedFailures(log)
         self._active_ids: set[str] = set()
+        s = self.settings
+        self._steps = StepPolicy(s.step_max_tries, s.step_tries_past_window,
+                                 min(s.poll_interval_s, s.step_retry_max_s), s.step_retry_max_s)
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -229,7 +207,7 @@ class Engine:
                     self._add_runnable(runnable, batch)  # its requests still run; only the step waits
                 continue
             if batch.status is BatchStatus.VALIDATING:
-                self._spawn(batch.id, self._ingest(batch))
+                self._spawn(batch.id, self._ingest(batch), batch=batch)
             elif batch.status is BatchStatus.IN_PROGRESS and self.lanes.handles(batch):
                 counts = batch.request_counts
                 if counts.completed + counts.failed >= counts.total:
@@ -237,7 +215,7 @@ class Engine:
                 else:  # forwarded to a provider's batch API: one durable step at a time
                     self._spawn(batch.id, self.lanes.advance(batch), wake=False)
             elif batch.status is BatchStatus.IN_PROGRESS:
-                if now >= batch.expires_at:
+                if now >= batch.expires_at:  # completed after all if every request ran (domain/steps.py)
                     self._spawn(batch.id, self._close(batch, BatchStatus.EXPIRED, batch.expires_at))
                     continue
                 self._add_runnable(runnable, batch)
@@ -250,7 +228,7 @@ class Engine:
                 if batch.in_progress_at is None and batch.request_counts.total == 0 and not batch.errors:
                     # Cancelled while validating and never validated (e.g. a crash in between):
                     # persist its requests first, so that each gets its batch_cancelled line.
-                    self._spawn(batch.id, self._ingest(batch))
+                    self._spawn(batch.id, self._ingest(batch), batch=batch)
                 elif self.lanes.handles(batch):
                     self._spawn(batch.id, self.lanes.advance(batch), wake=False)
                 else:
@@ -264,7 +242,7 @@ class Engine:
         if backend is not None:
             runnable.setdefault(id(backend), []).append(batch)
 
-    def _spawn(self, batch_id: str, coro: object, *, wake: bool = True) -> None:
+    def _spawn(self, batch_id: str, coro: object, *, wake: bool = True, batch: Batch | None = None) -> None:
         self._busy.add(batch_id)
 
         async def guarded() -> None:
@@ -273,12 +251,17 @@ class Engine:
                 self._failing.pop(batch_id, None)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 self.errors += 1
                 failures = self._failing.get(batch_id, (0, 0.0))[0] + 1
-                delay = min(self.settings.step_retry_max_s, self.settings.poll_interval_s * 2 ** (failures - 1))
-                self._failing[batch_id] = (failures, time.monotonic() + delay)
-                log.exception("batch step failed (%d in a row); will retry in %.1f s", failures, delay,
+                verdict = self._steps.after_failure(  # only validation (given ``batch``) can be given up
+                    failures, self.clock.now(), batch.expires_at if batch else None, can_give_up=batch is not None)
+                if verdict.give_up and batch is not None and await asyncio.to_thread(
+                        give_up_validation, batch, self.store, self.clock, failures, exc):
+                    self._failing.pop(batch_id, None)
+                    return
+                self._failing[batch_id] = (failures, time.monotonic() + verdict.delay_s)
+                log.exception("batch step failed (%d in a row); will retry in %.1f s", failures, verdict.delay_s,
                               extra={"event": "batch_step_failed", "batch_id": batch_id})
             finally:
                 self._busy.discard(batch_id)
@@ -375,6 +358,8 @@ class Engine:
                     continue
             try:
                 for batch in turns.order(candidates):
+                    if self.clock.now() >= batch.expires_at:
+                        continue  # nothing new starts once the window has passed: the tick expires it
                     claimed = await asyncio.to_thread(
                         self.store.claim, batch.id, self.owner, self.clock.now(), self.settings.lease_s,
                         backend.chunk_size, self.settings.retry.max_attempts)

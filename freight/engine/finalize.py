@@ -12,8 +12,9 @@ from freight.domain import ids
 from freight.domain.batches import Batch, BatchStatus
 from freight.domain.clock import Clock
 from freight.domain.files import File, FileStatus
-from freight.domain.requests import Outcome
-from freight.ports import BlobStore, BlobWriter, Store
+from freight.domain.requests import BATCH_EXPIRED, Outcome, Result
+from freight.domain.steps import STEP_FAILED_CODE, ending_status
+from freight.ports import BlobStore, BlobWriter, Store, StoredResult
 from freight.wire.batch_output import result_line
 
 READ_CHUNK = 1000
@@ -46,6 +47,7 @@ def finalize_batch(
 ) -> bool:
     out_id, err_id = ids.new_file_id(), ids.new_file_id()
     out, err = _Sink(blobs.writer(out_id)), _Sink(blobs.writer(err_id))
+    never_ran = 0
     try:
         after = -1
         while True:
@@ -53,9 +55,18 @@ def finalize_batch(
             if not chunk:
                 break
             for stored in chunk:
-                line = result_line(ids.batch_request_id(batch.id, stored.idx), stored.custom_id, stored.result)
-                (out if stored.result.outcome is Outcome.SUCCEEDED else err).add(line)
+                succeeded, line = _line(batch.id, stored)
+                (out if succeeded else err).add(line)
+                never_ran += stored.result.error_code == BATCH_EXPIRED
             after = chunk[-1].idx
+        ending = ending_status(final, never_ran)
+        if ending is not final:
+            # Every request has its own result: the batch completes (through finalizing, like any other).
+            if store.set_status(batch.id, expected, BatchStatus.FINALIZING, int(clock.now())) is None:
+                out.writer.abort()
+                err.writer.abort()
+                return False
+            expected, final = [BatchStatus.FINALIZING], ending
         files: list[tuple[File, str] | None] = []
         now = int(clock.now())
         expires_at = now + batch.output_expires_after_s if batch.output_expires_after_s else None
@@ -83,6 +94,18 @@ def finalize_batch(
             if pair is not None:
                 blobs.delete(pair[1])
     return done
+
+
+def _line(batch_id: str, stored: StoredResult) -> tuple[bool, bytes]:
+    """(whether it goes to the output file, the line). A result that cannot be written as a line (a
+    response nested too deep to re-encode, say) becomes an error line saying so, rather than failing
+    the batch's finalizing on every try."""
+    line_id = ids.batch_request_id(batch_id, stored.idx)
+    try:
+        return stored.result.outcome is Outcome.SUCCEEDED, result_line(line_id, stored.custom_id, stored.result)
+    except (TypeError, ValueError) as exc:
+        broken = Result.never_ran(STEP_FAILED_CODE, f"This request's result could not be written as a line: {exc}.")
+        return False, result_line(line_id, stored.custom_id, broken)
 
 
 def _drop_unless_recorded(batch_id: str, store: Store, blobs: BlobStore, files: list[tuple[File, str] | None]) -> None:

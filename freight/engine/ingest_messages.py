@@ -8,7 +8,9 @@ itself, so here only ``params`` are looked at:
 
 - no ``model``, or not a string: 400 ``invalid_request_error``;
 - a model this freight does not serve on ``/v1/messages``: 404 ``not_found_error``;
-- ``stream: true``: 400 ``invalid_request_error``.
+- ``stream: true``: 400 ``invalid_request_error``;
+- nested more than ``MAX_JSON_NESTING`` levels (only a batch made before the create checked it):
+  400 ``invalid_request_error``.
 
 Those requests are stored already finished (and counted); the rest are pending. Everything the
 params hold beyond that is the backend's business (the Messages adapter refuses what does not
@@ -24,11 +26,13 @@ from freight.domain import ids
 from freight.domain.batches import Batch, BatchError
 from freight.domain.clock import Clock
 from freight.domain.message_batches import MESSAGES_ENDPOINT
+from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.domain.requests import Result
 from freight.ports import BlobStore, NewRequest, Store
 from freight.services.catalog import ModelCatalog
 from freight.wire import jsonx
 from freight.wire.batch_input import iter_lines
+from freight.wire.json_stream import nests_deeper_than
 
 INSERT_CHUNK = 1000
 #: The input file was written by freight itself, each line already within the create's limits.
@@ -76,9 +80,13 @@ def ingest_message_batch(batch: Batch, store: Store, blobs: BlobStore, catalog: 
                 continue
             line = jsonx.loads(raw.data)
             params = line["body"]
-            request = NewRequest(idx=idx, line=raw.line, custom_id=line["custom_id"], body=jsonx.dumps(params))
+            # Written by a freight whose create did not check nesting: that request's error, not the batch's.
+            deep = nests_deeper_than(raw.data, MAX_JSON_NESTING)
+            body = jsonx.dumps({} if deep else params)
+            request = NewRequest(idx=idx, line=raw.line, custom_id=line["custom_id"], body=body)
             idx += 1
-            refused = check_params(params, catalog)
+            refused = (_refused(400, "invalid_request_error", too_deep_message("This request")) if deep
+                       else check_params(params, catalog))
             if refused is not None:
                 finished.append((request, refused))
             else:

@@ -17,9 +17,11 @@ from freight.domain.files import (
     File,
     FileStatus,
 )
+from freight.domain.nesting import MAX_JSON_NESTING
 from freight.ports import BlobStore, BlobWriter, Page, Store
 from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits, iter_lines
+from freight.wire.json_stream import nests_deeper_than
 
 log = logging.getLogger("freight.files")
 
@@ -177,6 +179,8 @@ class FileService:
                     else:
                         if not isinstance(obj, dict):
                             problem = f"line {raw.line}: not a JSON object"
+                    if nests_deeper_than(raw.data, MAX_JSON_NESTING):
+                        problem = f"line {raw.line}: nests more than {MAX_JSON_NESTING} levels deep"
                 if problem is not None:
                     count += 1
                     if len(problems) < MAX_LISTED_UPLOAD_PROBLEMS:

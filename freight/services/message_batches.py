@@ -32,11 +32,12 @@ from freight.domain.message_batches import (
     batch_id_of,
     message_batch_id,
 )
+from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.ports import BlobStore, BlobWriter, Quota, Store
 from freight.services.transitions import log_transition
 from freight.wire import jsonx
 from freight.wire.anthropic import result_line
-from freight.wire.json_stream import ArrayFieldSplitter, JsonStreamError
+from freight.wire.json_stream import ArrayFieldSplitter, JsonStreamError, nests_deeper_than
 
 RESULTS_CHUNK = 1000
 WRITE_BUFFER = 1 << 20
@@ -187,6 +188,10 @@ class MessageBatchCreate:
 
     def _line(self, i: int, raw: bytes) -> bytes:
         where = f"requests.{i}"
+        # Checked before anything else: a request orjson reads but cannot write back would be
+        # accepted here and fail the batch's validation on every try.
+        if nests_deeper_than(raw, MAX_JSON_NESTING):
+            raise InvalidInput(too_deep_message(where))
         try:
             request = jsonx.loads(raw)
         except jsonx.JSONDecodeError:
@@ -222,8 +227,12 @@ class MessageBatchCreate:
                 raise InvalidInput(
                     f"{where}.params.model: {model!r} differs from requests.{self._model_at}.params.model "
                     f"({self.model!r}); freight runs each Message Batch on one model, so send one batch per model.")
+        try:
+            body = jsonx.dumps(params)
+        except (TypeError, ValueError) as exc:  # orjson read it but cannot write it back
+            raise InvalidInput(f"{where}.params: cannot be stored ({exc}).") from None
         return (b'{"custom_id":' + jsonx.dumps(custom_id) + b',"method":"POST","url":"' + MESSAGES_ENDPOINT.encode()
-                + b'","body":' + jsonx.dumps(params) + b"}\n")
+                + b'","body":' + body + b"}\n")
 
     def finish(self) -> MessageBatch:
         """The body is complete: record the batch (or raise why it is refused)."""

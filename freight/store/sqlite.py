@@ -327,18 +327,21 @@ class SqliteStore:
         return _batch_from_row(row) if row else None
 
     def list_batches(self, project: str, *, after: str | None, limit: int) -> Page:
+        # Batches made through the OpenAI API only: a Message Batch is listed by /v1/messages/batches.
+        openai_only = "AND id NOT IN (SELECT batch_id FROM message_batches)"
         with self._read() as c:
             if after is not None:
                 row = c.execute("SELECT seq FROM batches WHERE id=? AND project=?", (after, project)).fetchone()
                 if row is None:
                     return Page([], False)
                 rows = c.execute(
-                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? AND seq<? ORDER BY seq DESC LIMIT ?",
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? AND seq<? {openai_only} "
+                    "ORDER BY seq DESC LIMIT ?",
                     (project, row["seq"], limit + 1),
                 ).fetchall()
             else:
                 rows = c.execute(
-                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? ORDER BY seq DESC LIMIT ?",
+                    f"SELECT {_BATCH_COLUMNS} FROM batches WHERE project=? {openai_only} ORDER BY seq DESC LIMIT ?",
                     (project, limit + 1),
                 ).fetchall()
         return Page([_batch_from_row(r) for r in rows[:limit]], len(rows) > limit)

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.wire import jsonx
+from freight.wire.json_stream import nests_deeper_than
 
 BOM = b"\xef\xbb\xbf"
 READ_CHUNK = 1 << 20
@@ -187,6 +189,9 @@ class BatchInputValidator:
         try:
             obj = jsonx.loads(data)
         except jsonx.JSONDecodeError:
+            if nests_deeper_than(data, MAX_JSON_NESTING):
+                self._problem(line, "nesting_too_deep", too_deep_message("This line"))
+                return None
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
@@ -196,6 +201,9 @@ class BatchInputValidator:
             return None
         if not isinstance(obj, dict):
             self._problem(line, "invalid_json_line", f"This line is JSON but not an object (got {_type_name(obj)}).")
+            return None
+        if nests_deeper_than(data, MAX_JSON_NESTING):
+            self._problem(line, "nesting_too_deep", too_deep_message("This line"))
             return None
         for key in ("custom_id", "method", "url", "body"):
             if key not in obj:
@@ -273,8 +281,13 @@ class BatchInputValidator:
                 "custom_id",
             )
             return None
+        try:
+            encoded = jsonx.dumps(body)
+        except (TypeError, ValueError) as exc:  # a value orjson reads but cannot write back
+            self._problem(line, "invalid_json_line", f"This line's body cannot be stored: {exc}.", "body")
+            return None
         self._seen_ids.add(custom_id)
-        return ValidRequest(line=line, custom_id=custom_id, body=jsonx.dumps(body), model=model)
+        return ValidRequest(line=line, custom_id=custom_id, body=encoded, model=model)
 
     def _wrong_type(self, line: int, param: str, expected: str, value: Any) -> None:
         self._problem(

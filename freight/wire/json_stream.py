@@ -272,3 +272,42 @@ class ArrayFieldSplitter:
                 v.depth -= 1
                 if v.depth == 0:
                     return pos
+
+
+#: A JSON string, escapes included (the unrolled form: linear, no backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+#: Every byte but a bracket is deleted, and both kinds of bracket become ``[ ]`` (depth is depth).
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+_RUNS = re.compile(rb"\[+|\]+")
+_OPEN = ord("[")
+
+
+def nests_deeper_than(data: bytes, limit: int) -> bool:
+    """Whether the JSON text ``data`` nests arrays and objects more than ``limit`` levels deep.
+
+    Strings are skipped (their brackets do not count). For text that is not valid JSON the answer
+    is a best guess (an unclosed bracket counts as open), never an exception. Cost: two ``count``s
+    for the usual value (at most ``limit`` opening brackets in all). Otherwise, in C, the strings
+    are cut out and passes remove every innermost ``[]`` while there are many (what is left after
+    ``p`` passes is exactly ``p`` levels shallower; at most about 6 passes' worth of work); then
+    the runs of ``[`` and of ``]`` that are left are summed in Python (about 1 s for the worst
+    16 MB line measured, on 2 busy CPUs).
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(_ONE_KIND, _NOT_BRACKETS)
+    peeled, budget = 0, 12 * len(brackets)
+    while peeled < limit and budget > 0:
+        # Peeling pays while it removes many runs: each innermost "[]" ends a run.
+        leaves = brackets.count(b"[]")
+        if leaves * 90 < len(brackets):
+            break
+        budget -= 2 * len(brackets)
+        brackets, peeled = brackets.replace(b"[]", b""), peeled + 1
+    depth, deepest = 0, limit - peeled
+    for run in _RUNS.findall(brackets):
+        depth += len(run) if run[0] == _OPEN else -len(run)
+        if depth > deepest:
+            return True
+    return False

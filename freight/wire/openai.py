@@ -6,7 +6,7 @@ are never ``""``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from freight.domain.batches import Batch
@@ -88,5 +88,9 @@ def error_envelope(message: str, error_type: str, param: str | None = None, code
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
-def model_object(model_id: str, created: int, owned_by: str = "freight") -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+def model_object(model_id: str, created: int, owned_by: str = "freight",
+                 endpoints: Iterable[str] = ()) -> dict[str, Any]:
+    """OpenAI's Model object, plus freight's extension under its one key ``freight``: the endpoints
+    the model serves (sorted), for a batch's ``endpoint`` or a real-time request."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by,
+            "freight": {"endpoints": sorted(endpoints)}}
