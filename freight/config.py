@@ -52,6 +52,8 @@ class Settings:
     anthropic: MessageBatchLimits = field(default_factory=MessageBatchLimits)
     sqlite_synchronous: str = "FULL"
     config_path: Path | None = None
+    #: Where file bytes live: None (DATA_DIR/blobs), a directory, or ``s3://bucket/prefix``.
+    blobs: str | None = None
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
@@ -104,6 +106,7 @@ def load_settings(
     data_dir: Path | None = None,
     host: str | None = None,
     port: int | None = None,
+    blobs: str | None = None,
     env: dict[str, str] | None = None,
 ) -> Settings:
     env = dict(os.environ) if env is None else env
@@ -137,6 +140,7 @@ def load_settings(
         settings.port = int(port_value)
     except ValueError:
         raise ConfigError(f"port must be a number, got {port_value!r}") from None
+    settings.blobs = blobs or env.get("FREIGHT_BLOBS") or _take(server, "blobs", str, "server") or None
     settings.public_url = env.get("FREIGHT_PUBLIC_URL") or _take(server, "public_url", str, "server")
     settings.sqlite_synchronous = _take(server, "sqlite_synchronous", str, "server") or "FULL"
 
@@ -185,6 +189,7 @@ def load_settings(
         lease_s=float(_take(engine, "lease_s", (int, float), "engine") or es.lease_s),
         poll_interval_s=float(_take(engine, "poll_interval_s", (int, float), "engine") or es.poll_interval_s),
         drain_timeout_s=float(_take(engine, "drain_timeout_s", (int, float), "engine") or es.drain_timeout_s),
+        step_lease_s=float(_take(engine, "step_lease_s", (int, float), "engine") or es.step_lease_s),
         retry=retry,
         input_limits=settings.input_limits,
     )

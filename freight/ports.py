@@ -338,3 +338,17 @@ class BatchLane(Protocol):
         ...
 
     async def cancel(self, upstream_id: str) -> None: ...
+
+
+class StepLeases(Protocol):
+    """Named leases in the store: one holder at a time across every process on the store.
+
+    The batch steps (validate and ingest, finalize, expiry, cancel, lane polling, housekeeping) run
+    in the process that holds the ``batch-steps`` lease. Compare-and-set: a lease is taken when it
+    is free, expired (``until`` < ``now``) or already held by ``holder``; a holder that dies stops
+    renewing, and the lease moves to another process once it expires.
+    """
+
+    def acquire(self, name: str, holder: str, now: float, until: float) -> bool: ...
+    def release(self, name: str, holder: str) -> None: ...
+    def holder(self, name: str, now: float) -> str | None: ...

@@ -7,39 +7,27 @@ sees a new key at once); they do not take the engine's lock.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from freight.cli.options import config_option, data_dir_option
+from freight.cli.options import load as load_settings
 from freight.domain.errors import FreightError
 from freight.services.keys import KeyService
-from freight.store.sqlite import SqliteStore
-
-config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                             help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                               help="The data dir of the server the key is for (env: FREIGHT_DATA_DIR).")
-
-
-class _Clock:
-    def now(self) -> float:
-        return time.time()
 
 
 @contextmanager
 def _keys(config: Path | None, data_dir: Path | None) -> Iterator[KeyService]:
-    from freight.config import load_settings
+    from freight.runtime import build_runtime
 
-    settings = load_settings(config, data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
+    runtime = build_runtime(load_settings(config, data_dir), lock=False, models=False)
     try:
-        yield KeyService(store, _Clock())
+        yield runtime.keys
     finally:
-        store.close()
+        runtime.close()
 
 
 @click.group()

@@ -1,4 +1,4 @@
-"""``freight``: serve, run a local batch, validate a file, and drive a server.
+"""``freight``: serve, work, run a local batch, validate a file, and drive a server.
 
 Exit status: 0 success; 1 an error (or a batch that failed validation); 2 a usage error;
 3 a batch that finished with failed requests; 130 interrupted (run it again to resume).
@@ -20,6 +20,8 @@ import click
 from freight import __version__
 from freight.cli.client import client_commands
 from freight.cli.keys import keys
+from freight.cli.options import blobs_option, config_option, data_dir_option
+from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
@@ -36,12 +38,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _settings(config: Path | None, data_dir: Path | None, **kw: Any) -> Any:
-    from freight.config import load_settings
-
-    return load_settings(config, data_dir=data_dir, **kw)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="freight")
 @click.option("-v", "--verbose", is_flag=True, help="Log more, and show tracebacks of errors.")
@@ -54,25 +50,23 @@ def cli(ctx: click.Context, verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                             help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                               help="Where freight keeps its database and files (env: FREIGHT_DATA_DIR).")
-
-
 @cli.command()
 @click.option("--host", default=None, help="Address to bind (env: FREIGHT_HOST; default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (env: FREIGHT_PORT; default 8080).")
+@click.option("--no-worker", is_flag=True,
+              help="Serve the API alone: no engine in this process (run `freight worker` beside it).")
 @data_dir_option
 @config_option
-def serve(host: str | None, port: int | None, data_dir: Path | None, config: Path | None) -> None:
+@blobs_option
+def serve(host: str | None, port: int | None, no_worker: bool, data_dir: Path | None, config: Path | None,
+          blobs: str | None) -> None:
     """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
     import uvicorn
 
     from freight.api.app import create_app
     from freight.runtime import build_runtime
 
-    settings = _settings(config, data_dir, host=host, port=port)
+    settings = _settings(config, data_dir, host=host, port=port, blobs=blobs)
     runtime = build_runtime(settings)
     try:
         with_keys = runtime.keys.required()
@@ -84,10 +78,10 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config: Pat
     except BaseException:
         runtime.close()
         raise
-    app = create_app(runtime)
+    app = create_app(runtime, run_engine=not no_worker)
     models = ", ".join(m.id for m in runtime.catalog.models())
     console.print(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
-                  f"(data: {settings.data_dir}; models: {models})")
+                  f"(data: {settings.data_dir}; models: {models}" + ("; no worker)" if no_worker else ")"))
     if with_keys:
         projects = sorted({k.project for k in runtime.keys.list() if k.revoked_at is None})
         console.print(f"API keys required ({len(projects)} project(s): {', '.join(projects)})")
@@ -101,6 +95,43 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config: Pat
 
 
 @cli.command()
+@data_dir_option
+@config_option
+@blobs_option
+def worker(data_dir: Path | None, config: Path | None, blobs: str | None) -> None:
+    """Run a worker alone (no HTTP): the engine, with the models of its own --config.
+
+    Any number of workers (and `freight serve`s) may share one data dir; each runs requests of
+    the models it serves, and one of them at a time runs the batch steps (docs/deployment.md).
+    Stop it with Ctrl-C or SIGTERM: its running requests are given back when their leases expire.
+    """
+    from freight.runtime import build_runtime
+
+    settings = _settings(config, data_dir, blobs=blobs)
+    runtime = build_runtime(settings)
+    models = ", ".join(m.id for m in runtime.catalog.models())
+    console.print(f"freight {__version__} worker {runtime.engine.owner} (data: {settings.data_dir}; models: {models})")
+    try:
+        asyncio.run(_work(runtime))
+    finally:
+        runtime.close()
+
+
+async def _work(runtime: Any) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.engine.run(stop)
+    finally:
+        for backend in runtime.catalog.backends:
+            await backend.close()
+
+
+@cli.command()
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the output lines (succeeded requests), in input order.")
@@ -110,8 +141,9 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config: Pat
 @click.option("--completion-window", default="30d", show_default=True, help="Deadline for the whole batch.")
 @data_dir_option
 @config_option
+@blobs_option
 def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint: str | None,
-        completion_window: str, data_dir: Path | None, config: Path | None) -> None:
+        completion_window: str, data_dir: Path | None, config: Path | None, blobs: str | None) -> None:
     """Run a batch file locally, durably: interrupted, the same command resumes it."""
     from freight.cli import local_run
     from freight.config import default_data_dir
@@ -120,7 +152,8 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     if errors_path is None:
         name = output_path.name.removesuffix(".jsonl")
         errors_path = output_path.with_name(name + ".errors.jsonl")
-    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"))
+    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"),
+                         blobs=blobs)
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
     runtime = build_runtime(settings)
@@ -165,13 +198,15 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
 @config_option
 def validate(input_path: Path, endpoint: str | None, config: Path | None) -> None:
-    """Check a batch file offline; print every problem with its line number."""
-    from freight.backends import build_backends, build_lanes
+    """Check a batch file offline; print every problem with its line number.
+
+    Needs no API key: models whose key is not in the environment are still known by name.
+    """
     from freight.cli import local_run
-    from freight.services.catalog import ModelCatalog
+    from freight.runtime import build_catalog
 
     settings = _settings(config, None)
-    catalog = ModelCatalog(build_backends(settings.model_tables()), build_lanes(settings.model_tables()))
+    catalog = build_catalog(settings, offline=True)
     try:
         endpoint = endpoint or local_run.infer_endpoint(input_path)
     except FreightError:

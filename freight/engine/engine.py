@@ -42,7 +42,8 @@ from freight.engine.finalize import finalize_batch
 from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
-from freight.ports import Backend, BlobStore, Completion, Retry, Store
+from freight.engine.step_lease import StepHolder
+from freight.ports import Backend, BlobStore, Completion, Retry, StepLeases, Store
 from freight.services.catalog import ModelCatalog
 from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits
@@ -72,6 +73,9 @@ class EngineSettings:
     #: A batch step (validate, finalize, close) that failed is tried again after a backoff that
     #: doubles from ``poll_interval_s`` up to this.
     step_retry_max_s: float = 30.0
+    #: How long the ``batch-steps`` lease (see ``StepLeases``) outlives its holder's last renewal: a
+    #: process that dies holding it delays the batch steps by at most this.
+    step_lease_s: float = 15.0
 
 
 class FairTurns:
@@ -116,6 +120,7 @@ class Engine:
         *,
         owner: str | None = None,
         random: Callable[[], float] = _random.random,
+        steps: StepLeases | None = None,
     ):
         self.store = store
         self.blobs = blobs
@@ -123,6 +128,8 @@ class Engine:
         self.clock = clock
         self.settings = settings or EngineSettings()
         self.owner = owner or ids.new_attempt_id()
+        #: Batch steps run in one process at a time: the holder of a lease (none: the only engine).
+        self.steps = StepHolder(steps, self.owner, clock, self.settings.step_lease_s)
         self._random = random
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -198,14 +205,26 @@ class Engine:
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
             for lane in self.catalog.lanes:
                 await lane.close()
+            await self.steps.release()
 
     async def tick(self) -> None:
         now = self.clock.now()
+        if not await self.steps.held():
+            # Another process runs the batch steps: this one only runs requests of batches in progress.
+            runnable: dict[int, list[Batch]] = {}
+            for batch in await asyncio.to_thread(self.store.active_batches):
+                if (batch.status is BatchStatus.IN_PROGRESS and not self.lanes.handles(batch)
+                        and now < batch.expires_at):
+                    self._add_runnable(runnable, batch)
+            self._runnable = runnable
+            for event in self._work.values():
+                event.set()
+            return
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + self.settings.housekeeping_interval_s
             await asyncio.to_thread(self.purge_files)
         batches = await asyncio.to_thread(self.store.active_batches)
-        runnable: dict[int, list[Batch]] = {}
+        runnable = {}
         now = self.clock.now()
         for batch in batches:
             if batch.id in self._busy:
