@@ -57,8 +57,8 @@ def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
                     pass
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"lib": lib, "dir": direction, "MB/s": round(mb / elapsed, 1),
-                      "peak_rss_above_import_MiB": round((peak - base) / 1024, 1)}))
+    print(json.dumps({"lib": lib, "dir": direction, "MB": mb, "MB/s": round(mb / elapsed, 1),
+                      "rss_after_import_MiB": round(base / 1024, 1), "peak_rss_MiB": round(peak / 1024, 1)}))
 
 
 def main() -> None:

@@ -93,13 +93,14 @@ def open_blobs(settings: Settings) -> BlobStore:
 
 
 def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, lock: bool = True,
-                  models: bool = True) -> Runtime:
+                  models: bool = True, exclusive: bool = False) -> Runtime:
     """Everything a process needs. ``backends``: use these instead of the configured models (tests);
     ``models=False``: no models at all (``freight keys``); ``lock=False``: do not join the data dir's
-    processes (no start-up clean-up, no batch-steps lease: an engine alone on its store, in tests)."""
+    processes (no start-up clean-up, no batch-steps lease: an engine alone on its store, in tests);
+    ``exclusive``: refuse to share the data dir (``freight run``)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     data_lock = DataDirLock(settings.data_dir) if lock else None
-    alone = data_lock.acquire() if data_lock is not None else False
+    alone = data_lock.acquire(exclusive=exclusive) if data_lock is not None else False
     store: SqliteStore | None = None
     steps: SqliteStepLeases | None = None
     try:
@@ -125,7 +126,7 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             # their claims are live and their uploads in flight.
             store.release_leases()
             engine.sweep_orphan_blobs()
-        if data_lock is not None:
+        if data_lock is not None and not exclusive:
             data_lock.share()
     except BaseException:
         if steps is not None:

@@ -156,7 +156,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
                          blobs=blobs)
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, exclusive=True)  # a local run is alone on its data dir
     try:
         batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
         if resumed:
