@@ -4,7 +4,7 @@
 
 Starts moto's S3 server in its own process on a free loopback port (so its memory is not counted),
 then runs each library and direction in a fresh child process, writing and reading 1 MiB pieces
-(never the whole file in memory), and prints MB/s and the child's peak RSS above its baseline.
+(never the whole file in memory), and prints MB/s and the child's RSS before the transfer and its peak (VmHWM).
 Needs obstore, s3fs and moto[server] (not freight's runtime dependencies except obstore).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -22,14 +21,23 @@ import time
 PIECE = 1 << 20
 
 
+def _status_mib(field: str) -> float:
+    """VmRSS / VmHWM of this process (ru_maxrss would carry the parent's peak across exec)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _status_mib("VmRSS")
     piece = os.urandom(PIECE)
     if lib == "obstore":
         import obstore
         from obstore.store import S3Store
 
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = _status_mib("VmRSS")
         store = S3Store("bench", config={"endpoint": endpoint, "region": "us-east-1"},
                         client_options={"allow_http": True})
         started = time.perf_counter()
@@ -44,7 +52,7 @@ def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
     else:
         import s3fs
 
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = _status_mib("VmRSS")
         fs = s3fs.S3FileSystem(key="test", secret="test", client_kwargs={"endpoint_url": endpoint})
         started = time.perf_counter()
         if direction == "up":
@@ -56,9 +64,9 @@ def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
                 while r.read(PIECE):
                     pass
     elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_mib("VmHWM")
     print(json.dumps({"lib": lib, "dir": direction, "MB": mb, "MB/s": round(mb / elapsed, 1),
-                      "rss_after_import_MiB": round(base / 1024, 1), "peak_rss_MiB": round(peak / 1024, 1)}))
+                      "rss_before_MiB": round(base, 1), "peak_rss_MiB": round(peak, 1)}))
 
 
 def main() -> None:
