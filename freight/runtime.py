@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
-from freight.ports import Backend
+from freight.ports import Backend, Store
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
 from freight.services.keys import KeyService
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
-from freight.store.sqlite import SqliteStore
+from freight.store import open_store
 
 
 class SystemClock:
@@ -26,7 +26,7 @@ class SystemClock:
 @dataclass
 class Runtime:
     settings: Settings
-    store: SqliteStore
+    store: Store
     blobs: LocalBlobStore
     catalog: ModelCatalog
     files: FileService
@@ -50,7 +50,8 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         data_lock.acquire()
     try:
         clock = SystemClock()
-        store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
+        store = open_store(settings.database_url, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
+                           pool_size=settings.database_pool_size)
         blobs = LocalBlobStore(settings.data_dir / "blobs")
         catalog = ModelCatalog(backends if backends is not None else build_backends(settings.model_tables()),
                                build_lanes(settings.model_tables()) if backends is None else [])
@@ -59,9 +60,11 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)
         if data_lock is not None:
-            # This process is the only engine on this data dir: every lease left behind belongs to a
-            # dead process, so its requests can run again at once instead of after lease expiry.
-            store.release_leases()
+            if settings.database_url is None:
+                # This process is the only engine on this SQLite store: every lease left behind belongs
+                # to a dead process, so its requests can run again at once instead of after lease expiry.
+                # A shared store is never reset: other processes' leases expire and are taken over.
+                store.release_leases()
             engine.sweep_orphan_blobs()
     except BaseException:
         if data_lock is not None:

@@ -58,21 +58,27 @@ config_option = click.option("--config", type=click.Path(dir_okay=False, path_ty
                              help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
 data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                                help="Where freight keeps its database and files (env: FREIGHT_DATA_DIR).")
+database_url_option = click.option(
+    "--database-url", default=None, metavar="URL",
+    help="PostgreSQL shared by every freight process, postgresql://user@host:port/db (env: FREIGHT_DATABASE_URL; "
+         "default: SQLite in the data dir). Run `freight migrate` on it first.")
 
 
 @cli.command()
 @click.option("--host", default=None, help="Address to bind (env: FREIGHT_HOST; default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (env: FREIGHT_PORT; default 8080).")
 @data_dir_option
+@database_url_option
 @config_option
-def serve(host: str | None, port: int | None, data_dir: Path | None, config: Path | None) -> None:
+def serve(host: str | None, port: int | None, data_dir: Path | None, database_url: str | None,
+          config: Path | None) -> None:
     """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
     import uvicorn
 
     from freight.api.app import create_app
     from freight.runtime import build_runtime
 
-    settings = _settings(config, data_dir, host=host, port=port)
+    settings = _settings(config, data_dir, host=host, port=port, database_url=database_url)
     runtime = build_runtime(settings)
     try:
         with_keys = runtime.keys.required()
@@ -109,9 +115,10 @@ def serve(host: str | None, port: int | None, data_dir: Path | None, config: Pat
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
 @click.option("--completion-window", default="30d", show_default=True, help="Deadline for the whole batch.")
 @data_dir_option
+@database_url_option
 @config_option
 def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint: str | None,
-        completion_window: str, data_dir: Path | None, config: Path | None) -> None:
+        completion_window: str, data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
     """Run a batch file locally, durably: interrupted, the same command resumes it."""
     from freight.cli import local_run
     from freight.config import default_data_dir
@@ -120,7 +127,8 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     if errors_path is None:
         name = output_path.name.removesuffix(".jsonl")
         errors_path = output_path.with_name(name + ".errors.jsonl")
-    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"))
+    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"),
+                         database_url=database_url)
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
     runtime = build_runtime(settings)
@@ -191,6 +199,22 @@ def validate(input_path: Path, endpoint: str | None, config: Path | None) -> Non
         click.echo(f"{validator.problem_count} problem(s); {validator.request_count} valid request(s).", err=True)
         sys.exit(1)
     click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+
+
+@cli.command()
+@data_dir_option
+@database_url_option
+@config_option
+def migrate(data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
+    """Create or upgrade freight's database schema (numbered migrations; safe to run again)."""
+    from freight.store import migrate_store
+
+    settings = _settings(config, data_dir, database_url=database_url)
+    where, applied, version = migrate_store(settings.database_url, settings.data_dir)
+    if applied:
+        console.print(f"{where}: applied migration(s) {', '.join(map(str, applied))}; schema version {version}")
+    else:
+        console.print(f"{where}: up to date (schema version {version})")
 
 
 for command in client_commands:
