@@ -51,6 +51,10 @@ class Settings:
     #: ``[anthropic]``: the Message Batches API's limits and batch window.
     anthropic: MessageBatchLimits = field(default_factory=MessageBatchLimits)
     sqlite_synchronous: str = "FULL"
+    #: PostgreSQL shared by every process (``--database-url``); None: SQLite in the data dir.
+    database_url: str | None = None
+    #: Connections each process keeps to PostgreSQL at most.
+    database_pool_size: int = 10
     config_path: Path | None = None
     #: Where file bytes live: None (DATA_DIR/blobs), a directory, or ``s3://bucket/prefix``.
     blobs: str | None = None
@@ -108,6 +112,7 @@ def load_settings(
     port: int | None = None,
     blobs: str | None = None,
     env: dict[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Settings:
     env = dict(os.environ) if env is None else env
     path = find_config(config, env)
@@ -143,6 +148,12 @@ def load_settings(
     settings.blobs = blobs or env.get("FREIGHT_BLOBS") or _take(server, "blobs", str, "server") or None
     settings.public_url = env.get("FREIGHT_PUBLIC_URL") or _take(server, "public_url", str, "server")
     settings.sqlite_synchronous = _take(server, "sqlite_synchronous", str, "server") or "FULL"
+    settings.database_url = (database_url or env.get("FREIGHT_DATABASE_URL")
+                             or _take(server, "database_url", str, "server"))
+    pool_size = _take(server, "database_pool_size", int, "server")
+    settings.database_pool_size = settings.database_pool_size if pool_size is None else pool_size
+    if settings.database_pool_size < 1:
+        raise ConfigError("server.database_pool_size must be at least 1")
 
     il = InputLimits()
     settings.input_limits = InputLimits(

@@ -15,16 +15,15 @@ from typing import Any
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
-from freight.ports import Backend, BlobStore
+from freight.ports import Backend, BlobStore, Store
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
 from freight.services.keys import KeyService
 from freight.services.message_batches import MessageBatchService
+from freight.store import open_store
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
-from freight.store.sqlite import SqliteStore
-from freight.store.step_leases import SqliteStepLeases
 
 
 class SystemClock:
@@ -35,7 +34,7 @@ class SystemClock:
 @dataclass
 class Runtime:
     settings: Settings
-    store: SqliteStore
+    store: Store
     blobs: BlobStore
     catalog: ModelCatalog
     files: FileService
@@ -45,12 +44,9 @@ class Runtime:
     message_batches: MessageBatchService
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
-    steps: SqliteStepLeases | None = None
 
     def close(self) -> None:
         self.store.close()
-        if self.steps is not None:
-            self.steps.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -101,11 +97,11 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     data_lock = DataDirLock(settings.data_dir) if lock else None
     alone = data_lock.acquire(exclusive=exclusive) if data_lock is not None else False
-    store: SqliteStore | None = None
-    steps: SqliteStepLeases | None = None
+    store: Store | None = None
     try:
         clock = SystemClock()
-        store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
+        store = open_store(settings.database_url, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
+                           pool_size=settings.database_pool_size)
         blobs = open_blobs(settings)
         if backends is not None:
             catalog = ModelCatalog(backends, [])
@@ -113,28 +109,29 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             catalog = build_catalog(settings)
         else:
             catalog = ModelCatalog([], [])
-        steps = SqliteStepLeases(settings.data_dir / "freight.db") if data_lock is not None else None
-        engine = Engine(store, blobs, catalog, clock, settings.engine, steps=steps)
+        # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
+        # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
+        shared = data_lock is not None or settings.database_url is not None
+        engine = Engine(store, blobs, catalog, clock, settings.engine, steps=store if shared else None)
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)
         message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake)
-        if alone:
-            # No other process is on this data dir: every lease left behind belongs to a dead one, so
-            # its requests can run again at once instead of after lease expiry, and a blob no file
-            # refers to was being written when a process died. With others running, neither is safe:
-            # their claims are live and their uploads in flight.
+        if alone and settings.database_url is None:
+            # No other process is on this data dir's SQLite store: every lease left behind belongs to
+            # a dead one, so its requests can run again at once instead of after lease expiry, and a
+            # blob no file refers to was being written when a process died. With others running (or
+            # on a shared PostgreSQL store) neither is safe: their claims are live, their uploads in
+            # flight; leases expire and are taken over instead.
             store.release_leases()
             engine.sweep_orphan_blobs()
         if data_lock is not None and not exclusive:
             data_lock.share()
     except BaseException:
-        if steps is not None:
-            steps.close()
         if store is not None:
             store.close()
         if data_lock is not None:
             data_lock.release()
         raise
     return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, clock,
-                   data_lock, steps)
+                   data_lock)

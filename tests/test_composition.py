@@ -67,7 +67,7 @@ def test_two_runtimes_on_one_data_dir(tmp_path: Path) -> None:
     one = build_runtime(settings)
     try:
         two = build_runtime(settings)
-        assert two.steps is not None and one.steps is not None
+        assert one.engine.steps.leases is one.store and two.engine.steps.leases is two.store
         two.close()
     finally:
         one.close()

@@ -1,68 +1,13 @@
-"""The StepLeases contract (compare-and-set named leases), and the engine's use of it: batch steps in
-one process at a time, the lease moving on when its holder stops renewing. SQLite here; every
-implementation of the port runs the same contract (add it to ``leases``' params)."""
+"""The engine's use of StepLeases (contract: tests/contract/test_leases.py): batch steps in one
+process at a time, the lease moving on when its holder stops renewing."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from freight.engine.step_lease import BATCH_STEPS, StepHolder
-from freight.ports import StepLeases
-from freight.store.step_leases import SqliteStepLeases
-
-
-@pytest.fixture(params=["sqlite"])
-def leases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StepLeases]:
-    store = SqliteStepLeases(tmp_path / "freight.db")
-    yield store
-    store.close()
-
-
-def test_one_holder_at_a_time(leases: StepLeases) -> None:
-    assert leases.holder("x", 100) is None
-    assert leases.acquire("x", "a", 100, 110)
-    assert not leases.acquire("x", "b", 105, 115), "held by a until 110"
-    assert leases.holder("x", 105) == "a"
-    assert leases.acquire("x", "a", 109, 120), "its holder renews it"
-    assert not leases.acquire("x", "b", 119, 130)
-
-
-def test_an_expired_lease_moves_to_another_holder(leases: StepLeases) -> None:
-    assert leases.acquire("x", "a", 100, 110)
-    assert leases.holder("x", 111) is None
-    assert leases.acquire("x", "b", 111, 121)
-    assert not leases.acquire("x", "a", 112, 122), "the old holder lost it"
-    assert leases.holder("x", 112) == "b"
-
-
-def test_release_frees_only_the_holders_lease(leases: StepLeases) -> None:
-    assert leases.acquire("x", "a", 100, 110)
-    leases.release("x", "b")
-    assert leases.holder("x", 101) == "a"
-    leases.release("x", "a")
-    assert leases.holder("x", 101) is None
-    assert leases.acquire("x", "b", 101, 111)
-
-
-def test_names_are_independent(leases: StepLeases) -> None:
-    assert leases.acquire("x", "a", 100, 110)
-    assert leases.acquire("y", "b", 100, 110)
-    assert leases.holder("x", 100) == "a" and leases.holder("y", 100) == "b"
-
-
-def test_two_connections_see_one_lease(tmp_path: Path) -> None:
-    one, two = SqliteStepLeases(tmp_path / "db"), SqliteStepLeases(tmp_path / "db")
-    try:
-        assert one.acquire("x", "a", 100, 110)
-        assert not two.acquire("x", "b", 100, 110)
-        assert two.holder("x", 100) == "a"
-    finally:
-        one.close()
-        two.close()
+from freight.store.sqlite import SqliteStore
 
 
 class _Clock:
@@ -74,7 +19,7 @@ class _Clock:
 
 
 def test_step_holder_renews_lazily_and_hands_over_when_stopped(tmp_path: Path) -> None:
-    leases = SqliteStepLeases(tmp_path / "db")
+    leases = SqliteStore(tmp_path / "db")
     clock = _Clock()
     a, b = StepHolder(leases, "a", clock, 15.0), StepHolder(leases, "b", clock, 15.0)
 
@@ -90,7 +35,7 @@ def test_step_holder_renews_lazily_and_hands_over_when_stopped(tmp_path: Path) -
         assert await a.held(), "a stopping holder hands the lease over at once"
 
     asyncio.run(scenario())
-    assert leases.holder(BATCH_STEPS, clock.t) == "a"
+    assert leases.lease_holder(BATCH_STEPS, clock.t) == "a"
     leases.close()
 
 
@@ -111,10 +56,8 @@ def test_two_engines_on_one_store_run_the_batch_steps_in_turn(tmp_path: Path) ->
     from freight.services.catalog import ModelCatalog
     from freight.services.files import FileService
     from freight.store.blobs import LocalBlobStore
-    from freight.store.sqlite import SqliteStore
-
     store = SqliteStore(tmp_path / "db", synchronous="OFF")
-    leases = SqliteStepLeases(tmp_path / "db")
+    leases = store
     blobs = LocalBlobStore(tmp_path / "blobs", fsync=False)
     clock = FixedClock()
     settings = EngineSettings(poll_interval_s=0.01, step_lease_s=15)
@@ -139,7 +82,7 @@ def test_two_engines_on_one_store_run_the_batch_steps_in_turn(tmp_path: Path) ->
         return got.status
 
     async def scenario() -> None:
-        assert leases.acquire(BATCH_STEPS, "a", clock.now(), clock.now() + 15)
+        assert leases.acquire_lease(BATCH_STEPS, "a", clock.now(), clock.now() + 15)
         for _ in range(5):
             await b.tick()
             await asyncio.sleep(0.01)
@@ -147,7 +90,7 @@ def test_two_engines_on_one_store_run_the_batch_steps_in_turn(tmp_path: Path) ->
         await asyncio.wait_for(a.run(until=lambda: status() is not BatchStatus.VALIDATING), 10)
         assert status() is BatchStatus.IN_PROGRESS
         # a stopped normally: it handed the lease over; take it again for a, as if a still ran.
-        assert leases.acquire(BATCH_STEPS, "a", clock.now(), clock.now() + 15)
+        assert leases.acquire_lease(BATCH_STEPS, "a", clock.now(), clock.now() + 15)
         await asyncio.wait_for(b.run(until=lambda: store.open_counts(batch_id) == (0, 0)), 10)
         assert status() is BatchStatus.IN_PROGRESS, "b ran the requests but may not finalize"
         clock.advance(16)  # a died: its lease runs out
@@ -156,4 +99,3 @@ def test_two_engines_on_one_store_run_the_batch_steps_in_turn(tmp_path: Path) ->
     asyncio.run(scenario())
     assert status() is BatchStatus.COMPLETED
     store.close()
-    leases.close()

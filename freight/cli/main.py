@@ -20,7 +20,7 @@ import click
 from freight import __version__
 from freight.cli.client import client_commands
 from freight.cli.keys import keys
-from freight.cli.options import blobs_option, config_option, data_dir_option
+from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option
 from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.domain.batches import BatchStatus
@@ -56,17 +56,18 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.option("--no-worker", is_flag=True,
               help="Serve the API alone: no engine in this process (run `freight worker` beside it).")
 @data_dir_option
+@database_url_option
 @config_option
 @blobs_option
-def serve(host: str | None, port: int | None, no_worker: bool, data_dir: Path | None, config: Path | None,
-          blobs: str | None) -> None:
+def serve(host: str | None, port: int | None, no_worker: bool, data_dir: Path | None, database_url: str | None,
+          config: Path | None, blobs: str | None) -> None:
     """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
     import uvicorn
 
     from freight.api.app import create_app
     from freight.runtime import build_runtime
 
-    settings = _settings(config, data_dir, host=host, port=port, blobs=blobs)
+    settings = _settings(config, data_dir, host=host, port=port, blobs=blobs, database_url=database_url)
     runtime = build_runtime(settings)
     try:
         with_keys = runtime.keys.required()
@@ -96,9 +97,10 @@ def serve(host: str | None, port: int | None, no_worker: bool, data_dir: Path | 
 
 @cli.command()
 @data_dir_option
+@database_url_option
 @config_option
 @blobs_option
-def worker(data_dir: Path | None, config: Path | None, blobs: str | None) -> None:
+def worker(data_dir: Path | None, database_url: str | None, config: Path | None, blobs: str | None) -> None:
     """Run a worker alone (no HTTP): the engine, with the models of its own --config.
 
     Any number of workers (and `freight serve`s) may share one data dir; each runs requests of
@@ -107,7 +109,7 @@ def worker(data_dir: Path | None, config: Path | None, blobs: str | None) -> Non
     """
     from freight.runtime import build_runtime
 
-    settings = _settings(config, data_dir, blobs=blobs)
+    settings = _settings(config, data_dir, blobs=blobs, database_url=database_url)
     runtime = build_runtime(settings)
     models = ", ".join(m.id for m in runtime.catalog.models())
     console.print(f"freight {__version__} worker {runtime.engine.owner} (data: {settings.data_dir}; models: {models})")
@@ -140,10 +142,12 @@ async def _work(runtime: Any) -> None:
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
 @click.option("--completion-window", default="30d", show_default=True, help="Deadline for the whole batch.")
 @data_dir_option
+@database_url_option
 @config_option
 @blobs_option
 def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint: str | None,
-        completion_window: str, data_dir: Path | None, config: Path | None, blobs: str | None) -> None:
+        completion_window: str, data_dir: Path | None, database_url: str | None, config: Path | None,
+        blobs: str | None) -> None:
     """Run a batch file locally, durably: interrupted, the same command resumes it."""
     from freight.cli import local_run
     from freight.config import default_data_dir
@@ -153,7 +157,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
         name = output_path.name.removesuffix(".jsonl")
         errors_path = output_path.with_name(name + ".errors.jsonl")
     settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"),
-                         blobs=blobs)
+                         blobs=blobs, database_url=database_url)
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
     runtime = build_runtime(settings, exclusive=True)  # a local run is alone on its data dir
@@ -226,6 +230,22 @@ def validate(input_path: Path, endpoint: str | None, config: Path | None) -> Non
         click.echo(f"{validator.problem_count} problem(s); {validator.request_count} valid request(s).", err=True)
         sys.exit(1)
     click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+
+
+@cli.command()
+@data_dir_option
+@database_url_option
+@config_option
+def migrate(data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
+    """Create or upgrade freight's database schema (numbered migrations; safe to run again)."""
+    from freight.store import migrate_store
+
+    settings = _settings(config, data_dir, database_url=database_url)
+    where, applied, version = migrate_store(settings.database_url, settings.data_dir)
+    if applied:
+        console.print(f"{where}: applied migration(s) {', '.join(map(str, applied))}; schema version {version}")
+    else:
+        console.print(f"{where}: up to date (schema version {version})")
 
 
 for command in client_commands:

@@ -13,6 +13,10 @@ config_option = click.option(
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Where freight keeps its database (and its files, without --blobs) (env: FREIGHT_DATA_DIR).")
+database_url_option = click.option(
+    "--database-url", default=None, metavar="URL",
+    help="PostgreSQL shared by every freight process, postgresql://user@host:port/db (env: FREIGHT_DATABASE_URL; "
+         "default: SQLite in the data dir). Run `freight migrate` on it first.")
 blobs_option = click.option(
     "--blobs", default=None, metavar="DIR|s3://BUCKET/PREFIX",
     help="Where file bytes live: a directory all processes share, or an S3-compatible bucket "

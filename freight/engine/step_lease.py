@@ -34,7 +34,7 @@ class StepHolder:
         if now < self._until - self.lease_s * 2 / 3:
             return True  # renewed less than a third of the lease ago
         try:
-            got = await asyncio.to_thread(self.leases.acquire, BATCH_STEPS, self.owner, now, now + self.lease_s)
+            got = await asyncio.to_thread(self.leases.acquire_lease, BATCH_STEPS, self.owner, now, now + self.lease_s)
         except Exception:
             log.warning("taking the batch-steps lease failed", exc_info=True, extra={"event": "step_lease_failed"})
             got = False
@@ -46,4 +46,4 @@ class StepHolder:
         if self.leases is not None and self._until:
             self._until = 0.0
             with contextlib.suppress(Exception):  # it expires anyway
-                await asyncio.to_thread(self.leases.release, BATCH_STEPS, self.owner)
+                await asyncio.to_thread(self.leases.release_lease, BATCH_STEPS, self.owner)
