@@ -82,3 +82,26 @@ def test_blobs_in_a_shared_directory(tmp_path: Path) -> None:
         assert runtime.message_batches is not None
     finally:
         runtime.close()
+
+
+def test_a_shared_blob_directory_keeps_other_hosts_uploads_in_flight(tmp_path: Path) -> None:
+    import os
+
+    from freight.store import blobs as local
+
+    shared = tmp_path / "shared"
+    store = LocalBlobStore(shared)
+    w = store.writer("file-mine")
+    w.write(b"x")
+    mine_dead = shared / f"file-a.tmp999999999@{local.HOST}"
+    legacy_dead = shared / "file-b.tmp999999999"
+    other_host = shared / "file-c.tmp12@elsewhere"
+    other_host_old = shared / "file-d.tmp12@elsewhere"
+    for p in (mine_dead, legacy_dead, other_host, other_host_old):
+        p.write_bytes(b"half")
+    old = os.stat(other_host_old).st_mtime - local.FOREIGN_TMP_AGE_S - 1
+    os.utime(other_host_old, (old, old))
+    store.sweep_temporaries()
+    left = sorted(p.name for p in shared.iterdir())
+    assert left == sorted([other_host.name, f"file-mine.tmp{os.getpid()}@{local.HOST}"]), left
+    assert w.commit() == 1 and store.keys() == ["file-mine"]
