@@ -4,7 +4,9 @@
 
 Starts moto's S3 server in its own process on a free loopback port (so its memory is not counted),
 then runs each library and direction in a fresh child process, writing and reading 1 MiB pieces
-(never the whole file in memory), and prints MB/s and the child's RSS before the transfer and its peak (VmHWM).
+(never the whole file in memory; each written piece a new buffer, since obstore keeps a reference to
+what it is given instead of copying it, and one reused buffer would hide what it holds), and prints
+MB/s and the child's RSS before the transfer and its peak (VmHWM).
 Needs obstore, s3fs and moto[server] (not freight's runtime dependencies except obstore).
 """
 
@@ -32,7 +34,6 @@ def _status_mib(field: str) -> float:
 
 def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
     base = _status_mib("VmRSS")
-    piece = os.urandom(PIECE)
     if lib == "obstore":
         import obstore
         from obstore.store import S3Store
@@ -44,7 +45,7 @@ def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
         if direction == "up":
             with obstore.open_writer(store, "f", buffer_size=8 << 20, max_concurrency=4) as w:
                 for _ in range(mb):
-                    w.write(piece)
+                    w.write(os.urandom(PIECE))
         else:
             r = obstore.open_reader(store, "f", buffer_size=4 << 20)
             while r.read(PIECE):
@@ -58,7 +59,7 @@ def _child(lib: str, direction: str, mb: int, endpoint: str) -> None:
         if direction == "up":
             with fs.open("bench/f", "wb", block_size=8 << 20) as w:
                 for _ in range(mb):
-                    w.write(piece)
+                    w.write(os.urandom(PIECE))
         else:
             with fs.open("bench/f", "rb", block_size=4 << 20) as r:
                 while r.read(PIECE):

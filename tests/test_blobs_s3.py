@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,38 @@ def test_serve_refuses_plain_http_without_the_opt_in(s3: dict[str, str], tmp_pat
                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
     assert done.returncode == 1
     assert "FREIGHT_BLOBS_ALLOW_HTTP=1" in done.stdout + done.stderr
+
+
+_MEMORY_CHILD = """
+import os, sys
+from freight.store.blobs_s3 import S3BlobStore
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+store = S3BlobStore(sys.argv[1])
+store.check()
+n = int(sys.argv[2])
+base = status("VmRSS")
+w = store.writer("big")
+for _ in range(n):
+    w.write(os.urandom(1 << 20))  # a new buffer each time (the same one could be shared, not copied)
+w.commit()
+with store.open("big") as fh:
+    total = sum(len(chunk) for chunk in iter(lambda: fh.read(1 << 20), b""))
+assert total == n << 20, total
+print(status("VmHWM") - base)
+"""
+
+
+def test_a_large_blob_never_sits_whole_in_memory(s3: dict[str, str], tmp_path: Path) -> None:
+    """96 MiB up and down in a child process (its own peak RSS): the writer holds its parts in flight,
+    the reader its ranges, never the file."""
+    mib = 96
+    done = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, f"s3://{BUCKET}/memory", str(mib)],
+                          capture_output=True, text=True, env={**subprocess_env(), **s3}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    grew = float(done.stdout.strip().splitlines()[-1])
+    assert grew < mib / 2, f"peak RSS grew by {grew:.0f} MiB moving a {mib} MiB blob"
