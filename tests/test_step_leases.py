@@ -26,13 +26,20 @@ def test_step_holder_renews_lazily_and_hands_over_when_stopped(tmp_path: Path) -
     async def scenario() -> None:
         assert await a.held()
         assert not await b.held()
+        leases.release_lease(BATCH_STEPS, "a")
+        assert not await b.held(), "a non-holder looks again only a third of a lease later"
+        assert leases.acquire_lease(BATCH_STEPS, "a", clock.t, clock.t + 15)
         clock.t += 14  # a did not renew (it died): b waits out the lease
         assert not await b.held()
-        clock.t += 2
+        clock.t += 2  # expired, but b looked a moment ago: it looks again a third of a lease after that
+        assert not await b.held()
+        clock.t += 3
         assert await b.held()
         assert not await a.held(), "a's lease moved on"
         await b.release()
-        assert await a.held(), "a stopping holder hands the lease over at once"
+        assert leases.lease_holder(BATCH_STEPS, clock.t) is None, "a stopping holder frees the lease at once"
+        clock.t += 5
+        assert await a.held()
 
     asyncio.run(scenario())
     assert leases.lease_holder(BATCH_STEPS, clock.t) == "a"

@@ -25,6 +25,7 @@ class StepHolder:
         self.clock = clock
         self.lease_s = lease_s
         self._until = 0.0
+        self._next_try = 0.0
 
     async def held(self) -> bool:
         """Whether this engine runs the batch steps now (it holds, renewed, or just took the lease)."""
@@ -33,12 +34,15 @@ class StepHolder:
         now = self.clock.now()
         if now < self._until - self.lease_s * 2 / 3:
             return True  # renewed less than a third of the lease ago
+        if not self._until and now < self._next_try:
+            return False  # another holds it: look again a third of a lease later, not on every tick
         try:
             got = await asyncio.to_thread(self.leases.acquire_lease, BATCH_STEPS, self.owner, now, now + self.lease_s)
         except Exception:
             log.warning("taking the batch-steps lease failed", exc_info=True, extra={"event": "step_lease_failed"})
             got = False
         self._until = now + self.lease_s if got else 0.0
+        self._next_try = now + self.lease_s / 3
         return got
 
     async def release(self) -> None:
