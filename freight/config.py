@@ -51,7 +51,13 @@ class Settings:
     #: ``[anthropic]``: the Message Batches API's limits and batch window.
     anthropic: MessageBatchLimits = field(default_factory=MessageBatchLimits)
     sqlite_synchronous: str = "FULL"
+    #: PostgreSQL shared by every process (``--database-url``); None: SQLite in the data dir.
+    database_url: str | None = None
+    #: Connections each process keeps to PostgreSQL at most.
+    database_pool_size: int = 10
     config_path: Path | None = None
+    #: Where file bytes live: None (DATA_DIR/blobs), a directory, or ``s3://bucket/prefix``.
+    blobs: str | None = None
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
@@ -104,7 +110,9 @@ def load_settings(
     data_dir: Path | None = None,
     host: str | None = None,
     port: int | None = None,
+    blobs: str | None = None,
     env: dict[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Settings:
     env = dict(os.environ) if env is None else env
     path = find_config(config, env)
@@ -137,8 +145,15 @@ def load_settings(
         settings.port = int(port_value)
     except ValueError:
         raise ConfigError(f"port must be a number, got {port_value!r}") from None
+    settings.blobs = blobs or env.get("FREIGHT_BLOBS") or _take(server, "blobs", str, "server") or None
     settings.public_url = env.get("FREIGHT_PUBLIC_URL") or _take(server, "public_url", str, "server")
     settings.sqlite_synchronous = _take(server, "sqlite_synchronous", str, "server") or "FULL"
+    settings.database_url = (database_url or env.get("FREIGHT_DATABASE_URL")
+                             or _take(server, "database_url", str, "server"))
+    pool_size = _take(server, "database_pool_size", int, "server")
+    settings.database_pool_size = settings.database_pool_size if pool_size is None else pool_size
+    if settings.database_pool_size < 1:
+        raise ConfigError("server.database_pool_size must be at least 1")
 
     il = InputLimits()
     settings.input_limits = InputLimits(
@@ -185,6 +200,7 @@ def load_settings(
         lease_s=float(_take(engine, "lease_s", (int, float), "engine") or es.lease_s),
         poll_interval_s=float(_take(engine, "poll_interval_s", (int, float), "engine") or es.poll_interval_s),
         drain_timeout_s=float(_take(engine, "drain_timeout_s", (int, float), "engine") or es.drain_timeout_s),
+        step_lease_s=float(_take(engine, "step_lease_s", (int, float), "engine") or es.step_lease_s),
         retry=retry,
         input_limits=settings.input_limits,
     )

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,39 @@ SCRIPTED = "freight-scripted"
 SCRIPTED_SLOW = "freight-scripted-slow"
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+#: Where the test PostgreSQL server is (trust auth); a database to connect to while creating others.
+POSTGRES_ADMIN_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://root@127.0.0.1:5432/test")
+
+
+def postgres_admin_url() -> str:
+    import psycopg
+
+    errors = []
+    for url in POSTGRES_ADMIN_URLS:
+        try:
+            with psycopg.connect(url, connect_timeout=5):
+                return url
+        except psycopg.Error as exc:
+            errors.append(f"{url}: {exc}")
+    raise RuntimeError("no PostgreSQL server for the tests at 127.0.0.1:5432: " + "; ".join(errors))
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "freight_test") -> Iterator[str]:
+    """A new, empty database with a unique name (dropped at the end); its URL."""
+    import psycopg
+
+    admin = postgres_admin_url()
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

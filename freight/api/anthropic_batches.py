@@ -117,13 +117,7 @@ def _project(request: Request) -> str:
 
 
 def _service(request: Request) -> MessageBatchService:
-    service: MessageBatchService | None = getattr(request.app.state, "message_batches", None)
-    if service is None:
-        rt = _runtime(request)
-        service = MessageBatchService(rt.store, rt.blobs, rt.clock, rt.settings.anthropic, rt.settings.quota,
-                                      rt.engine.wake)
-        request.app.state.message_batches = service
-    return service
+    return _runtime(request).message_batches  # built by the composition root (freight/runtime.py)
 
 
 def _base_url(request: Request) -> str:

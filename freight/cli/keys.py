@@ -7,39 +7,27 @@ sees a new key at once); they do not take the engine's lock.
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from freight.cli.options import config_option, data_dir_option, database_url_option
+from freight.cli.options import load as load_settings
 from freight.domain.errors import FreightError
 from freight.services.keys import KeyService
-from freight.store.sqlite import SqliteStore
-
-config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                             help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                               help="The data dir of the server the key is for (env: FREIGHT_DATA_DIR).")
-
-
-class _Clock:
-    def now(self) -> float:
-        return time.time()
 
 
 @contextmanager
-def _keys(config: Path | None, data_dir: Path | None) -> Iterator[KeyService]:
-    from freight.config import load_settings
+def _keys(config: Path | None, data_dir: Path | None, database_url: str | None) -> Iterator[KeyService]:
+    from freight.runtime import build_runtime
 
-    settings = load_settings(config, data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
+    runtime = build_runtime(load_settings(config, data_dir, database_url=database_url), lock=False, models=False)
     try:
-        yield KeyService(store, _Clock())
+        yield runtime.keys
     finally:
-        store.close()
+        runtime.close()
 
 
 @click.group()
@@ -50,10 +38,11 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--project", required=True, help="The project the key gives access to (made on first use).")
 @data_dir_option
+@database_url_option
 @config_option
-def create(project: str, data_dir: Path | None, config: Path | None) -> None:
+def create(project: str, data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
     """Make a new key and print it, once (on the last line); only its hash is stored."""
-    with _keys(config, data_dir) as service:
+    with _keys(config, data_dir, database_url) as service:
         try:
             key, token = service.create(project)
         except FreightError as exc:
@@ -65,10 +54,11 @@ def create(project: str, data_dir: Path | None, config: Path | None) -> None:
 
 @keys.command("list")
 @data_dir_option
+@database_url_option
 @config_option
-def list_keys(data_dir: Path | None, config: Path | None) -> None:
+def list_keys(data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
     """List key ids, their projects, and whether they are revoked (never the keys themselves)."""
-    with _keys(config, data_dir) as service:
+    with _keys(config, data_dir, database_url) as service:
         found = service.list()
     if not found:
         click.echo("no API keys: freight serve accepts requests on loopback only, all in project 'default'")
@@ -82,9 +72,10 @@ def list_keys(data_dir: Path | None, config: Path | None) -> None:
 @keys.command("revoke")
 @click.argument("key_id")
 @data_dir_option
+@database_url_option
 @config_option
-def revoke(key_id: str, data_dir: Path | None, config: Path | None) -> None:
+def revoke(key_id: str, data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
     """Revoke a key by its id (takes effect at once, also on a running server)."""
-    with _keys(config, data_dir) as service:
+    with _keys(config, data_dir, database_url) as service:
         key = service.revoke(key_id)
     click.echo(f"revoked {key.id} (project {key.project!r})")

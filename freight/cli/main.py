@@ -1,4 +1,4 @@
-"""``freight``: serve, run a local batch, validate a file, and drive a server.
+"""``freight``: serve, work, run a local batch, validate a file, and drive a server.
 
 Exit status: 0 success; 1 an error (or a batch that failed validation); 2 a usage error;
 3 a batch that finished with failed requests; 130 interrupted (run it again to resume).
@@ -21,6 +21,8 @@ from freight import __version__
 from freight.cli.client import client_commands
 from freight.cli.keys import keys
 from freight.cli.logs import FORMATS, LEVELS, resolve_format, setup_logging
+from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option
+from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
@@ -37,12 +39,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _settings(config: Path | None, data_dir: Path | None, **kw: Any) -> Any:
-    from freight.config import load_settings
-
-    return load_settings(config, data_dir=data_dir, **kw)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="freight")
 @click.option("-v", "--verbose", is_flag=True, help="Log more, and show tracebacks of errors.")
@@ -57,38 +53,50 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         raise click.UsageError(str(exc)) from None
 
 
-config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                             help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
-data_dir_option = click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                               help="Where freight keeps its database and files (env: FREIGHT_DATA_DIR).")
+log_format_option = click.option(
+    "--log-format", type=click.Choice(FORMATS), default=None,
+    help="text, or json: one JSON object per line (env: FREIGHT_LOG_FORMAT; default text).")
+log_level_option = click.option(
+    "--log-level", type=click.Choice(LEVELS), default=None,
+    help="info (default): an access line per request and a line per batch transition; "
+         "debug (also -v): why each request failed.")
+
+
+def _setup_process_logs(ctx: click.Context, log_format: str | None, log_level: str | None) -> str:
+    """Logging for a long-running process (serve, worker); returns the format."""
+    level = log_level or ("debug" if ctx.obj.get("verbose") else "info")
+    fmt = resolve_format(log_format)
+    setup_logging(level, fmt)
+    return fmt
 
 
 @cli.command()
 @click.option("--host", default=None, help="Address to bind (env: FREIGHT_HOST; default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port to bind (env: FREIGHT_PORT; default 8080).")
-@click.option("--log-format", type=click.Choice(FORMATS), default=None,
-              help="text, or json: one JSON object per line (env: FREIGHT_LOG_FORMAT; default text).")
-@click.option("--log-level", type=click.Choice(LEVELS), default=None,
-              help="info (default): an access line per request and a line per batch transition; "
-                   "debug (also -v): why each request failed.")
+@log_format_option
+@log_level_option
+@click.option("--no-worker", is_flag=True,
+              help="Serve the API alone: no engine in this process (run `freight worker` beside it).")
 @data_dir_option
+@database_url_option
 @config_option
+@blobs_option
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, log_format: str | None, log_level: str | None,
-          data_dir: Path | None, config: Path | None) -> None:
+          no_worker: bool, data_dir: Path | None, database_url: str | None, config: Path | None,
+          blobs: str | None) -> None:
     """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
     import uvicorn
 
+    fmt = _setup_process_logs(ctx, log_format, log_level)
     level = log_level or ("debug" if ctx.obj.get("verbose") else "info")
-    fmt = resolve_format(log_format)
-    setup_logging(level, fmt)
     # With JSON logs every line of the output is a JSON object: the banner too.
     say = console.print if fmt == "text" else logging.getLogger("freight.cli").info
 
     from freight.api.app import create_app
     from freight.runtime import build_runtime
 
-    settings = _settings(config, data_dir, host=host, port=port)
+    settings = _settings(config, data_dir, host=host, port=port, blobs=blobs, database_url=database_url)
     runtime = build_runtime(settings)
     try:
         with_keys = runtime.keys.required()
@@ -100,10 +108,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
     except BaseException:
         runtime.close()
         raise
-    app = create_app(runtime)
+    app = create_app(runtime, run_engine=not no_worker)
     models = ", ".join(m.id for m in runtime.catalog.models())
     say(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
-        f"(data: {settings.data_dir}; models: {models})")
+        f"(data: {settings.data_dir}; models: {models}" + ("; no worker)" if no_worker else ")"))
     if with_keys:
         projects = sorted({k.project for k in runtime.keys.list() if k.revoked_at is None})
         say(f"API keys required ({len(projects)} project(s): {', '.join(projects)})")
@@ -119,6 +127,50 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
 
 
 @cli.command()
+@log_format_option
+@log_level_option
+@data_dir_option
+@database_url_option
+@config_option
+@blobs_option
+@click.pass_context
+def worker(ctx: click.Context, log_format: str | None, log_level: str | None, data_dir: Path | None,
+           database_url: str | None, config: Path | None, blobs: str | None) -> None:
+    """Run a worker alone (no HTTP): the engine, with the models of its own --config.
+
+    Any number of workers (and `freight serve`s) may share one data dir; each runs requests of
+    the models it serves, and one of them at a time runs the batch steps (docs/deployment.md).
+    Stop it with Ctrl-C or SIGTERM: its running requests are given back when their leases expire.
+    """
+    from freight.runtime import build_runtime
+
+    fmt = _setup_process_logs(ctx, log_format, log_level)
+    say = console.print if fmt == "text" else logging.getLogger("freight.cli").info
+    settings = _settings(config, data_dir, blobs=blobs, database_url=database_url)
+    runtime = build_runtime(settings)
+    models = ", ".join(m.id for m in runtime.catalog.models())
+    say(f"freight {__version__} worker {runtime.engine.owner} (data: {settings.data_dir}; models: {models})")
+    try:
+        asyncio.run(_work(runtime))
+    finally:
+        runtime.close()
+
+
+async def _work(runtime: Any) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.engine.run(stop)
+    finally:
+        for backend in runtime.catalog.backends:
+            await backend.close()
+
+
+@cli.command()
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Where to write the output lines (succeeded requests), in input order.")
@@ -127,9 +179,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
 @click.option("--completion-window", default="30d", show_default=True, help="Deadline for the whole batch.")
 @data_dir_option
+@database_url_option
 @config_option
+@blobs_option
 def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint: str | None,
-        completion_window: str, data_dir: Path | None, config: Path | None) -> None:
+        completion_window: str, data_dir: Path | None, database_url: str | None, config: Path | None,
+        blobs: str | None) -> None:
     """Run a batch file locally, durably: interrupted, the same command resumes it."""
     from freight.cli import local_run
     from freight.config import default_data_dir
@@ -138,10 +193,11 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     if errors_path is None:
         name = output_path.name.removesuffix(".jsonl")
         errors_path = output_path.with_name(name + ".errors.jsonl")
-    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"))
+    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"),
+                         blobs=blobs, database_url=database_url)
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, exclusive=True)  # a local run is alone on its data dir
     try:
         batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
         if resumed:
@@ -183,13 +239,15 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
 @config_option
 def validate(input_path: Path, endpoint: str | None, config: Path | None) -> None:
-    """Check a batch file offline; print every problem with its line number."""
-    from freight.backends import build_backends, build_lanes
+    """Check a batch file offline; print every problem with its line number.
+
+    Needs no API key: models whose key is not in the environment are still known by name.
+    """
     from freight.cli import local_run
-    from freight.services.catalog import ModelCatalog
+    from freight.runtime import build_catalog
 
     settings = _settings(config, None)
-    catalog = ModelCatalog(build_backends(settings.model_tables()), build_lanes(settings.model_tables()))
+    catalog = build_catalog(settings, offline=True)
     try:
         endpoint = endpoint or local_run.infer_endpoint(input_path)
     except FreightError:
@@ -209,6 +267,22 @@ def validate(input_path: Path, endpoint: str | None, config: Path | None) -> Non
         click.echo(f"{validator.problem_count} problem(s); {validator.request_count} valid request(s).", err=True)
         sys.exit(1)
     click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+
+
+@cli.command()
+@data_dir_option
+@database_url_option
+@config_option
+def migrate(data_dir: Path | None, database_url: str | None, config: Path | None) -> None:
+    """Create or upgrade freight's database schema (numbered migrations; safe to run again)."""
+    from freight.store import migrate_store
+
+    settings = _settings(config, data_dir, database_url=database_url)
+    where, applied, version = migrate_store(settings.database_url, settings.data_dir)
+    if applied:
+        console.print(f"{where}: applied migration(s) {', '.join(map(str, applied))}; schema version {version}")
+    else:
+        console.print(f"{where}: up to date (schema version {version})")
 
 
 for command in client_commands:

@@ -34,3 +34,14 @@ class File:
     status_details: str | None = None
     #: Request lines of a batch input file (counted at upload; None for other files).
     lines: int | None = None
+
+
+class FileRowState(enum.IntEnum):
+    """What a store keeps of a file (the ``deleted`` column)."""
+
+    #: Listed and readable.
+    LIVE = 0
+    #: Deleted by its owner; its bytes are still there until purged (a running batch may read them).
+    DELETED = 1
+    #: Its bytes are gone; the row stays as a tombstone so that its id is never reused.
+    PURGED = 2

@@ -13,9 +13,11 @@ same engine. What differs is only how it is shown:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from freight.domain.batches import Batch, BatchStatus
+from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED
 
 MESSAGE_BATCH_PREFIX = "msgbatch_"
 MESSAGE_BATCH_ID_RE = re.compile(r"^msgbatch_([a-f0-9]{24})$")
@@ -106,3 +108,20 @@ class MessageBatch:
         # so that the five counts always sum to the number of requests.
         errored = max(0, self.requests - e.succeeded - e.canceled - e.expired)
         return MessageBatchCounts(succeeded=e.succeeded, errored=errored, canceled=e.canceled, expired=e.expired)
+
+
+def ended_counts(groups: Iterable[tuple[int | None, str | None, int]]) -> EndedCounts:
+    """How an ended batch's requests came out, from (status code, error code, how many) groups of
+    its stored results: a 2xx succeeded; no response with ``batch_cancelled`` / ``batch_expired``
+    was canceled / expired; anything else errored."""
+    succeeded = errored = canceled = expired = 0
+    for status_code, error_code, n in groups:
+        if status_code is not None and 200 <= status_code < 300:
+            succeeded += n
+        elif status_code is None and error_code == BATCH_CANCELLED:
+            canceled += n
+        elif status_code is None and error_code == BATCH_EXPIRED:
+            expired += n
+        else:
+            errored += n
+    return EndedCounts(succeeded=succeeded, errored=errored, canceled=canceled, expired=expired)

@@ -45,8 +45,9 @@ from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
 from freight.engine.repeats import RepeatedFailures
+from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns
-from freight.ports import Backend, BlobStore, Completion, Retry, Store
+from freight.ports import Backend, BlobStore, Completion, Retry, StepLeases, Store
 from freight.services.catalog import ModelCatalog
 from freight.services.files import purge_files, sweep_orphan_blobs
 from freight.services.transitions import log_transition
@@ -81,6 +82,9 @@ class EngineSettings:
     #: Validation failing this often in a row (once past the window: the next) is given up (domain/steps.py).
     step_max_tries: int = 10
     step_tries_past_window: int = 3
+    #: How long the ``batch-steps`` lease (see ``StepLeases``) outlives its holder's last renewal: a
+    #: process that dies holding it delays the batch steps by at most this.
+    step_lease_s: float = 15.0
 
 
 class Engine:
@@ -94,6 +98,7 @@ class Engine:
         *,
         owner: str | None = None,
         random: Callable[[], float] = _random.random,
+        steps: StepLeases | None = None,
     ):
         self.store = store
         self.blobs = blobs
@@ -101,6 +106,8 @@ class Engine:
         self.clock = clock
         self.settings = settings or EngineSettings()
         self.owner = owner or ids.new_attempt_id()
+        #: Batch steps run in one process at a time: the holder of a lease (none: the only engine).
+        self.steps = StepHolder(steps, self.owner, clock, self.settings.step_lease_s)
         self._random = random
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
@@ -182,12 +189,24 @@ class Engine:
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
             for lane in self.catalog.lanes:
                 await lane.close()
+            await self.steps.release()
 
     async def tick(self) -> None:
+        now = self.clock.now()
+        if not await self.steps.held():
+            # Another process runs the batch steps: this one only runs requests of batches in progress.
+            runnable: dict[int, list[Batch]] = {}
+            for batch in await asyncio.to_thread(self.store.active_batches):
+                if (batch.status is BatchStatus.IN_PROGRESS and not self.lanes.handles(batch)
+                        and now < batch.expires_at):
+                    self._add_runnable(runnable, batch)
+            self._runnable = runnable
+            for event in self._work.values():
+                event.set()
+            return
         batches = await asyncio.to_thread(self.store.active_batches)
         ended = bool(self._active_ids - {b.id for b in batches})  # files only they read can go now
         self._active_ids = {b.id for b in batches}
-        now = self.clock.now()
         if ended or now >= self._next_housekeeping:
             self._next_housekeeping = now + self.settings.housekeeping_interval_s
             try:
@@ -195,7 +214,7 @@ class Engine:
                 self.repeats.ok("purge_failed")
             except Exception as exc:
                 self.repeats.failed("purge_failed", "removing deleted files failed", exc, level=logging.WARNING)
-        runnable: dict[int, list[Batch]] = {}
+        runnable = {}
         for batch in batches:
             if batch.id in self._busy:
                 if batch.status is BatchStatus.IN_PROGRESS:

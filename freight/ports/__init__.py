@@ -1,0 +1,46 @@
+"""The seams between freight's core and its adapters: the only interfaces there are.
+
+- the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
+  ``MessageBatchStore``, ``LaneStore``; ``Store`` is all of them (what one adapter provides);
+- ``StepLeases``: which process runs the batch steps;
+- ``BlobStore``: the bytes of files (inputs, outputs, errors);
+- ``Backend``: a way of executing requests (a local model, an HTTP endpoint); ``BatchLane``: a
+  provider's own batch API.
+
+Store methods are synchronous and short; the async engine calls them from a worker thread.
+"""
+
+from freight.domain.quota import Quota
+from freight.ports.backends import Backend, BatchLane, ModelInfo
+from freight.ports.batches import BatchStore
+from freight.ports.blobs import BlobStore, BlobWriter
+from freight.ports.files import FileStore
+from freight.ports.keys import KeyStore
+from freight.ports.lanes import LaneStore
+from freight.ports.leases import StepLeases
+from freight.ports.message_batches import MessageBatchStore
+from freight.ports.queue import RequestQueue
+from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
+from freight.ports.store import Store
+
+__all__ = [
+    "Backend",
+    "BatchLane",
+    "BatchStore",
+    "BlobStore",
+    "BlobWriter",
+    "Completion",
+    "FileStore",
+    "KeyStore",
+    "LaneStore",
+    "MessageBatchStore",
+    "ModelInfo",
+    "NewRequest",
+    "Page",
+    "Quota",
+    "RequestQueue",
+    "Retry",
+    "StepLeases",
+    "Store",
+    "StoredResult",
+]

@@ -1,0 +1,44 @@
+"""The plain records that cross the store ports (requests in, results out, pages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from freight.domain.requests import Result
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    idx: int
+    line: int
+    custom_id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Completion:
+    idx: int
+    attempt_id: str
+    result: Result
+
+
+@dataclass(frozen=True)
+class Retry:
+    idx: int
+    attempt_id: str
+    not_before: float
+    last_error: str
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    idx: int
+    custom_id: str
+    result: Result
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    has_more: bool

@@ -1,0 +1,23 @@
+"""``Store``: every store port together, as one adapter (SQLite, PostgreSQL) provides them."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from freight.ports.batches import BatchStore
+from freight.ports.files import FileStore
+from freight.ports.keys import KeyStore
+from freight.ports.lanes import LaneStore
+from freight.ports.leases import StepLeases
+from freight.ports.message_batches import MessageBatchStore
+from freight.ports.queue import RequestQueue
+
+
+class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, Protocol):
+    """Batches, files' metadata and every request with its one final result.
+
+    Methods are synchronous and short; the async engine calls them from a worker thread. Users
+    that need one concern only should ask for its port (``FileStore``, ``RequestQueue``, …).
+    """
+
+    def close(self) -> None: ...

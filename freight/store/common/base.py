@@ -1,0 +1,32 @@
+"""What every port mixin shares: the database, and the writes more than one port makes."""
+
+from __future__ import annotations
+
+from freight.domain.claims import Tally
+from freight.domain.files import File
+from freight.domain.quota import Quota, check_quota
+
+from .db import Database, Tx
+from .rows import file_params
+
+
+class Base:
+    _db: Database
+
+    @staticmethod
+    def _add_counts(tx: Tx, batch_id: str, tally: Tally) -> None:
+        if tally:
+            tx.run("add_counts", {"id": batch_id, "completed": tally.completed, "failed": tally.failed,
+                                  "input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens})
+
+    @staticmethod
+    def _check_quota(tx: Tx, project: str, quota: Quota, requests: int) -> None:
+        """In the inserting transaction: concurrent inserts of one project are serialised first."""
+        tx.run("lock_project", {"project": project})
+        row = tx.one("project_load", {"project": project})
+        assert row is not None
+        check_quota(quota, int(row["active"]), int(row["queued"]), requests)
+
+    @staticmethod
+    def _insert_file(tx: Tx, f: File, blob_key: str, idempotency_key: str | None = None) -> int:
+        return tx.run("insert_file", file_params(f, blob_key, idempotency_key))

@@ -1,0 +1,151 @@
+"""``BatchStore`` over named SQL (batches.sql): status changes are compare-and-set of what
+freight.domain.status_changes computes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from freight.domain.batches import Batch, BatchError, BatchStatus
+from freight.domain.claims import Tally
+from freight.domain.files import File
+from freight.domain.quota import Quota
+from freight.domain.requests import Result
+from freight.domain.status_changes import StatusChange, after_failed_validation, after_validation, change_status
+from freight.ports.records import NewRequest, Page, StoredResult
+from freight.wire import jsonx
+
+from .base import Base
+from .db import Tx
+from .rows import batch_from_row, batch_params, result_from_row, result_params, stamps_of
+
+
+def _cas(tx: Tx, query: str, batch_id: str, change: StatusChange, **extra: object) -> bool:
+    params = {"id": batch_id, "expected": str(change.expected), "status": str(change.new), **change.stamps, **extra}
+    return tx.run(query, params) == 1
+
+
+class BatchesMixin(Base):
+    def insert_batch(
+        self, b: Batch, idempotency_key: str | None, quota: Quota | None = None, requests: int = 0
+    ) -> Batch:
+        key = {"project": b.project, "idempotency_key": idempotency_key}
+        with self._db.write() as tx:
+            if idempotency_key is not None:
+                row = tx.one("batch_by_idempotency_key", key)
+                if row is not None:
+                    return batch_from_row(row)
+            if quota is not None:
+                self._check_quota(tx, b.project, quota, requests)
+            if tx.run("insert_batch", batch_params(b, idempotency_key)) == 0:
+                row = tx.one("batch_by_idempotency_key", key)  # inserted by another process meanwhile
+                assert row is not None
+                return batch_from_row(row)
+        return b
+
+    def get_batch(self, project: str | None, batch_id: str) -> Batch | None:
+        with self._db.read() as tx:
+            if project is None:
+                row = tx.one("batch", {"id": batch_id})
+            else:
+                row = tx.one("batch_in_project", {"id": batch_id, "project": project})
+        return batch_from_row(row) if row else None
+
+    def find_batch(self, project: str, idempotency_key: str) -> Batch | None:
+        with self._db.read() as tx:
+            row = tx.one("batch_by_idempotency_key", {"project": project, "idempotency_key": idempotency_key})
+        return batch_from_row(row) if row else None
+
+    def list_batches(self, project: str, *, after: str | None, limit: int) -> Page:
+        with self._db.read() as tx:
+            after_seq = None
+            if after is not None:
+                row = tx.one("batch_seq", {"id": after, "project": project})
+                if row is None:
+                    return Page([], False)
+                after_seq = row["seq"]
+            rows = tx.all("list_batches", {"project": project, "after_seq": after_seq, "limit": limit + 1})
+        return Page([batch_from_row(r) for r in rows[:limit]], len(rows) > limit)
+
+    def active_batches(self) -> list[Batch]:
+        with self._db.read() as tx:
+            return [batch_from_row(r) for r in tx.all("active_batches")]
+
+    def set_status(self, batch_id: str, expected: Sequence[BatchStatus], new: BatchStatus, at: int) -> Batch | None:
+        with self._db.write() as tx:
+            row = tx.one("batch", {"id": batch_id})
+            if row is None:
+                return None
+            change = change_status(BatchStatus(row["status"]), stamps_of(row), expected, new, at)
+            if change is None or not _cas(tx, "set_status", batch_id, change):
+                return None
+            row = tx.one("batch", {"id": batch_id})
+        return batch_from_row(row)
+
+    # ---- ingest ------------------------------------------------------------------------
+    def clear_requests(self, batch_id: str) -> None:
+        with self._db.write() as tx:
+            tx.run("delete_requests", {"batch_id": batch_id})
+
+    def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None:
+        with self._db.write() as tx:
+            tx.many("insert_request", [{"batch_id": batch_id, "idx": r.idx, "line": r.line, "custom_id": r.custom_id,
+                                        "body": r.body} for r in rows])
+
+    def insert_finished_requests(self, batch_id: str, rows: Sequence[tuple[NewRequest, Result]]) -> None:
+        with self._db.write() as tx:
+            tx.many("insert_finished_request", [
+                {"batch_id": batch_id, "idx": q.idx, "line": q.line, "custom_id": q.custom_id, "body": q.body,
+                 **result_params(r)} for q, r in rows])
+            self._add_counts(tx, batch_id, Tally.of((r for _, r in rows), tokens=False))
+
+    def restart_ingest(self, batch_id: str) -> None:
+        with self._db.write() as tx:
+            tx.run("delete_requests", {"batch_id": batch_id})
+            row = tx.one("batch", {"id": batch_id})
+            if row is not None and BatchStatus(row["status"]) in (BatchStatus.VALIDATING, BatchStatus.CANCELLING):
+                tx.run("reset_counts", {"id": batch_id, "expected": row["status"]})
+
+    def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
+        with self._db.write() as tx:
+            row = tx.one("batch", {"id": batch_id})
+            change = after_validation(BatchStatus(row["status"]), stamps_of(row), at) if row else None
+            return change is not None and _cas(tx, "start_batch", batch_id, change, total=total, model=model)
+
+    def fail_validation(self, batch_id: str, errors: Sequence[BatchError], at: int) -> bool:
+        data = jsonx.dumps([{"code": e.code, "message": e.message, "param": e.param, "line": e.line} for e in errors])
+        with self._db.write() as tx:
+            row = tx.one("batch", {"id": batch_id})
+            change = after_failed_validation(BatchStatus(row["status"]), stamps_of(row), at) if row else None
+            if change is None or not _cas(tx, "fail_validation", batch_id, change, errors=data.decode()):
+                return False
+            tx.run("delete_requests", {"batch_id": batch_id})
+            return True
+
+    # ---- the end -----------------------------------------------------------------------
+    def results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]:
+        with self._db.read() as tx:
+            rows = tx.all("results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
+        return [StoredResult(row["idx"], row["custom_id"], result_from_row(row)) for row in rows]
+
+    def finish_batch(
+        self,
+        batch_id: str,
+        expected: Sequence[BatchStatus],
+        new: BatchStatus,
+        at: int,
+        output_file: tuple[File, str] | None,
+        error_file: tuple[File, str] | None,
+    ) -> bool:
+        with self._db.write() as tx:
+            if tx.one("any_open_request", {"batch_id": batch_id}) is not None:
+                return False  # a request without its line: the files would lose it
+            row = tx.one("batch", {"id": batch_id})
+            change = change_status(BatchStatus(row["status"]), stamps_of(row), expected, new, at) if row else None
+            if change is None or not _cas(tx, "finish_batch", batch_id, change,
+                                          output_file_id=output_file[0].id if output_file else None,
+                                          error_file_id=error_file[0].id if error_file else None):
+                return False
+            for pair in (output_file, error_file):
+                if pair is not None:
+                    self._insert_file(tx, pair[0], pair[1])
+        return True

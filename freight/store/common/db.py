@@ -1,0 +1,40 @@
+"""The small seam under the port methods: a transaction that runs named queries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+#: A result row: its columns by name (``sqlite3.Row``, psycopg's ``dict_row``).
+Row = Any
+Params = Mapping[str, Any]
+
+
+class Tx(Protocol):
+    """One transaction (a read-only one for ``Database.read``)."""
+
+    def one(self, name: str, params: Params | None = None) -> Row | None: ...
+    def all(self, name: str, params: Params | None = None) -> list[Row]: ...
+    def run(self, name: str, params: Params | None = None) -> int:
+        """Execute; how many rows it changed."""
+        ...
+
+    def many(self, name: str, rows: Sequence[Params]) -> int:
+        """Execute once per parameter set; how many rows they changed together."""
+        ...
+
+    def array(self, values: Sequence[Any]) -> Any:
+        """A list as one query parameter (SQLite: JSON for ``json_each``; PostgreSQL: an array)."""
+        ...
+
+
+class Database(Protocol):
+    def write(self) -> AbstractContextManager[Tx]:
+        """A read-write transaction, committed when the block ends, rolled back on an exception.
+
+        Store failures come out as ``StoreError`` (``InsufficientStorage`` when the disk is full)."""
+        ...
+
+    def read(self) -> AbstractContextManager[Tx]: ...
+    def close(self) -> None: ...

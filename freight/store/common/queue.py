@@ -1,0 +1,98 @@
+"""``RequestQueue`` over named SQL (queue.sql): claims under leases, every result fenced by the
+attempt id that holds the claim."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from freight.domain import ids
+from freight.domain.claims import Tally, is_lost, worker_lost
+from freight.domain.requests import ClaimedRequest, RequestState, Result
+from freight.ports.records import Completion, Retry
+
+from .base import Base
+from .db import Row, Tx
+from .rows import result_params
+
+
+class QueueMixin(Base):
+    def claim(
+        self, batch_id: str, owner: str, now: float, lease_s: float, limit: int, max_attempts: int
+    ) -> list[ClaimedRequest]:
+        with self._db.write() as tx:
+            rows = tx.all("claim_candidates", {"batch_id": batch_id, "now": now, "limit": limit})
+            return self._lease(tx, rows, owner, now + lease_s, max_attempts)
+
+    def claim_runnable(
+        self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int, max_attempts: int
+    ) -> list[ClaimedRequest]:
+        if not models or limit <= 0:
+            return []
+        with self._db.write() as tx:
+            rows = tx.all("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
+            return self._lease(tx, rows, owner, now + lease_s, max_attempts)
+
+    @classmethod
+    def _lease(cls, tx: Tx, rows: list[Row], owner: str, until: float, max_attempts: int) -> list[ClaimedRequest]:
+        claimed: list[ClaimedRequest] = []
+        leases: list[dict[str, Any]] = []
+        lost: dict[str, list[Result]] = defaultdict(list)
+        for row in rows:
+            batch_id = row["batch_id"]
+            if is_lost(row["state"], row["attempts"], max_attempts):
+                result = worker_lost(row["attempts"], max_attempts)
+                if tx.run("close_lost", {"batch_id": batch_id, "idx": row["idx"], "attempt_id": row["attempt_id"],
+                                         **result_params(result)}):
+                    lost[batch_id].append(result)
+                continue
+            attempt_id = ids.new_attempt_id()
+            leases.append({"batch_id": batch_id, "idx": row["idx"], "attempt_id": attempt_id, "owner": owner,
+                           "until": until})
+            claimed.append(ClaimedRequest(batch_id=batch_id, idx=row["idx"], custom_id=row["custom_id"],
+                                          body=bytes(row["body"]), attempt_id=attempt_id,
+                                          attempts=row["attempts"] + 1))
+        if leases:
+            tx.many("lease", leases)
+        for batch_id, results in lost.items():
+            cls._add_counts(tx, batch_id, Tally.of(results))
+        return claimed
+
+    def renew(self, batch_id: str, attempt_ids: Sequence[str], until: float) -> int:
+        with self._db.write() as tx:
+            return tx.many("renew", [{"batch_id": batch_id, "attempt_id": a, "until": until} for a in attempt_ids])
+
+    def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
+        stored: list[Result] = []
+        with self._db.write() as tx:
+            for item in items:
+                if tx.run("complete", {"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                                       **result_params(item.result)}) == 1:
+                    stored.append(item.result)
+            self._add_counts(tx, batch_id, Tally.of(stored))
+        return len(stored)
+
+    def retry_later(self, batch_id: str, items: Sequence[Retry]) -> int:
+        with self._db.write() as tx:
+            return sum(tx.run("retry_later", {"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                                              "not_before": item.not_before, "last_error": item.last_error})
+                       for item in items)
+
+    def close_unstarted(self, batch_id: str, result: Result, include_running: bool) -> int:
+        with self._db.write() as tx:
+            n = tx.run("close_open" if include_running else "close_pending",
+                       {"batch_id": batch_id, **result_params(result)})
+            self._add_counts(tx, batch_id, Tally.repeated(result, n))
+            return n
+
+    def open_counts(self, batch_id: str) -> tuple[int, int]:
+        with self._db.read() as tx:
+            counts = {row["state"]: int(row["n"]) for row in tx.all("open_counts", {"batch_id": batch_id})}
+        return counts.get(RequestState.PENDING, 0), counts.get(RequestState.RUNNING, 0)
+
+    def release_leases(self, owner: str | None = None) -> int:
+        with self._db.write() as tx:
+            if owner is None:
+                return tx.run("release_all_leases")
+            return tx.run("release_leases_of", {"owner": owner})

@@ -1,0 +1,125 @@
+-- Migration 0001: freight's PostgreSQL schema (the same tables as SQLite's 0001).
+CREATE TABLE files (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    status TEXT NOT NULL,
+    status_details TEXT,
+    blob_key TEXT NOT NULL,
+    deleted SMALLINT NOT NULL DEFAULT 0,
+    lines BIGINT,
+    idempotency_key TEXT
+);
+CREATE INDEX files_by_project ON files(project, deleted, seq);
+CREATE UNIQUE INDEX files_by_idempotency_key ON files(project, idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE batches (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    project TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    completion_window TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    in_progress_at BIGINT,
+    finalizing_at BIGINT,
+    completed_at BIGINT,
+    failed_at BIGINT,
+    expired_at BIGINT,
+    cancelling_at BIGINT,
+    cancelled_at BIGINT,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    errors TEXT,
+    metadata TEXT,
+    model TEXT,
+    total BIGINT NOT NULL DEFAULT 0,
+    completed BIGINT NOT NULL DEFAULT 0,
+    failed BIGINT NOT NULL DEFAULT 0,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    output_expires_after_s BIGINT,
+    idempotency_key TEXT,
+    UNIQUE (project, idempotency_key)
+);
+CREATE INDEX batches_by_project ON batches(project, seq);
+CREATE INDEX batches_active ON batches(status) WHERE status NOT IN ('failed', 'completed', 'expired', 'cancelled');
+CREATE INDEX batches_by_input_file ON batches(input_file_id);
+
+CREATE TABLE requests (
+    batch_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    custom_id TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    state SMALLINT NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+    attempt_id TEXT,
+    lease_owner TEXT,
+    lease_until DOUBLE PRECISION,
+    last_error TEXT,
+    status_code INTEGER,
+    response_body BYTEA,
+    request_id TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch_id, idx)
+);
+CREATE INDEX requests_open ON requests(batch_id, state, idx) WHERE state < 2;
+CREATE INDEX requests_running ON requests(lease_owner) WHERE state = 1;
+
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+
+CREATE TABLE message_batches (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    batch_id TEXT NOT NULL UNIQUE,
+    project TEXT NOT NULL,
+    requests BIGINT NOT NULL,
+    succeeded BIGINT,
+    errored BIGINT,
+    canceled BIGINT,
+    expired BIGINT
+);
+CREATE INDEX message_batches_by_project ON message_batches(project, seq);
+
+CREATE TABLE lane_subs (
+    id TEXT PRIMARY KEY,
+    batch_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    bytes BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    upload_id TEXT,
+    upstream_id TEXT,
+    create_sent_at DOUBLE PRECISION,
+    upstream_status TEXT,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cancel_sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX lane_subs_by_batch ON lane_subs(batch_id, state);
+
+CREATE TABLE lane_items (
+    batch_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    sub_id TEXT NOT NULL,
+    PRIMARY KEY (batch_id, idx, sub_id)
+);
+CREATE INDEX lane_items_by_sub ON lane_items(sub_id, idx);

@@ -1,0 +1,6 @@
+-- Which process runs the batch steps (StepLeases; several processes on one store).
+CREATE TABLE IF NOT EXISTS step_leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);

@@ -1,0 +1,12 @@
+-- Step leases (freight/store/common/leases.py): which process runs the batch steps.
+
+-- name: acquire_lease
+INSERT INTO step_leases (name, holder, expires_at) VALUES (:name, :holder, :until)
+ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE step_leases.holder = excluded.holder OR step_leases.expires_at < :now;
+
+-- name: release_lease
+DELETE FROM step_leases WHERE name = :name AND holder = :holder;
+
+-- name: lease_holder
+SELECT holder FROM step_leases WHERE name = :name AND expires_at >= :now;

@@ -1,0 +1,73 @@
+-- The request queue (freight/store/common/queue.py). ``state`` is a RequestState; a running
+-- request's result is stored only under the attempt id that holds its claim (fencing).
+-- PostgreSQL: candidates are locked FOR UPDATE SKIP LOCKED, so concurrent claimers never take the same
+-- request and never wait on each other; the updates follow in the same (short) transaction.
+
+-- name: claim_candidates
+SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
+FROM requests r
+WHERE r.batch_id = :batch_id AND r.state < {request.done}
+  AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
+  AND EXISTS (SELECT 1 FROM batches b WHERE b.id = :batch_id AND b.status = {batch.in_progress})
+ORDER BY r.idx LIMIT :limit
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: claim_candidates_any
+SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
+FROM batches b JOIN requests r ON r.batch_id = b.id
+WHERE b.status = {batch.in_progress} AND b.model = ANY(:models)
+  AND r.state < {request.done}
+  AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
+ORDER BY b.seq, r.idx LIMIT :limit
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: lease
+UPDATE requests SET state = {request.running}, attempts = attempts + 1, attempt_id = :attempt_id,
+    lease_owner = :owner, lease_until = :until
+WHERE batch_id = :batch_id AND idx = :idx;
+
+-- name: close_lost
+UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL,
+    status_code = :status_code, response_body = :response_body, request_id = :request_id, error_code = :error_code,
+    error_message = :error_message
+WHERE batch_id = :batch_id AND idx = :idx AND state = {request.running} AND attempt_id = :attempt_id;
+
+-- name: renew
+UPDATE requests SET lease_until = :until
+WHERE batch_id = :batch_id AND attempt_id = :attempt_id AND state = {request.running};
+
+-- name: complete
+UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
+    request_id = :request_id, error_code = :error_code, error_message = :error_message,
+    input_tokens = :input_tokens, output_tokens = :output_tokens, attempt_id = NULL, lease_owner = NULL,
+    lease_until = NULL
+WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
+
+-- name: retry_later
+UPDATE requests SET state = {request.pending}, not_before = :not_before, last_error = :last_error,
+    attempt_id = NULL, lease_owner = NULL, lease_until = NULL
+WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
+
+-- name: close_pending
+UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
+    request_id = :request_id, error_code = :error_code, error_message = :error_message, attempt_id = NULL,
+    lease_owner = NULL, lease_until = NULL
+WHERE batch_id = :batch_id AND state = {request.pending};
+
+-- name: close_open
+UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
+    request_id = :request_id, error_code = :error_code, error_message = :error_message, attempt_id = NULL,
+    lease_owner = NULL, lease_until = NULL
+WHERE batch_id = :batch_id AND state < {request.done};
+
+-- name: open_counts
+SELECT state, count(*) AS n FROM requests
+WHERE batch_id = :batch_id AND state < {request.done} GROUP BY state;
+
+-- name: release_all_leases
+UPDATE requests SET state = {request.pending}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL
+WHERE state = {request.running};
+
+-- name: release_leases_of
+UPDATE requests SET state = {request.pending}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL
+WHERE state = {request.running} AND lease_owner = :owner;

@@ -1,0 +1,114 @@
+"""One SQLite database in WAL mode: one writer connection (``BEGIN IMMEDIATE`` for every write,
+so a claim is atomic) and one reader connection, each behind its own lock; WAL lets readers run
+while a write is open. ``synchronous=FULL`` by default: a committed write survives a crash of the
+process and of the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from freight.domain.errors import InsufficientStorage, StoreError
+from freight.store.common.db import Params, Row
+from freight.store.queries import queries
+
+
+def store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """A clear StoreError for a failed SQLite call; "disk full" becomes InsufficientStorage."""
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+        return InsufficientStorage(f"The server is out of disk space ({what}: {exc}); nothing was stored.",
+                                   code="insufficient_storage")
+    return StoreError(f"{what}: {exc}")
+
+
+class SqliteTx:
+    def __init__(self, conn: sqlite3.Connection, named: dict[str, str]):
+        self._c = conn
+        self._q = named
+
+    def one(self, name: str, params: Params | None = None) -> Row | None:
+        return self._c.execute(self._q[name], params or {}).fetchone()
+
+    def all(self, name: str, params: Params | None = None) -> list[Row]:
+        return self._c.execute(self._q[name], params or {}).fetchall()
+
+    def run(self, name: str, params: Params | None = None) -> int:
+        return self._c.execute(self._q[name], params or {}).rowcount
+
+    def many(self, name: str, rows: Sequence[Params]) -> int:
+        if not rows:
+            return 0
+        return self._c.executemany(self._q[name], rows).rowcount
+
+    def array(self, values: Sequence[Any]) -> Any:
+        return json.dumps(list(values))
+
+
+class SqliteDatabase:
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30_000):
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"unknown sqlite synchronous mode {synchronous!r}")
+        self.path = path
+        self._synchronous = synchronous.upper()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._named = queries("sqlite")
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._writer = self.connect()
+        try:
+            self._reader = self.connect()
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        return conn
+
+    @property
+    def writer(self) -> sqlite3.Connection:
+        return self._writer
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[SqliteTx]:
+        with self._write_lock:
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise store_error("store write failed to start", exc) from exc
+            try:
+                yield SqliteTx(conn, self._named)
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise store_error("store write failed", exc) from exc
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise store_error("store write failed to commit", exc) from exc
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[SqliteTx]:
+        with self._read_lock:
+            try:
+                yield SqliteTx(self._reader, self._named)
+            except sqlite3.Error as exc:
+                raise store_error("store read failed", exc) from exc
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
