@@ -115,7 +115,7 @@ def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
     from freight.cli import local_run
     from freight.config import Settings
     from freight.domain.retry import RetryPolicy
-    from freight.engine.engine import EngineSettings
+    from freight.engine.settings import EngineSettings
     from freight.runtime import build_runtime
 
     with tempfile.TemporaryDirectory(prefix="freight-bench-remote-") as tmp:

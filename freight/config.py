@@ -19,7 +19,7 @@ import platformdirs
 from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
-from freight.engine.engine import EngineSettings
+from freight.engine.settings import EngineSettings
 from freight.ports import Quota
 from freight.services.batches import WindowLimits
 from freight.services.files import UploadLimits

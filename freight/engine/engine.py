@@ -22,7 +22,6 @@ import logging
 import random as _random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from freight.domain import ids
@@ -37,7 +36,7 @@ from freight.domain.requests import (
     Failure,
     Result,
 )
-from freight.domain.retry import RetryPolicy, is_transient_status
+from freight.domain.retry import is_transient_status
 from freight.domain.steps import StepPolicy
 from freight.engine.finalize import finalize_batch
 from freight.engine.give_up import give_up_validation
@@ -45,6 +44,7 @@ from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
 from freight.engine.repeats import RepeatedFailures
+from freight.engine.settings import EngineSettings
 from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns
 from freight.ports import Backend, BlobStore, Completion, Retry, StepLeases, Store
@@ -52,39 +52,9 @@ from freight.services.catalog import ModelCatalog
 from freight.services.files import purge_files, sweep_orphan_blobs
 from freight.services.transitions import log_transition
 from freight.wire import jsonx
-from freight.wire.batch_input import InputLimits
 
 log = logging.getLogger("freight.engine")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    #: How long a claim is valid without renewal (renewed every third of it while running).
-    lease_s: float = 120.0
-    #: Longest sleep between two looks at the store when nothing wakes the engine.
-    poll_interval_s: float = 0.2
-    #: How long cancel and expiry wait for in-flight requests before abandoning them.
-    drain_timeout_s: float = 30.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    input_limits: InputLimits = field(default_factory=InputLimits)
-    #: How often deleted and expired files have their bytes removed.
-    housekeeping_interval_s: float = 60.0
-    #: Storing a chunk's results is retried this many times (a locked or full store), with a backoff
-    #: from ``store_retry_base_s`` doubling up to ``store_retry_max_s``, before the results are given
-    #: up (the requests then run again once their lease expires).
-    store_retry_attempts: int = 8
-    store_retry_base_s: float = 0.05
-    store_retry_max_s: float = 2.0
-    #: A batch step (validate, finalize, close) that failed is tried again after a backoff that
-    #: doubles from ``poll_interval_s`` up to this.
-    step_retry_max_s: float = 30.0
-    #: Validation failing this often in a row (once past the window: the next) is given up (domain/steps.py).
-    step_max_tries: int = 10
-    step_tries_past_window: int = 3
-    #: How long the ``batch-steps`` lease (see ``StepLeases``) outlives its holder's last renewal: a
-    #: process that dies holding it delays the batch steps by at most this.
-    step_lease_s: float = 15.0
 
 
 class Engine:
