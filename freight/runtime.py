@@ -13,9 +13,9 @@ from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
 from freight.services.keys import KeyService
+from freight.store import open_store
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
-from freight.store import open_store
 
 
 class SystemClock:

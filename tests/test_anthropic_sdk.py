@@ -30,12 +30,12 @@ UNKNOWN = "msgbatch_" + "0" * 24
 # ---- fixtures ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(make_server: Callable[..., FreightServer]) -> FreightServer:
+def server(make_server: Callable[..., FreightServer], database_url: str | None) -> FreightServer:
     return make_server(config_text(extra=f"""
 [anthropic]
 max_batch_requests = {MAX_REQUESTS}
 max_batch_bytes = {MAX_BYTES}
-"""))
+"""), database_url=database_url)
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,8 @@ OUTPUT_LINE_KEYS = {"id", "custom_id", "response", "error"}
 
 
 @pytest.fixture(scope="module")
-def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    return make_server(config_text(embeddings=True))
+def server(make_server: Callable[..., FreightServer], database_url: str | None) -> FreightServer:
+    return make_server(config_text(embeddings=True), database_url=database_url)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freight.domain.batches import TIMESTAMP_FIELD, TERMINAL, BatchStatus
+from freight.domain.batches import TERMINAL, TIMESTAMP_FIELD, BatchStatus
 from freight.domain.claims import Tally, is_lost, worker_lost
 from freight.domain.errors import RateLimited
 from freight.domain.message_batches import ended_counts

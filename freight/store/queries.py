@@ -7,7 +7,8 @@ written as macros and filled in at load, so that each is written once:
 - ``{batch.<status>}``, ``{sub.<state>}``: a quoted ``BatchStatus`` / ``SubState`` value;
 - ``{request.<state>}``, ``{file.<state>}``: a ``RequestState`` / ``FileRowState`` number;
 - ``{batch.terminal}``: the parenthesised list of terminal statuses;
-- ``{cols.batch}`` (``{cols.b_batch}``: of ``batches b``), ``{cols.file}``, ``{cols.lane_sub}``: the columns the row readers expect.
+- ``{cols.batch}`` (``{cols.b_batch}``: of ``batches b``), ``{cols.file}``, ``{cols.lane_sub}``: the
+  columns the row readers expect.
 """
 
 from __future__ import annotations
