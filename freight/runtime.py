@@ -55,16 +55,16 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         blobs = LocalBlobStore(settings.data_dir / "blobs")
         catalog = ModelCatalog(backends if backends is not None else build_backends(settings.model_tables()),
                                build_lanes(settings.model_tables()) if backends is None else [])
-        engine = Engine(store, blobs, catalog, clock, settings.engine)
+        owner = data_lock.engine_id() if data_lock is not None else None
+        engine = Engine(store, blobs, catalog, clock, settings.engine, owner=owner)
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)
-        if data_lock is not None:
-            if settings.database_url is None:
-                # This process is the only engine on this SQLite store: every lease left behind belongs
-                # to a dead process, so its requests can run again at once instead of after lease expiry.
-                # A shared store is never reset: other processes' leases expire and are taken over.
-                store.release_leases()
+        if owner is not None:
+            # Leases this data dir's engine held before it stopped are dead (this process holds the
+            # lock now): their requests can run again at once instead of after lease expiry. Other
+            # processes' leases are never reset: they expire and are taken over.
+            store.release_leases(owner)
             engine.sweep_orphan_blobs()
     except BaseException:
         if data_lock is not None:

@@ -1,6 +1,6 @@
 """Choosing the store: ``--database-url`` / FREIGHT_DATABASE_URL, ``freight migrate``, a
-PostgreSQL database that is not migrated refused at start, and start-up never resetting the
-leases of other processes on a shared store."""
+PostgreSQL database that is not migrated refused at start, and start-up taking back only the
+leases of this data dir's engine, never another process's."""
 
 from __future__ import annotations
 
@@ -95,10 +95,28 @@ def test_start_up_on_a_shared_store_leaves_other_processes_leases_alone(tmp_path
         other.insert_requests(b.id, [NewRequest(i, i + 1, f"c{i}", b"{}") for i in range(3)])
         other.start_batch(b.id, 3, "m", 1)
         assert len(other.claim(b.id, "a-live-worker", time.time(), 600, 3, 5)) == 3
-        runtime = build_runtime(load_settings(None, data_dir=tmp_path / "data", env={}, database_url=url),
-                                backends=[])
+        settings = load_settings(None, data_dir=tmp_path / "data", env={}, database_url=url)
+        runtime = build_runtime(settings, backends=[])
         try:
             assert runtime.store.open_counts(b.id) == (0, 3), "still running under the live worker's leases"
+            assert runtime.store.release_leases("a-live-worker") == 3
+            assert len(runtime.store.claim(b.id, runtime.engine.owner, time.time(), 600, 2, 5)) == 2
+        finally:
+            runtime.close()
+        runtime = build_runtime(settings, backends=[])  # the same data dir's engine, restarted
+        try:
+            assert runtime.store.open_counts(b.id) == (3, 0), "its own leases were taken back at start"
         finally:
             runtime.close()
             other.close()
+
+
+def test_the_engine_id_of_a_data_dir_is_kept_across_restarts(tmp_path: Path) -> None:
+    from freight.store.lock import DataDirLock
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = DataDirLock(tmp_path / "a").engine_id()
+    assert re.fullmatch(r"engine-[0-9a-f]{32}", first)
+    assert DataDirLock(tmp_path / "a").engine_id() == first
+    assert DataDirLock(tmp_path / "b").engine_id() != first

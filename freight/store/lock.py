@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import secrets
 from pathlib import Path
 
 from freight.domain.errors import ConfigError
@@ -34,3 +36,18 @@ class DataDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def engine_id(self) -> str:
+        """The lease owner of the engine that holds this lock: random, made once per data dir and
+        kept in it, so a restarted engine knows its own leases (no other process has this id)."""
+        path = self.path.parent / "engine.id"
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if not re.fullmatch(r"[0-9a-f]{32}", text):
+            text = secrets.token_hex(16)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, path)
+        return "engine-" + text
