@@ -70,6 +70,15 @@ def test_serve_refuses_an_unmigrated_database_then_migrate_and_run_work_on_it(tm
         first = freight("migrate", "--database-url", url, cwd=tmp_path)
         assert first.returncode == 0 and "applied migration(s) 1" in first.stderr, first
         assert "up to date" in freight("migrate", "--database-url", url, cwd=tmp_path).stderr
+        env = {**subprocess_env(), "FREIGHT_DATABASE_URL": url}
+        made = subprocess.run([*freight_command(), "keys", "create", "--project", "team", "--data-dir",
+                               tmp_path / "k"], capture_output=True, text=True, env=env, timeout=60)
+        assert made.returncode == 0, made
+        from freight.store.postgres import PostgresStore
+
+        shared = PostgresStore(url)
+        assert [k.project for k in shared.list_api_keys()] == ["team"], "the key is in PostgreSQL"
+        shared.close()
         lines = [request_line(f"r{i}") for i in range(5)]
         (tmp_path / "in.jsonl").write_bytes(jsonl_bytes(lines))
         out = tmp_path / "out.jsonl"

@@ -1,7 +1,8 @@
 """``freight keys``: make, list and revoke the API keys of a data dir.
 
-These commands open the data dir's database directly (no server needed, and a running server
-sees a new key at once); they do not take the engine's lock.
+These commands open the data dir's database directly, or PostgreSQL at ``FREIGHT_DATABASE_URL`` /
+``[server] database_url`` (no server needed, and a running server sees a new key at once); they do
+not take the engine's lock.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 
 from freight.domain.errors import FreightError
 from freight.services.keys import KeyService
-from freight.store.sqlite import SqliteStore
+from freight.store import open_store
 
 config_option = click.option("--config", type=click.Path(dir_okay=False, path_type=Path), default=None,
                              help="freight.toml to read (env: FREIGHT_CONFIG; default ./freight.toml if present).")
@@ -34,8 +35,8 @@ def _keys(config: Path | None, data_dir: Path | None) -> Iterator[KeyService]:
     from freight.config import load_settings
 
     settings = load_settings(config, data_dir=data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(settings.data_dir / "freight.db", synchronous=settings.sqlite_synchronous)
+    store = open_store(settings.database_url, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
+                       pool_size=1)
     try:
         yield KeyService(store, _Clock())
     finally:

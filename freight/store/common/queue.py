@@ -64,20 +64,18 @@ class QueueMixin(Base):
             return tx.many("renew", [{"batch_id": batch_id, "attempt_id": a, "until": until} for a in attempt_ids])
 
     def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
-        stored: list[Result] = []
         with self._db.write() as tx:
-            for item in items:
-                if tx.run("complete", {"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                                       **result_params(item.result)}) == 1:
-                    stored.append(item.result)
+            counts = tx.each("complete", [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                                           **result_params(item.result)} for item in items])
+            stored = [item.result for item, n in zip(items, counts, strict=True) if n == 1]
             self._add_counts(tx, batch_id, Tally.of(stored))
         return len(stored)
 
     def retry_later(self, batch_id: str, items: Sequence[Retry]) -> int:
         with self._db.write() as tx:
-            return sum(tx.run("retry_later", {"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                                              "not_before": item.not_before, "last_error": item.last_error})
-                       for item in items)
+            return sum(tx.each("retry_later", [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                                                "not_before": item.not_before, "last_error": item.last_error}
+                                               for item in items]))
 
     def close_unstarted(self, batch_id: str, result: Result, include_running: bool) -> int:
         with self._db.write() as tx:
