@@ -3,6 +3,7 @@ attempt id that holds the claim."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -48,13 +49,12 @@ class QueueMixin(Base):
                     lost[batch_id].append(result)
                 continue
             attempt_id = ids.new_attempt_id()
-            leases.append({"batch_id": batch_id, "idx": row["idx"], "attempt_id": attempt_id, "owner": owner,
-                           "until": until})
+            leases.append({"batch_id": batch_id, "idx": row["idx"], "attempt_id": attempt_id})
             claimed.append(ClaimedRequest(batch_id=batch_id, idx=row["idx"], custom_id=row["custom_id"],
                                           body=bytes(row["body"]), attempt_id=attempt_id,
                                           attempts=row["attempts"] + 1))
         if leases:
-            tx.many("lease", leases)
+            tx.run("lease", {"rows": json.dumps(leases), "owner": owner, "until": until})
         for batch_id, results in lost.items():
             cls._add_counts(tx, batch_id, Tally.of(results))
         return claimed
