@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
-from freight.ports import Backend, Store
+from freight.ports import Backend, Store, WorkHints
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
@@ -57,6 +57,8 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
                                build_lanes(settings.model_tables()) if backends is None else [])
         owner = data_lock.engine_id() if data_lock is not None else None
         engine = Engine(store, blobs, catalog, clock, settings.engine, owner=owner)
+        if isinstance(store, WorkHints):  # a shared store: other processes' batches wake this engine
+            store.listen_for_work(engine.wake)
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)

@@ -91,6 +91,7 @@ class QueueMixin(Base):
 
     def release_leases(self, owner: str | None = None) -> int:
         with self._db.write() as tx:
-            if owner is None:
-                return tx.run("release_all_leases")
-            return tx.run("release_leases_of", {"owner": owner})
+            n = tx.run("release_all_leases") if owner is None else tx.run("release_leases_of", {"owner": owner})
+            if n:
+                self._hint_work(tx)
+            return n
