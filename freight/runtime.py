@@ -15,7 +15,7 @@ from typing import Any
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
-from freight.ports import Backend, BlobStore, Store
+from freight.ports import Backend, BlobStore, Store, WorkHints
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
@@ -113,7 +113,12 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
         # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
         shared = data_lock is not None or settings.database_url is not None
-        engine = Engine(store, blobs, catalog, clock, settings.engine, steps=store if shared else None)
+        # A process alone on its data dir at start leases under the data dir's id, so that once restarted
+        # it knows its own leases; one that joins others gets a fresh id.
+        owner = data_lock.engine_id() if alone and data_lock is not None else None
+        engine = Engine(store, blobs, catalog, clock, settings.engine, steps=store if shared else None, owner=owner)
+        if isinstance(store, WorkHints):  # a shared store: other processes' batches wake this engine
+            store.listen_for_work(engine.wake)
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)
@@ -126,6 +131,11 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             # flight; leases expire and are taken over instead.
             store.release_leases()
             engine.sweep_orphan_blobs()
+        elif owner is not None:
+            # On a shared store, only the leases this data dir's engine held before it stopped are
+            # dead (this process had the data dir to itself): they can run again at once. Other
+            # processes' leases are never reset: they expire and are taken over.
+            store.release_leases(owner)
         if data_lock is not None and not exclusive:
             data_lock.share()
     except BaseException:

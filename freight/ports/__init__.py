@@ -3,6 +3,7 @@
 - the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
   ``MessageBatchStore``, ``LaneStore``; ``Store`` is all of them (what one adapter provides);
 - ``StepLeases``: which process runs the batch steps;
+  ``WorkHints``, optional: a shared store waking other processes;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
 - ``Backend``: a way of executing requests (a local model, an HTTP endpoint); ``BatchLane``: a
   provider's own batch API.
@@ -15,6 +16,7 @@ from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
 from freight.ports.files import FileStore
+from freight.ports.hints import WorkHints
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
@@ -43,4 +45,5 @@ __all__ = [
     "StepLeases",
     "Store",
     "StoredResult",
+    "WorkHints",
 ]
