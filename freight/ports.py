@@ -9,9 +9,12 @@ Store methods are synchronous and short; the async engine calls them from a work
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextvars
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from freight.domain.batches import Batch, BatchError, BatchStatus
 from freight.domain.files import File
@@ -272,12 +275,94 @@ class ModelInfo:
     owned_by: str = "freight"
 
 
+#: ``Failure.code`` for a request that a backend did not start because its call was withdrawn.
+WITHDRAWN = "withdrawn"
+T = TypeVar("T")
+
+
+class Withdrawn(Exception):
+    """Raised by ``Withdrawal.before``: the wait was given up, the request is not to start."""
+
+
+class Withdrawal:
+    """Tells a backend that the requests of one ``execute`` call which have not started should not start.
+
+    Set by the engine when their batch is cancelled or expires (and, later, paused). Requests still
+    waiting inside the backend (a queue for a decoding slot, rate-limit admission) then end at once as
+    ``Failure(WITHDRAWN, ...)``; the engine puts them back (fenced by their attempt id) and the batch's
+    close records them as cancelled or expired. Requests already running may finish. ``set`` is called
+    on the event loop; ``is_set`` may be read from any thread; callbacks run where ``set`` runs.
+    """
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def is_set(self) -> bool:
+        return self._reason is not None
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            if self._reason is not None:
+                return
+            self._reason = reason
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once when this is set (at once when it already is)."""
+        with self._lock:
+            if self._reason is None:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def failure(self) -> Failure:
+        return Failure(WITHDRAWN, f"not started: the batch was {self._reason or 'withdrawn'}")
+
+    async def before(self, wait: Awaitable[T]) -> T:
+        """Await ``wait`` (a queue, a slot, an admission) unless this is set first: then cancel it, raise
+        ``Withdrawn``. ``wait`` must be safe to cancel."""
+        task = asyncio.ensure_future(wait)
+        if self.is_set():
+            task.cancel()
+            raise Withdrawn(self._reason)
+        loop = asyncio.get_running_loop()
+        gone = loop.create_future()
+        self.add_callback(lambda: loop.call_soon_threadsafe(lambda: gone.done() or gone.set_result(None)))
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise Withdrawn(self._reason)
+
+
+#: The ``Withdrawal`` of the ``execute`` call being made (set by the engine around each call; None
+#: for direct calls such as the synchronous API's). A context variable, so it reaches the tasks and
+#: worker threads a backend starts, through wrappers such as the Messages adapter.
+current_withdrawal: contextvars.ContextVar[Withdrawal | None] = contextvars.ContextVar(
+    "freight_withdrawal", default=None)
+
+
 class Backend(Protocol):
     """Executes requests for the models it serves.
 
     ``execute`` gets the parsed bodies of requests claimed together (all for one model and
     endpoint) and returns one ``Result`` (a response: 2xx succeeded, 4xx refused, 429/5xx
-    retried) or ``Failure`` (no response: retried) per request, in order.
+    retried) or ``Failure`` (no response: retried) per request, in order. A backend where requests
+    wait before they start should watch ``current_withdrawal.get()`` (see ``Withdrawal``).
     """
 
     def models(self) -> Sequence[ModelInfo]: ...

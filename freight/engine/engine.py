@@ -42,7 +42,8 @@ from freight.engine.finalize import finalize_batch
 from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
-from freight.ports import Backend, BlobStore, Completion, Retry, Store
+from freight.engine.withdrawals import Withdrawals
+from freight.ports import WITHDRAWN, Backend, BlobStore, Completion, Retry, Store
 from freight.services.catalog import ModelCatalog
 from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits
@@ -137,6 +138,7 @@ class Engine:
         self.lanes = LaneRunner(store, blobs, catalog, clock, random=random)
         #: batch id -> (consecutive failures of its steps, monotonic time before which not to retry)
         self._failing: dict[str, tuple[int, float]] = {}
+        self._withdrawals = Withdrawals()  # of chunks in flight: set when their batch is cancelled or expires
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -208,6 +210,7 @@ class Engine:
         runnable: dict[int, list[Batch]] = {}
         now = self.clock.now()
         for batch in batches:
+            self._withdrawals.look(batch, now)
             if batch.id in self._busy:
                 if batch.status is BatchStatus.IN_PROGRESS:
                     self._add_runnable(runnable, batch)
@@ -439,7 +442,8 @@ class Engine:
         try:
             bodies = [jsonx.loads(c.body) for c in claimed]
             try:
-                results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
+                with self._withdrawals.chunk(batch.id) as withdrawal:
+                    results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
                 if len(results) != len(bodies):
                     raise RuntimeError(f"backend returned {len(results)} results for {len(bodies)} requests")
             except asyncio.CancelledError:
@@ -448,7 +452,7 @@ class Engine:
                 log.warning("backend call failed", exc_info=True, extra={"event": "backend_failed",
                                                                           "batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
-            completions, retries = self._decide(claimed, results)
+            completions, retries = self._decide(claimed, results, withdrawal.is_set())
             # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
             if completions:
                 await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
@@ -465,12 +469,15 @@ class Engine:
         self.wake()
 
     def _decide(
-        self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure]
+        self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure], withdrawn: bool = False
     ) -> tuple[list[Completion], list[Retry]]:
         completions: list[Completion] = []
         retries: list[Retry] = []
         now = self.clock.now()
         for request, result in zip(claimed, results, strict=True):
+            if withdrawn and isinstance(result, Failure) and result.code == WITHDRAWN:
+                retries.append(Retry(request.idx, request.attempt_id, now, result.message))  # never started
+                continue
             transient = isinstance(result, Failure) or (
                 result.status_code is not None and is_transient_status(result.status_code))
             if not transient:

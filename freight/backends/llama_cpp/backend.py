@@ -19,7 +19,7 @@ from freight.backends.llama_cpp.weights import CONVERT_FTYPES, DEFAULT_MODEL_ID,
 from freight.domain.errors import ConfigError
 from freight.domain.ids import new_request_id
 from freight.domain.requests import Failure, Result
-from freight.ports import ModelInfo
+from freight.ports import ModelInfo, current_withdrawal
 from freight.wire.jsonx import dumps
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class LlamaCppBackend:
         if decoder is None or runner is None or not decoder.alive:
             return [Failure("backend_unavailable", "the local model backend is not running")] * len(bodies)
         loop = asyncio.get_running_loop()
+        withdrawal = current_withdrawal.get()
         preparing = asyncio.ensure_future(asyncio.to_thread(self._prepare, endpoint, bodies))
         try:
             prepared = await asyncio.shield(preparing)
@@ -163,7 +164,7 @@ class LlamaCppBackend:
                 jobs.append(None)
                 continue
             fut: asyncio.Future[None] = loop.create_future()
-            job = Job(len(p.specs), _waker(loop, fut))
+            job = Job(len(p.specs), _waker(loop, fut), withdrawal)
             futures.append(fut)
             jobs.append(job)
             batch.extend((spec, job, i) for i, spec in enumerate(p.specs))
@@ -188,6 +189,9 @@ class LlamaCppBackend:
                 results.append(p if isinstance(p, Result) else Failure("backend_error", "lost request"))
                 continue
             job = maybe_job
+            if job.withdrawn and withdrawal is not None:
+                results.append(withdrawal.failure())
+                continue
             if job.error is not None:
                 results.append(Failure(*job.error))
                 continue

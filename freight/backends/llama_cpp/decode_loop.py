@@ -1,6 +1,14 @@
 """The decode loop: continuous batching of sequences over a ``ModelRunner`` on one thread (see the package doc).
 
 Named for llama.cpp's token loop; it is not the engine's job scheduling.
+
+Seeded sequences are decoded once per identical request. The logits of a sequence depend, by float noise, on
+what it is batched with (llama.cpp's CPU kernels sum in another order for a micro-batch of one token than for
+several, and a step's batch is split into micro-batches by its shortest sequence), and a sampled draw near the
+boundary between two tokens then picks the other one. So a sequence with a key (``SeqSpec.key``: a seed was
+given) that is identical to one in flight follows it and gets its output, and one identical to a recently
+finished one gets that one's output (the last ``MEMO_SIZE``): the same seed and inputs give the same output
+in one process, whatever the batch.
 """
 
 from __future__ import annotations
@@ -10,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -23,23 +31,41 @@ from freight.backends.llama_cpp.interface import (
     TokenLogprob,
     common_prefix,
 )
+from freight.ports import Withdrawal
 
 log = logging.getLogger(__name__)
 
+#: Finished seeded sequences whose outputs are kept for identical requests.
+MEMO_SIZE = 1024
+
 
 class Job:
-    """The sequences of one request; ``on_done`` is called once (from the engine thread) when all have ended."""
+    """The sequences of one request; ``on_done`` is called once (from the engine thread) when all have ended.
 
-    def __init__(self, n: int, on_done: Callable[[Job], None]) -> None:
+    A job whose ``withdrawal`` is set before any of its sequences got a slot ends at once, ``withdrawn``.
+    """
+
+    def __init__(self, n: int, on_done: Callable[[Job], None], withdrawal: Withdrawal | None = None) -> None:
         self.outputs: list[SeqOutput | None] = [None] * n
         self.remaining = n
         self.error: tuple[str, str] | None = None
         self.cancelled = False
         self.done = False
+        self.started = False  # one of its sequences was given a slot
+        self.withdrawn = False
+        self.withdrawal = withdrawal
         self._on_done = on_done
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    @property
+    def withdrawable(self) -> bool:
+        return not self.started and not self.done and self.withdrawal is not None and self.withdrawal.is_set()
+
+    def _withdraw(self) -> None:
+        self.withdrawn = self.cancelled = True
+        self._complete()
 
     def _finish(self, index: int, out: SeqOutput) -> None:
         if self.done:
@@ -79,6 +105,7 @@ class _Seq:
     pos_offset: int = 0  # debug only: see DecodeLoop.debug_pos_offset
     stale: bool = False  # debug only: see DecodeLoop.debug_stale_token
     started: bool = False  # its first prompt chunk was scheduled
+    followers: list[_Seq] = field(default_factory=list)  # identical seeded sequences waiting for its output
 
     @property
     def prefilling(self) -> bool:
@@ -95,6 +122,7 @@ class DecodeStats:
     generated_tokens: int = 0
     max_active: int = 0
     moves: int = 0  # sequences moved to a lower slot
+    shared: int = 0  # seeded sequences answered with an identical one's output
     #: How many steps decoded how many sequences (the batch's fill; see bench/bench_chat.py's bound).
     decode_widths: dict[int, int] = field(default_factory=dict)
 
@@ -113,6 +141,8 @@ class DecodeLoop:
         self._dead: BaseException | None = None
         self._stopping = False
         self.stats = DecodeStats()
+        self._memo: OrderedDict[bytes, SeqOutput] = OrderedDict()
+        self._leaders: dict[bytes, _Seq] = {}  # key -> the sequence that decodes for its followers
         # Debug/test hooks that inject decode-loop bugs into chosen sequences, to show that the tests can see them.
         # Both are called with a new sequence's prompt tokens.
         #: Returns an offset added to the positions of the sequence's generated tokens.
@@ -172,20 +202,88 @@ class DecodeLoop:
                     seq = _Seq(spec=spec, job=job, index=index)
                     if spec.logprobs is not None:
                         seq.lps = []
-                    self._waiting.append(seq)
+                    self._enqueue(seq)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             return True
 
+    def _enqueue(self, seq: _Seq) -> None:
+        key = seq.spec.key
+        if key is not None:
+            out = self._memo.get(key)
+            if out is not None:
+                self._memo.move_to_end(key)
+                self._runner.free_sampler(seq.spec.sampler)
+                self.stats.shared += 1
+                seq.job._finish(seq.index, out)
+                return
+            leader = self._leaders.get(key)
+            if leader is not None:
+                leader.followers.append(seq)
+                return
+            self._leaders[key] = seq
+        self._waiting.append(seq)
+
+    def _settle(self, s: _Seq, out: SeqOutput) -> None:
+        """``s`` ended with ``out``: keep it for identical requests, answer its followers."""
+        key = s.spec.key
+        if key is None:
+            return
+        if self._leaders.get(key) is s:
+            del self._leaders[key]
+        self._memo[key] = out
+        while len(self._memo) > MEMO_SIZE:
+            self._memo.popitem(last=False)
+        for f in s.followers:
+            self._runner.free_sampler(f.spec.sampler)
+            self.stats.shared += 1
+            f.job._finish(f.index, out)
+        s.followers = []
+
+    def _hand_over(self, s: _Seq) -> None:
+        """``s`` leaves without an output (cancelled, failed): its first live follower decodes instead."""
+        key = s.spec.key
+        if key is None or self._leaders.get(key) is not s:
+            return
+        del self._leaders[key]
+        live = self._live(s.followers)
+        s.followers = []
+        if live:
+            heir = live[0]
+            heir.followers = live[1:]
+            self._leaders[key] = heir
+            self._waiting.appendleft(heir)
+
+    def _live(self, seqs: list[_Seq]) -> list[_Seq]:
+        """``seqs`` without those whose request was cancelled or withdrawn (their samplers are freed)."""
+        live = []
+        for f in seqs:
+            if f.job.withdrawable:
+                f.job._withdraw()
+            if f.job.cancelled:
+                self._runner.free_sampler(f.spec.sampler)
+            else:
+                live.append(f)
+        return live
+
     def _reap_cancelled(self) -> None:
-        if any(s.job.cancelled for s in self._waiting):
+        for leader in self._leaders.values():
+            if leader.followers:
+                leader.followers = self._live(leader.followers)
+        if any(s.job.cancelled or s.job.withdrawable for s in self._waiting):
             keep: deque[_Seq] = deque()
+            gone: list[_Seq] = []
             for s in self._waiting:
+                if s.job.withdrawable:
+                    s.job._withdraw()
                 if s.job.cancelled:
                     self._runner.free_sampler(s.spec.sampler)
+                    gone.append(s)
                 else:
                     keep.append(s)
             self._waiting = keep
+            for s in gone:
+                self._hand_over(s)
         for s in [s for s in self._active.values() if s.job.cancelled]:
             self._retire(s)
 
@@ -193,6 +291,7 @@ class DecodeLoop:
         while self._free and self._waiting:
             s = self._waiting.popleft()
             s.slot = heapq.heappop(self._free)
+            s.job.started = True
             if self.debug_pos_offset is not None:
                 s.pos_offset = self.debug_pos_offset(s.spec.prompt)
             if self.debug_stale_token is not None:
@@ -340,6 +439,7 @@ class DecodeLoop:
         out = SeqOutput(
             tokens=s.tokens, text=bytes(s.text), finish_reason=reason, logprobs=lps, offsets=s.offsets[:kept]
         )
+        self._settle(s, out)
         self._retire(s)
         s.job._finish(s.index, out)
 
@@ -348,8 +448,13 @@ class DecodeLoop:
             self._runner.release(s.slot)
             heapq.heappush(self._free, s.slot)
         self._runner.free_sampler(s.spec.sampler)
+        self._hand_over(s)
 
     def _fail_everything(self, code: str, message: str) -> None:
+        for leader in self._leaders.values():
+            for f in leader.followers:
+                f.job._fail(code, message)
+        self._leaders.clear()
         for s in list(self._active.values()) + list(self._waiting):
             s.job._fail(code, message)
         self._waiting.clear()

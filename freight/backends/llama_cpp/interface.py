@@ -114,6 +114,8 @@ class SeqSpec:
     sampler: Any
     stop: tuple[bytes, ...] = ()
     logprobs: int | None = None  # None: not requested; k: the chosen token plus k alternatives
+    #: Set when a seed was given: identical keys are decoded once (see freight/backends/llama_cpp/decode_loop.py).
+    key: bytes | None = None
 
 
 @dataclass

@@ -240,8 +240,12 @@ class RequestParser:
             for p, prompt in enumerate(prompts):
                 for j in range(n):
                     params = SamplingParams(seed=self._choice_seed(seed, p * n + j), **kw)
+                    key = None
+                    if seed is not None:  # everything the sequence's output depends on
+                        what = repr((prompt, max_tokens[p], stops, logprobs, params)).encode()
+                        key = hashlib.blake2b(what, digest_size=16).digest()
                     sampler = self.runner.make_sampler(params)
-                    specs.append(SeqSpec(prompt, max_tokens[p], sampler, stops, logprobs))
+                    specs.append(SeqSpec(prompt, max_tokens[p], sampler, stops, logprobs, key))
         except BaseException:
             for s in specs:
                 self.runner.free_sampler(s.sampler)
