@@ -334,10 +334,19 @@ class Withdrawal:
             task.cancel()
             raise Withdrawn(self._reason)
         loop = asyncio.get_running_loop()
-        gone = loop.create_future()
-        self.add_callback(lambda: loop.call_soon_threadsafe(lambda: gone.done() or gone.set_result(None)))
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        def from_anywhere() -> None:
+            loop.call_soon_threadsafe(wake)
+
+        self.add_callback(from_anywhere)
         try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waiters: list[asyncio.Future[Any]] = [task, gone]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             task.cancel()
             raise

@@ -41,7 +41,8 @@ class FakeRunner:
         return [i if item.logits else -1 for i, item in enumerate(items)]
 
     def sample(self, sampler: Any, out: int) -> int:
-        return (sampler.rng.randrange(VOCAB) + self.width) % VOCAB  # "noise" from the batch's width
+        token: int = (sampler.rng.randrange(VOCAB) + self.width) % VOCAB  # "noise" from the batch's width
+        return token
 
     def piece(self, token: int) -> bytes:
         return b"%d " % token

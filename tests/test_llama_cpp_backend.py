@@ -26,6 +26,7 @@ from freight.backends.llama_cpp import (
 )
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
+from freight.ports import WITHDRAWN, Withdrawal, current_withdrawal
 from freight.wire.jsonx import loads
 
 # Logits of the same token under the same context differ between batched and one-at-a-time decoding by float
@@ -186,6 +187,43 @@ def test_seed_repeats_alone_and_inside_a_batch(backend: LlamaCppBackend) -> None
     assert content(ok(mixed[2])) == first
     different = {content(ok(r)) for r in run(backend, [{**req, "seed": s} for s in (1, 2, 3)])}
     assert different != {first}
+
+
+def test_identical_seeded_lines_far_apart_in_a_busy_batch_and_across_batches(backend: LlamaCppBackend) -> None:
+    """Decoded in different company their logits differ by float noise, so they are decoded once (decode_loop.py)."""
+    assert backend.decode_loop is not None
+    backend.decode_loop.stats = DecodeStats()
+    req = chat("Write one sentence about the sea and a red boat.", max_tokens=32, temperature=0.9, seed=4321)
+    busy = [chat(p, max_tokens=8 + 4 * (i % 3), temperature=0.9) for i, p in enumerate(PROMPTS)]
+    out = run(backend, [req, *busy, {**req}])
+    assert content(ok(out[0])) == content(ok(out[-1]))
+    later = run(backend, [*busy[:3], {**req}])
+    assert content(ok(later[-1])) == content(ok(out[0]))
+    assert backend.decode_loop.stats.shared == 2
+
+
+def test_requests_waiting_for_a_slot_end_when_withdrawn(backend: LlamaCppBackend) -> None:
+    small = LlamaCppBackend(cache_dir=backend._cache_dir, n_slots=2, n_ctx=2048)
+
+    async def go() -> list[Result | Failure]:
+        await small.start()
+        withdrawal = Withdrawal()
+        current_withdrawal.set(withdrawal)  # this task's context, as the engine does
+        call = asyncio.ensure_future(
+            small.execute(CHAT, [chat(f"Write a long story number {i}.", max_tokens=48) for i in range(5)]))
+        loop = small.decode_loop
+        assert loop is not None
+        while len(loop._active) < 2:
+            await asyncio.sleep(0.01)
+        withdrawal.set("cancelled")
+        return await call
+
+    try:
+        results = asyncio.run(go())
+    finally:
+        asyncio.run(small.close())
+    assert all(content(ok(r)) for r in results[:2])  # they had slots: they finish
+    assert all(isinstance(r, Failure) and r.code == WITHDRAWN for r in results[2:]), results[2:]
 
 
 def test_concurrent_executes_share_the_running_batch(backend: LlamaCppBackend) -> None:
