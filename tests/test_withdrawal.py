@@ -157,3 +157,33 @@ def test_withdrawal_runs_callbacks_once() -> None:
     w.add_callback(lambda: seen.append(2))
     assert seen == [1, 2] and w.reason == "cancelled" and w.failure().code == WITHDRAWN
     assert current_withdrawal.get() is None
+
+
+def test_openai_http_requests_waiting_for_rate_limit_admission_end_when_withdrawn() -> None:
+    from freight.backends.openai_http import OpenAIHTTPBackend
+    from freight.testing.upstream import Upstream, UpstreamConfig
+
+    secret = "sk-test-withdrawal-0123456789abcdef"
+    with Upstream(UpstreamConfig(api_key=secret)) as up:
+        # 2 requests a minute: after the first, each request waits ~30 s for admission.
+        b = OpenAIHTTPBackend("remote", up.base_url, api_key_env="KEY", upstream_model="sim-model",
+                              env={"KEY": secret}, rpm=2)
+        bodies = [{"model": "remote", "messages": [{"role": "user", "content": f"q{i}"}], "max_tokens": 4}
+                  for i in range(4)]
+
+        async def go() -> list[Any]:
+            withdrawal = Withdrawal()
+            current_withdrawal.set(withdrawal)
+            call = asyncio.ensure_future(b.execute("/v1/chat/completions", bodies))
+            while up.stats().requests < 1:
+                await asyncio.sleep(0.01)
+            withdrawal.set("cancelled")
+            try:
+                return await asyncio.wait_for(call, 20)  # not the ~30 s per request that admission would take
+            finally:
+                await b.close()
+
+        results = asyncio.run(go())
+        sent = up.stats().requests
+    withdrawn = [r for r in results if isinstance(r, Failure) and r.code == WITHDRAWN]
+    assert sent < len(bodies) and len(withdrawn) == len(bodies) - sent, (sent, results)
