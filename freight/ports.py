@@ -10,6 +10,7 @@ Store methods are synchronous and short; the async engine calls them from a work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -341,7 +342,8 @@ class Withdrawal:
                 gone.set_result(None)
 
         def from_anywhere() -> None:
-            loop.call_soon_threadsafe(wake)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(wake)
 
         self.add_callback(from_anywhere)
         try:
