@@ -48,7 +48,7 @@ def test_cancel_ends_requests_waiting_for_a_slot(client: Anthropic, server: Frei
     warm = client.messages.create(model=CHAT_MODEL, max_tokens=4, messages=[{"role": "user", "content": "Hi"}])
     assert warm.content
     created = client.messages.batches.create(requests=[
-        {"custom_id": f"s{i}", "params": {"model": CHAT_MODEL, "max_tokens": 64, "messages": [
+        {"custom_id": f"s{i}", "params": {"model": CHAT_MODEL, "max_tokens": 40, "messages": [
             {"role": "user", "content": f"Write a long story about a lighthouse keeper named Ann{i}."}]}}
         for i in range(N)])
     # Four chunks claimed: 8 requests in slots, 24 queued inside the backend.
