@@ -13,7 +13,7 @@ The ``DecodeLoop`` owns one thread and one decode loop. Each step it
 2. builds ONE batch: the next token of every decoding sequence plus prompt chunks of the sequences still
    prefilling, at most ``n_batch`` tokens, logits requested only for the last token of each sequence,
 3. runs the model once (``llama_decode``) and samples one token per sequence with that sequence's own native
-   llama.cpp sampler chain (its own seed, so a seeded request does not depend on what it was batched with),
+   llama.cpp sampler chain (its own seed; identical seeded sequences are decoded once, see ``decode_loop``),
 4. retires finished sequences at once (EOS/EOT, a stop string, ``max_tokens``), removing their KV cells, so the
    freed slot takes the next waiting sequence in the next step.
 
