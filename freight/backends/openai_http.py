@@ -63,7 +63,7 @@ from freight.domain.errors import ConfigError
 from freight.domain.ids import new_request_id
 from freight.domain.ratelimit import AIMD, RateLimiter, Reservation, parse_duration_s, parse_retry_after_s
 from freight.domain.requests import Failure, Result
-from freight.ports import ModelInfo
+from freight.ports import WITHDRAWN, ModelInfo, Withdrawn, current_withdrawal
 from freight.wire import jsonx
 from freight.wire.openai import error_envelope
 
@@ -611,7 +611,11 @@ class OpenAIHTTPBackend:
                           body=jsonx.dumps(error_envelope(f"The body cannot be encoded: {exc}",
                                                           "invalid_request_error")))
         prompt_estimate, estimate = state.estimate(endpoint, payload)
-        reservation, in_flight = await state.admit(estimate)
+        withdrawal, admission = current_withdrawal.get(), state.admit(estimate)
+        try:  # waiting for admission: a cancelled or expired batch's request ends here, never sent
+            reservation, in_flight = await (withdrawal.before(admission) if withdrawal else admission)
+        except Withdrawn:
+            return withdrawal.failure() if withdrawal else Failure(WITHDRAWN, "withdrawn")
         state.counters.sent += 1
         try:
             sent = await self._send(state, endpoint, content)

@@ -18,6 +18,10 @@ reply (``finish_reason: "length"``), and a ``stop`` string in it ends the reply 
 A chat request can also carry its script in its last message: content starting with
 ``#script `` followed by the script's JSON (for callers that cannot add a ``script`` key, such
 as Anthropic Messages params).
+
+With ``slots=N`` at most N requests run at once and the others wait for a slot, as in a model
+server; a waiting request whose call is withdrawn (``freight.ports.Withdrawal``) ends at once
+without running.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from freight.domain import ids
 from freight.domain.requests import Failure, Result
-from freight.ports import ModelInfo
+from freight.ports import ModelInfo, Withdrawn, current_withdrawal
 from freight.wire import jsonx
 
 SCRIPTED_MODEL = "freight-scripted"
@@ -38,12 +42,15 @@ ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embedding
 
 
 class ScriptedBackend:
-    def __init__(self, model_id: str = SCRIPTED_MODEL, *, chunk_size: int = 16, max_concurrency: int = 4):
+    def __init__(self, model_id: str = SCRIPTED_MODEL, *, chunk_size: int = 16, max_concurrency: int = 4,
+                 slots: int | None = None):
         self.model_id = model_id
         self.chunk_size = chunk_size
         self.max_concurrency = max_concurrency
         self.calls: Counter[str] = Counter()
         self.executed = 0
+        self.withdrawn = 0
+        self._slots = asyncio.Semaphore(slots) if slots is not None else None
 
     def models(self) -> Sequence[ModelInfo]:
         return [ModelInfo(id=self.model_id, endpoints=ENDPOINTS)]
@@ -55,7 +62,22 @@ class ScriptedBackend:
         return None
 
     async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure]:
-        return list(await asyncio.gather(*(self._one(endpoint, body) for body in bodies)))
+        return list(await asyncio.gather(*(self._slot(endpoint, body) for body in bodies)))
+
+    async def _slot(self, endpoint: str, body: dict[str, Any]) -> Result | Failure:
+        if self._slots is None:
+            return await self._one(endpoint, body)
+        withdrawal = current_withdrawal.get()
+        try:
+            await (withdrawal.before(self._slots.acquire()) if withdrawal else self._slots.acquire())
+        except Withdrawn:
+            assert withdrawal is not None
+            self.withdrawn += 1
+            return withdrawal.failure()
+        try:
+            return await self._one(endpoint, body)
+        finally:
+            self._slots.release()
 
     async def _one(self, endpoint: str, body: dict[str, Any]) -> Result | Failure:
         script = body.get("script") or _message_script(body) or {}

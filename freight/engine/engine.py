@@ -47,7 +47,8 @@ from freight.engine.repeats import RepeatedFailures
 from freight.engine.settings import EngineSettings
 from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns
-from freight.ports import Backend, BlobStore, Completion, Retry, StepLeases, Store
+from freight.engine.withdrawals import Withdrawals
+from freight.ports import WITHDRAWN, Backend, BlobStore, Completion, Retry, StepLeases, Store
 from freight.services.catalog import ModelCatalog
 from freight.services.files import purge_files, sweep_orphan_blobs
 from freight.services.transitions import log_transition
@@ -97,6 +98,7 @@ class Engine:
         s = self.settings
         self._steps = StepPolicy(s.step_max_tries, s.step_tries_past_window,
                                  min(s.poll_interval_s, s.step_retry_max_s), s.step_retry_max_s)
+        self._withdrawals = Withdrawals()  # of chunks in flight: set when their batch is cancelled or expires
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -167,6 +169,7 @@ class Engine:
             # Another process runs the batch steps: this one only runs requests of batches in progress.
             runnable: dict[int, list[Batch]] = {}
             for batch in await asyncio.to_thread(self.store.active_batches):
+                self._withdrawals.look(batch, now)  # a cancel or expiry reaches this process's chunks too
                 if (batch.status is BatchStatus.IN_PROGRESS and not self.lanes.handles(batch)
                         and now < batch.expires_at):
                     self._add_runnable(runnable, batch)
@@ -186,6 +189,7 @@ class Engine:
                 self.repeats.failed("purge_failed", "removing deleted files failed", exc, level=logging.WARNING)
         runnable = {}
         for batch in batches:
+            self._withdrawals.look(batch, now)
             if batch.id in self._busy:
                 if batch.status is BatchStatus.IN_PROGRESS:
                     self._add_runnable(runnable, batch)
@@ -418,7 +422,8 @@ class Engine:
         try:
             bodies = [jsonx.loads(c.body) for c in claimed]
             try:
-                results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
+                with self._withdrawals.chunk(batch.id) as withdrawal:
+                    results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
                 if len(results) != len(bodies):
                     raise RuntimeError(f"backend returned {len(results)} results for {len(bodies)} requests")
                 self.repeats.ok(f"backend_failed:{batch.model}")
@@ -428,7 +433,7 @@ class Engine:
                 self.repeats.failed(f"backend_failed:{batch.model}", f"backend call failed (model {batch.model})",
                                     exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
-            completions, retries = self._decide(claimed, results)
+            completions, retries = self._decide(claimed, results, withdrawal.is_set())
             # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
             if completions:
                 await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
@@ -445,12 +450,15 @@ class Engine:
         self.wake()
 
     def _decide(
-        self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure]
+        self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure], withdrawn: bool = False
     ) -> tuple[list[Completion], list[Retry]]:
         completions: list[Completion] = []
         retries: list[Retry] = []
         now = self.clock.now()
         for request, result in zip(claimed, results, strict=True):
+            if withdrawn and isinstance(result, Failure) and result.code == WITHDRAWN:
+                retries.append(Retry(request.idx, request.attempt_id, now, result.message))  # never started
+                continue
             transient = isinstance(result, Failure) or (
                 result.status_code is not None and is_transient_status(result.status_code))
             if not transient:

@@ -22,6 +22,7 @@ from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
+from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
 from freight.ports.store import Store
 
@@ -45,5 +46,9 @@ __all__ = [
     "StepLeases",
     "Store",
     "StoredResult",
+    "WITHDRAWN",
+    "Withdrawal",
+    "Withdrawn",
+    "current_withdrawal",
     "WorkHints",
 ]

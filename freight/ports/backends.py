@@ -22,7 +22,8 @@ class Backend(Protocol):
 
     ``execute`` gets the parsed bodies of requests claimed together (all for one model and
     endpoint) and returns one ``Result`` (a response: 2xx succeeded, 4xx refused, 429/5xx
-    retried) or ``Failure`` (no response: retried) per request, in order.
+    retried) or ``Failure`` (no response: retried) per request, in order. A backend where requests
+    wait before they start should watch ``current_withdrawal.get()`` (see ``freight.ports.withdrawal``).
     """
 
     def models(self) -> Sequence[ModelInfo]: ...
