@@ -98,7 +98,7 @@ def test_messages_translate_to_chat() -> None:
     ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "text", "text": "x", "citations": []}]}]},
      "messages.0.content.0.citations:"),
     ({"max_tokens": 5, "messages": [{"role": "assistant", "content": "prefill"}]}, "messages.0: a final assistant"),
-    ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "t"}]}, "tools:"),
+    ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "t"}]}, "tools.0.input_schema:"),
     ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled"}}, "thinking:"),
     ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "stream": True}, "stream:"),
     ({"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "temperature": 1.5}, "temperature:"),
