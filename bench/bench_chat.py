@@ -39,9 +39,9 @@ from freight.backends.llama_cpp import (
     CHAT,
     DEFAULT_N_SLOTS,
     BatchItem,
+    DecodeStats,
     LlamaCppBackend,
     LlamaCppRunner,
-    SchedulerStats,
     convert_weights,
     smollm2_path,
 )
@@ -144,8 +144,8 @@ def bench_freight(label: str, convs: Sequence[list[dict[str, str]]], max_tokens:
     async def go() -> Run:
         await backend.start()
         await run_freight(backend, [WARM_UP] * 4, 4)
-        assert backend.runner is not None and backend.scheduler is not None
-        backend.scheduler.stats = stats = SchedulerStats()
+        assert backend.runner is not None and backend.decode_loop is not None
+        backend.decode_loop.stats = stats = DecodeStats()
         with CpuMeter(backend.runner.threads) as m:
             p, c = await run_freight(backend, convs, max_tokens)
         await backend.close()

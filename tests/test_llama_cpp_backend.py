@@ -21,8 +21,8 @@ import pytest
 from freight.backends.llama_cpp import (
     CHAT,
     COMPLETIONS,
+    DecodeStats,
     LlamaCppBackend,
-    SchedulerStats,
 )
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
@@ -189,8 +189,8 @@ def test_seed_repeats_alone_and_inside_a_batch(backend: LlamaCppBackend) -> None
 
 
 def test_concurrent_executes_share_the_running_batch(backend: LlamaCppBackend) -> None:
-    assert backend.scheduler is not None
-    backend.scheduler.stats = SchedulerStats()
+    assert backend.decode_loop is not None
+    backend.decode_loop.stats = DecodeStats()
 
     async def go() -> list[list[Result | Failure]]:
         calls = [
@@ -202,7 +202,7 @@ def test_concurrent_executes_share_the_running_batch(backend: LlamaCppBackend) -
     for results in asyncio.run(go()):
         for r in results:
             ok(r)
-    assert backend.scheduler.stats.max_active >= 4  # requests of different calls decoded together
+    assert backend.decode_loop.stats.max_active >= 4  # requests of different calls decoded together
 
 
 def test_cancelled_execute_frees_its_slots(backend: LlamaCppBackend) -> None:
@@ -213,8 +213,8 @@ def test_cancelled_execute_frees_its_slots(backend: LlamaCppBackend) -> None:
 
     asyncio.run(go())
     ok(run(backend, [chat("Hi", max_tokens=4)])[0])
-    assert backend.scheduler is not None
-    assert not backend.scheduler._active and not backend.scheduler._waiting
+    assert backend.decode_loop is not None
+    assert not backend.decode_loop._active and not backend.decode_loop._waiting
 
 
 # ---- structured output ------------------------------------------------------------------------------------------
@@ -383,10 +383,10 @@ def alone_runs(backend: LlamaCppBackend) -> list[list[dict[str, Any]]]:
 
 
 def test_greedy_batched_matches_alone(backend: LlamaCppBackend, alone_runs: list[list[dict[str, Any]]]) -> None:
-    assert backend.scheduler is not None and backend.runner is not None
-    backend.scheduler.stats = SchedulerStats()
+    assert backend.decode_loop is not None and backend.runner is not None
+    backend.decode_loop.stats = DecodeStats()
     together = [steps(r) for r in run(backend, [greedy(p) for p in PROMPTS])]
-    assert backend.scheduler.stats.max_active == min(len(PROMPTS), backend.runner.n_slots)
+    assert backend.decode_loop.stats.max_active == min(len(PROMPTS), backend.runner.n_slots)
 
     identical, report, worst_noise = 0, [], 0.0
     for i, (t, a) in enumerate(zip(together, alone_runs, strict=True)):
@@ -404,20 +404,20 @@ def test_greedy_batched_matches_alone(backend: LlamaCppBackend, alone_runs: list
     assert identical >= len(PROMPTS) // 2
 
 
-def test_near_tie_check_catches_a_scheduler_bug(
+def test_near_tie_check_catches_a_decode_loop_bug(
     backend: LlamaCppBackend, alone_runs: list[list[dict[str, Any]]]
 ) -> None:
     """An injected off-by-one (feeding the token before the one just sampled) gives divergences that are NOT near
     ties, while the untouched neighbours in the same batch still pass."""
-    assert backend.scheduler is not None and backend.runner is not None
+    assert backend.decode_loop is not None and backend.runner is not None
     runner = backend.runner
     targets = [0, 2, 4, 7]
     prompts = {tuple(runner.chat_prompt([{"role": "user", "content": PROMPTS[i]}])) for i in targets}
-    backend.scheduler.debug_stale_token = lambda prompt: tuple(prompt) in prompts
+    backend.decode_loop.debug_stale_token = lambda prompt: tuple(prompt) in prompts
     try:
         together = [steps(r) for r in run(backend, [greedy(p) for p in PROMPTS])]
     finally:
-        backend.scheduler.debug_stale_token = None
+        backend.decode_loop.debug_stale_token = None
     for i in targets:
         pos, _, gap = compare(together[i], alone_runs[i])
         assert pos is not None, f"prompt {i}: the injected bug changed nothing"
@@ -429,12 +429,12 @@ def test_near_tie_check_catches_a_scheduler_bug(
 
 def test_wrong_positions_are_refused_not_silently_decoded(backend: LlamaCppBackend) -> None:
     """llama.cpp checks that a sequence's positions are consecutive: a position bug fails loudly (retried)."""
-    assert backend.scheduler is not None
-    backend.scheduler.debug_pos_offset = lambda prompt: 97
+    assert backend.decode_loop is not None
+    backend.decode_loop.debug_pos_offset = lambda prompt: 97
     try:
         (r,) = run(backend, [greedy(PROMPTS[0])])
     finally:
-        backend.scheduler.debug_pos_offset = None
+        backend.decode_loop.debug_pos_offset = None
     assert isinstance(r, Failure) and r.code == "backend_error"
     ok(run(backend, [greedy(PROMPTS[0])])[0])  # the engine goes on
 
@@ -445,24 +445,24 @@ DOC_A = "Read this: " + PARA * 4 + "\n"
 DOC_B = "Read this: " + "The harbour is busy at dawn, when fishing boats return with their catch. " * 6 + "\n"
 QUESTIONS = ["What is sold here?", "When is it busy?", "Name one thing you read about."]
 # Two documents interleaved: the runner's one-prompt cache holds only one of them, so the other's prefix must come
-# from a sequence still running (Scheduler._start_prefill's other source).
+# from a sequence still running (DecodeLoop._start_prefill's other source).
 DOC_PROMPTS = [doc + q for q in QUESTIONS for doc in (DOC_A, DOC_B)]
 
 
 def test_shared_prefix_kv_gives_the_answers_of_a_full_prefill(backend: LlamaCppBackend) -> None:
     """Prompts that share a document: in the running batch most of their prompt cells are copied from another
     sequence's KV; each must still decode like a prompt computed from scratch on an engine with no sharing."""
-    assert backend.scheduler is not None
+    assert backend.decode_loop is not None
     plain = LlamaCppBackend(cache_dir=backend._cache_dir, n_slots=2, n_ctx=2048, prefix_cache=False)
     asyncio.run(plain.start())
     try:
         reference = [steps(run(plain, [greedy(p)])[0]) for p in DOC_PROMPTS]
-        assert plain.scheduler is not None and plain.scheduler.stats.reused_tokens == 0
+        assert plain.decode_loop is not None and plain.decode_loop.stats.reused_tokens == 0
     finally:
         asyncio.run(plain.close())
-    backend.scheduler.stats = SchedulerStats()
+    backend.decode_loop.stats = DecodeStats()
     together = [steps(r) for r in run(backend, [greedy(p) for p in DOC_PROMPTS])]
-    stats = backend.scheduler.stats
+    stats = backend.decode_loop.stats
     # all but the first prompt of each document start from another's cells: each document is computed about once
     assert stats.reused_tokens > (len(DOC_PROMPTS) - 2) * 100, stats
     assert stats.prompt_tokens < stats.reused_tokens, stats

@@ -1,0 +1,380 @@
+"""Request layer, in: OpenAI chat/completions bodies validated against what the local model can do, as ``SeqSpec``s.
+
+OpenAI semantics; it needs a ``ModelRunner`` for tokenizing, the chat template and sampler objects, and llama.cpp's
+GBNF helpers for ``response_format``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from freight.backends.llama_cpp.interface import (
+    CHAT,
+    COMPLETIONS,
+    BadRequest,
+    ModelRunner,
+    SamplingParams,
+    SeqSpec,
+)
+from freight.wire.jsonx import dumps
+
+#: Largest number of choices (``n`` times prompts) one request may ask for.
+MAX_CHOICES = 128
+#: OpenAI's limits.
+MAX_STOP = 4
+MAX_TOP_LOGPROBS_CHAT = 20
+MAX_LOGPROBS_COMPLETION = 5
+#: Default ``max_tokens`` of the legacy completions endpoint (as OpenAI).
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.cpp reads this seed as "pick a random one"
+
+_COMMON_KEYS = frozenset(
+    {
+        "model",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop",
+        "seed",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "stream",
+        # accepted and ignored
+        "user",
+        "metadata",
+        "store",
+        "stream_options",
+    }
+)
+_CHAT_KEYS = _COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "modalities"}
+_COMPLETION_KEYS = _COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
+_CHAR_RULE_RE = re.compile(r"^char ::= .*$", re.MULTILINE)
+_STRICT_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass
+class Prepared:
+    """A validated request: its sequences (one per choice) and what the response needs."""
+
+    endpoint: str
+    specs: list[SeqSpec]
+    prompt_tokens: int
+    logprobs: bool
+    echo: list[str] = field(default_factory=list)  # completions with echo: per prompt
+    n: int = 1
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class RequestParser:
+    """Validates OpenAI chat/completions bodies against what this backend can do; builds the sequences."""
+
+    def __init__(self, runner: ModelRunner, model_id: str) -> None:
+        self.runner = runner
+        self.model_id = model_id
+
+    # ---- parameters ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+        v = body.get(key)
+        if v is None:
+            return default
+        if not is_num(v) or not lo <= v <= hi:
+            raise BadRequest(f"'{key}' must be a number between {lo:g} and {hi:g}", key, "invalid_value")
+        return float(v)
+
+    @staticmethod
+    def _integer(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
+        v = body.get(key)
+        if v is None:
+            return default
+        if not is_int(v) or not lo <= v <= hi:
+            raise BadRequest(f"'{key}' must be an integer between {lo} and {hi}", key, "invalid_value")
+        return int(v)
+
+    def _check_keys(self, body: dict[str, Any], allowed: frozenset[str]) -> None:
+        for key, value in body.items():
+            if value is None or key in allowed:
+                continue
+            raise BadRequest(
+                f"Unsupported parameter: '{key}' is not supported by the local model '{self.model_id}'.",
+                key,
+                "unsupported_parameter",
+            )
+        if body.get("stream"):
+            raise BadRequest("'stream' is not supported in a batch", "stream", "unsupported_parameter")
+        modalities = body.get("modalities")
+        if modalities is not None and modalities != ["text"]:
+            raise BadRequest("only the 'text' modality is supported", "modalities", "unsupported_value")
+
+    def _stops(self, body: dict[str, Any]) -> tuple[bytes, ...]:
+        stop = body.get("stop")
+        if stop is None:
+            return ()
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise BadRequest("'stop' must be a string or a list of strings", "stop", "invalid_type")
+        if len(stops) > MAX_STOP:
+            raise BadRequest(f"'stop' may hold at most {MAX_STOP} sequences", "stop", "invalid_value")
+        return tuple(dict.fromkeys(s.encode("utf-8") for s in stops if s))
+
+    def _logit_bias(self, body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
+        lb = body.get("logit_bias")
+        if lb is None:
+            return ()
+        if not isinstance(lb, dict):
+            raise BadRequest("'logit_bias' must be an object mapping token ids to biases", "logit_bias", "invalid_type")
+        out: list[tuple[int, float]] = []
+        for k, v in lb.items():
+            try:
+                tok = int(k)
+            except (TypeError, ValueError):
+                raise BadRequest(f"invalid token id {k!r} in 'logit_bias'", "logit_bias", "invalid_value") from None
+            if not 0 <= tok < self.runner.n_vocab or not is_num(v) or not -100 <= v <= 100:
+                raise BadRequest(f"invalid 'logit_bias' entry {k!r}: {v!r}", "logit_bias", "invalid_value")
+            out.append((tok, float(v)))
+        return tuple(out)
+
+    @staticmethod
+    def _grammar(body: dict[str, Any]) -> str | None:
+        rf = body.get("response_format")
+        if rf is None:
+            return None
+        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
+            raise BadRequest("'response_format' must be an object with a 'type'", "response_format", "invalid_type")
+        kind = rf["type"]
+        grammar_mod = importlib.import_module("llama_cpp.llama_grammar")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return str(grammar_mod.JSON_GBNF)
+        if kind == "json_schema":
+            js = rf.get("json_schema")
+            schema = js.get("schema") if isinstance(js, dict) else None
+            if not isinstance(schema, dict):
+                raise BadRequest(
+                    "'response_format.json_schema.schema' must be a JSON schema object",
+                    "response_format.json_schema.schema",
+                    "invalid_value",
+                )
+            try:
+                gbnf = str(grammar_mod.json_schema_to_gbnf(dumps(schema).decode()))
+            except Exception as e:
+                raise BadRequest(
+                    f"unsupported JSON schema: {e}", "response_format.json_schema.schema", "invalid_value"
+                ) from e
+            # The converter's string characters admit raw control characters, which JSON forbids.
+            return _CHAR_RULE_RE.sub(lambda _m: _STRICT_CHAR_RULE, gbnf)
+        raise BadRequest(f"unsupported response_format type '{kind}'", "response_format.type", "invalid_value")
+
+    def _choice_seed(self, seed: int | None, i: int) -> int:
+        if seed is None:
+            s = secrets.randbits(32)
+        else:
+            h = hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=4).digest()
+            s = int.from_bytes(h, "little")
+        return s if s != LLAMA_DEFAULT_SEED else 0
+
+    def _sampling(self, body: dict[str, Any], *, grammar: str | None) -> tuple[dict[str, Any], int | None]:
+        seed = body.get("seed")
+        if seed is not None and not is_int(seed):
+            raise BadRequest("'seed' must be an integer", "seed", "invalid_type")
+        kw: dict[str, Any] = {
+            "temperature": self._number(body, "temperature", 1.0, 0.0, 2.0),
+            "top_p": self._number(body, "top_p", 1.0, 0.0, 1.0),
+            "top_k": self._integer(body, "top_k", 0, 0, self.runner.n_vocab),
+            "presence_penalty": self._number(body, "presence_penalty", 0.0, -2.0, 2.0),
+            "frequency_penalty": self._number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+            "logit_bias": self._logit_bias(body),
+            "grammar": grammar,
+        }
+        return kw, seed
+
+    def _limits(self, body: dict[str, Any], prompt_len: int, default: int | None, param: str, key: str) -> int:
+        slot_ctx = self.runner.slot_ctx
+        max_tokens = self._integer(body, key, None, 1, 1 << 31)
+        if prompt_len == 0:
+            raise BadRequest("the prompt is empty", param, "invalid_value")
+        wanted = max_tokens if max_tokens is not None else (default or 0)
+        if prompt_len >= slot_ctx or prompt_len + wanted > slot_ctx:
+            raise BadRequest(
+                f"This model's maximum context length is {slot_ctx} tokens. However, you requested "
+                f"{prompt_len + max(wanted, 1)} tokens ({prompt_len} in the {param}, {max(wanted, 1)} in the "
+                "completion). Please reduce the length of the prompt or completion.",
+                param,
+                "context_length_exceeded",
+            )
+        if max_tokens is None:
+            return default if default is not None else slot_ctx - prompt_len
+        return max_tokens
+
+    def _make_specs(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_tokens: list[int],
+        stops: tuple[bytes, ...],
+        logprobs: int | None,
+        kw: dict[str, Any],
+        seed: int | None,
+    ) -> list[SeqSpec]:
+        specs: list[SeqSpec] = []
+        try:
+            for p, prompt in enumerate(prompts):
+                for j in range(n):
+                    params = SamplingParams(seed=self._choice_seed(seed, p * n + j), **kw)
+                    sampler = self.runner.make_sampler(params)
+                    specs.append(SeqSpec(prompt, max_tokens[p], sampler, stops, logprobs))
+        except BaseException:
+            for s in specs:
+                self.runner.free_sampler(s.sampler)
+            raise
+        return specs
+
+    # ---- chat ---------------------------------------------------------------------------------------------------
+    def _messages(self, body: dict[str, Any]) -> list[dict[str, str]]:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise BadRequest("'messages' must be a non-empty array", "messages", "invalid_value")
+        out: list[dict[str, str]] = []
+        for i, m in enumerate(msgs):
+            where = f"messages[{i}]"
+            if not isinstance(m, dict):
+                raise BadRequest(f"{where} must be an object", where, "invalid_type")
+            role = m.get("role")
+            if role not in _ROLES:
+                raise BadRequest(
+                    f"{where}.role {role!r} is not supported by the local model (no tools or functions)",
+                    f"{where}.role",
+                    "unsupported_value",
+                )
+            for key in ("tool_calls", "function_call", "audio"):
+                if m.get(key) is not None:
+                    raise BadRequest(f"{where}.{key} is not supported", f"{where}.{key}", "unsupported_parameter")
+            content = m.get("content")
+            if isinstance(content, list):
+                parts = []
+                for j, part in enumerate(content):
+                    if (
+                        not isinstance(part, dict)
+                        or part.get("type") != "text"
+                        or not isinstance(part.get("text"), str)
+                    ):
+                        raise BadRequest(
+                            f"{where}.content[{j}]: only text parts are supported by the local model",
+                            f"{where}.content[{j}]",
+                            "unsupported_value",
+                        )
+                    parts.append(part["text"])
+                content = "".join(parts)
+            elif content is None and role == "assistant":
+                content = ""
+            if not isinstance(content, str):
+                raise BadRequest(f"{where}.content must be a string or an array of text parts", f"{where}.content")
+            out.append({"role": _ROLES[role], "content": content})
+        return out
+
+    def parse_chat(self, body: dict[str, Any]) -> Prepared:
+        self._check_keys(body, _CHAT_KEYS)
+        messages = self._messages(body)
+        n = self._integer(body, "n", 1, 1, MAX_CHOICES) or 1
+        logprobs = body.get("logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise BadRequest("'logprobs' must be a boolean", "logprobs", "invalid_type")
+        top = self._integer(body, "top_logprobs", None, 0, MAX_TOP_LOGPROBS_CHAT)
+        if top is not None and not logprobs:
+            raise BadRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs", "invalid_value")
+        stops = self._stops(body)
+        kw, seed = self._sampling(body, grammar=self._grammar(body))
+        prompt = self.runner.chat_prompt(messages)
+        key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        max_tokens = self._limits(body, len(prompt), None, "messages", key)
+        specs = self._make_specs([prompt], n, [max_tokens], stops, (top or 0) if logprobs else None, kw, seed)
+        return Prepared(CHAT, specs, len(prompt), bool(logprobs), n=n)
+
+    # ---- completions --------------------------------------------------------------------------------------------
+    def _prompts(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
+        p = body.get("prompt")
+        if isinstance(p, str):
+            texts: list[str] | None = [p]
+            token_lists = None
+        elif isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+            texts, token_lists = list(p), None
+        elif isinstance(p, list) and p and all(is_int(x) for x in p):
+            texts, token_lists = None, [list(p)]
+        elif isinstance(p, list) and p and all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in p):
+            texts, token_lists = None, [list(x) for x in p]
+        else:
+            raise BadRequest(
+                "'prompt' must be a string, an array of strings, or an array (of arrays) of token ids",
+                "prompt",
+                "invalid_value",
+            )
+        if token_lists is not None:
+            for toks in token_lists:
+                if not all(0 <= t < self.runner.n_vocab for t in toks):
+                    raise BadRequest("'prompt' holds a token id outside the vocabulary", "prompt", "invalid_value")
+            echo = [
+                b"".join(self.runner.piece(t) for t in toks).decode("utf-8", errors="replace") for toks in token_lists
+            ]
+            return token_lists, echo
+        assert texts is not None
+        return [self.runner.tokenize(t, add_special=True, parse_special=False) for t in texts], texts
+
+    def parse_completion(self, body: dict[str, Any]) -> Prepared:
+        self._check_keys(body, _COMPLETION_KEYS)
+        if body.get("suffix"):
+            raise BadRequest("'suffix' is not supported by the local model", "suffix", "unsupported_parameter")
+        prompts, texts = self._prompts(body)
+        n = self._integer(body, "n", 1, 1, MAX_CHOICES) or 1
+        best_of = self._integer(body, "best_of", None, 1, MAX_CHOICES)
+        if best_of is not None and best_of != n:
+            raise BadRequest("'best_of' other than 'n' is not supported", "best_of", "unsupported_value")
+        if n * len(prompts) > MAX_CHOICES:
+            raise BadRequest(f"at most {MAX_CHOICES} choices (n times prompts) per request", "n", "invalid_value")
+        logprobs = self._integer(body, "logprobs", None, 0, MAX_LOGPROBS_COMPLETION)
+        echo = body.get("echo")
+        if echo is not None and not isinstance(echo, bool):
+            raise BadRequest("'echo' must be a boolean", "echo", "invalid_type")
+        if echo and logprobs is not None:
+            raise BadRequest("'echo' together with 'logprobs' is not supported", "echo", "unsupported_value")
+        stops = self._stops(body)
+        kw, seed = self._sampling(body, grammar=None)
+        max_tokens = [
+            self._limits(body, len(p), COMPLETIONS_DEFAULT_MAX_TOKENS, "prompt", "max_tokens") for p in prompts
+        ]
+        specs = self._make_specs(prompts, n, max_tokens, stops, logprobs, kw, seed)
+        return Prepared(
+            COMPLETIONS,
+            specs,
+            sum(len(p) for p in prompts),
+            logprobs is not None,
+            echo=texts if echo else [],
+            n=n,
+        )
+
+    def parse(self, endpoint: str, body: Any) -> Prepared:
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        if endpoint == CHAT:
+            return self.parse_chat(body)
+        if endpoint == COMPLETIONS:
+            return self.parse_completion(body)
+        raise BadRequest(f"endpoint {endpoint} is not served by the local model", None, "unsupported_endpoint")
