@@ -16,7 +16,9 @@ import jsonschema
 import pytest
 from anthropic import Anthropic
 from anthropic.types import Message
+from anthropic.types.messages import MessageBatch
 from openai import OpenAI
+from openai.types import Batch
 from openai.types.chat import ChatCompletion
 from servers import TERMINAL, FreightServer, jsonl_bytes, parse_jsonl, wait_for
 
@@ -142,8 +144,12 @@ def test_openai_batch_with_tools(openai_client: OpenAI) -> None:
 
     f = openai_client.files.create(file=("tools.jsonl", jsonl_bytes(lines)), purpose="batch")
     batch = openai_client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    final = wait_for(lambda: (b if (b := openai_client.batches.retrieve(batch.id)).status in TERMINAL else None),
-                     BATCH_TIMEOUT_S, f"batch {batch.id}", every_s=0.25)
+
+    def finished() -> Batch | None:
+        b = openai_client.batches.retrieve(batch.id)
+        return b if b.status in TERMINAL else None
+
+    final: Batch = wait_for(finished, BATCH_TIMEOUT_S, f"batch {batch.id}", every_s=0.25)
     assert final.status == "completed" and final.output_file_id is not None
     out: dict[str, Any] = {}
     for file_id in (final.output_file_id, final.error_file_id):
@@ -233,8 +239,12 @@ def test_anthropic_batch_with_tools(anthropic_client: Anthropic) -> None:
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 degrees"}]},
     ]
     batch = anthropic_client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-    done = wait_for(lambda: (b if (b := anthropic_client.messages.batches.retrieve(batch.id)).processing_status
-                             == "ended" else None), BATCH_TIMEOUT_S, f"batch {batch.id}", every_s=0.25)
+
+    def ended() -> MessageBatch | None:
+        b = anthropic_client.messages.batches.retrieve(batch.id)
+        return b if b.processing_status == "ended" else None
+
+    done: MessageBatch = wait_for(ended, BATCH_TIMEOUT_S, f"batch {batch.id}", every_s=0.25)
     assert done.request_counts.succeeded == len(requests), done.request_counts
     got = {r.custom_id: r.result for r in anthropic_client.messages.batches.results(batch.id)}
     messages = {cid: r.message for cid, r in got.items() if r.type == "succeeded"}

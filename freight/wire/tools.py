@@ -284,7 +284,7 @@ def parse_tool_calls(text: str, spec: ToolSpec) -> list[ToolCall] | None:
         return None
     items = raw if isinstance(raw, list) else [raw]
     calls: list[ToolCall] = []
-    names = set(t.name for t in spec.callable_tools)
+    names = {t.name for t in spec.callable_tools}
     for item in items:
         if not isinstance(item, dict) or set(item) != {"name", "arguments"}:
             return None

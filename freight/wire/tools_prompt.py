@@ -79,7 +79,7 @@ def _calls(raw: Any, where: str) -> list[tuple[str, str, Any]]:
     """(id, name, arguments) of an assistant turn's ``tool_calls``."""
     if not isinstance(raw, list) or not raw:
         raise ToolsError(f"{where}.tool_calls must be a non-empty array", f"{where}.tool_calls", "invalid_type")
-    out = []
+    out: list[tuple[str, str, Any]] = []
     for k, call in enumerate(raw):
         w = f"{where}.tool_calls[{k}]"
         fn = call.get("function") if isinstance(call, dict) else None
