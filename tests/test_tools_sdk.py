@@ -211,11 +211,11 @@ def check_message(message: Message) -> None:
 def test_anthropic_real_time_tool_use_then_result(anthropic_client: Anthropic) -> None:
     question = {"role": "user", "content": "What is the weather in Paris?"}
     first = anthropic_client.messages.create(
-        model=CHAT_MODEL, max_tokens=120, temperature=0, messages=[question],  # type: ignore[list-item]
+        model=CHAT_MODEL, max_tokens=120, extra_body={"temperature": 0}, messages=[question],  # type: ignore[list-item]
         tools=ANTHROPIC_TOOLS, tool_choice={"type": "tool", "name": "get_weather"})  # type: ignore[arg-type]
     [use] = check_tool_use(first, forced="get_weather")
     followup = anthropic_client.messages.create(
-        model=CHAT_MODEL, max_tokens=48, temperature=0, tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
+        model=CHAT_MODEL, max_tokens=48, extra_body={"temperature": 0}, tools=ANTHROPIC_TOOLS,  # type: ignore[arg-type]
         messages=[question, {"role": "assistant", "content": first.content},  # type: ignore[list-item]
                   {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
                                                 "content": "18 degrees, cloudy"}]}])

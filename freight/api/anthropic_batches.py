@@ -216,6 +216,7 @@ async def create_message(request: Request) -> Response:
     if problem is not None or backend is None:
         return error_response(request, 404, f"model: {problem or model}")
     try:
+        await backend.start()  # loads the model if the engine has not yet (a no-op once it is loaded)
         (result,) = await backend.execute(MESSAGES_ENDPOINT, [body])
     except Exception as exc:  # as the engine does: a backend that raises is a model failure, not a crash
         log.warning("backend call failed", exc_info=True)
