@@ -27,7 +27,8 @@ from freight.wire.tools_prompt import render_calls
 lc: Any = importlib.import_module("llama_cpp")  # installed by `make`: a missing one fails these tests, never skips
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
-                                             "unit": {"enum": ["celsius", "fahrenheit"]}},
+                                             "unit": {"enum": ["celsius", "fahrenheit"]},
+                                             "days": {"type": "integer", "minimum": 1, "maximum": 7}},
            "required": ["city"], "additionalProperties": False}
 ITEMS = {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"}}},
          "required": ["items"], "additionalProperties": False,
@@ -86,11 +87,12 @@ def call(name: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, arguments
 
 
-GOOD = [call("get_weather", {"city": "Paris", "unit": "celsius"}), call("count", {"items": [{"n": 1}, {"n": -20}]}),
+GOOD = [call("get_weather", {"city": "Paris", "unit": "celsius", "days": 7}), call("count", {"items": [{"n": 1}, {"n": -20}]}),
         call("ping", {}), call("ping", {"any": ["thing", 1]})]
 BAD = [call("get_weather", {"unit": "celsius"}), call("get_weather", {"city": "x" * 13}),
        call("get_weather", {"city": "Paris", "unit": "kelvin"}), call("count", {"items": [{"n": "1"}]}),
-       call("nope", {}), call("get_weather", {"city": "Paris", "extra": 1})]
+       call("nope", {}), call("get_weather", {"city": "Paris", "extra": 1}),
+       call("get_weather", {"city": "Paris", "days": 0}), call("get_weather", {"city": "Paris", "days": 12})]
 
 
 def test_forced_calls_accept_valid_calls_only(vocab: Vocab) -> None:

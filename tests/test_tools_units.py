@@ -21,6 +21,7 @@ from freight.wire.tools import (
     ToolsError,
     ToolSpec,
     call_schema,
+    enforce_int_ranges,
     openai_tool_calls,
     parse_tool_calls,
     parse_tool_spec,
@@ -178,6 +179,28 @@ def test_grammar_wrapping() -> None:
     assert "freight-text ::= " in auto
     with pytest.raises(ValueError):
         wrap_grammar(calls, spec(Tool("w", None, {}), choice="none"))
+
+
+BOUND = st.none() | st.integers(-5, 5) | st.floats(-5, 5, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lo=BOUND, xlo=BOUND, hi=BOUND, xhi=BOUND)
+def test_small_integer_ranges_become_the_enum_of_their_values(lo: Any, xlo: Any, hi: Any, xhi: Any) -> None:
+    schema: dict[str, Any] = {"type": "integer"}
+    for key, value in (("minimum", lo), ("exclusiveMinimum", xlo), ("maximum", hi), ("exclusiveMaximum", xhi)):
+        if value is not None:
+            schema[key] = value
+    out = enforce_int_ranges({"type": "object", "properties": {"n": schema}})["properties"]["n"]
+    allowed = [n for n in range(-10, 11) if jsonschema.Draft202012Validator(schema).is_valid(n)]
+    if "enum" in out:
+        assert out == {"enum": allowed} and allowed
+    else:
+        assert out == schema  # unbounded on a side, or empty: left as it was
+        assert not allowed or lo is None and xlo is None or hi is None and xhi is None
+    big = {"type": "integer", "minimum": 0, "maximum": 256}
+    assert enforce_int_ranges(big) == big
+    assert enforce_int_ranges({"type": "integer", "minimum": True, "maximum": 3})["minimum"] is True
 
 
 # ---- messages with tools ------------------------------------------------------------------------------------------

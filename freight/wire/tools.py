@@ -20,6 +20,7 @@ Nothing here imports llama.cpp: the pieces are pure, and tested as such (tests/t
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 TOOL_CHOICES = ("none", "auto", "required")
 _FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
 _EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+#: Integer ranges up to this many values are enforced (as an enum: the converter ignores minimum/maximum).
+MAX_ENUM_RANGE = 256
 #: GBNF rule names this module adds (the converter's rules are named after schema parts, never like these).
 _CALLS_RULE = "freight-tool-calls"
 _TEXT_RULE = "freight-text"
@@ -168,6 +171,37 @@ def parse_tool_spec(body: dict[str, Any]) -> ToolSpec | None:
 
 
 # ---- grammar ----------------------------------------------------------------------------------------------------
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_range(node: dict[str, Any]) -> tuple[int, int] | None:
+    """The smallest and largest integer an integer schema allows, when it bounds both sides by numbers."""
+    keys = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+    if any(k in node and not _num(node[k]) for k in keys):  # e.g. draft 4's boolean exclusive bounds
+        return None
+    lows = [math.ceil(node["minimum"])] if "minimum" in node else []
+    lows += [math.floor(node["exclusiveMinimum"]) + 1] if "exclusiveMinimum" in node else []
+    highs = [math.floor(node["maximum"])] if "maximum" in node else []
+    highs += [math.ceil(node["exclusiveMaximum"]) - 1] if "exclusiveMaximum" in node else []
+    return (max(lows), min(highs)) if lows and highs else None
+
+
+def enforce_int_ranges(node: Any) -> Any:
+    """``node`` with every integer schema bounded on both sides by at most ``MAX_ENUM_RANGE`` values written as
+    an ``enum`` of those values, so that the grammar enforces ``minimum``/``maximum`` (and the exclusive ones)."""
+    if isinstance(node, list):
+        return [enforce_int_ranges(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: enforce_int_ranges(v) for k, v in node.items()}
+    if out.get("type") == "integer" and not {"enum", "const", "multipleOf"} & out.keys():
+        bounds = _int_range(out)
+        if bounds is not None and 0 <= bounds[1] - bounds[0] < MAX_ENUM_RANGE:
+            return {"enum": list(range(bounds[0], bounds[1] + 1))}
+    return out
+
 
 def _rewrite_refs(node: Any, prefix: str, key: str) -> Any:
     """``node`` with its local ``$ref``s pointing into ``#/$defs/<key>`` (and its defs renamed ``prefix``-...)."""

@@ -23,7 +23,14 @@ from freight.backends.llama_cpp.interface import (
     SeqSpec,
 )
 from freight.wire.jsonx import dumps
-from freight.wire.tools import ToolsError, ToolSpec, call_schema, parse_tool_spec, wrap_grammar
+from freight.wire.tools import (
+    ToolsError,
+    ToolSpec,
+    call_schema,
+    enforce_int_ranges,
+    parse_tool_spec,
+    wrap_grammar,
+)
 from freight.wire.tools_prompt import chat_messages
 
 #: Largest number of choices (``n`` times prompts) one request may ask for.
@@ -87,10 +94,11 @@ class Prepared:
 
 
 def schema_gbnf(schema: Any, param: str) -> str:
-    """GBNF for a JSON schema (llama-cpp-python's converter, with JSON's rule for string characters)."""
+    """GBNF for a JSON schema: llama-cpp-python's converter, with JSON's rule for string characters, and integer
+    ranges of up to 256 values enforced (the converter ignores ``minimum``/``maximum``)."""
     grammar_mod = importlib.import_module("llama_cpp.llama_grammar")
     try:
-        gbnf = str(grammar_mod.json_schema_to_gbnf(dumps(schema).decode()))
+        gbnf = str(grammar_mod.json_schema_to_gbnf(dumps(enforce_int_ranges(schema)).decode()))
     except Exception as e:
         raise BadRequest(f"unsupported JSON schema: {e}", param, "invalid_value") from e
     # The converter's string characters admit raw control characters, which JSON forbids.
