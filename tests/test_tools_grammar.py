@@ -87,8 +87,8 @@ def call(name: str, arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, arguments
 
 
-GOOD = [call("get_weather", {"city": "Paris", "unit": "celsius", "days": 7}), call("count", {"items": [{"n": 1}, {"n": -20}]}),
-        call("ping", {}), call("ping", {"any": ["thing", 1]})]
+GOOD = [call("get_weather", {"city": "Paris", "unit": "celsius", "days": 7}),
+        call("count", {"items": [{"n": 1}, {"n": -20}]}), call("ping", {}), call("ping", {"any": ["thing", 1]})]
 BAD = [call("get_weather", {"unit": "celsius"}), call("get_weather", {"city": "x" * 13}),
        call("get_weather", {"city": "Paris", "unit": "kelvin"}), call("count", {"items": [{"n": "1"}]}),
        call("nope", {}), call("get_weather", {"city": "Paris", "extra": 1}),

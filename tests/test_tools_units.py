@@ -197,7 +197,7 @@ def test_small_integer_ranges_become_the_enum_of_their_values(lo: Any, xlo: Any,
         assert out == {"enum": allowed} and allowed
     else:
         assert out == schema  # unbounded on a side, or empty: left as it was
-        assert not allowed or lo is None and xlo is None or hi is None and xhi is None
+        assert not allowed or (lo is None and xlo is None) or (hi is None and xhi is None)
     big = {"type": "integer", "minimum": 0, "maximum": 256}
     assert enforce_int_ranges(big) == big
     assert enforce_int_ranges({"type": "integer", "minimum": True, "maximum": 3})["minimum"] is True
