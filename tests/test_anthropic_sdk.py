@@ -136,7 +136,7 @@ def test_lifecycle_all_kinds_of_requests(client: Anthropic, server: FreightServe
             {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "part"}]}]}},
         {"custom_id": "image", "params": {"model": SCRIPTED, "max_tokens": 5, "messages": [{"role": "user", "content": [
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]}},
-        {"custom_id": "tools", "params": params("x", tools=[{"name": "t", "input_schema": {"type": "object"}}])},
+        {"custom_id": "tools", "params": params("x", tools=[{"type": "web_search_20250305", "name": "web_search"}])},
         {"custom_id": "no-max-tokens", "params": {"model": SCRIPTED, "messages": [{"role": "user", "content": "x"}]}},
         {"custom_id": "no-model", "params": {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}},
         {"custom_id": "refused", "params": params(script(status=400))},
@@ -186,7 +186,7 @@ def test_lifecycle_all_kinds_of_requests(client: Anthropic, server: FreightServe
     for error in errors.values():
         assert error.type == "error" and error.error.type == "invalid_request_error"
     assert "image" in errors["image"].error.message and "docs/anthropic.md" in errors["image"].error.message
-    assert errors["tools"].error.message.startswith("tools:")
+    assert errors["tools"].error.message.startswith("tools.0.type: server tools")
     assert errors["no-max-tokens"].error.message == "max_tokens: Field required."
     assert errors["no-model"].error.message == "model: Field required."
     assert errors["refused"].error.message == "scripted failure 400"

@@ -163,7 +163,7 @@ def test_chat_batch(client: OpenAI) -> None:
         chat_line("stop", stop_prompt, max_tokens=24, temperature=0, stop=[stop]),
         chat_line("n2", "Name a colour.", n=2, max_tokens=8, temperature=0.9, seed=5),
         chat_line("system", "Who are you?", max_tokens=16, temperature=0),
-        chat_line("unsupported", "Hi", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        chat_line("unsupported", "Hi", functions=[{"name": "f", "parameters": {}}]),  # the pre-tools API
     ]
     lines[-2]["body"]["messages"].insert(0, {"role": "system", "content": "You are a pirate."})
     lines += [chat_line(f"json-{i}", f"Invent a person #{i}. Answer in JSON.", max_tokens=96,
@@ -197,7 +197,7 @@ def test_chat_batch(client: OpenAI) -> None:
     bad = out["unsupported"]
     assert bad["response"]["status_code"] == 400
     error = bad["response"]["body"]["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["param"] == "tools"
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == "functions"
 
     # json_schema: every output parses and validates against its schema.
     for i in range(4):

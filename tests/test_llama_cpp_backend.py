@@ -326,10 +326,10 @@ def error_of(r: Result | Failure) -> dict[str, Any]:
 
 
 def test_unsupported_parameter_fails_only_that_request(backend: LlamaCppBackend) -> None:
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    function = {"name": "f", "parameters": {"type": "object"}}  # the pre-tools API; tools: test_tools_*.py
     bodies: list[Any] = [
         chat("Hi", max_tokens=4),
-        chat("Hi", max_tokens=4, tools=[tool]),
+        chat("Hi", max_tokens=4, functions=[function]),
         chat("Hi", max_tokens=4, user="u1", metadata={"k": "v"}, store=False, stream_options=None, tools=None),
         chat("Hi", max_tokens=4, audio={"voice": "alloy", "format": "wav"}),
         chat("Hi", max_tokens=4, temperature=7),
@@ -341,9 +341,9 @@ def test_unsupported_parameter_fails_only_that_request(backend: LlamaCppBackend)
     rs = run(backend, bodies)
     for i in (0, 2, 7):
         ok(rs[i])
-    assert error_of(rs[1])["param"] == "tools"
+    assert error_of(rs[1])["param"] == "functions"
     assert error_of(rs[1])["code"] == "unsupported_parameter"
-    assert "tools" in error_of(rs[1])["message"]
+    assert "functions" in error_of(rs[1])["message"]
     assert error_of(rs[3])["param"] == "audio"
     assert error_of(rs[4])["param"] == "temperature"
     assert error_of(rs[5])["param"] == "stream"

@@ -22,11 +22,12 @@ from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
-from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
 from freight.ports.store import Store
+from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
 
 __all__ = [
+    "WITHDRAWN",
     "Backend",
     "BatchLane",
     "BatchStore",
@@ -46,9 +47,8 @@ __all__ = [
     "StepLeases",
     "Store",
     "StoredResult",
-    "WITHDRAWN",
     "Withdrawal",
     "Withdrawn",
-    "current_withdrawal",
     "WorkHints",
+    "current_withdrawal",
 ]

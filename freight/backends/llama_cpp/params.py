@@ -1,7 +1,7 @@
 """Request layer, in: OpenAI chat/completions bodies validated against what the local model can do, as ``SeqSpec``s.
 
 OpenAI semantics; it needs a ``ModelRunner`` for tokenizing, the chat template and sampler objects, and llama.cpp's
-GBNF helpers for ``response_format``.
+GBNF helpers for ``response_format`` and tool calls (function calling: freight/wire/tools.py, docs/chat-model.md).
 """
 
 from __future__ import annotations
@@ -23,6 +23,15 @@ from freight.backends.llama_cpp.interface import (
     SeqSpec,
 )
 from freight.wire.jsonx import dumps
+from freight.wire.tools import (
+    ToolsError,
+    ToolSpec,
+    call_schema,
+    enforce_int_ranges,
+    parse_tool_spec,
+    wrap_grammar,
+)
+from freight.wire.tools_prompt import chat_messages
 
 #: Largest number of choices (``n`` times prompts) one request may ask for.
 MAX_CHOICES = 128
@@ -56,11 +65,19 @@ _COMMON_KEYS = frozenset(
         "stream_options",
     }
 )
-_CHAT_KEYS = _COMMON_KEYS | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "modalities"}
+_CHAT_KEYS = _COMMON_KEYS | {
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "response_format",
+    "modalities",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+}
 _COMPLETION_KEYS = _COMMON_KEYS | {"prompt", "echo", "best_of", "suffix"}
 _CHAR_RULE_RE = re.compile(r"^char ::= .*$", re.MULTILINE)
 _STRICT_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
 @dataclass
@@ -73,6 +90,27 @@ class Prepared:
     logprobs: bool
     echo: list[str] = field(default_factory=list)  # completions with echo: per prompt
     n: int = 1
+    tools: ToolSpec | None = None  # chat with tools: outputs may be tool calls
+
+
+def schema_gbnf(schema: Any, param: str) -> str:
+    """GBNF for a JSON schema: llama-cpp-python's converter, with JSON's rule for string characters, and integer
+    ranges of up to 256 values enforced (the converter ignores ``minimum``/``maximum``)."""
+    grammar_mod = importlib.import_module("llama_cpp.llama_grammar")
+    try:
+        gbnf = str(grammar_mod.json_schema_to_gbnf(dumps(enforce_int_ranges(schema)).decode()))
+    except Exception as e:
+        raise BadRequest(f"unsupported JSON schema: {e}", param, "invalid_value") from e
+    # The converter's string characters admit raw control characters, which JSON forbids.
+    return _CHAR_RULE_RE.sub(lambda _m: _STRICT_CHAR_RULE, gbnf)
+
+
+def tool_grammar(spec: ToolSpec) -> str:
+    """The grammar of a request whose tool_choice allows calls: forced calls, or (auto) text or calls."""
+    try:
+        return wrap_grammar(schema_gbnf(call_schema(spec), "tools"), spec)
+    except ToolsError as e:
+        raise BadRequest(e.message, e.param, e.code) from e
 
 
 def is_int(v: Any) -> bool:
@@ -174,14 +212,7 @@ class RequestParser:
                     "response_format.json_schema.schema",
                     "invalid_value",
                 )
-            try:
-                gbnf = str(grammar_mod.json_schema_to_gbnf(dumps(schema).decode()))
-            except Exception as e:
-                raise BadRequest(
-                    f"unsupported JSON schema: {e}", "response_format.json_schema.schema", "invalid_value"
-                ) from e
-            # The converter's string characters admit raw control characters, which JSON forbids.
-            return _CHAR_RULE_RE.sub(lambda _m: _STRICT_CHAR_RULE, gbnf)
+            return schema_gbnf(schema, "response_format.json_schema.schema")
         raise BadRequest(f"unsupported response_format type '{kind}'", "response_format.type", "invalid_value")
 
     def _choice_seed(self, seed: int | None, i: int) -> int:
@@ -253,51 +284,13 @@ class RequestParser:
         return specs
 
     # ---- chat ---------------------------------------------------------------------------------------------------
-    def _messages(self, body: dict[str, Any]) -> list[dict[str, str]]:
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise BadRequest("'messages' must be a non-empty array", "messages", "invalid_value")
-        out: list[dict[str, str]] = []
-        for i, m in enumerate(msgs):
-            where = f"messages[{i}]"
-            if not isinstance(m, dict):
-                raise BadRequest(f"{where} must be an object", where, "invalid_type")
-            role = m.get("role")
-            if role not in _ROLES:
-                raise BadRequest(
-                    f"{where}.role {role!r} is not supported by the local model (no tools or functions)",
-                    f"{where}.role",
-                    "unsupported_value",
-                )
-            for key in ("tool_calls", "function_call", "audio"):
-                if m.get(key) is not None:
-                    raise BadRequest(f"{where}.{key} is not supported", f"{where}.{key}", "unsupported_parameter")
-            content = m.get("content")
-            if isinstance(content, list):
-                parts = []
-                for j, part in enumerate(content):
-                    if (
-                        not isinstance(part, dict)
-                        or part.get("type") != "text"
-                        or not isinstance(part.get("text"), str)
-                    ):
-                        raise BadRequest(
-                            f"{where}.content[{j}]: only text parts are supported by the local model",
-                            f"{where}.content[{j}]",
-                            "unsupported_value",
-                        )
-                    parts.append(part["text"])
-                content = "".join(parts)
-            elif content is None and role == "assistant":
-                content = ""
-            if not isinstance(content, str):
-                raise BadRequest(f"{where}.content must be a string or an array of text parts", f"{where}.content")
-            out.append({"role": _ROLES[role], "content": content})
-        return out
-
     def parse_chat(self, body: dict[str, Any]) -> Prepared:
         self._check_keys(body, _CHAT_KEYS)
-        messages = self._messages(body)
+        try:
+            tools = parse_tool_spec(body)
+            messages = chat_messages(body.get("messages"), tools)
+        except ToolsError as e:
+            raise BadRequest(e.message, e.param, e.code) from e
         n = self._integer(body, "n", 1, 1, MAX_CHOICES) or 1
         logprobs = body.get("logprobs")
         if logprobs is not None and not isinstance(logprobs, bool):
@@ -306,12 +299,22 @@ class RequestParser:
         if top is not None and not logprobs:
             raise BadRequest("'top_logprobs' requires 'logprobs' to be true", "top_logprobs", "invalid_value")
         stops = self._stops(body)
-        kw, seed = self._sampling(body, grammar=self._grammar(body))
+        grammar = self._grammar(body)
+        if tools is not None and tools.calls_allowed:
+            if grammar is not None:
+                raise BadRequest(
+                    "'response_format' together with 'tools' is not supported by the local model (unless "
+                    "'tool_choice' is 'none')",
+                    "response_format",
+                    "unsupported_value",
+                )
+            grammar = tool_grammar(tools)
+        kw, seed = self._sampling(body, grammar=grammar)
         prompt = self.runner.chat_prompt(messages)
         key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         max_tokens = self._limits(body, len(prompt), None, "messages", key)
         specs = self._make_specs([prompt], n, [max_tokens], stops, (top or 0) if logprobs else None, kw, seed)
-        return Prepared(CHAT, specs, len(prompt), bool(logprobs), n=n)
+        return Prepared(CHAT, specs, len(prompt), bool(logprobs), n=n, tools=tools)
 
     # ---- completions --------------------------------------------------------------------------------------------
     def _prompts(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:

@@ -13,6 +13,7 @@ from freight.domain.ids import new_request_id
 from freight.domain.requests import Result
 from freight.wire.jsonx import dumps
 from freight.wire.openai import error_envelope
+from freight.wire.tools import openai_tool_calls, parse_tool_calls
 
 
 def _text(b: bytes) -> str:
@@ -34,14 +35,16 @@ def build_response(prep: Prepared, outputs: Sequence[SeqOutput], runner: ModelRu
             lp = None
             if prep.logprobs and o.logprobs is not None:
                 lp = {"content": [_chat_logprob(t, runner) for t in o.logprobs], "refusal": None}
-            choices.append(
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": _text(o.text), "refusal": None, "annotations": []},
-                    "logprobs": lp,
-                    "finish_reason": o.finish_reason,
-                }
-            )
+            text = _text(o.text)
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            finish = o.finish_reason
+            # A call is read only from an output that ended by itself (the grammar then guarantees it is complete).
+            calls = parse_tool_calls(text, prep.tools) if prep.tools is not None and finish == "stop" else None
+            if calls is not None:
+                message["content"] = None
+                message["tool_calls"] = openai_tool_calls(calls)
+                finish = "tool_calls"
+            choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion",
