@@ -15,6 +15,7 @@ from typing import Any
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
+from freight.engine.step_lease import BATCH_STEPS
 from freight.ports import Backend, BlobStore, Store
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
@@ -124,6 +125,9 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             # on a shared PostgreSQL store) neither is safe: their claims are live, their uploads in
             # flight; leases expire and are taken over instead.
             store.release_leases()
+            holder = store.lease_holder(BATCH_STEPS, clock.now())
+            if holder is not None:  # the batch steps' lease of a dead process: no need to wait it out
+                store.release_lease(BATCH_STEPS, holder)
             engine.sweep_orphan_blobs()
         if data_lock is not None and not exclusive:
             data_lock.share()
