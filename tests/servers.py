@@ -129,9 +129,12 @@ def openai_client(base_url: str, log: ResponseLog | None = None, timeout: float 
 
 
 class FreightServer:
-    def __init__(self, data_dir: Path, config: Path, *, port: int | None = None, log_path: Path | None = None):
+    def __init__(self, data_dir: Path, config: Path, *, port: int | None = None, log_path: Path | None = None,
+                 database_url: str | None = None):
         self.data_dir = data_dir
         self.config = config
+        #: PostgreSQL (``freight serve --database-url``); None: SQLite in the data dir.
+        self.database_url = database_url
         self.port = port or free_port()
         self.log_path = log_path or data_dir.parent / f"server-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -170,6 +173,8 @@ class FreightServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         cmd = [*freight_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--config", str(self.config)]
+        if self.database_url is not None:
+            cmd += ["--database-url", self.database_url]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          cwd=self.config.parent, env=subprocess_env(), start_new_session=True)

@@ -30,12 +30,14 @@ UNKNOWN = "msgbatch_" + "0" * 24
 # ---- fixtures ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    return make_server(config_text(extra=f"""
+def server(make_server: Callable[..., FreightServer], database_url: str | None) -> Iterator[FreightServer]:
+    s = make_server(config_text(extra=f"""
 [anthropic]
 max_batch_requests = {MAX_REQUESTS}
 max_batch_bytes = {MAX_BYTES}
-"""))
+"""), database_url=database_url)
+    yield s
+    s.stop()  # before its database is dropped
 
 
 @pytest.fixture(scope="module")

@@ -40,8 +40,10 @@ OUTPUT_LINE_KEYS = {"id", "custom_id", "response", "error"}
 
 
 @pytest.fixture(scope="module")
-def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    return make_server(config_text(embeddings=True))
+def server(make_server: Callable[..., FreightServer], database_url: str | None) -> Iterator[FreightServer]:
+    s = make_server(config_text(embeddings=True), database_url=database_url)
+    yield s
+    s.stop()  # before its database is dropped
 
 
 @pytest.fixture(scope="module")

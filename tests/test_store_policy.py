@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freight.domain.batches import TIMESTAMP_FIELD, TERMINAL, BatchStatus
+from freight.domain.batches import TERMINAL, TIMESTAMP_FIELD, BatchStatus
 from freight.domain.claims import Tally, is_lost, worker_lost
 from freight.domain.errors import RateLimited
 from freight.domain.message_batches import ended_counts
@@ -113,3 +113,15 @@ def test_every_dialect_has_the_same_named_queries_and_no_macro_left(dialect: str
     assert set(named) == set(queries.queries("sqlite"))
     for name, sql in named.items():
         assert "{" not in sql, name
+
+
+def test_every_sql_file_is_package_data() -> None:
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["freight"]
+    sql = [p.relative_to(root / "freight").as_posix() for p in (root / "freight" / "store").rglob("*.sql")]
+    assert len(sql) > 10
+    assert [p for p in sql if not any(fnmatch.fnmatchcase(p, pat) for pat in patterns)] == []

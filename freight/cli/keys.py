@@ -1,7 +1,8 @@
 """``freight keys``: make, list and revoke the API keys of a data dir.
 
-These commands open the data dir's database directly (no server needed, and a running server
-sees a new key at once); they do not take the engine's lock.
+These commands open the data dir's database directly, or PostgreSQL at ``FREIGHT_DATABASE_URL`` /
+``[server] database_url`` (no server needed, and a running server sees a new key at once); they do
+not take the engine's lock.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
 from freight.ports.files import FileStore
+from freight.ports.hints import WorkHints
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
@@ -43,4 +44,5 @@ __all__ = [
     "StepLeases",
     "Store",
     "StoredResult",
+    "WorkHints",
 ]

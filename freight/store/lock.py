@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import secrets
 import time
 from pathlib import Path
 
@@ -66,3 +68,19 @@ class DataDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+    def engine_id(self) -> str:
+        """The lease owner of an engine that started alone on this data dir: random, made once per
+        data dir and kept in it, so a restarted engine knows its predecessor's leases (a process that
+        starts beside a running one leases under an id of its own, so no two live ones share it)."""
+        path = self.path.parent / "engine.id"
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            text = ""
+        if not re.fullmatch(r"[0-9a-f]{32}", text):
+            text = secrets.token_hex(16)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, path)
+        return "engine-" + text

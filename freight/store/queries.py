@@ -1,13 +1,14 @@
 """Named SQL, one set per dialect: freight/store/sql/<dialect>/*.sql, loaded once.
 
-Each file holds queries under ``-- name: <query>`` lines. Parameters are ``:name`` in both
-dialects (turned into psycopg's ``%(name)s`` for PostgreSQL). Values the domain defines are
-written as macros and filled in at load, so that each is written once:
+Each file holds queries under ``-- name: <query>`` lines (other ``--`` lines are comments).
+Parameters are ``:name`` in both dialects (turned into psycopg's ``%(name)s`` for PostgreSQL).
+Values the domain defines are written as macros and filled in at load, so that each is written once:
 
 - ``{batch.<status>}``, ``{sub.<state>}``: a quoted ``BatchStatus`` / ``SubState`` value;
 - ``{request.<state>}``, ``{file.<state>}``: a ``RequestState`` / ``FileRowState`` number;
 - ``{batch.terminal}``: the parenthesised list of terminal statuses;
-- ``{cols.batch}`` (``{cols.b_batch}``: of ``batches b``), ``{cols.file}``, ``{cols.lane_sub}``: the columns the row readers expect.
+- ``{cols.batch}`` (``{cols.b_batch}``: of ``batches b``), ``{cols.file}``, ``{cols.lane_sub}``: the
+  columns the row readers expect.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def parse(text: str) -> dict[str, str]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in out:
             raise ValueError(f"query {name} is defined twice")
-        out[name] = expand(body.strip().rstrip(";"))
+        lines = [line for line in body.splitlines() if not line.lstrip().startswith("--")]  # comments: for readers
+        out[name] = expand("\n".join(lines).strip().rstrip(";"))
     return out
 
 

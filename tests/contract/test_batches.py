@@ -166,3 +166,32 @@ def test_quota_counts_active_batches_and_queued_requests(store: Store) -> None:
     # an idempotent replay is answered even at the limit
     store.insert_batch(new(7, "r"), "k", Quota(max_active_batches=1), 1)
     assert store.insert_batch(new(8, "r"), "k", Quota(max_active_batches=1), 1).id == new(7).id
+
+
+def test_concurrent_inserts_under_one_key_or_one_quota_make_one_batch(store: Store) -> None:
+    import threading
+
+    made: list[str] = []
+    refused: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def insert(i: int, key: str | None, quota: Quota | None, project: str) -> None:
+        barrier.wait()
+        try:
+            made.append(store.insert_batch(new_batch(f"batch_{i:024x}", project=project), key, quota, 1).id)
+        except RateLimited:
+            refused.append(f"batch_{i:024x}")
+
+    def race(key: str | None, quota: Quota | None, project: str, first: int) -> None:
+        made.clear()
+        refused.clear()
+        threads = [threading.Thread(target=insert, args=(first + i, key, quota, project)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    race("same-key", None, "p", 0)
+    assert len(made) == 4 and len(set(made)) == 1, "every caller gets the one batch made under the key"
+    race(None, Quota(max_active_batches=1), "q", 10)
+    assert len(made) == 1 and len(refused) == 3, "the quota holds against concurrent inserts"

@@ -70,3 +70,23 @@ def test_a_running_batch_keeps_its_input(store: Store) -> None:
     store.insert_file(a_file(b.input_file_id), "blob-in")
     assert store.delete_file("p", b.input_file_id)
     assert store.purgeable_files(NOW) == []
+
+
+def test_concurrent_uploads_under_one_key_make_one_file(store: Store) -> None:
+    import threading
+
+    got: list[str] = []
+    barrier = threading.Barrier(4)
+
+    def upload(i: int) -> None:
+        barrier.wait()
+        f = a_file(f"file-{i:024x}")
+        got.append(store.insert_file(f, f.id, "same-key").id)
+
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and len(set(got)) == 1
+    assert len(store.list_files("p", purpose=None, after=None, limit=10, order="asc").items) == 1

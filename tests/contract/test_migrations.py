@@ -119,7 +119,7 @@ def test_a_postgres_store_refuses_a_database_that_is_not_migrated(monkeypatch: p
     from freight.store.postgres import migrate as pg_migrate
 
     with postgres_database("freight_old") as url:
-        with pytest.raises(ConfigError, match="no freight schema.*freight migrate --database-url"):
+        with pytest.raises(ConfigError, match=r"no freight schema.*freight migrate --database-url"):
             PostgresStore(url)
         pg_migrate.migrate(url)
         store = PostgresStore(url)

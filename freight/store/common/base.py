@@ -12,6 +12,13 @@ from .rows import file_params
 
 class Base:
     _db: Database
+    #: Whether writes that make work for other processes tell them (``notify_work``).
+    _hints: bool = False
+
+    def _hint_work(self, tx: Tx) -> None:
+        """Sent when the transaction commits; only a hint (PostgreSQL NOTIFY)."""
+        if self._hints:
+            tx.run("notify_work")
 
     @staticmethod
     def _add_counts(tx: Tx, batch_id: str, tally: Tally) -> None:

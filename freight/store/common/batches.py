@@ -40,6 +40,7 @@ class BatchesMixin(Base):
                 row = tx.one("batch_by_idempotency_key", key)  # inserted by another process meanwhile
                 assert row is not None
                 return batch_from_row(row)
+            self._hint_work(tx)
         return b
 
     def get_batch(self, project: str | None, batch_id: str) -> Batch | None:
@@ -78,6 +79,7 @@ class BatchesMixin(Base):
             change = change_status(BatchStatus(row["status"]), stamps_of(row), expected, new, at)
             if change is None or not _cas(tx, "set_status", batch_id, change):
                 return None
+            self._hint_work(tx)
             row = tx.one("batch", {"id": batch_id})
         return batch_from_row(row)
 
@@ -109,7 +111,10 @@ class BatchesMixin(Base):
         with self._db.write() as tx:
             row = tx.one("batch", {"id": batch_id})
             change = after_validation(BatchStatus(row["status"]), stamps_of(row), at) if row else None
-            return change is not None and _cas(tx, "start_batch", batch_id, change, total=total, model=model)
+            if change is None or not _cas(tx, "start_batch", batch_id, change, total=total, model=model):
+                return False
+            self._hint_work(tx)
+            return True
 
     def fail_validation(self, batch_id: str, errors: Sequence[BatchError], at: int) -> bool:
         data = jsonx.dumps([{"code": e.code, "message": e.message, "param": e.param, "line": e.line} for e in errors])

@@ -24,6 +24,10 @@ class Tx(Protocol):
         """Execute once per parameter set; how many rows they changed together."""
         ...
 
+    def each(self, name: str, rows: Sequence[Params]) -> list[int]:
+        """Execute once per parameter set (pipelined where the driver can); how many rows each changed."""
+        ...
+
     def array(self, values: Sequence[Any]) -> Any:
         """A list as one query parameter (SQLite: JSON for ``json_each``; PostgreSQL: an array)."""
         ...

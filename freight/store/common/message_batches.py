@@ -22,6 +22,7 @@ class MessageBatchesMixin(Base):
             self._insert_file(tx, f, blob_key)
             tx.run("insert_batch", batch_params(b, None))
             tx.run("insert_message_batch", {"batch_id": b.id, "project": b.project, "requests": requests})
+            self._hint_work(tx)
 
     def is_message_batch(self, batch_id: str) -> bool:
         with self._db.read() as tx:

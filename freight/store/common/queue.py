@@ -3,6 +3,7 @@ attempt id that holds the claim."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -48,13 +49,12 @@ class QueueMixin(Base):
                     lost[batch_id].append(result)
                 continue
             attempt_id = ids.new_attempt_id()
-            leases.append({"batch_id": batch_id, "idx": row["idx"], "attempt_id": attempt_id, "owner": owner,
-                           "until": until})
+            leases.append({"batch_id": batch_id, "idx": row["idx"], "attempt_id": attempt_id})
             claimed.append(ClaimedRequest(batch_id=batch_id, idx=row["idx"], custom_id=row["custom_id"],
                                           body=bytes(row["body"]), attempt_id=attempt_id,
                                           attempts=row["attempts"] + 1))
         if leases:
-            tx.many("lease", leases)
+            tx.run("lease", {"rows": json.dumps(leases), "owner": owner, "until": until})
         for batch_id, results in lost.items():
             cls._add_counts(tx, batch_id, Tally.of(results))
         return claimed
@@ -64,20 +64,18 @@ class QueueMixin(Base):
             return tx.many("renew", [{"batch_id": batch_id, "attempt_id": a, "until": until} for a in attempt_ids])
 
     def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
-        stored: list[Result] = []
         with self._db.write() as tx:
-            for item in items:
-                if tx.run("complete", {"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                                       **result_params(item.result)}) == 1:
-                    stored.append(item.result)
+            counts = tx.each("complete", [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                                           **result_params(item.result)} for item in items])
+            stored = [item.result for item, n in zip(items, counts, strict=True) if n == 1]
             self._add_counts(tx, batch_id, Tally.of(stored))
         return len(stored)
 
     def retry_later(self, batch_id: str, items: Sequence[Retry]) -> int:
         with self._db.write() as tx:
-            return sum(tx.run("retry_later", {"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                                              "not_before": item.not_before, "last_error": item.last_error})
-                       for item in items)
+            return sum(tx.each("retry_later", [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                                                "not_before": item.not_before, "last_error": item.last_error}
+                                               for item in items]))
 
     def close_unstarted(self, batch_id: str, result: Result, include_running: bool) -> int:
         with self._db.write() as tx:
@@ -93,6 +91,7 @@ class QueueMixin(Base):
 
     def release_leases(self, owner: str | None = None) -> int:
         with self._db.write() as tx:
-            if owner is None:
-                return tx.run("release_all_leases")
-            return tx.run("release_leases_of", {"owner": owner})
+            n = tx.run("release_all_leases") if owner is None else tx.run("release_leases_of", {"owner": owner})
+            if n:
+                self._hint_work(tx)
+            return n

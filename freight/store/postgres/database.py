@@ -57,6 +57,18 @@ class PostgresTx:
             cur.executemany(self._q[name], rows)
             return cur.rowcount
 
+    def each(self, name: str, rows: Sequence[Params]) -> list[int]:
+        if not rows:
+            return []
+        counts = []
+        with self._c.cursor() as cur:
+            cur.executemany(self._q[name], rows, returning=True)  # one pipeline, a result per row
+            while True:
+                counts.append(cur.rowcount)
+                if not cur.nextset():
+                    break
+        return counts
+
     def array(self, values: Sequence[Any]) -> Any:
         return list(values)
 

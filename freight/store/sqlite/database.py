@@ -44,6 +44,10 @@ class SqliteTx:
             return 0
         return self._c.executemany(self._q[name], rows).rowcount
 
+    def each(self, name: str, rows: Sequence[Params]) -> list[int]:
+        sql = self._q[name]
+        return [self._c.execute(sql, row).rowcount for row in rows]
+
     def array(self, values: Sequence[Any]) -> Any:
         return json.dumps(list(values))
 

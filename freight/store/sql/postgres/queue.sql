@@ -22,9 +22,11 @@ ORDER BY b.seq, r.idx LIMIT :limit
 FOR UPDATE OF r SKIP LOCKED;
 
 -- name: lease
-UPDATE requests SET state = {request.running}, attempts = attempts + 1, attempt_id = :attempt_id,
+-- :rows is a JSON array of {"batch_id", "idx", "attempt_id"}: every lease of a claim in one statement.
+UPDATE requests r SET state = {request.running}, attempts = r.attempts + 1, attempt_id = v.attempt_id,
     lease_owner = :owner, lease_until = :until
-WHERE batch_id = :batch_id AND idx = :idx;
+FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(batch_id text, idx integer, attempt_id text)
+WHERE r.batch_id = v.batch_id AND r.idx = v.idx;
 
 -- name: close_lost
 UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL,

@@ -8,6 +8,10 @@ VALUES (:id, :project, :endpoint, :input_file_id, :completion_window, :status, :
         :metadata, :output_expires_after_s, :idempotency_key)
 ON CONFLICT (project, idempotency_key) DO NOTHING;
 
+-- name: notify_work
+-- A hint to other processes that work may have changed (sent at commit; PostgreSQL only).
+SELECT 1;
+
 -- name: lock_project
 SELECT 1;
 

@@ -19,9 +19,13 @@ WHERE b.status = {batch.in_progress} AND b.model IN (SELECT value FROM json_each
 ORDER BY b.seq, r.idx LIMIT :limit;
 
 -- name: lease
-UPDATE requests SET state = {request.running}, attempts = attempts + 1, attempt_id = :attempt_id,
+-- :rows is a JSON array of {"batch_id", "idx", "attempt_id"}: every lease of a claim in one statement.
+UPDATE requests SET state = {request.running}, attempts = attempts + 1, attempt_id = v.attempt_id,
     lease_owner = :owner, lease_until = :until
-WHERE batch_id = :batch_id AND idx = :idx;
+FROM (SELECT json_extract(value, '$.batch_id') AS batch_id, json_extract(value, '$.idx') AS idx,
+             json_extract(value, '$.attempt_id') AS attempt_id
+      FROM json_each(:rows)) AS v
+WHERE requests.batch_id = v.batch_id AND requests.idx = v.idx;
 
 -- name: close_lost
 UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL,
