@@ -73,8 +73,7 @@ class EngineSettings:
     #: A batch step (validate, finalize, close) that failed is tried again after a backoff that
     #: doubles from ``poll_interval_s`` up to this.
     step_retry_max_s: float = 30.0
-    #: How long the ``batch-steps`` lease (see ``StepLeases``) outlives its holder's last renewal: a
-    #: process that dies holding it delays the batch steps by at most this.
+    #: How long the ``batch-steps`` lease (``StepLeases``) outlives its holder's last renewal.
     step_lease_s: float = 15.0
 
 
@@ -128,7 +127,6 @@ class Engine:
         self.clock = clock
         self.settings = settings or EngineSettings()
         self.owner = owner or ids.new_attempt_id()
-        #: Batch steps run in one process at a time: the holder of a lease (none: the only engine).
         self.steps = StepHolder(steps, self.owner, clock, self.settings.step_lease_s)
         self._random = random
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,25 +206,19 @@ class Engine:
             await self.steps.release()
 
     async def tick(self) -> None:
+        holder = await self.steps.held()  # the batch steps run in one process at a time
         now = self.clock.now()
-        if not await self.steps.held():
-            # Another process runs the batch steps: this one only runs requests of batches in progress.
-            runnable: dict[int, list[Batch]] = {}
-            for batch in await asyncio.to_thread(self.store.active_batches):
-                if (batch.status is BatchStatus.IN_PROGRESS and not self.lanes.handles(batch)
-                        and now < batch.expires_at):
-                    self._add_runnable(runnable, batch)
-            self._runnable = runnable
-            for event in self._work.values():
-                event.set()
-            return
-        if now >= self._next_housekeeping:
+        if holder and now >= self._next_housekeeping:
             self._next_housekeeping = now + self.settings.housekeeping_interval_s
             await asyncio.to_thread(self.purge_files)
         batches = await asyncio.to_thread(self.store.active_batches)
-        runnable = {}
+        runnable: dict[int, list[Batch]] = {}
         now = self.clock.now()
         for batch in batches:
+            if not holder:  # another process runs the steps: this one runs requests of batches in progress
+                if batch.status is BatchStatus.IN_PROGRESS and not self.lanes.handles(batch) and now < batch.expires_at:
+                    self._add_runnable(runnable, batch)
+                continue
             if batch.id in self._busy:
                 if batch.status is BatchStatus.IN_PROGRESS:
                     self._add_runnable(runnable, batch)
