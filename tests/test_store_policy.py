@@ -12,7 +12,7 @@ from freight.domain.batches import TERMINAL, TIMESTAMP_FIELD, BatchStatus
 from freight.domain.claims import Tally, is_lost, worker_lost
 from freight.domain.errors import RateLimited
 from freight.domain.message_batches import ended_counts
-from freight.domain.quota import Quota, check_quota
+from freight.domain.quota import ActiveBatch, Quota, check_quota, queued_requests
 from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED, WORKER_LOST, RequestState, Result
 from freight.domain.status_changes import STAMP_FIELDS, after_failed_validation, after_validation, change_status
 from freight.store import queries
@@ -125,3 +125,16 @@ def test_every_sql_file_is_package_data() -> None:
     sql = [p.relative_to(root / "freight").as_posix() for p in (root / "freight" / "store").rglob("*.sql")]
     assert len(sql) > 10
     assert [p for p in sql if not any(fnmatch.fnmatchcase(p, pat) for pat in patterns)] == []
+
+
+active_batches = st.builds(ActiveBatch, total=st.integers(0, 100), completed=st.integers(0, 50),
+                           failed=st.integers(0, 50), input_lines=st.none() | st.integers(0, 100))
+
+
+@given(st.lists(active_batches))
+def test_queued_requests_count_a_validating_batch_by_its_input_lines(batches: list[ActiveBatch]) -> None:
+    expected = 0
+    for b in batches:
+        expected += (b.input_lines or 0) if b.total == 0 else b.total - b.completed - b.failed
+    assert queued_requests(batches) == expected
+    assert queued_requests([ActiveBatch(0, 0, 0, 7), ActiveBatch(10, 3, 2, 99)]) == 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from freight.domain.errors import RateLimited
@@ -15,6 +16,22 @@ class Quota:
     max_active_batches: int | None = None
     #: Requests of active batches without a result yet (a validating batch counts its input's lines).
     max_queued_requests: int | None = None
+
+
+@dataclass(frozen=True)
+class ActiveBatch:
+    """What a project's quota counts of one of its active batches."""
+
+    total: int
+    completed: int
+    failed: int
+    #: The request lines of its input file (counted at upload; None when unknown).
+    input_lines: int | None
+
+
+def queued_requests(batches: Iterable[ActiveBatch]) -> int:
+    """Requests without a result yet: a batch still validating (no total yet) counts its input's lines."""
+    return sum((b.input_lines or 0) if b.total == 0 else b.total - b.completed - b.failed for b in batches)
 
 
 def check_quota(quota: Quota, active: int, queued: int, requests: int) -> None:

@@ -2,6 +2,7 @@
 
 - the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
   ``MessageBatchStore``, ``LaneStore``; ``Store`` is all of them (what one adapter provides);
+  ``WorkHints``, optional: a shared store waking other processes;
 - ``StepLeases``: which process runs the batch steps;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
 - ``Backend``: a way of executing requests (a local model, an HTTP endpoint); ``BatchLane``: a

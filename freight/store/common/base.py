@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from freight.domain.claims import Tally
 from freight.domain.files import File
-from freight.domain.quota import Quota, check_quota
+from freight.domain.quota import ActiveBatch, Quota, check_quota, queued_requests
 
 from .db import Database, Tx
 from .rows import file_params
@@ -30,9 +30,9 @@ class Base:
     def _check_quota(tx: Tx, project: str, quota: Quota, requests: int) -> None:
         """In the inserting transaction: concurrent inserts of one project are serialised first."""
         tx.run("lock_project", {"project": project})
-        row = tx.one("project_load", {"project": project})
-        assert row is not None
-        check_quota(quota, int(row["active"]), int(row["queued"]), requests)
+        active = [ActiveBatch(r["total"], r["completed"], r["failed"], r["lines"])
+                  for r in tx.all("project_active_batches", {"project": project})]
+        check_quota(quota, len(active), queued_requests(active), requests)
 
     @staticmethod
     def _insert_file(tx: Tx, f: File, blob_key: str, idempotency_key: str | None = None) -> int:

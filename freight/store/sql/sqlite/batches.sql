@@ -15,10 +15,9 @@ SELECT 1;
 -- name: lock_project
 SELECT 1;
 
--- name: project_load
-SELECT count(*) AS active,
-       coalesce(sum(CASE WHEN b.total = 0 THEN coalesce(f.lines, 0) ELSE b.total - b.completed - b.failed END), 0)
-         AS queued
+-- name: project_active_batches
+-- What the project's quota counts (freight.domain.quota).
+SELECT b.total, b.completed, b.failed, f.lines
 FROM batches b LEFT JOIN files f ON f.id = b.input_file_id
 WHERE b.project = :project AND b.status NOT IN {batch.terminal};
 
