@@ -15,6 +15,7 @@ from typing import Any
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
+from freight.engine.step_lease import BATCH_STEPS
 from freight.ports import Backend, BlobStore, Store, WorkHints
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
@@ -110,32 +111,35 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             catalog = build_catalog(settings)
         else:
             catalog = ModelCatalog([], [])
+        # Alone on its data dir, the engine leases under the data dir's own id (engine.id), so that a
+        # restart knows its predecessor's leases; beside others, under an id of its own.
+        owner = data_lock.engine_id() if alone and data_lock is not None else None
         # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
         # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
         shared = data_lock is not None or settings.database_url is not None
-        # A process alone on its data dir at start leases under the data dir's id, so that once restarted
-        # it knows its own leases; one that joins others gets a fresh id.
-        owner = data_lock.engine_id() if alone and data_lock is not None else None
-        engine = Engine(store, blobs, catalog, clock, settings.engine, steps=store if shared else None, owner=owner)
+        engine = Engine(store, blobs, catalog, clock, settings.engine, owner=owner, steps=store if shared else None)
         if isinstance(store, WorkHints):  # a shared store: other processes' batches wake this engine
             store.listen_for_work(engine.wake)
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)
         message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake)
-        if alone and settings.database_url is None:
+        if owner is not None and settings.database_url is not None:
+            # On a shared store only this data dir's previous engine's leases are known to be dead.
+            store.release_leases(owner)
+            if store.lease_holder(BATCH_STEPS, clock.now()) == owner:
+                store.release_lease(BATCH_STEPS, owner)
+        elif alone:
             # No other process is on this data dir's SQLite store: every lease left behind belongs to
             # a dead one, so its requests can run again at once instead of after lease expiry, and a
-            # blob no file refers to was being written when a process died. With others running (or
-            # on a shared PostgreSQL store) neither is safe: their claims are live, their uploads in
-            # flight; leases expire and are taken over instead.
+            # blob no file refers to was being written when a process died. With others running
+            # neither is safe: their claims are live, their uploads in flight; leases expire and are
+            # taken over instead.
             store.release_leases()
+            dead = store.lease_holder(BATCH_STEPS, clock.now())
+            if dead is not None:  # the batch steps' lease of a dead process: no need to wait it out
+                store.release_lease(BATCH_STEPS, dead)
             engine.sweep_orphan_blobs()
-        elif owner is not None:
-            # On a shared store, only the leases this data dir's engine held before it stopped are
-            # dead (this process had the data dir to itself): they can run again at once. Other
-            # processes' leases are never reset: they expire and are taken over.
-            store.release_leases(owner)
         if data_lock is not None and not exclusive:
             data_lock.share()
     except BaseException:

@@ -105,3 +105,23 @@ def test_a_shared_blob_directory_keeps_other_hosts_uploads_in_flight(tmp_path: P
     left = sorted(p.name for p in shared.iterdir())
     assert left == sorted([other_host.name, f"file-mine.tmp{os.getpid()}@{local.HOST}"]), left
     assert w.commit() == 1 and store.keys() == ["file-mine"]
+
+
+def test_a_process_alone_on_its_data_dir_frees_a_dead_processs_step_lease(tmp_path: Path) -> None:
+    from freight.engine.step_lease import BATCH_STEPS
+
+    settings = Settings(data_dir=tmp_path / "data", models={"freight-scripted": {"backend": "scripted"}})
+    first = build_runtime(settings)
+    assert first.store.acquire_lease(BATCH_STEPS, "dead-process", first.clock.now(), first.clock.now() + 600)
+    first.close()  # as if killed: the lease stays in the store
+    again = build_runtime(settings)
+    try:
+        assert again.store.lease_holder(BATCH_STEPS, again.clock.now()) is None, "restart is not held up"
+        assert again.store.acquire_lease(BATCH_STEPS, "live", again.clock.now(), again.clock.now() + 600)
+        other = build_runtime(settings)  # not alone: a live process's lease stays
+        try:
+            assert other.store.lease_holder(BATCH_STEPS, other.clock.now()) == "live"
+        finally:
+            other.close()
+    finally:
+        again.close()

@@ -41,8 +41,8 @@ max_concurrency = 2
 
 [engine]
 poll_interval_s = 0.05
-lease_s = 2
-step_lease_s = 2
+lease_s = 5
+step_lease_s = 3
 retry_base_delay_s = 0.05
 """
 
@@ -198,7 +198,7 @@ def test_two_workers_beside_an_api_only_server_run_every_request_once(fleet: dic
     time.sleep(1.0)
     assert client.batches.retrieve(first).status == "validating", "serve --no-worker runs no engine"
     workers += [Worker(fleet["fleet"], "1"), Worker(fleet["fleet"], "2")]
-    ids = [first, _batch(client, 80, "b", 0.02), _batch(client, 80, "c", 0.02)]
+    ids = [first, _batch(client, 80, "b", 0.1), _batch(client, 80, "c", 0.1)]
     for batch_id, prefix in zip(ids, "abc", strict=True):
         _check_output(client, _finished(client, batch_id), prefix, 80)
         assert set(where.attempts(batch_id).values()) == {1}, "no request ran twice"

@@ -77,7 +77,6 @@ class Engine:
         self.clock = clock
         self.settings = settings or EngineSettings()
         self.owner = owner or ids.new_attempt_id()
-        #: Batch steps run in one process at a time: the holder of a lease (none: the only engine).
         self.steps = StepHolder(steps, self.owner, clock, self.settings.step_lease_s)
         self._random = random
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,8 +163,9 @@ class Engine:
             await self.steps.release()
 
     async def tick(self) -> None:
+        holder = await self.steps.held()  # the batch steps run in one process at a time
         now = self.clock.now()
-        if not await self.steps.held():
+        if not holder:
             # Another process runs the batch steps: this one only runs requests of batches in progress.
             runnable: dict[int, list[Batch]] = {}
             for batch in await asyncio.to_thread(self.store.active_batches):

@@ -70,9 +70,9 @@ class DataDirLock:
             self._fd = None
 
     def engine_id(self) -> str:
-        """A lease owner for the engine of a process that had this data dir to itself at start: random,
-        made once per data dir and kept in it, so a restarted engine knows its own leases (no other
-        live process uses it: one that joins a data dir already in use gets a fresh id)."""
+        """The lease owner of an engine that started alone on this data dir: random, made once per
+        data dir and kept in it, so a restarted engine knows its predecessor's leases (a process that
+        starts beside a running one leases under an id of its own, so no two live ones share it)."""
         path = self.path.parent / "engine.id"
         try:
             text = path.read_text().strip()
