@@ -32,8 +32,10 @@ from freight.backends.openai_http import (
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.domain.retry import is_transient_status
+from freight.domain.secrets import Secret
 from freight.testing.upstream import Upstream, UpstreamConfig
 from freight.wire import jsonx
+from freight.wire.redaction import redact_body
 
 SECRET = "sk-test-3f9c2b7e1d5a4c8b9e0f1a2b3c4d5e6f"
 WRONG = "sk-wrong-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
@@ -145,10 +147,11 @@ def test_fault_mapping(upstream: Upstream, changes: dict[str, Any], timeout_s: f
 def test_error_body_that_is_not_json_is_wrapped(upstream: Upstream) -> None:
     # The simulator's bodies are JSON; the wrapping is checked on the helper directly.
     b = backend(upstream)
-    body = jsonx.loads(b._error_body(502, b"<html>Bad gateway</html>\n"))
+    body = jsonx.loads(b._wrapped_error(502, b"<html>Bad gateway</html>\n"))
     assert body["error"]["message"] == "The upstream answered HTTP 502: <html>Bad gateway</html>"
     assert body["error"]["type"] == "server_error"
-    assert jsonx.loads(b._error_body(400, b'{\n "error": {"message": "x"}\n}')) == {"error": {"message": "x"}}
+    one_line, data = redact_body(Secret(SECRET), b'{\n "error": {"message": "x"}\n}')
+    assert one_line == b'{"error":{"message":"x"}}' and data == {"error": {"message": "x"}}
 
 
 # ---- secrets ---------------------------------------------------------------------------------------------------------
