@@ -53,6 +53,12 @@ RPM = 6_000
 TPM = 1_000_000
 LATENCY_S = 0.1
 MODES = {"quantized": 1.0, "per-minute": 60.0}
+#: The faults comparison: an upstream limited to 1,200 RPM that answers 10% 500s, never answers 3% and
+#: sends 2% garbage (a 200 whose body is cut in half), beside the same upstream without faults.
+FAULT_RPM = 1_200
+FAULTS = {"error_rate": 0.10, "error_statuses": (500,), "timeout_rate": 0.03, "malformed_rate": 0.02}
+#: freight's ``timeout_s`` in the faults comparison (20x the upstream's latency).
+FAULT_TIMEOUT_S = 2.0
 WORDS = ("river mill market bread cheese apple wool winter square wheel stone light water field road house "
          "the of and to in is was for on that with as by at from his her an are this which be or had not but").split()
 
@@ -111,7 +117,9 @@ def side_from(name: str, stats: UpstreamStats, wall_s: float, total: int, finish
 
 # ---- freight ---------------------------------------------------------------------------------------------------------
 
-def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
+def freight_batch(lines: list[dict[str, Any]], up: Upstream,
+                  model: dict[str, Any]) -> tuple[float, list[str], list[str]]:
+    """Run ``lines`` through ``freight run``'s code path; (wall seconds, output lines, error lines)."""
     from freight.cli import local_run
     from freight.config import Settings
     from freight.domain.retry import RetryPolicy
@@ -123,7 +131,7 @@ def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
         input_path = root / "input.jsonl"
         input_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
         settings = Settings(data_dir=root / "data", models={"remote": {
-            "backend": "openai", "base_url": up.base_url, "upstream_model": "sim", "rpm": RPM, "tpm": TPM}})
+            "backend": "openai", "base_url": up.base_url, "upstream_model": "sim", **model}})
         settings.engine = EngineSettings(poll_interval_s=0.05, retry=RetryPolicy(max_attempts=8, base_delay_s=0.5),
                                          input_limits=settings.input_limits)
         settings.sqlite_synchronous = "NORMAL"
@@ -138,7 +146,13 @@ def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
             rt.close()
         wall = time.perf_counter() - started
         out = (root / "out.jsonl").read_text().splitlines()
-        assert len(out) == len(lines), f"freight delivered {len(out)} of {len(lines)} lines"
+        errors = (root / "errors.jsonl").read_text().splitlines() if (root / "errors.jsonl").exists() else []
+    return wall, out, errors
+
+
+def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
+    wall, out, _ = freight_batch(lines, up, {"rpm": RPM, "tpm": TPM})
+    assert len(out) == len(lines), f"freight delivered {len(out)} of {len(lines)} lines"
     return side_from("freight", up.stats(), wall, len(lines), True)
 
 
@@ -269,11 +283,67 @@ def compare(mode: str, n: int, baseline_timeout_s: float, log: bool = True) -> l
     ]
 
 
-def run(requests: int = 10_000, modes: tuple[str, ...] = tuple(MODES), baseline_timeout_s: float = 180.0) -> list[Row]:
+@dataclass
+class FaultRun:
+    wall_s: float
+    #: Requests the upstream admitted (charged to its limit), faulty answers included.
+    admitted: int
+    succeeded: int
+    lost: int
+    doubled: int
+    outcomes: dict[str, int]
+
+    def used(self, rpm: int) -> float:
+        """The binding limit's share used: floor time (admitted requests at the limit) / wall time."""
+        return self.admitted / rpm * 60 / self.wall_s
+
+
+def fault_run(lines: list[dict[str, Any]], up: Upstream, rpm: int) -> FaultRun:
+    wall, out, errors = freight_batch(lines, up, {"rpm": rpm, "timeout_s": FAULT_TIMEOUT_S})
+    stats = up.stats()
+    ids = [json.loads(x)["custom_id"] for x in out + errors]
+    ok = {json.loads(x)["custom_id"] for x in out if json.loads(x)["response"]["status_code"] == 200}
+    doubled = (len(ids) - len(set(ids))) + sum(max(0, stats.ok(x["custom_id"]) - 1) for x in lines)
+    return FaultRun(wall, sum(row[1] for row in stats.timeline), len(ok), len(lines) - len(ok), doubled,
+                    dict(stats.outcomes))
+
+
+def compare_faults(seconds: float = 75.0, rpm: int = FAULT_RPM, log: bool = True) -> list[Row]:
+    """The same batch against a fault-free upstream and a faulty one (FAULTS), both limited to ``rpm``."""
+    n = int(rpm * seconds / 60)
+    lines = workload(n, seed=2)
+    runs: dict[str, FaultRun] = {}
+    for name, faults in (("fault-free", {}), ("faulty", FAULTS)):
+        config = UpstreamConfig(rpm=rpm, burst_s=1.0, latency_s=LATENCY_S, max_events=4 * n + 1000, seed=5,
+                                **faults)  # type: ignore[arg-type]
+        with Upstream(config, subprocess=True) as up:
+            if log:
+                print(f"[faults, {rpm} RPM, {n} requests] freight vs a {name} upstream ...", file=sys.stderr,
+                      flush=True)
+            runs[name] = fault_run(lines, up, rpm)
+            if log:
+                print(f"  {runs[name]}", file=sys.stderr, flush=True)
+    faulty, clean = runs["faulty"], runs["fault-free"]
+    label = f"remote faults {rpm:,} RPM"
+    used, used_clean = faulty.used(rpm), clean.used(rpm)
+    return [
+        Row(label, "binding limit used (faulty | fault-free)", f"{used:.3f}", f"{used_clean:.3f}",
+            f"{used / used_clean:.2f}x", ">= 0.95", used >= 0.95),
+        Row(label, "lost / doubled", f"{faulty.lost}/{faulty.doubled}", f"{clean.lost}/{clean.doubled}", "",
+            "0/0", faulty.lost == faulty.doubled == clean.lost == clean.doubled == 0),
+        Row(label, "wall time", f"{faulty.wall_s:.1f} s", f"{clean.wall_s:.1f} s", "", "", None),
+        Row(label, "upstream attempts / requests", f"{faulty.admitted}/{n}", f"{clean.admitted}/{n}", "", "", None),
+    ]
+
+
+def run(requests: int = 10_000, modes: tuple[str, ...] = tuple(MODES), baseline_timeout_s: float = 180.0,
+        fault_seconds: float = 60.0) -> list[Row]:
     """For bench/run.py."""
     rows: list[Row] = []
     for mode in modes:
         rows += compare(mode, requests, baseline_timeout_s)
+    if fault_seconds > 0:
+        rows += compare_faults(fault_seconds)
     return rows
 
 
@@ -292,13 +362,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=None, help="batch size (default 10,000; --quick: 2,000)")
     parser.add_argument("--quick", action="store_true", help="2,000 requests")
-    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--mode", choices=[*MODES, "both", "none"], default="both",
+                        help="rate-limit modes of the freight vs cookbook comparison (none: skip it)")
+    parser.add_argument("--fault-seconds", type=float, default=60.0,
+                        help="length of the faults comparison at 1,200 RPM (0: skip it)")
     parser.add_argument("--baseline-timeout", type=float, default=180.0,
                         help="stop the baseline after this many seconds (or 1.5x freight's wall time if longer)")
     args = parser.parse_args()
     n = args.requests or (2_000 if args.quick else 10_000)
-    modes = tuple(MODES) if args.mode == "both" else (args.mode,)
-    print_table(run(n, modes, args.baseline_timeout))
+    modes = tuple(MODES) if args.mode == "both" else () if args.mode == "none" else (args.mode,)
+    print_table(run(n, modes, args.baseline_timeout, args.fault_seconds))
 
 
 if __name__ == "__main__":

@@ -299,6 +299,84 @@ def test_overload_cools_down_every_request_and_probes(upstream: Upstream) -> Non
     assert min(gaps) >= 0.28, gaps  # serialized: each refused probe restarts the cool-down
 
 
+def test_scattered_503s_are_retried_not_a_cooldown_but_many_are(upstream: Upstream) -> None:
+    """A 503 without Retry-After among other answers costs its own request a retry (by the engine), not
+    every request a cool-down; once 10 of the last 20 answers are such 503s, they are an overload."""
+    upstream.configure(error_rate=1.0, error_statuses=(503,))
+    b = backend(upstream)
+
+    async def go() -> tuple[list[int], list[int]]:
+        await b.start()
+        state = b.state
+        assert state is not None
+        cooldowns = []
+        for i in range(12):
+            [result] = await b.execute(CHAT, [chat(i)])
+            assert isinstance(result, Result) and result.status_code == 503
+            cooldowns.append(state.counters.cooldowns)
+        attempts = [upstream.stats().count("503")]
+        await b.close()
+        return cooldowns, attempts
+
+    cooldowns, attempts = asyncio.run(go())
+    assert cooldowns[:9] == [0] * 9  # no shared pause for the first ones
+    assert cooldowns[9] == 1 and cooldowns[-1] >= 2  # the tenth in the last twenty: overload
+    assert attempts == [12]  # 503s are not retried at once
+
+
+def test_server_errors_are_retried_at_once(upstream: Upstream) -> None:
+    upstream.configure(error_rate=1.0, error_statuses=(500,))
+    b = backend(upstream)
+
+    async def go() -> tuple[Result | Failure, int]:
+        [result] = await b.execute(CHAT, [chat("once")])
+        assert b.state is not None
+        retried = b.state.counters.retried_at_once
+        await b.close()
+        return result, retried
+
+    result, retried = asyncio.run(go())
+    assert isinstance(result, Result) and result.status_code == 500
+    assert retried == 2 and upstream.stats().per_key["konce"] == {"500": 3}
+    upstream.configure(error_rate=0.0)
+    upstream.reset_stats()
+    [ok] = asyncio.run(run(backend(upstream), CHAT, [chat("once")]))
+    assert isinstance(ok, Result) and ok.status_code == 200 and upstream.stats().ok("konce") == 1
+
+
+def test_stragglers_hold_no_place_in_the_window_or_the_probe(upstream: Upstream) -> None:
+    """Requests in flight for longer than the straggler threshold (probably hung until timeout_s) no
+    longer block the AIMD window or a probe; ``max_concurrency`` still bounds everything in flight."""
+    b = backend(upstream, max_concurrency=12)
+
+    async def go() -> None:
+        await b.start()
+        state = b.state
+        assert state is not None
+        now = 1000.0
+        window = state.aimd.window
+        old = now - 10 * state.straggler_s()
+        state.sent_at = {i: old for i in range(window)}
+        state.in_flight = window
+        assert state.blocked_for(now) is None  # all stragglers
+        state.sent_at = {i: now - 0.01 for i in range(window)}
+        wait = state.blocked_for(now)
+        assert wait is not None and 0 < wait <= state.straggler_s()  # a full window: until one straggles
+        state.probing, state.probe = True, 0
+        state.sent_at, state.in_flight = {0: now - 0.01}, 1
+        assert state.blocked_for(now) is not None  # the probe is out
+        state.sent_at = {0: old}
+        assert state.blocked_for(now) is None  # the probe hung: another may go
+        state.probing, state.probe = False, None
+        state.sent_at = {i: old for i in range(12)}
+        state.in_flight = 12
+        assert state.blocked_for(now) == math.inf  # max_concurrency holds whatever the ages
+        state.sent_at, state.in_flight = {}, 0
+        await b.close()
+
+    asyncio.run(go())
+
+
 def test_two_model_names_share_one_upstream(upstream: Upstream) -> None:
     a = backend(upstream, name="a", rpm=1200)
     b = backend(upstream, key_env="OTHER_NAME_SAME_KEY", name="b", rpm=2400)
@@ -320,7 +398,10 @@ def test_two_model_names_share_one_upstream(upstream: Upstream) -> None:
 
     elapsed = asyncio.run(go())
     assert elapsed >= (30 - 3) / 20  # 20/s together, not 20/s each
-    times = sorted(t for t, _, outcome in upstream.stats().events if outcome == "ok")
+    deadline = time.monotonic() + 5  # the simulator counts an answer once it is written: maybe just after
+    while len(times := sorted(t for t, _, o in upstream.stats().events if o == "ok")) < 30:
+        assert time.monotonic() < deadline, times
+        time.sleep(0.01)
     assert len(times) == 30
     for i, start in enumerate(times):  # never more than 20 in a second (plus the pacer's 0.1 s burst)
         assert sum(1 for t in times[i:] if t < start + 1.0) <= 23

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freight.domain.ratelimit import AIMD, WINDOW_S, RateLimiter, Reservation
+from freight.domain.ratelimit import AIMD, WINDOW_S, OverloadShare, RateLimiter, Reservation
 from freight.wire.ratelimit_headers import parse_header_duration_s, parse_retry_after_s, read_ratelimit_headers
 
 # ---- header parsing --------------------------------------------------------------------------------------------------
@@ -271,3 +271,15 @@ def test_aimd_slow_start_then_additive_and_one_cut_per_hold() -> None:
     assert aimd.window == 5  # additive: about +1 per window of successes
     aimd.on_overload(2.5)
     assert aimd.window == 2
+
+
+def test_overload_share_counts_the_last_answers() -> None:
+    share = OverloadShare(window=4, threshold=2)
+    assert [share.observe(x) for x in (True, False, False, False)] == [False, False, False, False]
+    assert share.observe(True) is False  # one in the last four
+    assert share.observe(True) is True  # two
+    assert share.observe(False) is False  # an answer that is not one never is
+    assert [share.observe(False) for _ in range(3)] == [False] * 3
+    assert share.observe(True) is False  # the old ones have left the window
+    with pytest.raises(ValueError):
+        OverloadShare(window=2, threshold=3)

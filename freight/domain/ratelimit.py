@@ -462,3 +462,28 @@ class AIMD:
             return
         self.limit = max(float(self.minimum), self.limit * self.decrease)
         self._hold_until = now + self.hold_s
+
+
+class OverloadShare:
+    """Whether answers that only may mean overload (a 503 without ``Retry-After``: an upstream out of
+    capacity, or a server error among successes) are frequent enough to be treated as overload.
+
+    Of the last ``window`` answers, ``threshold`` or more such answers make ``observe`` say yes: a few
+    scattered 503s cost their requests a retry, not every request a cool-down; an upstream that answers
+    mostly 503s is backed off from as from a 429.
+    """
+
+    def __init__(self, window: int = 20, threshold: int = 10):
+        if not 1 <= threshold <= window:
+            raise ValueError("need 1 <= threshold <= window")
+        self.threshold = threshold
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._count = 0
+
+    def observe(self, ambiguous: bool) -> bool:
+        """One answer (``ambiguous``: a 503 without ``Retry-After``); whether it counts as an overload."""
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._count -= 1
+        self._recent.append(ambiguous)
+        self._count += ambiguous
+        return ambiguous and self._count >= self.threshold

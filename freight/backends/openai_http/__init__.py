@@ -48,7 +48,7 @@ redacted as parsed JSON (escapes undone) and again as the final bytes, in any JS
 (``freight.wire.redaction``); an ``x-request-id`` that quotes it is replaced by one of freight's.
 """
 
-from freight.backends.openai_http.backend import MAX_MESSAGE_CHARS, OVERLOAD_STATUSES, OpenAIHTTPBackend
+from freight.backends.openai_http.backend import MAX_MESSAGE_CHARS, OpenAIHTTPBackend
 from freight.backends.openai_http.checks import (
     ENDPOINTS,
     endpoint_url,
@@ -68,7 +68,7 @@ from freight.wire.token_estimate import (
 )
 
 __all__ = [
-    "CHAT", "COMPLETIONS", "EMBEDDINGS", "ENDPOINTS", "MAX_MESSAGE_CHARS", "OVERLOAD_STATUSES", "RESPONSES",
+    "CHAT", "COMPLETIONS", "EMBEDDINGS", "ENDPOINTS", "MAX_MESSAGE_CHARS", "RESPONSES",
     "OpenAIHTTPBackend", "UpstreamCounters", "UpstreamState", "endpoint_url", "missing_fields",
     "normalize_base_url", "prompt_parts", "redact_url", "requested_output", "shared_states", "usage_tokens",
 ]

@@ -31,10 +31,20 @@ from freight.wire.openai import error_envelope
 from freight.wire.redaction import NOT_JSON, redact_body
 from freight.wire.token_estimate import usage_tokens
 
-#: Statuses that make the whole upstream cool down and cut its concurrency.
-OVERLOAD_STATUSES = frozenset({429, 503})
 #: Longest upstream text kept in a message (bodies that are not JSON).
 MAX_MESSAGE_CHARS = 2000
+#: A request whose answer is a server error (5xx but 503), a broken body or a lost connection is sent
+#: again at once, this many times, before the engine gets the failure back: the retry takes the next
+#: place in the queue (and its share of the budget) instead of waiting for the engine's backoff and a
+#: new claim. Timeouts and overloads (429, 503) go back to the engine and its backoff.
+RETRIES_AT_ONCE = 2
+
+
+def retry_at_once(outcome: Result | Failure) -> bool:
+    if isinstance(outcome, Failure):
+        return outcome.code != "timeout"
+    status = outcome.status_code or 0
+    return status >= 500 and status != 503
 
 
 @dataclass
@@ -171,11 +181,20 @@ class OpenAIHTTPBackend:
             return Result(status_code=400, request_id=new_request_id(),
                           body=jsonx.dumps(error_envelope(f"The body cannot be encoded: {exc}",
                                                           "invalid_request_error")))
+        for attempt in range(RETRIES_AT_ONCE + 1):
+            outcome = await self._attempt(state, endpoint, payload, content)
+            if attempt == RETRIES_AT_ONCE or not retry_at_once(outcome):
+                break
+            state.counters.retried_at_once += 1
+        return outcome
+
+    async def _attempt(self, state: UpstreamState, endpoint: str, payload: dict[str, Any],
+                       content: bytes) -> Result | Failure:
         prompt_estimate, estimate = state.estimate(endpoint, payload)
-        reservation, in_flight = await state.admit(estimate)
+        reservation, in_flight, ticket = await state.admit(estimate)
         state.counters.sent += 1
         try:
-            sent = await self._send(state, endpoint, content)
+            sent = await self._send(state, endpoint, content, ticket)
         except TimeoutError:
             state.end_probe()
             state.limiter.settle(reservation, None, time.monotonic())
@@ -189,10 +208,10 @@ class OpenAIHTTPBackend:
             detail = self._secret.scrub(str(exc))[:MAX_MESSAGE_CHARS] or "no details"
             return Failure(code, f"Could not reach the upstream ({type(exc).__name__}: {detail}).")
         finally:
-            state.release()
+            state.release(ticket)
         return self._outcome(state, endpoint, payload, prompt_estimate, reservation, in_flight, sent)
 
-    async def _send(self, state: UpstreamState, endpoint: str, content: bytes) -> _Sent:
+    async def _send(self, state: UpstreamState, endpoint: str, content: bytes, ticket: int) -> _Sent:
         index = state.pick_client()
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -200,11 +219,9 @@ class OpenAIHTTPBackend:
                                                            headers={"Content-Type": "application/json"})
         finally:
             state.client_load[index] -= 1
-        state.feedback(response)
-        if response.status_code in OVERLOAD_STATUSES:
-            state.overloaded(response)
-        else:
-            state.end_probe()
+        state.answered(response)
+        if 200 <= response.status_code < 300:
+            state.latency.add(time.monotonic() - state.sent_at.get(ticket, time.monotonic()))
         return _Sent(response.status_code, response.content, response.headers.get("x-request-id"))
 
     def _outcome(self, state: UpstreamState, endpoint: str, payload: Mapping[str, Any], prompt_estimate: int,

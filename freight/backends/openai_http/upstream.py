@@ -8,6 +8,7 @@ backends with the same ``base_url`` and API key (fingerprint); configured limits
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 
 from freight.backends.openai_http.checks import redact_url
-from freight.domain.ratelimit import AIMD, RateLimiter, Reservation
+from freight.domain.ratelimit import AIMD, OverloadShare, RateLimiter, Reservation
 from freight.domain.secrets import Secret
 from freight.wire.ratelimit_headers import parse_retry_after_s, read_ratelimit_headers
 from freight.wire.token_estimate import (
@@ -38,6 +39,10 @@ log = logging.getLogger("freight.backends.openai_http")
 EMA_ALPHA = 0.05
 #: Connections per httpx pool (an upstream gets ceil(max_concurrency / this) pools).
 SHARD_CONNECTIONS = 8
+#: A request in flight for longer than this many times the mean latency of successes (and at least
+#: STRAGGLER_MIN_S) is a straggler (see ``UpstreamState.straggler_s``).
+STRAGGLER_FACTOR = 4.0
+STRAGGLER_MIN_S = 1.0
 
 
 @dataclass
@@ -49,6 +54,7 @@ class UpstreamCounters:
     server_errors: int = 0
     failures: int = 0
     cooldowns: int = 0
+    retried_at_once: int = 0
 
 
 @dataclass
@@ -80,23 +86,31 @@ class UpstreamState:
             headers["Authorization"] = f"Bearer {token}"
         # Several small pools rather than one big one: httpcore's pool does work quadratic in its number of
         # connections on every request, which at 256 connections costs more CPU than the rest of freight.
-        shards = math.ceil(max_in_flight / SHARD_CONNECTIONS)
-        self.clients = [
-            httpx.AsyncClient(
-                headers=headers,
-                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
-                limits=httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS),
-                follow_redirects=False,
-            )
-            for _ in range(shards)
-        ]
-        self.client_load = [0] * shards
+        self.shards = math.ceil(max_in_flight / SHARD_CONNECTIONS)
+        # One TLS context for every pool: each client would otherwise load the CA bundle itself (0.1-0.2 s
+        # each, seconds for 32 pools: time in which nothing is sent). Pools are made as they are needed.
+        self._client_options: dict[str, Any] = {
+            "verify": httpx.create_ssl_context(),
+            "headers": headers,
+            "timeout": httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
+            "limits": httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS),
+            "follow_redirects": False,
+        }
+        self.clients = [httpx.AsyncClient(**self._client_options)]
+        self.client_load = [0]
         self.refs = 0
         self.in_flight = 0
+        #: Send time of each request in flight, by ticket (``admit`` gives one, ``release`` takes it back).
+        self.sent_at: dict[int, float] = {}
+        self._tickets = 0
         self.queue = asyncio.Lock()  # FIFO: only the head of the queue waits on the budgets
-        #: After a 429/503, one request at a time until one is answered without overload.
+        #: After an overload, one request at a time until one is answered without overload.
         self.probing = False
+        self.probe: int | None = None
         self.slot_freed = asyncio.Event()
+        #: Seconds from send to answer (successes), for the straggler threshold.
+        self.latency = _Mean(1.0)
+        self.ambiguous_503s = OverloadShare()
         self.counters = UpstreamCounters()
         self.output_means: dict[str, _Mean] = {}
         self.prompt_ratio = _Mean(1.0)
@@ -131,23 +145,58 @@ class UpstreamState:
             mean.add(output / n)
 
     # ---- admission -------------------------------------------------------------------------------------------------
-    async def admit(self, tokens: int) -> tuple[Reservation, int]:
-        """Wait for a slot and the budget; returns the reservation and the in-flight count with this one."""
+    def straggler_s(self) -> float:
+        """A request in flight longer than this is a straggler: probably hung, it no longer holds a place
+        in the AIMD window (nor the probe's), only one of ``max_in_flight``."""
+        return max(STRAGGLER_MIN_S, STRAGGLER_FACTOR * self.latency.value)
+
+    def blocked_for(self, now: float) -> float | None:
+        """None when a request may be sent now (as far as concurrency goes), else how long until a request
+        in flight turns straggler (``inf``: until one is answered)."""
+        if self.in_flight >= self.max_in_flight:
+            return math.inf
+        since = now - self.straggler_s()
+        fresh = [t for t in self.sent_at.values() if t > since]
+        if self.probing:
+            started = self.sent_at.get(self.probe) if self.probe is not None else None
+            return None if started is None or started <= since else started - since
+        if len(fresh) < self.aimd.window:
+            return None
+        return min(fresh) - since
+
+    async def admit(self, tokens: int) -> tuple[Reservation, int, int]:
+        """Wait for a slot and the budget; returns the reservation, the requests in flight that count against
+        the window with this one, and the ticket to ``release``."""
         async with self.queue:
             while True:
-                if self.in_flight >= (1 if self.probing else self.aimd.window):
+                now = time.monotonic()
+                blocked = self.blocked_for(now)
+                if blocked is not None:
                     self.slot_freed.clear()
-                    await self.slot_freed.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(None if math.isinf(blocked) else blocked + 1e-3):
+                            await self.slot_freed.wait()
                     continue
-                reservation = self.limiter.reserve(tokens, time.monotonic())
+                reservation = self.limiter.reserve(tokens, now)
                 if reservation.admitted:
+                    since = now - self.straggler_s()
+                    counted = 1 + sum(1 for t in self.sent_at.values() if t > since)
+                    self._tickets += 1
+                    ticket = self._tickets
+                    self.sent_at[ticket] = now
                     self.in_flight += 1
-                    return reservation, self.in_flight
+                    if self.probing:
+                        self.probe = ticket
+                    return reservation, counted, ticket
                 await asyncio.sleep(min(reservation.wait_s, 60.0))
 
     def pick_client(self) -> int:
-        """The least busy pool (never full while fewer than ``max_in_flight`` requests are in flight)."""
+        """The least busy pool (never full while fewer than ``max_in_flight`` requests are in flight: a new
+        pool is made when every pool is full)."""
         loads = self.client_load
+        if min(loads) >= SHARD_CONNECTIONS and len(self.clients) < self.shards:
+            self.clients.append(httpx.AsyncClient(**self._client_options))
+            loads.append(0)
         index = loads.index(min(loads))
         loads[index] += 1
         return index
@@ -159,11 +208,25 @@ class UpstreamState:
     def end_probe(self) -> None:
         if self.probing:
             self.probing = False
+            self.probe = None
             self.slot_freed.set()
 
-    def release(self) -> None:
+    def release(self, ticket: int) -> None:
+        self.sent_at.pop(ticket, None)
         self.in_flight -= 1
         self.slot_freed.set()
+
+    def answered(self, response: httpx.Response) -> None:
+        """Any response: its rate-limit headers, and whether it is an overload (a 429, a 503 with
+        ``Retry-After``, or a 503 among many: ``OverloadShare``) or ends a probe."""
+        self.feedback(response)
+        status = response.status_code
+        explicit = "retry-after" in response.headers or "retry-after-ms" in response.headers
+        crowded = self.ambiguous_503s.observe(status == 503 and not explicit)
+        if status == 429 or (status == 503 and (explicit or crowded)):
+            self.overloaded(response)
+        else:
+            self.end_probe()
 
     def feedback(self, response: httpx.Response) -> None:
         """The rate-limit headers of any response."""
