@@ -292,6 +292,11 @@ class FaultRun:
     lost: int
     doubled: int
     outcomes: dict[str, int]
+    #: Requests the upstream admitted per minute between the 10th and 90th percentile of successes.
+    steady_rpm: float
+    #: Seconds from the start to the first answer, and from the 99th percentile of successes to the last.
+    first_s: float
+    tail_s: float
 
     def used(self, rpm: int) -> float:
         """The binding limit's share used: floor time (admitted requests at the limit) / wall time."""
@@ -304,8 +309,11 @@ def fault_run(lines: list[dict[str, Any]], up: Upstream, rpm: int) -> FaultRun:
     ids = [json.loads(x)["custom_id"] for x in out + errors]
     ok = {json.loads(x)["custom_id"] for x in out if json.loads(x)["response"]["status_code"] == 200}
     doubled = (len(ids) - len(set(ids))) + sum(max(0, stats.ok(x["custom_id"]) - 1) for x in lines)
+    times = sorted(t for t, _, outcome in stats.events if outcome == "ok")
+    first, last = math.ceil(times[len(times) // 10]), math.floor(times[(len(times) * 9) // 10])
+    steady = sum(row[1] for row in stats.timeline if first <= row[0] < last) / max(1, last - first) * 60
     return FaultRun(wall, sum(row[1] for row in stats.timeline), len(ok), len(lines) - len(ok), doubled,
-                    dict(stats.outcomes))
+                    dict(stats.outcomes), steady, stats.events[0][0], times[-1] - times[(len(times) * 99) // 100])
 
 
 def compare_faults(seconds: float = 75.0, rpm: int = FAULT_RPM, log: bool = True) -> list[Row]:
@@ -329,6 +337,8 @@ def compare_faults(seconds: float = 75.0, rpm: int = FAULT_RPM, log: bool = True
     return [
         Row(label, "binding limit used (faulty | fault-free)", f"{used:.3f}", f"{used_clean:.3f}",
             f"{used / used_clean:.2f}x", ">= 0.95", used >= 0.95),
+        Row(label, "steady admitted RPM / limit", f"{faulty.steady_rpm / rpm:.3f}",
+            f"{clean.steady_rpm / rpm:.3f}", "", "", None),
         Row(label, "lost / doubled", f"{faulty.lost}/{faulty.doubled}", f"{clean.lost}/{clean.doubled}", "",
             "0/0", faulty.lost == faulty.doubled == clean.lost == clean.doubled == 0),
         Row(label, "wall time", f"{faulty.wall_s:.1f} s", f"{clean.wall_s:.1f} s", "", "", None),

@@ -34,9 +34,9 @@ from freight.wire.token_estimate import usage_tokens
 #: Longest upstream text kept in a message (bodies that are not JSON).
 MAX_MESSAGE_CHARS = 2000
 #: A request whose answer is a server error (5xx but 503), a broken body or a lost connection is sent
-#: again at once, this many times, before the engine gets the failure back: the retry takes the next
-#: place in the queue (and its share of the budget) instead of waiting for the engine's backoff and a
-#: new claim. Timeouts and overloads (429, 503) go back to the engine and its backoff.
+#: again at once, this many times, before the engine gets the failure back: the retry goes ahead of the
+#: queue (it was at its head) and takes its share of the budget, instead of waiting for the engine's
+#: backoff, a new claim and the queue. Timeouts and overloads (429, 503) go back to the engine.
 RETRIES_AT_ONCE = 2
 
 
@@ -182,16 +182,16 @@ class OpenAIHTTPBackend:
                           body=jsonx.dumps(error_envelope(f"The body cannot be encoded: {exc}",
                                                           "invalid_request_error")))
         for attempt in range(RETRIES_AT_ONCE + 1):
-            outcome = await self._attempt(state, endpoint, payload, content)
+            outcome = await self._attempt(state, endpoint, payload, content, first=attempt > 0)
             if attempt == RETRIES_AT_ONCE or not retry_at_once(outcome):
                 break
             state.counters.retried_at_once += 1
         return outcome
 
-    async def _attempt(self, state: UpstreamState, endpoint: str, payload: dict[str, Any],
-                       content: bytes) -> Result | Failure:
+    async def _attempt(self, state: UpstreamState, endpoint: str, payload: dict[str, Any], content: bytes,
+                       first: bool) -> Result | Failure:
         prompt_estimate, estimate = state.estimate(endpoint, payload)
-        reservation, in_flight, ticket = await state.admit(estimate)
+        reservation, in_flight, ticket = await state.admit(estimate, first=first)
         state.counters.sent += 1
         try:
             sent = await self._send(state, endpoint, content, ticket)

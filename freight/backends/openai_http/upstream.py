@@ -164,31 +164,37 @@ class UpstreamState:
             return None
         return min(fresh) - since
 
-    async def admit(self, tokens: int) -> tuple[Reservation, int, int]:
+    async def admit(self, tokens: int, *, first: bool = False) -> tuple[Reservation, int, int]:
         """Wait for a slot and the budget; returns the reservation, the requests in flight that count against
-        the window with this one, and the ticket to ``release``."""
+        the window with this one, and the ticket to ``release``. ``first``: ahead of the queue (a request
+        sent again at once: it was at the head already)."""
+        if first:
+            return await self._wait_and_take(tokens)
         async with self.queue:
-            while True:
-                now = time.monotonic()
-                blocked = self.blocked_for(now)
-                if blocked is not None:
-                    self.slot_freed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(None if math.isinf(blocked) else blocked + 1e-3):
-                            await self.slot_freed.wait()
-                    continue
-                reservation = self.limiter.reserve(tokens, now)
-                if reservation.admitted:
-                    since = now - self.straggler_s()
-                    counted = 1 + sum(1 for t in self.sent_at.values() if t > since)
-                    self._tickets += 1
-                    ticket = self._tickets
-                    self.sent_at[ticket] = now
-                    self.in_flight += 1
-                    if self.probing:
-                        self.probe = ticket
-                    return reservation, counted, ticket
-                await asyncio.sleep(min(reservation.wait_s, 60.0))
+            return await self._wait_and_take(tokens)
+
+    async def _wait_and_take(self, tokens: int) -> tuple[Reservation, int, int]:
+        while True:
+            now = time.monotonic()
+            blocked = self.blocked_for(now)
+            if blocked is not None:
+                self.slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(None if math.isinf(blocked) else blocked + 1e-3):
+                        await self.slot_freed.wait()
+                continue
+            reservation = self.limiter.reserve(tokens, now)
+            if reservation.admitted:
+                since = now - self.straggler_s()
+                counted = 1 + sum(1 for t in self.sent_at.values() if t > since)
+                self._tickets += 1
+                ticket = self._tickets
+                self.sent_at[ticket] = now
+                self.in_flight += 1
+                if self.probing:
+                    self.probe = ticket
+                return reservation, counted, ticket
+            await asyncio.sleep(min(reservation.wait_s, 60.0))
 
     def pick_client(self) -> int:
         """The least busy pool (never full while fewer than ``max_in_flight`` requests are in flight: a new
