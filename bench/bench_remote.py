@@ -290,7 +290,11 @@ class FaultRun:
     admitted: int
     succeeded: int
     lost: int
+    #: Requests with more than one line in the result files.
     doubled: int
+    #: Requests the upstream answered successfully more than once: an answer that came after freight's
+    #: ``timeout_s`` (on a starved machine), then the request sent again.
+    answered_twice: int
     outcomes: dict[str, int]
     #: Requests the upstream admitted per minute between the 10th and 90th percentile of successes.
     steady_rpm: float
@@ -308,11 +312,12 @@ def fault_run(lines: list[dict[str, Any]], up: Upstream, rpm: int) -> FaultRun:
     stats = up.stats()
     ids = [json.loads(x)["custom_id"] for x in out + errors]
     ok = {json.loads(x)["custom_id"] for x in out if json.loads(x)["response"]["status_code"] == 200}
-    doubled = (len(ids) - len(set(ids))) + sum(max(0, stats.ok(x["custom_id"]) - 1) for x in lines)
+    doubled = len(ids) - len(set(ids))
+    twice = sum(max(0, stats.ok(x["custom_id"]) - 1) for x in lines)
     times = sorted(t for t, _, outcome in stats.events if outcome == "ok")
     first, last = math.ceil(times[len(times) // 10]), math.floor(times[(len(times) * 9) // 10])
     steady = sum(row[1] for row in stats.timeline if first <= row[0] < last) / max(1, last - first) * 60
-    return FaultRun(wall, sum(row[1] for row in stats.timeline), len(ok), len(lines) - len(ok), doubled,
+    return FaultRun(wall, sum(row[1] for row in stats.timeline), len(ok), len(lines) - len(ok), doubled, twice,
                     dict(stats.outcomes), steady, stats.events[0][0], times[-1] - times[(len(times) * 99) // 100])
 
 
@@ -343,6 +348,8 @@ def compare_faults(seconds: float = 75.0, rpm: int = FAULT_RPM, log: bool = True
             "0/0", faulty.lost == faulty.doubled == clean.lost == clean.doubled == 0),
         Row(label, "wall time", f"{faulty.wall_s:.1f} s", f"{clean.wall_s:.1f} s", "", "", None),
         Row(label, "upstream attempts / requests", f"{faulty.admitted}/{n}", f"{clean.admitted}/{n}", "", "", None),
+        Row(label, "answered twice upstream (late, after timeout_s)", str(faulty.answered_twice),
+            str(clean.answered_twice), "", "", None),
     ]
 
 

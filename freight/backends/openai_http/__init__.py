@@ -7,18 +7,23 @@ How a request goes
 ``execute`` gets a chunk of claimed requests and sends them concurrently (at most ``max_concurrency``
 tasks per call). Each request, in order of arrival (one FIFO queue per upstream):
 
-1. waits until fewer requests are in flight than the upstream's AIMD window allows (after a 429/503:
-   until none is, and stays at one until a request is answered without overload: a probe);
+1. waits until fewer requests are in flight than the upstream's AIMD window allows, stragglers (in
+   flight for over max(1 s, 4x the mean latency): probably hung) not counted, and fewer than
+   ``max_concurrency`` in all (after an overload: until the probe, a single request, is answered
+   without overload or straggles);
 2. waits until the ``RateLimiter`` admits its estimated cost (requests and tokens per minute, the shared
-   cool-down after a 429/503, what the upstream's ``x-ratelimit-*`` headers say is left);
+   cool-down after an overload, what the upstream's ``x-ratelimit-*`` headers say is left);
 3. is sent with ``model`` replaced by ``upstream_model``, under an overall deadline of ``timeout_s``;
 4. its response feeds the limiter (headers, ``Retry-After``/``retry-after-ms``, the real ``usage``
-   replacing the estimate) and AIMD (429/503: decrease; success: increase), and becomes the result.
+   replacing the estimate) and AIMD (overload: decrease; success: increase), and becomes the result.
 
-Outcomes: a 2xx whose body is JSON with the endpoint's fields is a success (``Result`` with the
-upstream's status, body and ``x-request-id``); 408/425/429/5xx are ``Result``s the engine retries with
-backoff; other 4xx are final (the error file gets the upstream's own body); no answer, a timeout, a
-body that is not JSON or lacks the endpoint's fields are ``Failure``s (retried).
+An overload is a 429, a 503 with ``Retry-After``, or a 503 without one when 10 of the last 20 answers
+were such 503s (``OverloadShare``). Outcomes: a 2xx whose body is JSON with the endpoint's fields is a
+success (``Result`` with the upstream's status, body and ``x-request-id``); a 5xx other than 503, a lost
+connection or a broken 2xx body is sent again at once (ahead of the queue) up to ``RETRIES_AT_ONCE``
+times; then 408/425/429/5xx are ``Result``s the engine retries with backoff; other 4xx are final (the
+error file gets the upstream's own body); no answer, a timeout, a body that is not JSON or lacks the
+endpoint's fields are ``Failure``s (retried by the engine).
 
 Token estimate (before sending, ``freight.wire.token_estimate``): prompt tokens from the characters of
 the prompt (``chars / 4``, scaled by the ratio of real to estimated prompt tokens observed on this
@@ -32,7 +37,8 @@ Modules: ``backend`` (the backend), ``upstream`` (the shared state of one upstre
 
 Sharing
 -------
-Everything about one upstream lives in one ``UpstreamState``: the httpx connection pool, the limiter,
+Everything about one upstream lives in one ``UpstreamState``: the httpx connection pools (one TLS
+context, pools made as they fill), the limiter,
 AIMD, the FIFO queue and the running means. Backends share it when they have the same ``base_url``
 and the same API key (whichever environment variable it comes from), so several freight model names
 pointing at one endpoint share its limits. The module-level registry holds it from the first
