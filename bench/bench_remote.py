@@ -21,6 +21,11 @@ charged its prompt tokens (counted exactly with the upstream's own tokenizer, as
 OpenAI) plus ``n * max_tokens``, never given back; a 1 ms loop; after any rate-limit error every send
 pauses 15 s; failed requests retried up to 5 attempts.
 
+Under faults (``compare_faults``, ``--fault-seconds``): the same batch at 1,200 RPM against a fault-free
+upstream (the baseline column) and one answering 10% 500s, 3% never, 2% garbage; freight's
+``timeout_s`` is 2 s. Figures: the binding limit used (floor time: admitted requests at the limit, over
+wall time), the steady admitted rate, lost and doubled results (docs/remote-models.md#under-faults).
+
 Figures: wall time; 429s the upstream sent; requests and tokens per minute the upstream admitted
 over the steady part of the run (from the 10th to the 90th percentile of successful answers), as a
 fraction of the limits. A baseline run still going after ``--baseline-timeout`` is stopped; its
@@ -365,7 +370,7 @@ def run(requests: int = 10_000, modes: tuple[str, ...] = tuple(MODES), baseline_
 
 
 def print_table(rows: list[Row]) -> None:
-    headers = ("benchmark", "measure", "freight", "cookbook", "ratio", "target", "")
+    headers = ("benchmark", "measure", "freight", "baseline", "ratio", "target", "")
     table = [headers] + [(r.bench, r.measure, r.freight, r.baseline, r.ratio, r.target,
                           "" if r.ok is None else ("ok" if r.ok else "MISSED")) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
