@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from freight.backends.openai_http import CHAT, OpenAIHTTPBackend, shared_states
+from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane, UpstreamError, _check
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.domain.secrets import Secret
@@ -104,6 +105,21 @@ def test_scrub_matches_every_encoding() -> None:
     body, data = redact_body(secret, json.dumps({"e": KEY}, indent=2).replace("H", "\\u0048", 1).encode())
     assert body == b'{"e":"***"}' and data == {"e": "***"}
     assert redact_body(secret, f"<html>{KEY}</html>".encode())[0] == b"<html>***</html>"
+
+
+def test_batch_lanes_load_the_key_the_same_way() -> None:
+    env = {ENV_NAME: KEY + "\r\n"}
+    openai_lane = OpenAIBatchLane("m", base_url="http://127.0.0.1:9/v1", api_key_env=ENV_NAME, env=env)
+    anthropic_lane = AnthropicBatchLane("m", base_url="http://127.0.0.1:9", api_key_env=ENV_NAME, env=env)
+    assert openai_lane._headers()["authorization"] == f"Bearer {KEY}"
+    assert anthropic_lane._headers()["x-api-key"] == KEY
+    with pytest.raises(ConfigError, match=ENV_NAME) as info:
+        OpenAIBatchLane("m", base_url="http://127.0.0.1:9/v1", api_key_env=ENV_NAME, env={ENV_NAME: KEY + "\x07"})
+    assert_no_key(str(info.value), "the error")
+    response = httpx.Response(500, text=json.dumps({"error": KEY.replace("/", "\\/")}))
+    with pytest.raises(UpstreamError) as raised:
+        _check(response, "the batch", secret=Secret(KEY))
+    assert_no_key(str(raised.value), "the lane's error")
 
 
 # ---- the backend against the hostile upstream ------------------------------------------------------------------------
