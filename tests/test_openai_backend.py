@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -33,7 +33,7 @@ from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.domain.retry import is_transient_status
 from freight.domain.secrets import Secret
-from freight.testing.upstream import Upstream, UpstreamConfig
+from freight.testing.upstream import Upstream, UpstreamConfig, UpstreamStats
 from freight.wire import jsonx
 from freight.wire.redaction import redact_body
 
@@ -72,6 +72,15 @@ async def run(b: OpenAIHTTPBackend, endpoint: str, bodies: list[dict[str, Any]])
         return await b.execute(endpoint, bodies)
     finally:
         await b.close()
+
+
+def stats_once(up: Upstream, ready: Callable[[UpstreamStats], bool], timeout_s: float = 5) -> UpstreamStats:
+    """The simulator's counts once ``ready`` holds (it counts an answer after writing it, which may be
+    just after the client has read it), or as they are after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready(stats := up.stats()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return stats
 
 
 def chat(i: int | str, **extra: Any) -> dict[str, Any]:
@@ -270,7 +279,7 @@ def test_limits_are_discovered_from_headers(upstream: Upstream) -> None:
 
     rpm, tpm, elapsed = asyncio.run(go())
     assert (rpm, tpm) == (1200, 500_000)
-    stats = upstream.stats()
+    stats = stats_once(upstream, lambda s: s.count("ok") >= 30)
     assert all(stats.ok(f"k{i}") == 1 for i in range(30))
     assert stats.count("rate_limited") <= 8  # at most the first burst, before the first headers came back
     assert elapsed >= (30 - 4 - 8) / 20
@@ -337,10 +346,7 @@ def test_server_errors_are_retried_at_once(upstream: Upstream) -> None:
     result, retried = asyncio.run(go())
     assert isinstance(result, Result) and result.status_code == 500
     assert retried == 2
-    deadline = time.monotonic() + 5  # the simulator counts an answer once it is written: maybe just after
-    while upstream.stats().per_key.get("konce") != {"500": 3}:
-        assert time.monotonic() < deadline, upstream.stats().per_key
-        time.sleep(0.01)
+    assert stats_once(upstream, lambda s: s.count("500") >= 3).per_key["konce"] == {"500": 3}
     upstream.configure(error_rate=0.0)
     upstream.reset_stats()
     [ok] = asyncio.run(run(backend(upstream), CHAT, [chat("once")]))
@@ -401,10 +407,8 @@ def test_two_model_names_share_one_upstream(upstream: Upstream) -> None:
 
     elapsed = asyncio.run(go())
     assert elapsed >= (30 - 3) / 20  # 20/s together, not 20/s each
-    deadline = time.monotonic() + 5  # the simulator counts an answer once it is written: maybe just after
-    while len(times := sorted(t for t, _, o in upstream.stats().events if o == "ok")) < 30:
-        assert time.monotonic() < deadline, times
-        time.sleep(0.01)
+    stats = stats_once(upstream, lambda s: s.count("ok") >= 30)
+    times = sorted(t for t, _, outcome in stats.events if outcome == "ok")
     assert len(times) == 30
     for i, start in enumerate(times):  # never more than 20 in a second (plus the pacer's 0.1 s burst)
         assert sum(1 for t in times[i:] if t < start + 1.0) <= 23
@@ -416,7 +420,7 @@ def test_concurrency_is_bounded(upstream: Upstream) -> None:
     assert b.max_concurrency == math.ceil(4 / 16) + 2
     results = asyncio.run(run(b, CHAT, [chat(i) for i in range(40)]))
     assert all(isinstance(r, Result) and r.status_code == 200 for r in results)
-    stats = upstream.stats()
+    stats = stats_once(upstream, lambda s: s.count("ok") >= 40)
     assert 1 < stats.max_in_flight <= 4
     assert all(stats.ok(f"k{i}") == 1 for i in range(40))
 
