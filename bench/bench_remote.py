@@ -21,6 +21,11 @@ charged its prompt tokens (counted exactly with the upstream's own tokenizer, as
 OpenAI) plus ``n * max_tokens``, never given back; a 1 ms loop; after any rate-limit error every send
 pauses 15 s; failed requests retried up to 5 attempts.
 
+Under faults (``compare_faults``, ``--fault-seconds``): the same batch at 1,200 RPM against a fault-free
+upstream (the baseline column) and one answering 10% 500s, 3% never, 2% garbage; freight's
+``timeout_s`` is 2 s. Figures: the binding limit used (floor time: admitted requests at the limit, over
+wall time), the steady admitted rate, lost and doubled results (docs/remote-models.md#under-faults).
+
 Figures: wall time; 429s the upstream sent; requests and tokens per minute the upstream admitted
 over the steady part of the run (from the 10th to the 90th percentile of successful answers), as a
 fraction of the limits. A baseline run still going after ``--baseline-timeout`` is stopped; its
@@ -53,6 +58,12 @@ RPM = 6_000
 TPM = 1_000_000
 LATENCY_S = 0.1
 MODES = {"quantized": 1.0, "per-minute": 60.0}
+#: The faults comparison: an upstream limited to 1,200 RPM that answers 10% 500s, never answers 3% and
+#: sends 2% garbage (a 200 whose body is cut in half), beside the same upstream without faults.
+FAULT_RPM = 1_200
+FAULTS = {"error_rate": 0.10, "error_statuses": (500,), "timeout_rate": 0.03, "malformed_rate": 0.02}
+#: freight's ``timeout_s`` in the faults comparison (20x the upstream's latency).
+FAULT_TIMEOUT_S = 2.0
 WORDS = ("river mill market bread cheese apple wool winter square wheel stone light water field road house "
          "the of and to in is was for on that with as by at from his her an are this which be or had not but").split()
 
@@ -111,7 +122,9 @@ def side_from(name: str, stats: UpstreamStats, wall_s: float, total: int, finish
 
 # ---- freight ---------------------------------------------------------------------------------------------------------
 
-def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
+def freight_batch(lines: list[dict[str, Any]], up: Upstream,
+                  model: dict[str, Any]) -> tuple[float, list[str], list[str]]:
+    """Run ``lines`` through ``freight run``'s code path; (wall seconds, output lines, error lines)."""
     from freight.cli import local_run
     from freight.config import Settings
     from freight.domain.retry import RetryPolicy
@@ -123,7 +136,7 @@ def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
         input_path = root / "input.jsonl"
         input_path.write_text("".join(json.dumps(x) + "\n" for x in lines))
         settings = Settings(data_dir=root / "data", models={"remote": {
-            "backend": "openai", "base_url": up.base_url, "upstream_model": "sim", "rpm": RPM, "tpm": TPM}})
+            "backend": "openai", "base_url": up.base_url, "upstream_model": "sim", **model}})
         settings.engine = EngineSettings(poll_interval_s=0.05, retry=RetryPolicy(max_attempts=8, base_delay_s=0.5),
                                          input_limits=settings.input_limits)
         settings.sqlite_synchronous = "NORMAL"
@@ -138,7 +151,13 @@ def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
             rt.close()
         wall = time.perf_counter() - started
         out = (root / "out.jsonl").read_text().splitlines()
-        assert len(out) == len(lines), f"freight delivered {len(out)} of {len(lines)} lines"
+        errors = (root / "errors.jsonl").read_text().splitlines() if (root / "errors.jsonl").exists() else []
+    return wall, out, errors
+
+
+def run_freight(lines: list[dict[str, Any]], up: Upstream) -> Side:
+    wall, out, _ = freight_batch(lines, up, {"rpm": RPM, "tpm": TPM})
+    assert len(out) == len(lines), f"freight delivered {len(out)} of {len(lines)} lines"
     return side_from("freight", up.stats(), wall, len(lines), True)
 
 
@@ -269,16 +288,89 @@ def compare(mode: str, n: int, baseline_timeout_s: float, log: bool = True) -> l
     ]
 
 
-def run(requests: int = 10_000, modes: tuple[str, ...] = tuple(MODES), baseline_timeout_s: float = 180.0) -> list[Row]:
+@dataclass
+class FaultRun:
+    wall_s: float
+    #: Requests the upstream admitted (charged to its limit), faulty answers included.
+    admitted: int
+    succeeded: int
+    lost: int
+    #: Requests with more than one line in the result files.
+    doubled: int
+    #: Requests the upstream answered successfully more than once: an answer that came after freight's
+    #: ``timeout_s`` (on a starved machine), then the request sent again.
+    answered_twice: int
+    outcomes: dict[str, int]
+    #: Requests the upstream admitted per minute between the 10th and 90th percentile of successes.
+    steady_rpm: float
+    #: Seconds from the start to the first answer, and from the 99th percentile of successes to the last.
+    first_s: float
+    tail_s: float
+
+    def used(self, rpm: int) -> float:
+        """The binding limit's share used: floor time (admitted requests at the limit) / wall time."""
+        return self.admitted / rpm * 60 / self.wall_s
+
+
+def fault_run(lines: list[dict[str, Any]], up: Upstream, rpm: int) -> FaultRun:
+    wall, out, errors = freight_batch(lines, up, {"rpm": rpm, "timeout_s": FAULT_TIMEOUT_S})
+    stats = up.stats()
+    ids = [json.loads(x)["custom_id"] for x in out + errors]
+    ok = {json.loads(x)["custom_id"] for x in out if json.loads(x)["response"]["status_code"] == 200}
+    doubled = len(ids) - len(set(ids))
+    twice = sum(max(0, stats.ok(x["custom_id"]) - 1) for x in lines)
+    times = sorted(t for t, _, outcome in stats.events if outcome == "ok")
+    first, last = math.ceil(times[len(times) // 10]), math.floor(times[(len(times) * 9) // 10])
+    steady = sum(row[1] for row in stats.timeline if first <= row[0] < last) / max(1, last - first) * 60
+    return FaultRun(wall, sum(row[1] for row in stats.timeline), len(ok), len(lines) - len(ok), doubled, twice,
+                    dict(stats.outcomes), steady, stats.events[0][0], times[-1] - times[(len(times) * 99) // 100])
+
+
+def compare_faults(seconds: float = 75.0, rpm: int = FAULT_RPM, log: bool = True) -> list[Row]:
+    """The same batch against a fault-free upstream and a faulty one (FAULTS), both limited to ``rpm``."""
+    n = int(rpm * seconds / 60)
+    lines = workload(n, seed=2)
+    runs: dict[str, FaultRun] = {}
+    for name, faults in (("fault-free", {}), ("faulty", FAULTS)):
+        config = UpstreamConfig(rpm=rpm, burst_s=1.0, latency_s=LATENCY_S, max_events=4 * n + 1000, seed=5,
+                                **faults)  # type: ignore[arg-type]
+        with Upstream(config, subprocess=True) as up:
+            if log:
+                print(f"[faults, {rpm} RPM, {n} requests] freight vs a {name} upstream ...", file=sys.stderr,
+                      flush=True)
+            runs[name] = fault_run(lines, up, rpm)
+            if log:
+                print(f"  {runs[name]}", file=sys.stderr, flush=True)
+    faulty, clean = runs["faulty"], runs["fault-free"]
+    label = f"remote faults {rpm:,} RPM"
+    used, used_clean = faulty.used(rpm), clean.used(rpm)
+    return [
+        Row(label, "binding limit used (faulty | fault-free)", f"{used:.3f}", f"{used_clean:.3f}",
+            f"{used / used_clean:.2f}x", ">= 0.95", used >= 0.95),
+        Row(label, "steady admitted RPM / limit", f"{faulty.steady_rpm / rpm:.3f}",
+            f"{clean.steady_rpm / rpm:.3f}", "", "", None),
+        Row(label, "lost / doubled", f"{faulty.lost}/{faulty.doubled}", f"{clean.lost}/{clean.doubled}", "",
+            "0/0", faulty.lost == faulty.doubled == clean.lost == clean.doubled == 0),
+        Row(label, "wall time", f"{faulty.wall_s:.1f} s", f"{clean.wall_s:.1f} s", "", "", None),
+        Row(label, "upstream attempts / requests", f"{faulty.admitted}/{n}", f"{clean.admitted}/{n}", "", "", None),
+        Row(label, "answered twice upstream (late, after timeout_s)", str(faulty.answered_twice),
+            str(clean.answered_twice), "", "", None),
+    ]
+
+
+def run(requests: int = 10_000, modes: tuple[str, ...] = tuple(MODES), baseline_timeout_s: float = 180.0,
+        fault_seconds: float = 60.0) -> list[Row]:
     """For bench/run.py."""
     rows: list[Row] = []
     for mode in modes:
         rows += compare(mode, requests, baseline_timeout_s)
+    if fault_seconds > 0:
+        rows += compare_faults(fault_seconds)
     return rows
 
 
 def print_table(rows: list[Row]) -> None:
-    headers = ("benchmark", "measure", "freight", "cookbook", "ratio", "target", "")
+    headers = ("benchmark", "measure", "freight", "baseline", "ratio", "target", "")
     table = [headers] + [(r.bench, r.measure, r.freight, r.baseline, r.ratio, r.target,
                           "" if r.ok is None else ("ok" if r.ok else "MISSED")) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
@@ -292,13 +384,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=None, help="batch size (default 10,000; --quick: 2,000)")
     parser.add_argument("--quick", action="store_true", help="2,000 requests")
-    parser.add_argument("--mode", choices=[*MODES, "both"], default="both")
+    parser.add_argument("--mode", choices=[*MODES, "both", "none"], default="both",
+                        help="rate-limit modes of the freight vs cookbook comparison (none: skip it)")
+    parser.add_argument("--fault-seconds", type=float, default=60.0,
+                        help="length of the faults comparison at 1,200 RPM (0: skip it)")
     parser.add_argument("--baseline-timeout", type=float, default=180.0,
                         help="stop the baseline after this many seconds (or 1.5x freight's wall time if longer)")
     args = parser.parse_args()
     n = args.requests or (2_000 if args.quick else 10_000)
-    modes = tuple(MODES) if args.mode == "both" else (args.mode,)
-    print_table(run(n, modes, args.baseline_timeout))
+    modes = tuple(MODES) if args.mode == "both" else () if args.mode == "none" else (args.mode,)
+    print_table(run(n, modes, args.baseline_timeout, args.fault_seconds))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,8 +32,10 @@ from freight.backends.openai_http import (
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.domain.retry import is_transient_status
-from freight.testing.upstream import Upstream, UpstreamConfig
+from freight.domain.secrets import Secret
+from freight.testing.upstream import Upstream, UpstreamConfig, UpstreamStats
 from freight.wire import jsonx
+from freight.wire.redaction import redact_body
 
 SECRET = "sk-test-3f9c2b7e1d5a4c8b9e0f1a2b3c4d5e6f"
 WRONG = "sk-wrong-a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6"
@@ -70,6 +72,15 @@ async def run(b: OpenAIHTTPBackend, endpoint: str, bodies: list[dict[str, Any]])
         return await b.execute(endpoint, bodies)
     finally:
         await b.close()
+
+
+def stats_once(up: Upstream, ready: Callable[[UpstreamStats], bool], timeout_s: float = 5) -> UpstreamStats:
+    """The simulator's counts once ``ready`` holds (it counts an answer after writing it, which may be
+    just after the client has read it), or as they are after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready(stats := up.stats()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return stats
 
 
 def chat(i: int | str, **extra: Any) -> dict[str, Any]:
@@ -145,10 +156,11 @@ def test_fault_mapping(upstream: Upstream, changes: dict[str, Any], timeout_s: f
 def test_error_body_that_is_not_json_is_wrapped(upstream: Upstream) -> None:
     # The simulator's bodies are JSON; the wrapping is checked on the helper directly.
     b = backend(upstream)
-    body = jsonx.loads(b._error_body(502, b"<html>Bad gateway</html>\n"))
+    body = jsonx.loads(b._wrapped_error(502, b"<html>Bad gateway</html>\n"))
     assert body["error"]["message"] == "The upstream answered HTTP 502: <html>Bad gateway</html>"
     assert body["error"]["type"] == "server_error"
-    assert jsonx.loads(b._error_body(400, b'{\n "error": {"message": "x"}\n}')) == {"error": {"message": "x"}}
+    one_line, data = redact_body(Secret(SECRET), b'{\n "error": {"message": "x"}\n}')
+    assert one_line == b'{"error":{"message":"x"}}' and data == {"error": {"message": "x"}}
 
 
 # ---- secrets ---------------------------------------------------------------------------------------------------------
@@ -267,7 +279,7 @@ def test_limits_are_discovered_from_headers(upstream: Upstream) -> None:
 
     rpm, tpm, elapsed = asyncio.run(go())
     assert (rpm, tpm) == (1200, 500_000)
-    stats = upstream.stats()
+    stats = stats_once(upstream, lambda s: s.count("ok") >= 30)
     assert all(stats.ok(f"k{i}") == 1 for i in range(30))
     assert stats.count("rate_limited") <= 8  # at most the first burst, before the first headers came back
     assert elapsed >= (30 - 4 - 8) / 20
@@ -296,6 +308,84 @@ def test_overload_cools_down_every_request_and_probes(upstream: Upstream) -> Non
     assert min(gaps) >= 0.28, gaps  # serialized: each refused probe restarts the cool-down
 
 
+def test_scattered_503s_are_retried_not_a_cooldown_but_many_are(upstream: Upstream) -> None:
+    """A 503 without Retry-After among other answers costs its own request a retry (by the engine), not
+    every request a cool-down; once 10 of the last 20 answers are such 503s, they are an overload."""
+    upstream.configure(error_rate=1.0, error_statuses=(503,))
+    b = backend(upstream)
+
+    async def go() -> tuple[list[int], list[int]]:
+        await b.start()
+        state = b.state
+        assert state is not None
+        cooldowns = []
+        for i in range(12):
+            [result] = await b.execute(CHAT, [chat(i)])
+            assert isinstance(result, Result) and result.status_code == 503
+            cooldowns.append(state.counters.cooldowns)
+        await b.close()
+        return cooldowns, [state.counters.sent, state.counters.retried_at_once]
+
+    cooldowns, sent = asyncio.run(go())
+    assert cooldowns[:9] == [0] * 9  # no shared pause for the first ones
+    assert cooldowns[9] == 1 and cooldowns[-1] >= 2  # the tenth in the last twenty: overload
+    assert sent == [12, 0]  # 503s are not sent again at once
+
+
+def test_server_errors_are_retried_at_once(upstream: Upstream) -> None:
+    upstream.configure(error_rate=1.0, error_statuses=(500,))
+    b = backend(upstream)
+
+    async def go() -> tuple[Result | Failure, int]:
+        [result] = await b.execute(CHAT, [chat("once")])
+        assert b.state is not None
+        retried = b.state.counters.retried_at_once
+        await b.close()
+        return result, retried
+
+    result, retried = asyncio.run(go())
+    assert isinstance(result, Result) and result.status_code == 500
+    assert retried == 2
+    assert stats_once(upstream, lambda s: s.count("500") >= 3).per_key["konce"] == {"500": 3}
+    upstream.configure(error_rate=0.0)
+    upstream.reset_stats()
+    [ok] = asyncio.run(run(backend(upstream), CHAT, [chat("once")]))
+    assert isinstance(ok, Result) and ok.status_code == 200
+
+
+def test_stragglers_hold_no_place_in_the_window_or_the_probe(upstream: Upstream) -> None:
+    """Requests in flight for longer than the straggler threshold (probably hung until timeout_s) no
+    longer block the AIMD window or a probe; ``max_concurrency`` still bounds everything in flight."""
+    b = backend(upstream, max_concurrency=12)
+
+    async def go() -> None:
+        await b.start()
+        state = b.state
+        assert state is not None
+        now = 1000.0
+        window = state.aimd.window
+        old = now - 10 * state.straggler_s()
+        state.sent_at = {i: old for i in range(window)}
+        state.in_flight = window
+        assert state.blocked_for(now) is None  # all stragglers
+        state.sent_at = {i: now - 0.01 for i in range(window)}
+        wait = state.blocked_for(now)
+        assert wait is not None and 0 < wait <= state.straggler_s()  # a full window: until one straggles
+        state.probing, state.probe = True, 0
+        state.sent_at, state.in_flight = {0: now - 0.01}, 1
+        assert state.blocked_for(now) is not None  # the probe is out
+        state.sent_at = {0: old}
+        assert state.blocked_for(now) is None  # the probe hung: another may go
+        state.probing, state.probe = False, None
+        state.sent_at = {i: old for i in range(12)}
+        state.in_flight = 12
+        assert state.blocked_for(now) == math.inf  # max_concurrency holds whatever the ages
+        state.sent_at, state.in_flight = {}, 0
+        await b.close()
+
+    asyncio.run(go())
+
+
 def test_two_model_names_share_one_upstream(upstream: Upstream) -> None:
     a = backend(upstream, name="a", rpm=1200)
     b = backend(upstream, key_env="OTHER_NAME_SAME_KEY", name="b", rpm=2400)
@@ -317,7 +407,8 @@ def test_two_model_names_share_one_upstream(upstream: Upstream) -> None:
 
     elapsed = asyncio.run(go())
     assert elapsed >= (30 - 3) / 20  # 20/s together, not 20/s each
-    times = sorted(t for t, _, outcome in upstream.stats().events if outcome == "ok")
+    stats = stats_once(upstream, lambda s: s.count("ok") >= 30)
+    times = sorted(t for t, _, outcome in stats.events if outcome == "ok")
     assert len(times) == 30
     for i, start in enumerate(times):  # never more than 20 in a second (plus the pacer's 0.1 s burst)
         assert sum(1 for t in times[i:] if t < start + 1.0) <= 23
@@ -329,7 +420,7 @@ def test_concurrency_is_bounded(upstream: Upstream) -> None:
     assert b.max_concurrency == math.ceil(4 / 16) + 2
     results = asyncio.run(run(b, CHAT, [chat(i) for i in range(40)]))
     assert all(isinstance(r, Result) and r.status_code == 200 for r in results)
-    stats = upstream.stats()
+    stats = stats_once(upstream, lambda s: s.count("ok") >= 40)
     assert 1 < stats.max_in_flight <= 4
     assert all(stats.ok(f"k{i}") == 1 for i in range(40))
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freight.domain.ratelimit import AIMD, WINDOW_S, RateLimiter, Reservation, parse_duration_s, parse_retry_after_s
+from freight.domain.ratelimit import AIMD, WINDOW_S, OverloadShare, RateLimiter, Reservation
+from freight.wire.ratelimit_headers import parse_header_duration_s, parse_retry_after_s, read_ratelimit_headers
 
 # ---- header parsing --------------------------------------------------------------------------------------------------
 
@@ -18,12 +19,12 @@ from freight.domain.ratelimit import AIMD, WINDOW_S, RateLimiter, Reservation, p
     ("500us", 0.0005), (" 7s ", 7.0),
 ])
 def test_parse_duration(text: str, seconds: float) -> None:
-    assert parse_duration_s(text) == pytest.approx(seconds)
+    assert parse_header_duration_s(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", [None, "", "soon", "-1", "1x", "s", "nan", "inf", "1s2", "ms"])
 def test_parse_duration_rejects(text: str | None) -> None:
-    assert parse_duration_s(text) is None
+    assert parse_header_duration_s(text) is None
 
 
 def test_parse_retry_after() -> None:
@@ -34,6 +35,16 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", None, 1445412500.0) == 0.0
     assert parse_retry_after_s("garbage", "also", 0) is None
     assert parse_retry_after_s(None, None, 0) is None
+
+
+def test_read_ratelimit_headers() -> None:
+    assert read_ratelimit_headers({"content-type": "application/json"}) is None
+    seen = read_ratelimit_headers({"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "7",
+                                   "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-remaining-tokens": "nan",
+                                   "x-ratelimit-reset-tokens": "soon"})
+    assert seen is not None
+    assert (seen.limit_requests, seen.remaining_requests, seen.reset_requests_s) == (1200.0, 7.0, 360.0)
+    assert (seen.remaining_tokens, seen.reset_tokens_s, seen.limit_tokens) == (None, None, None)
 
 
 # ---- the budget in any window ----------------------------------------------------------------------------------------
@@ -260,3 +271,15 @@ def test_aimd_slow_start_then_additive_and_one_cut_per_hold() -> None:
     assert aimd.window == 5  # additive: about +1 per window of successes
     aimd.on_overload(2.5)
     assert aimd.window == 2
+
+
+def test_overload_share_counts_the_last_answers() -> None:
+    share = OverloadShare(window=4, threshold=2)
+    assert [share.observe(x) for x in (True, False, False, False)] == [False, False, False, False]
+    assert share.observe(True) is False  # one in the last four
+    assert share.observe(True) is True  # two
+    assert share.observe(False) is False  # an answer that is not one never is
+    assert [share.observe(False) for _ in range(3)] == [False] * 3
+    assert share.observe(True) is False  # the old ones have left the window
+    with pytest.raises(ValueError):
+        OverloadShare(window=2, threshold=3)

@@ -40,6 +40,7 @@ from freight.domain.errors import ConfigError
 from freight.domain.lanes import LaneLimits, LaneOutcome, LaneRefused, OutcomeKind, UpstreamProgress
 from freight.domain.requests import Result
 from freight.domain.retry import is_transient_status
+from freight.domain.secrets import Secret
 from freight.ports import ModelInfo
 from freight.wire import jsonx
 
@@ -55,10 +56,10 @@ class UpstreamError(Exception):
     """An upstream call failed in a way worth trying again (connection, 5xx, 429)."""
 
 
-def _check(response: httpx.Response, what: str, refusable: bool = False) -> None:
+def _check(response: httpx.Response, what: str, refusable: bool = False, secret: Secret | None = None) -> None:
     if response.is_success:
         return
-    text = response.text[:500]
+    text = (secret.scrub(response.text) if secret is not None else response.text)[:500]
     if refusable and response.status_code in REFUSED:
         raise LaneRefused(f"the upstream refused {what}: HTTP {response.status_code}: {text}")
     raise UpstreamError(f"{what}: HTTP {response.status_code}: {text}")
@@ -92,11 +93,7 @@ class _Lane:
         self.model_id = model_id
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
-        self._secret: str | None = None
-        if api_key_env is not None:
-            self._secret = (os.environ if env is None else env).get(api_key_env)
-            if not self._secret:
-                raise ConfigError(f"{where}: the environment variable {api_key_env} (api_key_env) is not set")
+        self._secret = Secret.from_env(api_key_env, os.environ if env is None else env, where)
         self.limits = LaneLimits(max_requests=max_requests_per_batch or self.default_max_requests,
                                  max_bytes=max_bytes_per_batch or self.default_max_bytes)
         self.poll_interval_s = float(poll_interval_s)
@@ -142,13 +139,13 @@ class _Lane:
             response = await self.http.get(url, params=params or None)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        _check(response, what)
+        _check(response, what, secret=self._secret)
         return response.json()
 
     async def _lines_of(self, url: str, what: str) -> AsyncIterator[bytes]:
         try:
             async with self.http.stream("GET", url) as response:
-                _check(response, what)
+                _check(response, what, secret=self._secret)
                 buffer = b""
                 async for chunk in response.aiter_bytes():
                     buffer += chunk
@@ -172,7 +169,8 @@ class OpenAIBatchLane(_Lane):
         self.completion_window = completion_window
 
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._secret}"} if self._secret else {}
+        key = self._secret.reveal()
+        return {"authorization": f"Bearer {key}"} if key else {}
 
     def models(self) -> Sequence[ModelInfo]:
         return [ModelInfo(id=self.model_id, endpoints=self._endpoints or frozenset(OPENAI_ENDPOINTS),
@@ -196,7 +194,7 @@ class OpenAIBatchLane(_Lane):
                                                 files={"file": (self.filename(sub_id), spool, "application/jsonl")})
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"upload: {type(exc).__name__}: {exc}") from exc
-        _check(response, "the upload", refusable=True)
+        _check(response, "the upload", refusable=True, secret=self._secret)
         file_id: str = response.json()["id"]
         return file_id
 
@@ -226,7 +224,7 @@ class OpenAIBatchLane(_Lane):
                                             headers={"idempotency-key": sub_id})
         except httpx.HTTPError as exc:
             raise UpstreamError(f"create: {type(exc).__name__}: {exc}") from exc
-        _check(response, "the batch", refusable=True)
+        _check(response, "the batch", refusable=True, secret=self._secret)
         batch_id: str = response.json()["id"]
         return batch_id
 
@@ -301,7 +299,7 @@ class OpenAIBatchLane(_Lane):
         except httpx.HTTPError as exc:
             raise UpstreamError(f"cancel: {type(exc).__name__}: {exc}") from exc
         if response.status_code not in (400, 409):  # already finished: nothing to cancel
-            _check(response, "cancel")
+            _check(response, "cancel", secret=self._secret)
 
 
 # ---- Anthropic Message Batches ----------------------------------------------------------------
@@ -319,8 +317,9 @@ class AnthropicBatchLane(_Lane):
 
     def _headers(self) -> dict[str, str]:
         headers = {"anthropic-version": "2023-06-01"}
-        if self._secret:
-            headers["x-api-key"] = self._secret
+        key = self._secret.reveal()
+        if key:
+            headers["x-api-key"] = key
         return headers
 
     def models(self) -> Sequence[ModelInfo]:
@@ -350,7 +349,7 @@ class AnthropicBatchLane(_Lane):
                                             headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise UpstreamError(f"create: {type(exc).__name__}: {exc}") from exc
-        _check(response, "the batch", refusable=True)
+        _check(response, "the batch", refusable=True, secret=self._secret)
         batch_id: str = response.json()["id"]
         return batch_id
 
@@ -418,4 +417,4 @@ class AnthropicBatchLane(_Lane):
         except httpx.HTTPError as exc:
             raise UpstreamError(f"cancel: {type(exc).__name__}: {exc}") from exc
         if response.status_code not in (400, 409):  # ended already: nothing to cancel
-            _check(response, "cancel")
+            _check(response, "cancel", secret=self._secret)

@@ -22,74 +22,20 @@ limiter (after a 429/503), so a rate-limited upstream sees one pause, not a retr
 that doubles per round trip), multiplicative decrease on 429/503, always within ``[minimum, maximum]``.
 Without configured limits, the limits announced in ``x-ratelimit-limit-*`` headers are adopted, and
 AIMD plus the cool-downs find the sustainable rate from 429/503 feedback alone.
+
+Reading those headers from a response is wire knowledge: ``freight.wire.ratelimit_headers``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 
 #: The span the budgets are defined over.
 WINDOW_S = 60.0
 #: Waits shorter than this are no wait.
 _EPSILON_S = 1e-6
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
-
-
-def parse_duration_s(value: str | None) -> float | None:
-    """Seconds from a rate-limit header value: ``"20ms"``, ``"1.5s"``, ``"6m0s"``, ``"1h2m3s"`` or ``"2.5"``.
-
-    None when absent or not understood (never raises: the value comes from the network).
-    """
-    if value is None:
-        return None
-    text = value.strip().lower()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    pos = 0
-    total = 0.0
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * scale[match.group(2)]
-        pos = match.end()
-    if pos != len(text) or pos == 0:
-        return None
-    return total
-
-
-def parse_retry_after_s(retry_after: str | None, retry_after_ms: str | None, now_epoch: float) -> float | None:
-    """How long the upstream asks us to wait: ``retry-after-ms`` (OpenAI), else ``Retry-After`` in
-    seconds or as an HTTP date (RFC 9110). None when neither is present or understood."""
-    if retry_after_ms is not None:
-        try:
-            ms = float(retry_after_ms.strip())
-        except ValueError:
-            ms = math.nan
-        if math.isfinite(ms) and ms >= 0:
-            return ms / 1000.0
-    if retry_after is None:
-        return None
-    seconds = parse_duration_s(retry_after)
-    if seconds is not None:
-        return seconds
-    try:
-        when = parsedate_to_datetime(retry_after.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0.0, when.timestamp() - now_epoch)
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The three guards of one budget
@@ -516,3 +462,28 @@ class AIMD:
             return
         self.limit = max(float(self.minimum), self.limit * self.decrease)
         self._hold_until = now + self.hold_s
+
+
+class OverloadShare:
+    """Whether answers that only may mean overload (a 503 without ``Retry-After``: an upstream out of
+    capacity, or a server error among successes) are frequent enough to be treated as overload.
+
+    Of the last ``window`` answers, ``threshold`` or more such answers make ``observe`` say yes: a few
+    scattered 503s cost their requests a retry, not every request a cool-down; an upstream that answers
+    mostly 503s is backed off from as from a 429.
+    """
+
+    def __init__(self, window: int = 20, threshold: int = 10):
+        if not 1 <= threshold <= window:
+            raise ValueError("need 1 <= threshold <= window")
+        self.threshold = threshold
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._count = 0
+
+    def observe(self, ambiguous: bool) -> bool:
+        """One answer (``ambiguous``: a 503 without ``Retry-After``); whether it counts as an overload."""
+        if len(self._recent) == self._recent.maxlen and self._recent[0]:
+            self._count -= 1
+        self._recent.append(ambiguous)
+        self._count += ambiguous
+        return ambiguous and self._count >= self.threshold
