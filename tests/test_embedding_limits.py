@@ -24,7 +24,7 @@ from freight.backends.local_embeddings import (
     bounded_text,
     load_tokenizer,
 )
-from freight.domain.requests import Result
+from freight.domain.requests import Failure, Result
 from freight.wire import jsonx
 
 MODEL = "all-MiniLM-L6-v2"
@@ -180,3 +180,15 @@ def test_memory_stays_bounded_for_10_mb_inputs() -> None:
     assert {status for status, _ in growth.values()} == {200, 400}
     for name, (_, mb) in growth.items():
         assert mb < 100, (name, growth)
+
+
+def test_a_failing_cut_is_that_request_s_model_error(backend: LocalEmbeddingBackend) -> None:
+    class BrokenProbe:
+        def encode(self, *args: Any, **kwargs: Any) -> Any:
+            raise ValueError("probe broke")
+
+    b = LocalEmbeddingBackend(model_id=MODEL)
+    b._session, b._tokenizer, b._probe = backend._session, backend._tokenizer, BrokenProbe()
+    long, short = asyncio.run(b.execute("/v1/embeddings", [body(PROSE), body("short")]))
+    assert isinstance(long, Failure) and long.code == "model_error" and "probe broke" in long.message
+    assert isinstance(short, Result) and short.status_code == 200

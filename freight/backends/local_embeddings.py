@@ -293,7 +293,8 @@ class LocalEmbeddingBackend:
                 results[position] = _refusal(refused)
                 continue
             except Exception as exc:  # a broken tokenizer: this request's model error, not execute's
-                job.error = f"{type(exc).__name__}: {exc}"
+                results[position] = Failure("model_error", f"The embedding model failed: {type(exc).__name__}: {exc}")
+                continue
             jobs.append(job)
 
         if jobs:
