@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from reference_minilm import ReferenceMiniLM, pool, single_threaded_blas
 
-from freight.backends.local_embeddings import MAX_INPUTS, LocalEmbeddingBackend
+from freight.backends.local_embeddings import MAX_INPUTS, LocalEmbeddingBackend, plan_batches
 from freight.domain.requests import Failure, Result
 from freight.wire import jsonx
 
@@ -146,7 +146,54 @@ def test_models_and_settings() -> None:
     (info,) = b.models()
     assert (info.id, info.endpoints, info.owned_by) == ("mini", frozenset({ENDPOINT}), "freight")
     assert (b.chunk_size, b.max_concurrency) == (32, 2)
-    assert (LocalEmbeddingBackend().chunk_size, LocalEmbeddingBackend().max_concurrency) == (256, 2)
+    default = LocalEmbeddingBackend()
+    assert (default.chunk_size, default.max_concurrency) == (1024, 2)
+    assert (default.batch_size, default.batch_tokens) == (32, 2048)
+
+
+def test_model_batches_are_capped_in_rows_and_padded_tokens() -> None:
+    lengths = [5, 5, 5, 9, 9, 40, 300]
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    assert plan_batches(order, lengths, 2, 1000) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert plan_batches(order, lengths, 32, 30) == [[0, 1, 2], [3, 4], [5], [6]]  # 4 x 9 > 30; 40 alone
+    assert plan_batches([], [], 32, 2048) == []
+
+
+class RecordingSession:
+    """Wraps the real session; records the shape of every model batch."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.shapes: list[tuple[int, int]] = []
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        self.shapes.append(feeds["input_ids"].shape)
+        return self.real.run(names, feeds)
+
+
+def test_a_chunk_is_sorted_as_a_whole_into_small_padded_batches(backend: LocalEmbeddingBackend) -> None:
+    """600 inputs of 1 to 120 words in one chunk: one sort over all of them (the model batches come in
+    order of width), so padding stays under 5% of the real tokens."""
+    b = LocalEmbeddingBackend(model_id=MODEL)
+    b._tokenizer, b._probe = backend._tokenizer, backend._probe
+    b._session = recording = RecordingSession(backend._session)
+    rng = np.random.default_rng(3)
+    words = "rivers mountains weather spring tickets billing refunds shipping crashing update".split()
+    bodies = [{"model": MODEL, "input": " ".join(rng.choice(words, size=int(rng.integers(1, 120))))}
+              for _ in range(600)]
+    results = run(b, bodies)
+    real = sum(ok(r)["usage"]["prompt_tokens"] for r in results)
+    padded = sum(rows * width for rows, width in recording.shapes)
+    assert padded <= 1.05 * real, (padded, real)
+    widths = [width for _, width in recording.shapes]
+    assert widths == sorted(widths)
+    assert all(rows <= 32 and (rows == 1 or rows * width <= 2048) for rows, width in recording.shapes)
+    assert sum(rows for rows, _ in recording.shapes) == 600
+
+
+def test_onnxruntime_threads_do_not_spin(backend: LocalEmbeddingBackend) -> None:
+    options = backend._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_start_is_idempotent(backend: LocalEmbeddingBackend) -> None:
