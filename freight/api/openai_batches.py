@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -9,9 +11,14 @@ from starlette.concurrency import run_in_threadpool
 from freight.api import openapi_docs
 from freight.api.openai_files import _project, _runtime
 from freight.api.params import idempotency_key, int_param, json_body, str_param
+from freight.domain.batches import Batch
 from freight.wire import openai
 
 router = APIRouter()
+
+
+def _object(request: Request, batch: Batch) -> dict[str, Any]:
+    return openai.batch_object(batch, _runtime(request).cost.freight_object(batch))
 
 
 @router.post("/v1/batches", openapi_extra=openapi_docs.CREATE_BATCH)
@@ -19,7 +26,7 @@ async def create_batch(request: Request) -> JSONResponse:
     body = await json_body(request)
     key = idempotency_key(request)
     batch = await run_in_threadpool(_runtime(request).batches.create, _project(request), body, key)
-    return JSONResponse(openai.batch_object(batch))
+    return JSONResponse(_object(request, batch))
 
 
 @router.get("/v1/batches", openapi_extra=openapi_docs.LIST_BATCHES)
@@ -27,16 +34,16 @@ async def list_batches(request: Request) -> JSONResponse:
     limit = int_param(request, "limit", 20, 1, 100)
     page = await run_in_threadpool(_runtime(request).batches.list, _project(request),
                                    after=str_param(request, "after"), limit=limit)
-    return JSONResponse(openai.list_page([openai.batch_object(b) for b in page.items], page.has_more))
+    return JSONResponse(openai.list_page([_object(request, b) for b in page.items], page.has_more))
 
 
 @router.get("/v1/batches/{batch_id}")
 async def retrieve_batch(request: Request, batch_id: str) -> JSONResponse:
     batch = await run_in_threadpool(_runtime(request).batches.get, _project(request), batch_id)
-    return JSONResponse(openai.batch_object(batch))
+    return JSONResponse(_object(request, batch))
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
     batch = await run_in_threadpool(_runtime(request).batches.cancel, _project(request), batch_id)
-    return JSONResponse(openai.batch_object(batch))
+    return JSONResponse(_object(request, batch))

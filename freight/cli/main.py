@@ -27,6 +27,7 @@ from freight.cli.progress import BatchProgress, console
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
 from freight.domain.keys import DEFAULT_PROJECT
+from freight.wire import jsonx
 from freight.wire.batch_input import BatchInputValidator, iter_lines
 
 
@@ -237,8 +238,10 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
 @cli.command()
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
+@click.option("--estimate", is_flag=True, help="Also print tokens, cost and duration (docs/cost.md).")
+@click.option("--json", "as_json", is_flag=True, help="With --estimate: the estimate as one JSON object.")
 @config_option
-def validate(input_path: Path, endpoint: str | None, config: Path | None) -> None:
+def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bool, config: Path | None) -> None:
     """Check a batch file offline; print every problem with its line number.
 
     Needs no API key: models whose key is not in the environment are still known by name.
@@ -266,6 +269,16 @@ def validate(input_path: Path, endpoint: str | None, config: Path | None) -> Non
     if problems:
         click.echo(f"{validator.problem_count} problem(s); {validator.request_count} valid request(s).", err=True)
         sys.exit(1)
+    if estimate:
+        from freight.cli.estimate import estimate_file, show_estimate
+
+        found = estimate_file(settings, input_path, endpoint, validator.model)
+        if as_json:
+            click.echo(jsonx.dumps(found).decode())
+            return
+        click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+        show_estimate(found)
+        return
     click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
 
 
