@@ -66,7 +66,8 @@ WHERE id = :id AND status = :expected;
 
 -- name: add_counts
 UPDATE batches SET completed = completed + :completed, failed = failed + :failed,
-    input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens
+    input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens,
+    invalid_outputs = invalid_outputs + :invalid_outputs
 WHERE id = :id;
 
 -- name: delete_batch
