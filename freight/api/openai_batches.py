@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from freight.api import openapi_docs
 from freight.api.openai_files import _project, _runtime
 from freight.api.params import idempotency_key, int_param, json_body, str_param
 from freight.domain.batches import Batch
+from freight.services import results
 from freight.wire import openai
 
 router = APIRouter()
@@ -41,6 +42,23 @@ async def list_batches(request: Request) -> JSONResponse:
 async def retrieve_batch(request: Request, batch_id: str) -> JSONResponse:
     batch = await run_in_threadpool(_runtime(request).batches.get, _project(request), batch_id)
     return JSONResponse(_object(request, batch))
+
+
+@router.get("/v1/batches/{batch_id}/partial")
+async def partial_results(request: Request, batch_id: str) -> Response:
+    """freight's extension: the lines finished so far, in input order (services/results.py)."""
+    after = int_param(request, "after", -1, -1, 2**62)
+    limit = int_param(request, "limit", results.DEFAULT_LIMIT, 1, results.MAX_LIMIT)
+    rt = _runtime(request)
+
+    def read() -> results.PartialPage:
+        return results.partial(rt.store, rt.batches.get(_project(request), batch_id), after, limit)
+
+    page = await run_in_threadpool(read)
+    return Response(page.body, media_type="application/jsonl", headers={
+        "freight-lines": str(page.lines), "freight-complete-through": str(page.complete_through),
+        "freight-last-index": "" if page.last_index is None else str(page.last_index),
+        "freight-has-more": "true" if page.has_more else "false"})
 
 
 @router.post("/v1/batches/{batch_id}/cancel")

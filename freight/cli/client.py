@@ -212,18 +212,43 @@ def cancel(batch_id: str, url: str | None, api_key: str | None) -> None:
 @click.argument("batch_id")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True)
+@click.option("--partial", is_flag=True,
+              help="While it runs: the lines finished so far, in input order, to BATCH_partial.jsonl.")
 @url_option
 @key_option
-def download(batch_id: str, output_dir: Path, url: str | None, api_key: str | None) -> None:
-    """Download a batch's output and error files."""
+def download(batch_id: str, output_dir: Path, partial: bool, url: str | None, api_key: str | None) -> None:
+    """Download a batch's output and error files (or, with --partial, its lines finished so far)."""
     with _client(url, api_key) as client:
         batch = _call(client.get, f"/batches/{batch_id}")
+        if partial:
+            _download_partial(client, batch_id, output_dir)
+            return
         paths = _download_batch(client, batch, output_dir)
     console.print(_summary(batch))
     if not paths:
         console.print("no result files yet" if batch["status"] not in TERMINAL else "the batch has no result files")
     for path in paths:
         click.echo(str(path))
+
+
+def _download_partial(client: httpx.Client, batch_id: str, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dest = output_dir / f"{batch_id}_partial.jsonl"
+    after, lines, through = -1, 0, -1
+    with open(dest, "wb") as fh:
+        while True:
+            r = client.get(f"/batches/{batch_id}/partial", params={"after": after, "limit": 10_000})
+            if r.status_code >= 400:
+                _check(r)
+            fh.write(r.content)
+            lines += int(r.headers["freight-lines"])
+            if after == through:
+                through = int(r.headers["freight-complete-through"])
+            if r.headers.get("freight-has-more") != "true":
+                break
+            after = int(r.headers["freight-last-index"])
+    console.print(f"{lines} finished lines; every request through input line {through + 1} has finished")
+    click.echo(str(dest))
 
 
 client_commands = [submit, status, list_, cancel, download]

@@ -24,6 +24,7 @@ from freight.cli.logs import FORMATS, LEVELS, resolve_format, setup_logging
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option
 from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
+from freight.cli.results import results
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
 from freight.domain.keys import DEFAULT_PROJECT
@@ -301,6 +302,7 @@ def migrate(data_dir: Path | None, database_url: str | None, config: Path | None
 for command in client_commands:
     cli.add_command(command)
 cli.add_command(keys)
+cli.add_command(results)
 
 
 def main() -> None:

@@ -107,6 +107,20 @@ class CostControls:
             realtime_usd=model.realtime_usd(tokens),
         )
 
+    def rates(self, batch: Batch) -> dict[str, float] | None:
+        """Effective dollars per million input and output tokens, as this batch is billed (for a
+        cost per request); None without a price."""
+        model = self.prices.for_model(batch.model)
+        per_in = model.cost_usd(pricing.Tokens(input=pricing.MTOK))
+        per_out = model.cost_usd(pricing.Tokens(output=pricing.MTOK))
+        if per_in is None or per_out is None:
+            figures = self.cost(batch)  # a machine measured by the hour: its average cost per token
+            total = batch.usage.total_tokens
+            if figures.cost_usd is None or not total:
+                return None
+            per_in = per_out = figures.cost_usd / total * pricing.MTOK
+        return {"input_usd_per_mtok": round(per_in, 8), "output_usd_per_mtok": round(per_out, 8)}
+
     def freight_object(self, batch: Batch) -> dict[str, Any]:
         """The Batch object's ``freight`` extension: cost so far, projection, savings, progress, checks."""
         figures = self.cost(batch)
@@ -120,6 +134,7 @@ class CostControls:
             "max_cost_usd": self.cap(batch),
             "eta_at": progress.eta_at,
             "requests_per_s": None if progress.requests_per_s is None else round(progress.requests_per_s, 4),
+            "rates": self.rates(batch),
             "invalid_outputs": batch.invalid_outputs,
             "output_schema": batch.output_schema,
         }
