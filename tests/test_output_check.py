@@ -128,3 +128,12 @@ def test_an_invalid_output_schema_is_a_400(client: OpenAI, schema: Any) -> None:
         client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
                               extra_body={"output_schema": schema})
     assert isinstance(info.value.body, dict) and info.value.body["param"] == "output_schema"
+
+
+def test_the_real_time_endpoint_answers_an_invalid_answer_with_an_error(client: OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        client.with_options(max_retries=0).chat.completions.create(
+            model=SCRIPTED, messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_object"}, extra_body={"script": {"reply": "not json"}})
+    assert info.value.status_code == 502
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "output_invalid"
