@@ -283,6 +283,26 @@ def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bo
     click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
 
 
+@cli.command(name="preview")
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-n", "n", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many lines to run.")
+@click.option("--pick", "how", type=click.Choice(["first", "random"]), default="first", show_default=True)
+@click.option("--seed", type=int, default=None, help="With --pick random: the same lines every time.")
+@click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the lines and the extrapolation.")
+@config_option
+def preview_command(input_path: Path, n: int, how: str, seed: int | None, endpoint: str | None, as_json: bool,
+                    config: Path | None) -> None:
+    """Run N lines of a batch file now, on the configured models, before running all of it (docs/cli.md)."""
+    from freight.cli import local_run
+    from freight.cli.preview import preview
+    from freight.runtime import build_catalog
+
+    settings = _settings(config, None)
+    endpoint = endpoint or local_run.infer_endpoint(input_path)
+    preview(settings, build_catalog(settings), input_path, endpoint, n, how, seed, as_json)
+
+
 @cli.command()
 @data_dir_option
 @database_url_option
