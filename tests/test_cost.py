@@ -192,3 +192,14 @@ def test_freight_status_shows_the_cost_and_submit_sends_a_cap(client: OpenAI, se
     path.write_bytes(jsonl_bytes([line(i, "priced") for i in range(20)]))
     r = freight_cli("submit", str(path), "--max-cost-usd", "0.0001", "--url", server.url, cwd=tmp_path)
     assert r.returncode == 1 and "already exceeds the batch's max_cost_usd ($0.0001) by $" in r.stderr
+
+
+def test_freight_run_shows_tokens_per_minute_and_the_cost_beside_its_progress_bar(tmp_path: Path) -> None:
+    (tmp_path / "freight.toml").write_text(config_text(extra=PRICED))
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl_bytes([line(i, "priced") for i in range(5)]))
+    env = {**subprocess_env(), "FREIGHT_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "250"}
+    r = subprocess.run([*freight_command(), "run", str(path), "-o", str(tmp_path / "out.jsonl")], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "tokens/min" in r.stderr and " of ~$" in r.stderr

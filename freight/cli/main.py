@@ -19,6 +19,7 @@ import click
 
 from freight import __version__
 from freight.cli.client import client_commands
+from freight.cli.figures import live_note
 from freight.cli.keys import keys
 from freight.cli.logs import FORMATS, LEVELS, resolve_format, setup_logging
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option
@@ -28,7 +29,7 @@ from freight.cli.results import results
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
 from freight.domain.keys import DEFAULT_PROJECT
-from freight.wire import jsonx
+from freight.wire import jsonx, openai
 from freight.wire.batch_input import BatchInputValidator, iter_lines
 
 
@@ -209,7 +210,8 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
         with BatchProgress(input_path.name) as bar:
             def show(b: Any) -> None:
                 c = b.request_counts
-                bar.update(str(b.status), c.total, c.completed, c.failed)
+                note = live_note(openai.batch_object(b, runtime.cost.freight_object(b)))
+                bar.update(str(b.status), c.total, c.completed, c.failed, note)
 
             batch = asyncio.run(local_run.run_batch(runtime, batch.id, show))
         local_run.deliver(runtime, batch, output_path, errors_path)
