@@ -46,12 +46,12 @@ async def _direct(base_url: str) -> float:
 
 def _preview(path: Path, config: Path) -> tuple[float, float]:
     """(the whole preview, its 10 requests alone), seconds."""
-    from freight.cli.preview import preview
+    from freight.cli.preview import preview, preview_settings
     from freight.config import load_settings
     from freight.runtime import build_catalog
 
     settings = load_settings(config, env={})
-    catalog = build_catalog(settings)
+    catalog = build_catalog(preview_settings(settings, N))
     started = time.perf_counter()
     out = io.StringIO()
     with redirect_stdout(out):

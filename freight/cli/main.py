@@ -297,12 +297,12 @@ def preview_command(input_path: Path, n: int, how: str, seed: int | None, endpoi
                     config: Path | None) -> None:
     """Run N lines of a batch file now, on the configured models, before running all of it (docs/cli.md)."""
     from freight.cli import local_run
-    from freight.cli.preview import preview
+    from freight.cli.preview import preview, preview_settings
     from freight.runtime import build_catalog
 
     settings = _settings(config, None)
     endpoint = endpoint or local_run.infer_endpoint(input_path)
-    preview(settings, build_catalog(settings), input_path, endpoint, n, how, seed, as_json)
+    preview(settings, build_catalog(preview_settings(settings, n)), input_path, endpoint, n, how, seed, as_json)
 
 
 @cli.command()

@@ -64,6 +64,16 @@ class Previewed:
                 "latency_s": round(self.latency_s, 4)}
 
 
+def preview_settings(settings: Settings, n: int) -> Settings:
+    """The settings to preview ``n`` lines with: an HTTP model keeps no more than ``n`` connections
+    (its pools are made at start, and 256 of them take seconds to set up for 10 requests)."""
+    for table in settings.models.values():
+        if table.get("backend") == "openai":
+            current = table.get("max_concurrency")
+            table["max_concurrency"] = min(current, n) if isinstance(current, int) else n
+    return settings
+
+
 def pick(requests: list[ValidRequest], n: int, how: str, seed: int | None) -> list[ValidRequest]:
     if how == "random":
         return sorted(random.Random(seed).sample(requests, min(n, len(requests))), key=lambda r: r.line)
