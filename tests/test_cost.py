@@ -203,3 +203,19 @@ def test_freight_run_shows_tokens_per_minute_and_the_cost_beside_its_progress_ba
                        text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "tokens/min" in r.stderr and " of ~$" in r.stderr
+
+
+def test_a_projects_cap_applies_to_its_batches_only(make_server: Callable[..., FreightServer]) -> None:
+    capped = make_server(config_text(extra=PRICED + '\n[projects."team-a"]\nmax_cost_usd = 0.0001\n'),
+                         start=False)
+    key_a, key_b = capped.create_key("team-a"), capped.create_key("team-b")
+    capped.start()
+    lines = [line(i, "priced") for i in range(20)]
+    with capped.client(api_key=key_a) as a, capped.client(api_key=key_b) as b:
+        with pytest.raises(openai.BadRequestError, match=r"exceeds the project's max_cost_usd \(\$0\.0001\) by"):
+            create(a, lines)
+        batch = create(b, lines)
+        assert freight_of(batch)["max_cost_usd"] is None
+        # The lower of the batch's own cap and the project's applies.
+        with pytest.raises(openai.BadRequestError, match=r"exceeds the batch's max_cost_usd \(\$0\.0000\)"):
+            create(a, lines, max_cost_usd=0.00001)
