@@ -24,6 +24,7 @@ from freight.ports import Quota
 from freight.services.batches import WindowLimits
 from freight.services.files import UploadLimits
 from freight.services.message_batches import MessageBatchLimits
+from freight.services.prices import PriceBook, backend_options
 from freight.wire.batch_input import InputLimits
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
@@ -34,6 +35,12 @@ DEFAULT_QUOTA = Quota(max_active_batches=100, max_queued_requests=1_000_000)
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("freight", appauthor=False))
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    #: A batch of this project may spend at most this (None: no cap beyond the batch's own).
+    max_cost_usd: float | None = None
 
 
 @dataclass
@@ -58,6 +65,13 @@ class Settings:
     config_path: Path | None = None
     #: Where file bytes live: None (DATA_DIR/blobs), a directory, or ``s3://bucket/prefix``.
     blobs: str | None = None
+    #: Each model's price (``price``, ``machine_cost_per_hour`` in its table, else the pinned table).
+    prices: PriceBook | None = None
+    #: ``[projects."name"]``: per-project settings (``max_cost_usd``: each batch's spending cap).
+    projects: dict[str, ProjectSettings] = field(default_factory=dict)
+
+    def price_book(self) -> PriceBook:
+        return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
@@ -122,7 +136,7 @@ def load_settings(
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
-    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic"}
+    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -132,7 +146,10 @@ def load_settings(
             raise ConfigError(f"[models.\"{name}\"] needs a 'backend' key")
 
     settings = Settings(config_path=path)
-    settings.models = {str(k): dict(v) for k, v in models.items()}
+    settings.models = {str(k): backend_options(v) for k, v in models.items()}
+    if models:
+        settings.prices = PriceBook.from_tables({str(k): dict(v) for k, v in models.items()})
+    settings.projects = _projects(_section(data, "projects"))
     if server.get("data_dir"):
         settings.data_dir = Path(str(server["data_dir"])).expanduser()
     if env.get("FREIGHT_DATA_DIR"):
@@ -206,6 +223,23 @@ def load_settings(
     )
     settings.anthropic = _anthropic_limits(_section(data, "anthropic"))
     return settings
+
+
+def _projects(table: dict[str, Any]) -> dict[str, ProjectSettings]:
+    """``[projects."name"]``: ``max_cost_usd`` (a number of dollars, more than 0)."""
+    projects = {}
+    for name, value in table.items():
+        where = f'[projects."{name}"]'
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(value) - {"max_cost_usd"}
+        if unknown:
+            raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+        cap = value.get("max_cost_usd")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0):
+            raise ConfigError(f"{where}.max_cost_usd must be a number more than 0, got {cap!r}")
+        projects[str(name)] = ProjectSettings(max_cost_usd=None if cap is None else float(cap))
+    return projects
 
 
 def _anthropic_limits(table: dict[str, Any]) -> MessageBatchLimits:

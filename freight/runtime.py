@@ -6,19 +6,23 @@ Used by the API (``create_app`` takes a ``Runtime``), by every CLI command (``se
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
+from freight.domain.files import File
 from freight.engine.engine import Engine
 from freight.engine.step_lease import BATCH_STEPS
 from freight.ports import Backend, BlobStore, Store, WorkHints
 from freight.services.batches import BatchService
+from freight.services.budget_guard import BudgetedQueue
 from freight.services.catalog import ModelCatalog
+from freight.services.cost import CostControls
 from freight.services.files import FileService
 from freight.services.keys import KeyService
 from freight.services.message_batches import MessageBatchService
@@ -43,6 +47,8 @@ class Runtime:
     engine: Engine
     keys: KeyService
     message_batches: MessageBatchService
+    #: Prices and caps: the Batch object's ``freight`` figures, and the budget checks.
+    cost: CostControls
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
 
@@ -90,6 +96,11 @@ def open_blobs(settings: Settings) -> BlobStore:
                           reserve=settings.data_dir / "disk-reserve")
 
 
+def _open_file(store: Store, blobs: BlobStore, f: File) -> IO[bytes] | None:
+    key = store.file_blob_key(f.id)
+    return blobs.open(key) if key is not None and blobs.exists(key) else None
+
+
 def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, lock: bool = True,
                   models: bool = True, exclusive: bool = False) -> Runtime:
     """Everything a process needs. ``backends``: use these instead of the configured models (tests);
@@ -102,9 +113,13 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
     store: Store | None = None
     try:
         clock = SystemClock()
+        cost = CostControls(settings.price_book(), clock,
+                            {name: p.max_cost_usd for name, p in settings.projects.items()})
         store = open_store(settings.database_url, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
                            pool_size=settings.database_pool_size)
         blobs = open_blobs(settings)
+        cost.open_file = functools.partial(_open_file, store, blobs)
+        cost.max_line_bytes = settings.input_limits.max_line_bytes
         if backends is not None:
             catalog = ModelCatalog(backends, [])
         elif models:
@@ -117,11 +132,14 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
         # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
         shared = data_lock is not None or settings.database_url is not None
-        engine = Engine(store, blobs, catalog, clock, settings.engine, owner=owner, steps=store if shared else None)
+        # Claims go through the budget check (services/budget_guard.py): a capped batch stops starting work.
+        engine = Engine(cast(Store, BudgetedQueue(store, cost)), blobs, catalog, clock, settings.engine,
+                        owner=owner, steps=store if shared else None)
         if isinstance(store, WorkHints):  # a shared store: other processes' batches wake this engine
             store.listen_for_work(engine.wake)
         files = FileService(store, blobs, clock, settings.upload)
-        batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
+        batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota,
+                               cost=cost)
         keys = KeyService(store, clock)
         message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake)
         if owner is not None and settings.database_url is not None:
@@ -148,5 +166,5 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if data_lock is not None:
             data_lock.release()
         raise
-    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, clock,
+    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, cost, clock,
                    data_lock)

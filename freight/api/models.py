@@ -60,7 +60,10 @@ async def _realtime(request: Request, endpoint: str) -> Response:
     if isinstance(result, Failure):
         return error_response(503, f"The model could not answer: {result.message}", "server_error",
                               code=result.code)
-    return Response(result.body or b"{}", status_code=result.status_code or 500, media_type="application/json")
+    if result.status_code is None:  # no answer to show: an answer that failed its schema check (output_invalid)
+        return error_response(502, result.error_message or "The model gave no usable answer.", "server_error",
+                              code=result.error_code)
+    return Response(result.body or b"{}", status_code=result.status_code, media_type="application/json")
 
 
 @router.post("/v1/embeddings", openapi_extra=openapi_docs.REALTIME)

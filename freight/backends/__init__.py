@@ -37,11 +37,14 @@ def build_backend(name: str, table: dict[str, Any]) -> Backend:
 
 
 def build_backends(tables: dict[str, dict[str, Any]]) -> list[Backend]:
-    """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter).
+    """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter);
+    answers are checked against the schema their request asks for (freight.backends.output_check).
     Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
     from freight.backends.messages_adapter import MessagesAdapter
+    from freight.backends.output_check import OutputCheck
 
-    return [MessagesAdapter(build_backend(name, table)) for name, table in tables.items()
+    # Outputs are checked outside the Messages adapter: a /v1/messages answer is checked as a Message.
+    return [OutputCheck(MessagesAdapter(build_backend(name, table))) for name, table in tables.items()
             if table.get("backend") not in LANE_KINDS]
 
 

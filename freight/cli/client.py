@@ -13,6 +13,7 @@ import click
 import httpx
 from rich.table import Table
 
+from freight.cli.figures import freight_rows, live_note
 from freight.cli.progress import BatchProgress, console
 from freight.wire import jsonx
 
@@ -99,12 +100,14 @@ def _summary(batch: dict[str, Any]) -> str:
 @click.option("--completion-window", default="24h", show_default=True)
 @click.option("--metadata", "metadata", multiple=True, help="KEY=VALUE, repeatable.")
 @click.option("--wait", is_flag=True, help="Show a live progress bar, then download the results.")
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Spending cap: no request starts once the batch has cost this much (docs/cost.md).")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where --wait puts the output and error files.")
 @url_option
 @key_option
 def submit(input_path: Path, endpoint: str | None, completion_window: str, metadata: tuple[str, ...], wait: bool,
-           output_dir: Path, url: str | None, api_key: str | None) -> None:
+           max_cost_usd: float | None, output_dir: Path, url: str | None, api_key: str | None) -> None:
     """Upload INPUT.jsonl and create a batch; print its id."""
     from freight.cli.local_run import infer_endpoint
 
@@ -113,8 +116,11 @@ def submit(input_path: Path, endpoint: str | None, completion_window: str, metad
     with _client(url, api_key) as client, open(input_path, "rb") as fh:
         f = _call(client.post, "/files", files={"file": (input_path.name, fh, "application/jsonl")},
                   data={"purpose": "batch"})
-        batch = _call(client.post, "/batches", json={"input_file_id": f["id"], "endpoint": endpoint,
-                                                      "completion_window": completion_window, "metadata": meta})
+        body = {"input_file_id": f["id"], "endpoint": endpoint, "completion_window": completion_window,
+                "metadata": meta}
+        if max_cost_usd is not None:
+            body["max_cost_usd"] = max_cost_usd
+        batch = _call(client.post, "/batches", json=body)
         if not wait:
             click.echo(batch["id"])
             return
@@ -122,11 +128,11 @@ def submit(input_path: Path, endpoint: str | None, completion_window: str, metad
         with BatchProgress(input_path.name) as bar:
             while batch["status"] not in TERMINAL:
                 c = batch["request_counts"]
-                bar.update(batch["status"], c["total"], c["completed"], c["failed"])
+                bar.update(batch["status"], c["total"], c["completed"], c["failed"], live_note(batch))
                 time.sleep(0.5)
                 batch = _call(client.get, f"/batches/{batch['id']}")
             c = batch["request_counts"]
-            bar.update(batch["status"], c["total"], c["completed"], c["failed"])
+            bar.update(batch["status"], c["total"], c["completed"], c["failed"], live_note(batch))
         console.print(_summary(batch))
         _report_errors(batch)
         for path in _download_batch(client, batch, output_dir):
@@ -164,6 +170,7 @@ def status(batch_id: str, url: str | None, api_key: str | None, as_json: bool) -
                                                        f"of {c['total']}"),
         ("created", _ts(batch["created_at"])), ("expires", _ts(batch["expires_at"])),
         ("output file", batch["output_file_id"] or "-"), ("error file", batch["error_file_id"] or "-"),
+        *freight_rows(batch),
     ):
         table.add_row(f"[bold]{key}[/bold]", str(value))
     console.print(table)
@@ -205,18 +212,43 @@ def cancel(batch_id: str, url: str | None, api_key: str | None) -> None:
 @click.argument("batch_id")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True)
+@click.option("--partial", is_flag=True,
+              help="While it runs: the lines finished so far, in input order, to BATCH_partial.jsonl.")
 @url_option
 @key_option
-def download(batch_id: str, output_dir: Path, url: str | None, api_key: str | None) -> None:
-    """Download a batch's output and error files."""
+def download(batch_id: str, output_dir: Path, partial: bool, url: str | None, api_key: str | None) -> None:
+    """Download a batch's output and error files (or, with --partial, its lines finished so far)."""
     with _client(url, api_key) as client:
         batch = _call(client.get, f"/batches/{batch_id}")
+        if partial:
+            _download_partial(client, batch_id, output_dir)
+            return
         paths = _download_batch(client, batch, output_dir)
     console.print(_summary(batch))
     if not paths:
         console.print("no result files yet" if batch["status"] not in TERMINAL else "the batch has no result files")
     for path in paths:
         click.echo(str(path))
+
+
+def _download_partial(client: httpx.Client, batch_id: str, output_dir: Path) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    dest = output_dir / f"{batch_id}_partial.jsonl"
+    after, lines, through = -1, 0, -1
+    with open(dest, "wb") as fh:
+        while True:
+            r = client.get(f"/batches/{batch_id}/partial", params={"after": after, "limit": 10_000})
+            if r.status_code >= 400:
+                _check(r)
+            fh.write(r.content)
+            lines += int(r.headers["freight-lines"])
+            if after == through:
+                through = int(r.headers["freight-complete-through"])
+            if r.headers.get("freight-has-more") != "true":
+                break
+            after = int(r.headers["freight-last-index"])
+    console.print(f"{lines} finished lines; every request through input line {through + 1} has finished")
+    click.echo(str(dest))
 
 
 client_commands = [submit, status, list_, cancel, download]

@@ -19,14 +19,17 @@ import click
 
 from freight import __version__
 from freight.cli.client import client_commands
+from freight.cli.figures import live_note
 from freight.cli.keys import keys
 from freight.cli.logs import FORMATS, LEVELS, resolve_format, setup_logging
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option
 from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
+from freight.cli.results import results
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
 from freight.domain.keys import DEFAULT_PROJECT
+from freight.wire import jsonx, openai
 from freight.wire.batch_input import BatchInputValidator, iter_lines
 
 
@@ -207,7 +210,8 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
         with BatchProgress(input_path.name) as bar:
             def show(b: Any) -> None:
                 c = b.request_counts
-                bar.update(str(b.status), c.total, c.completed, c.failed)
+                note = live_note(openai.batch_object(b, runtime.cost.freight_object(b)))
+                bar.update(str(b.status), c.total, c.completed, c.failed, note)
 
             batch = asyncio.run(local_run.run_batch(runtime, batch.id, show))
         local_run.deliver(runtime, batch, output_path, errors_path)
@@ -237,8 +241,10 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
 @cli.command()
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
+@click.option("--estimate", is_flag=True, help="Also print tokens, cost and duration (docs/cost.md).")
+@click.option("--json", "as_json", is_flag=True, help="With --estimate: the estimate as one JSON object.")
 @config_option
-def validate(input_path: Path, endpoint: str | None, config: Path | None) -> None:
+def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bool, config: Path | None) -> None:
     """Check a batch file offline; print every problem with its line number.
 
     Needs no API key: models whose key is not in the environment are still known by name.
@@ -266,7 +272,37 @@ def validate(input_path: Path, endpoint: str | None, config: Path | None) -> Non
     if problems:
         click.echo(f"{validator.problem_count} problem(s); {validator.request_count} valid request(s).", err=True)
         sys.exit(1)
+    if estimate:
+        from freight.cli.estimate import estimate_file, show_estimate
+
+        found = estimate_file(settings, input_path, endpoint, validator.model)
+        if as_json:
+            click.echo(jsonx.dumps(found).decode())
+            return
+        click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+        show_estimate(found)
+        return
     click.echo(f"ok: {validator.request_count} requests for {validator.model} on {endpoint}")
+
+
+@cli.command(name="preview")
+@click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-n", "n", type=click.IntRange(1, 1000), default=10, show_default=True, help="How many lines to run.")
+@click.option("--pick", "how", type=click.Choice(["first", "random"]), default="first", show_default=True)
+@click.option("--seed", type=int, default=None, help="With --pick random: the same lines every time.")
+@click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the lines and the extrapolation.")
+@config_option
+def preview_command(input_path: Path, n: int, how: str, seed: int | None, endpoint: str | None, as_json: bool,
+                    config: Path | None) -> None:
+    """Run N lines of a batch file now, on the configured models, before running all of it (docs/cli.md)."""
+    from freight.cli import local_run
+    from freight.cli.preview import preview, preview_settings
+    from freight.runtime import build_catalog
+
+    settings = _settings(config, None)
+    endpoint = endpoint or local_run.infer_endpoint(input_path)
+    preview(settings, build_catalog(preview_settings(settings, n)), input_path, endpoint, n, how, seed, as_json)
 
 
 @cli.command()
@@ -288,6 +324,7 @@ def migrate(data_dir: Path | None, database_url: str | None, config: Path | None
 for command in client_commands:
     cli.add_command(command)
 cli.add_command(keys)
+cli.add_command(results)
 
 
 def main() -> None:

@@ -26,10 +26,11 @@ class BatchProgress:
             TextColumn("[red]{task.fields[failed]} failed" ),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[note]}"),
             console=console,
             transient=False,
         )
-        self.task: TaskID = self.progress.add_task(label, total=None, status="validating", failed=0)
+        self.task: TaskID = self.progress.add_task(label, total=None, status="validating", failed=0, note="")
 
     def __enter__(self) -> BatchProgress:
         self.progress.__enter__()
@@ -38,6 +39,7 @@ class BatchProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.__exit__(None, None, None)
 
-    def update(self, status: str, total: int, completed: int, failed: int) -> None:
+    def update(self, status: str, total: int, completed: int, failed: int, note: str = "") -> None:
+        """``note``: what else to show (``freight submit --wait``: ETA, tokens/min and cost)."""
         self.progress.update(self.task, total=total or None, completed=completed + failed, status=status,
-                             failed=failed)
+                             failed=failed, note=note)

@@ -143,6 +143,12 @@ class Batch:
     request_counts: RequestCounts = field(default_factory=RequestCounts)
     usage: Usage = field(default_factory=Usage)
     output_expires_after_s: int | None = None
+    #: ``max_cost_usd`` on create: no request starts once the batch has spent this (domain/budget.py).
+    max_cost_usd: float | None = None
+    #: ``output_schema`` on create: a JSON schema every answer's content, parsed as JSON, must satisfy.
+    output_schema: dict[str, Any] | None = None
+    #: Answers found invalid (against the request's or the batch's schema), retries included.
+    invalid_outputs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -33,11 +33,13 @@ class Tally:
     failed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    invalid_outputs: int = 0
 
     @classmethod
     def of(cls, results: Iterable[Result], *, tokens: bool = True) -> Tally:
-        completed = failed = tokens_in = tokens_out = 0
+        completed = failed = tokens_in = tokens_out = invalid = 0
         for r in results:
+            invalid += r.invalid_outputs
             if r.outcome is Outcome.SUCCEEDED:
                 completed += 1
             else:
@@ -45,7 +47,7 @@ class Tally:
             if tokens:
                 tokens_in += r.input_tokens
                 tokens_out += r.output_tokens
-        return cls(completed, failed, tokens_in, tokens_out)
+        return cls(completed, failed, tokens_in, tokens_out, invalid)
 
     @classmethod
     def repeated(cls, result: Result, n: int) -> Tally:
@@ -55,4 +57,4 @@ class Tally:
         return cls(failed=n)
 
     def __bool__(self) -> bool:
-        return any((self.completed, self.failed, self.input_tokens, self.output_tokens))
+        return any((self.completed, self.failed, self.input_tokens, self.output_tokens, self.invalid_outputs))

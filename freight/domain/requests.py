@@ -28,6 +28,8 @@ BATCH_CANCELLED = "batch_cancelled"
 REQUEST_TIMEOUT = "request_timeout"
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 WORKER_LOST = "worker_lost"
+#: The answer failed the JSON-schema check its request (or batch) asked for, on every try.
+OUTPUT_INVALID = "output_invalid"
 
 NEVER_RAN_MESSAGES = {
     BATCH_EXPIRED: "This request could not be executed before the completion window expired.",
@@ -63,6 +65,8 @@ class Result:
     error_message: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    #: Answers that failed their JSON-schema check on the way to this result (tries included).
+    invalid_outputs: int = 0
 
     @property
     def outcome(self) -> Outcome:

@@ -10,6 +10,7 @@ from freight.domain.batches import Batch, BatchError
 from freight.domain.clock import Clock
 from freight.ports import BlobStore, NewRequest, Store
 from freight.services.catalog import ModelCatalog
+from freight.services.outputs import with_batch_schema
 from freight.wire.batch_input import BatchInputValidator, InputLimits, iter_lines
 
 INSERT_CHUNK = 1000
@@ -37,7 +38,10 @@ def ingest_batch(
             request = validator.feed(raw)
             if request is None or validator.problem_count:
                 continue  # once the batch is known to fail, only keep looking for problems
-            rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=request.body))
+            body = request.body
+            if batch.output_schema is not None and catalog.lane_for(request.model) is None:
+                body = with_batch_schema(body, batch.output_schema)  # checked by backends/output_check.py
+            rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=body))
             idx += 1
             if len(rows) >= INSERT_CHUNK:
                 store.insert_requests(batch.id, rows)

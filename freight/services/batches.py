@@ -6,13 +6,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from freight.domain import ids
+from freight.domain import budget, ids
 from freight.domain.batches import Batch, BatchStatus, CancelAction, RequestCounts, cancel_action
 from freight.domain.clock import Clock
 from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from freight.ports import Page, Quota, Store
+from freight.services.cost import CostControls
+from freight.services.outputs import check_output_schema
 from freight.services.transitions import log_transition
 
 #: Endpoints a freight batch can target (each model says which of them it serves).
@@ -119,12 +121,14 @@ class BatchService:
         window: WindowLimits | None = None,
         on_change: Callable[[], None] | None = None,
         quota: Quota | None = None,
+        cost: CostControls | None = None,
     ):
         self.store = store
         self.clock = clock
         self.window = window or WindowLimits()
         self.quota = quota or Quota()
         self._on_change = on_change or (lambda: None)
+        self.cost = cost
 
     def create(self, project: str, body: object, idempotency_key: str | None = None) -> Batch:
         if idempotency_key is not None:
@@ -144,6 +148,8 @@ class BatchService:
         window_s = completion_window_s(window_text, min_s=self.window.min_s, max_s=self.window.max_s)
         metadata = check_metadata(body.get("metadata"))
         output_expires_after_s = check_output_expires_after(body.get("output_expires_after"))
+        max_cost_usd = budget.check_cap(body.get("max_cost_usd"))
+        output_schema = check_output_schema(body.get("output_schema"))
         f = self.store.get_file(project, input_file_id) if ids.is_file_id(input_file_id) else None
         if f is None:
             raise InvalidInput(f"Cannot find file {input_file_id!r}, or it is not accessible with this key.",
@@ -170,7 +176,11 @@ class BatchService:
             expires_at=now + window_s,
             metadata=metadata,
             output_expires_after_s=output_expires_after_s,
+            max_cost_usd=max_cost_usd,
+            output_schema=output_schema,
         )
+        if self.cost is not None:
+            self.cost.admit(batch, f)
         stored = self.store.insert_batch(batch, idempotency_key, self.quota, requests)
         if stored.id == batch.id:
             log_transition(None, stored)

@@ -31,14 +31,15 @@ def file_deleted(file_id: str) -> dict[str, Any]:
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-def batch_object(b: Batch) -> dict[str, Any]:
+def batch_object(b: Batch, freight: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAI's Batch object; ``freight``: freight's extension object (services/cost.py renders it)."""
     errors = None
     if b.errors:
         errors = {
             "object": "list",
             "data": [{"code": e.code, "message": e.message, "param": e.param, "line": e.line} for e in b.errors],
         }
-    return {
+    out = {
         "id": b.id,
         "object": "batch",
         "endpoint": b.endpoint,
@@ -72,6 +73,9 @@ def batch_object(b: Batch) -> dict[str, Any]:
             "total_tokens": b.usage.total_tokens,
         },
     }
+    if freight is not None:
+        out["freight"] = freight
+    return out
 
 
 def list_page(data: Sequence[dict[str, Any]], has_more: bool) -> dict[str, Any]:

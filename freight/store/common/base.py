@@ -24,7 +24,8 @@ class Base:
     def _add_counts(tx: Tx, batch_id: str, tally: Tally) -> None:
         if tally:
             tx.run("add_counts", {"id": batch_id, "completed": tally.completed, "failed": tally.failed,
-                                  "input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens})
+                                  "input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens,
+                                  "invalid_outputs": tally.invalid_outputs})
 
     @staticmethod
     def _check_quota(tx: Tx, project: str, quota: Quota, requests: int) -> None:

@@ -3,9 +3,9 @@
 
 -- name: insert_batch
 INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at,
-                     metadata, output_expires_after_s, idempotency_key)
+                     metadata, output_expires_after_s, idempotency_key, max_cost_usd, output_schema)
 VALUES (:id, :project, :endpoint, :input_file_id, :completion_window, :status, :created_at, :expires_at,
-        :metadata, :output_expires_after_s, :idempotency_key)
+        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema)
 ON CONFLICT (project, idempotency_key) DO NOTHING;
 
 -- name: notify_work
@@ -69,7 +69,8 @@ WHERE id = :id AND status = :expected;
 
 -- name: add_counts
 UPDATE batches SET completed = completed + :completed, failed = failed + :failed,
-    input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens
+    input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens,
+    invalid_outputs = invalid_outputs + :invalid_outputs
 WHERE id = :id;
 
 -- name: delete_batch

@@ -48,6 +48,9 @@ CREATE TABLE batches (
     output_tokens BIGINT NOT NULL DEFAULT 0,
     output_expires_after_s BIGINT,
     idempotency_key TEXT,
+    max_cost_usd DOUBLE PRECISION,
+    output_schema TEXT,
+    invalid_outputs BIGINT NOT NULL DEFAULT 0,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX batches_by_project ON batches(project, seq);

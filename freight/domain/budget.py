@@ -1,0 +1,50 @@
+"""Spending caps: a batch's own (``max_cost_usd`` on create) and its project's (``[projects."name"]``).
+
+The cap that applies is the lower of the two. Once a batch's cost so far reaches it, no new request
+of the batch starts; requests already running finish (their cost may carry it a little past the
+cap, never by more than one claimed chunk's); the rest are closed with a ``budget_exceeded`` line
+each, and the batch ends ``cancelled``. A cap the create-time estimate already exceeds is refused.
+"""
+
+from __future__ import annotations
+
+from freight.domain.errors import InvalidInput
+
+BUDGET_EXCEEDED = "budget_exceeded"
+
+
+def effective_cap(batch_cap: float | None, project_cap: float | None) -> float | None:
+    caps = [c for c in (batch_cap, project_cap) if c is not None]
+    return min(caps) if caps else None
+
+
+def check_cap(value: object) -> float | None:
+    """``max_cost_usd`` as sent on create: absent/null, or a number of dollars more than 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput("Invalid type for 'max_cost_usd': expected a number.", param="max_cost_usd",
+                           code="invalid_type")
+    if not value > 0:
+        raise InvalidInput(f"'max_cost_usd' must be more than 0, got {value}.", param="max_cost_usd",
+                           code="invalid_value")
+    return float(value)
+
+
+def reached(cost_usd: float | None, cap: float | None) -> bool:
+    """Whether spending has reached the cap (an unknown cost never does: it is refused at create)."""
+    return cap is not None and cost_usd is not None and cost_usd >= cap
+
+
+def refuse_over_estimate(estimate_usd: float, cap: float, *, which: str) -> None:
+    """A 400 when the estimate already exceeds the cap, saying by how much."""
+    if estimate_usd > cap:
+        raise InvalidInput(
+            f"The estimated cost of this batch's input tokens alone (${estimate_usd:.4f}) already exceeds {which} "
+            f"(${cap:.4f}) by ${estimate_usd - cap:.4f}. Raise the cap or split the batch.",
+            param="max_cost_usd", code=BUDGET_EXCEEDED)
+
+
+def budget_message(cost_usd: float, cap: float) -> str:
+    return (f"The batch's spending cap (${cap:.4f}) was reached (${cost_usd:.4f} spent) before this request "
+            "started; it was not run.")

@@ -1,0 +1,154 @@
+"""A batch's cost, projection, savings and progress, and the ``freight`` object that shows them.
+
+``freight_object`` is the one place that renders a Batch object's ``freight`` extension (issue 12:
+freight's own fields on API objects live under that one key); add new fields there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from freight.domain import budget, pricing
+from freight.domain.batches import Batch, BatchStatus
+from freight.domain.clock import Clock
+from freight.domain.errors import InvalidInput
+from freight.domain.files import File
+from freight.services.estimate import estimate_lines
+from freight.services.prices import PriceBook
+from freight.wire import jsonx
+from freight.wire.batch_input import iter_lines
+
+#: The status whose stamp ends a batch's running time.
+_ENDED_AT = {BatchStatus.FINALIZING: "finalizing_at", BatchStatus.COMPLETED: "finalizing_at",
+             BatchStatus.CANCELLED: "cancelled_at", BatchStatus.EXPIRED: "expired_at",
+             BatchStatus.FAILED: "failed_at", BatchStatus.CANCELLING: "cancelling_at"}
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    cost_usd: float | None
+    projected_cost_usd: float | None
+    savings_usd: float | None
+    realtime_usd: float | None
+
+
+def tokens_of(batch: Batch) -> pricing.Tokens:
+    u = batch.usage
+    return pricing.Tokens(input=u.input_tokens, output=u.output_tokens, cached=u.cached_tokens)
+
+
+def ended_at(batch: Batch) -> int | None:
+    name = _ENDED_AT.get(batch.status)
+    value = getattr(batch, name) if name else None
+    if value is None and batch.is_terminal:
+        value = batch.completed_at or batch.cancelled_at or batch.expired_at or batch.failed_at
+    return value if isinstance(value, int) else None
+
+
+@dataclass
+class CostControls:
+    """Prices, caps and the clock: what the cost figures and the budget checks need."""
+
+    prices: PriceBook
+    clock: Clock
+    #: project -> its cap per batch (``[projects."name"] max_cost_usd``).
+    project_caps: Mapping[str, float | None] = field(default_factory=dict)
+    #: Further fields for the ``freight`` object (other parts of freight register theirs here).
+    extensions: list[Callable[[Batch], Mapping[str, Any]]] = field(default_factory=list)
+    #: Opens a file's bytes (None: it has none); set by the composition root for the create check.
+    open_file: Callable[[File], IO[bytes] | None] | None = None
+    max_line_bytes: int = 64 * 1024 * 1024
+
+    def cap(self, batch: Batch) -> float | None:
+        return budget.effective_cap(batch.max_cost_usd, self.project_caps.get(batch.project))
+
+    def admit(self, batch: Batch, input_file: File) -> None:
+        """At create: a 400 when the batch has a cap that its input's estimated cost already exceeds,
+        or one that cannot be checked (its model has no price). Only the input tokens are counted,
+        so a refused cap is one that is certain to be exceeded."""
+        cap = self.cap(batch)
+        if cap is None or self.open_file is None:
+            return
+        stream = self.open_file(input_file)
+        if stream is None:
+            return
+        with stream:
+            bodies = (_body(raw.data) for raw in iter_lines(stream, self.max_line_bytes))
+            est = estimate_lines(batch.endpoint, (b for b in bodies if b is not None))
+        if est.model is None:
+            return  # the batch will fail validation: nothing to estimate
+        model = self.prices.for_model(est.model)
+        if not model.known:
+            raise InvalidInput(f"'max_cost_usd' needs a price for model {est.model!r}; configure one "
+                               f"([models.\"{est.model}\"] price or machine_cost_per_hour) or send no cap.",
+                               param="max_cost_usd", code="invalid_value")
+        estimate = model.cost_usd(pricing.Tokens(input=est.input_tokens))
+        if estimate is not None:
+            which = "the batch's max_cost_usd" if cap == batch.max_cost_usd else "the project's max_cost_usd"
+            budget.refuse_over_estimate(estimate, cap, which=which)
+
+    def cost(self, batch: Batch) -> BatchCost:
+        model = self.prices.for_model(batch.model)
+        tokens = tokens_of(batch)
+        busy_s = None
+        if batch.in_progress_at is not None:
+            end = ended_at(batch)
+            busy_s = (end if end is not None else self.clock.now()) - batch.in_progress_at
+        cost = model.cost_usd(tokens, busy_s=busy_s)
+        c = batch.request_counts
+        done = c.completed + c.failed
+        finished = batch.status in (BatchStatus.FINALIZING, BatchStatus.COMPLETED) or batch.is_terminal
+        return BatchCost(
+            cost_usd=cost,
+            projected_cost_usd=pricing.projected_usd(cost, done, c.total, finished=finished),
+            savings_usd=model.savings_usd(tokens, cost),
+            realtime_usd=model.realtime_usd(tokens),
+        )
+
+    def rates(self, batch: Batch) -> dict[str, float] | None:
+        """Effective dollars per million input and output tokens, as this batch is billed (for a
+        cost per request); None without a price."""
+        model = self.prices.for_model(batch.model)
+        per_in = model.cost_usd(pricing.Tokens(input=pricing.MTOK))
+        per_out = model.cost_usd(pricing.Tokens(output=pricing.MTOK))
+        if per_in is None or per_out is None:
+            figures = self.cost(batch)  # a machine measured by the hour: its average cost per token
+            total = batch.usage.total_tokens
+            if figures.cost_usd is None or not total:
+                return None
+            per_in = per_out = figures.cost_usd / total * pricing.MTOK
+        return {"input_usd_per_mtok": round(per_in, 8), "output_usd_per_mtok": round(per_out, 8)}
+
+    def freight_object(self, batch: Batch) -> dict[str, Any]:
+        """The Batch object's ``freight`` extension: cost so far, projection, savings, progress, checks."""
+        figures = self.cost(batch)
+        c = batch.request_counts
+        progress = pricing.progress(started_at=batch.in_progress_at, ended_at=ended_at(batch),
+                                    now=self.clock.now(), done=c.completed + c.failed, total=c.total)
+        out: dict[str, Any] = {
+            "cost_usd": pricing.round_usd(figures.cost_usd),
+            "projected_cost_usd": pricing.round_usd(figures.projected_cost_usd),
+            "savings_usd": pricing.round_usd(figures.savings_usd),
+            "max_cost_usd": self.cap(batch),
+            "eta_at": progress.eta_at,
+            "requests_per_s": None if progress.requests_per_s is None else round(progress.requests_per_s, 4),
+            "rates": self.rates(batch),
+            "invalid_outputs": batch.invalid_outputs,
+            "output_schema": batch.output_schema,
+        }
+        for extension in self.extensions:
+            out.update(extension(batch))
+        return out
+
+
+def _body(data: bytes | None) -> dict[str, Any] | None:
+    if not data or not data.strip():
+        return None
+    try:
+        line = jsonx.loads(data)
+    except ValueError:
+        return None
+    body = line.get("body") if isinstance(line, dict) else None
+    return body if isinstance(body, dict) else None

@@ -1,0 +1,163 @@
+"""Answers checked against the JSON schema their request asked for (issue 12, "outputs validated").
+
+A chat request asks for a schema with ``response_format: {"type": "json_schema", "json_schema":
+{"schema": ...}}`` (the answer's content, parsed as JSON, must satisfy it) or by forcing a tool call
+(``tool_choice`` naming a function: its arguments must satisfy the function's ``parameters``). A
+batch may add its own check for every answer: ``output_schema`` on create.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, best_match
+
+from freight.domain.errors import InvalidInput
+from freight.wire import jsonx
+
+
+def check_output_schema(value: object) -> dict[str, Any] | None:
+    """``output_schema`` on create: absent/null, or a JSON schema (an object that is a valid schema)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidInput("Invalid type for 'output_schema': expected a JSON schema object.",
+                           param="output_schema", code="invalid_type")
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        raise InvalidInput(f"Invalid 'output_schema': {exc.message}.", param="output_schema",
+                           code="invalid_value") from None
+    return dict(value)
+
+
+#: The key under which ingest gives each request its batch's ``output_schema`` (popped before sending).
+BATCH_SCHEMA_KEY = "__freight_output_schema"
+
+
+@dataclass(frozen=True)
+class Check:
+    """What an answer must satisfy: ``schema`` for the request's structured output, ``batch_schema``
+    (the batch's ``output_schema``) too. Both check the content parsed as JSON — or, when ``tool``
+    names a forced tool, that tool's arguments."""
+
+    schema: dict[str, Any] | None = None
+    tool: str | None = None
+    batch_schema: dict[str, Any] | None = None
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def requested_check(endpoint: str, body: dict[str, Any], batch_schema: dict[str, Any] | None) -> Check | None:
+    """The check a request asks for (None: none)."""
+    schema: dict[str, Any] | None = None
+    tool: str | None = None
+    if endpoint == "/v1/chat/completions":
+        fmt = _dict(body.get("response_format"))
+        if fmt.get("type") == "json_schema":
+            schema = _dict(_dict(fmt.get("json_schema")).get("schema"))
+        elif fmt.get("type") == "json_object":
+            schema = {"type": "object"}
+        choice = _dict(body.get("tool_choice"))
+        name = _dict(choice.get("function")).get("name") if choice.get("type") == "function" else None
+        if isinstance(name, str):
+            for t in body.get("tools") or []:
+                fn = _dict(_dict(t).get("function"))
+                if fn.get("name") == name:
+                    schema, tool = _dict(fn.get("parameters")), name
+    elif endpoint == "/v1/responses":
+        fmt = _dict(_dict(body.get("text")).get("format"))
+        if fmt.get("type") == "json_schema":
+            schema = _dict(fmt.get("schema"))
+        elif fmt.get("type") == "json_object":
+            schema = {"type": "object"}
+    elif endpoint == "/v1/messages":
+        choice = _dict(body.get("tool_choice"))
+        name = choice.get("name") if choice.get("type") == "tool" else None
+        if isinstance(name, str):
+            for t in body.get("tools") or []:
+                if _dict(t).get("name") == name:
+                    schema, tool = _dict(_dict(t).get("input_schema")), name
+    if schema is None and batch_schema is None:
+        return None
+    return Check(schema=schema, tool=tool, batch_schema=batch_schema)
+
+
+def _answers(endpoint: str, response: dict[str, Any], tool: str | None) -> list[tuple[str, Any]]:
+    """(what, value) per answer in a response: the content text, or the forced tool's arguments
+    (``value`` is a str of JSON, or an already parsed object, or None when missing)."""
+    out: list[tuple[str, Any]] = []
+    if endpoint == "/v1/chat/completions":
+        for choice in response.get("choices") or []:
+            message = _dict(_dict(choice).get("message"))
+            if tool is None:
+                out.append(("content", message.get("content")))
+                continue
+            args = [_dict(c.get("function")).get("arguments") for c in message.get("tool_calls") or []
+                    if _dict(_dict(c).get("function")).get("name") == tool]
+            out.append((f"the arguments of {tool}", args[0] if args else None))
+    elif endpoint == "/v1/responses":
+        texts = [part.get("text") for item in response.get("output") or [] for part in _dict(item).get("content") or []
+                 if _dict(part).get("type") == "output_text"]
+        out.append(("content", "".join(t for t in texts if isinstance(t, str)) if texts else None))
+    elif endpoint == "/v1/messages":
+        blocks = [_dict(b) for b in response.get("content") or []]
+        if tool is not None:
+            inputs = [b.get("input") for b in blocks if b.get("type") == "tool_use" and b.get("name") == tool]
+            out.append((f"the input of {tool}", inputs[0] if inputs else None))
+        else:
+            texts = [b.get("text") for b in blocks if b.get("type") == "text"]
+            out.append(("content", "".join(t for t in texts if isinstance(t, str)) if texts else None))
+    return out
+
+
+def _validate(value: Any, schema: dict[str, Any], what: str) -> str | None:
+    if value is None:
+        return f"the answer has no {what}"
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            return f"{what} is not JSON ({exc.msg} at character {exc.pos})"
+    error = best_match(Draft202012Validator(schema).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path)
+    return f"{what} does not match the schema" + (f" at '{where}'" if where else "") + f": {error.message}"
+
+
+def check_answer(endpoint: str, response_body: bytes | None, check: Check) -> str | None:
+    """None when the answer satisfies ``check``; else what is wrong (for its ``output_invalid`` line)."""
+    try:
+        response = json.loads(response_body) if response_body else None
+    except ValueError:
+        return "the answer is not JSON"
+    if not isinstance(response, dict):
+        return "the answer is not a JSON object"
+    answers = _answers(endpoint, response, check.tool)
+    if not answers:
+        return "the answer has no content"
+    for what, value in answers:
+        if check.schema is not None:
+            problem = _validate(value, check.schema, what)
+            if problem:
+                return problem
+        if check.batch_schema is not None:
+            problem = _validate(value, check.batch_schema, what + " (output_schema)")
+            if problem:
+                return problem
+    return None
+
+
+def with_batch_schema(body: bytes, schema: dict[str, Any] | None) -> bytes:
+    """A stored request body that carries its batch's ``output_schema`` (for the output check)."""
+    if schema is None:
+        return body
+    parsed = jsonx.loads(body)
+    parsed[BATCH_SCHEMA_KEY] = schema
+    return jsonx.dumps(parsed)

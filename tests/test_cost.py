@@ -1,0 +1,221 @@
+"""Cost, projection, savings, progress and budget caps on a real ``freight serve``, through the openai SDK.
+
+The scripted model counts a quarter token per byte of the request body as input and a word of the
+reply as an output token; ``price`` in its table makes those tokens cost money.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai import OpenAI
+from servers import (
+    SCRIPTED,
+    SCRIPTED_SLOW,
+    TERMINAL,
+    FreightServer,
+    config_text,
+    freight_command,
+    jsonl_bytes,
+    parse_jsonl,
+    subprocess_env,
+    wait_for,
+)
+
+CHAT = "/v1/chat/completions"
+#: Dollars per million tokens: big enough that a few requests cost cents.
+INPUT_PER_MTOK, OUTPUT_PER_MTOK = 1000.0, 4000.0
+
+PRICED = f"""
+[models."priced"]
+backend = "scripted"
+price = {{ input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK} }}
+
+[models."priced-slow"]
+backend = "scripted"
+chunk_size = 2
+max_concurrency = 1
+price = {{ input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK}, batch_discount = 0.5 }}
+
+[projects."someone-else"]
+max_cost_usd = 50.0
+"""
+
+
+@pytest.fixture(scope="module")
+def server(make_server: Callable[..., FreightServer]) -> FreightServer:
+    return make_server(config_text(extra=PRICED))
+
+
+@pytest.fixture(scope="module")
+def client(server: FreightServer) -> Iterator[OpenAI]:
+    c = server.client()
+    yield c
+    c.close()
+
+
+def line(i: int, model: str, **script: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": f"hello {i}"}]}
+    if script:
+        body["script"] = script
+    return {"custom_id": f"r{i}", "method": "POST", "url": CHAT, "body": body}
+
+
+def create(client: OpenAI, lines: list[dict[str, Any]], **extra_body: Any) -> openai.types.Batch:
+    f = client.files.create(file=("in.jsonl", jsonl_bytes(lines)), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
+                                 extra_body=extra_body or None)
+
+
+def wait_terminal(client: OpenAI, batch_id: str, timeout_s: float = 60) -> openai.types.Batch:
+    def done() -> openai.types.Batch | None:
+        b = client.batches.retrieve(batch_id)
+        return b if b.status in TERMINAL else None
+
+    batch: openai.types.Batch = wait_for(done, timeout_s, f"batch {batch_id} to finish")
+    return batch
+
+
+def freight_of(batch: openai.types.Batch) -> dict[str, Any]:
+    assert batch.model_extra is not None
+    ext: dict[str, Any] = batch.model_extra["freight"]
+    return ext
+
+
+def test_cost_of_a_finished_batch_is_its_usage_at_the_configured_price(client: OpenAI) -> None:
+    batch = wait_terminal(client, create(client, [line(i, "priced") for i in range(5)]).id)
+    assert batch.status == "completed" and batch.usage is not None
+    ext = freight_of(batch)
+    expected = (batch.usage.input_tokens * INPUT_PER_MTOK + batch.usage.output_tokens * OUTPUT_PER_MTOK) / 1e6
+    assert expected > 0
+    assert ext["cost_usd"] == pytest.approx(expected, abs=1e-8)
+    assert ext["projected_cost_usd"] == pytest.approx(expected, abs=1e-8)
+    # A real-time backend pays real-time prices: nothing saved.
+    assert ext["savings_usd"] == pytest.approx(0.0, abs=1e-8)
+    assert ext["requests_per_s"] > 0 and ext["eta_at"] is None
+    assert ext["invalid_outputs"] == 0 and ext["max_cost_usd"] is None
+    # The same object in the list.
+    listed = [b for b in client.batches.list(limit=100).data if b.id == batch.id]
+    assert freight_of(listed[0])["cost_usd"] == ext["cost_usd"]
+
+
+def test_an_unpriced_model_shows_no_cost(client: OpenAI) -> None:
+    batch = wait_terminal(client, create(client, [line(0, SCRIPTED)]).id)
+    ext = freight_of(batch)
+    assert ext["cost_usd"] is None and ext["projected_cost_usd"] is None and ext["savings_usd"] is None
+
+
+def test_a_running_batch_has_a_projection_and_an_eta(client: OpenAI) -> None:
+    lines = [line(i, "priced-slow", sleep_s=0.3) for i in range(8)]
+    created = create(client, lines)
+
+    def partly_done() -> openai.types.Batch | None:
+        b = client.batches.retrieve(created.id)
+        c = b.request_counts
+        return b if c is not None and 0 < c.completed < c.total and b.status == "in_progress" else None
+
+    batch = wait_for(partly_done, 30, "some requests done")
+    ext = freight_of(batch)
+    assert ext["cost_usd"] > 0
+    c = batch.request_counts
+    assert c is not None
+    assert ext["projected_cost_usd"] == pytest.approx(ext["cost_usd"] / c.completed * c.total, rel=0.05)
+    assert ext["eta_at"] >= int(time.time()) - 1
+    assert ext["requests_per_s"] > 0
+    wait_terminal(client, created.id)
+
+
+def test_a_cap_the_estimate_exceeds_is_refused_with_how_much(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        create(client, [line(i, "priced") for i in range(20)], max_cost_usd=0.0001)
+    err = info.value.body
+    assert isinstance(err, dict)
+    assert err["code"] == "budget_exceeded" and err["param"] == "max_cost_usd"
+    assert "exceeds the batch's max_cost_usd ($0.0001) by $" in err["message"]
+
+
+@pytest.mark.parametrize("cap", [0, -1, "1", True])
+def test_a_cap_that_is_not_a_positive_number_is_a_400(client: OpenAI, cap: object) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        create(client, [line(0, "priced")], max_cost_usd=cap)
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "max_cost_usd"
+
+
+def test_a_cap_on_an_unpriced_model_is_refused(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="needs a price"):
+        create(client, [line(0, SCRIPTED_SLOW)], max_cost_usd=1.0)
+
+
+def test_reaching_the_cap_stops_the_batch_cancelled_with_budget_exceeded_lines(client: OpenAI) -> None:
+    lines = [line(i, "priced-slow", sleep_s=0.1) for i in range(30)]
+    # Each request costs about 0.04-0.06 dollars here; the input estimate of 30 is about 0.39.
+    batch = create(client, lines, max_cost_usd=0.4)
+    assert freight_of(batch)["max_cost_usd"] == 0.4
+    batch = wait_terminal(client, batch.id)
+    assert batch.status == "cancelled"
+    ext = freight_of(batch)
+    c = batch.request_counts
+    assert c is not None and 0 < c.completed < c.total
+    assert ext["cost_usd"] >= 0.4
+    # Running requests finished: at most one chunk (2 requests) past the cap.
+    per_request = ext["cost_usd"] / c.completed
+    assert ext["cost_usd"] < 0.4 + 2 * per_request + 1e-9
+    assert batch.error_file_id is not None
+    errors = parse_jsonl(client.files.content(batch.error_file_id).content)
+    codes = {e["error"]["code"] for e in errors}
+    assert codes == {"budget_exceeded"}
+    assert len(errors) == c.total - c.completed
+    assert "spending cap" in errors[0]["error"]["message"]
+
+
+def freight_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*freight_command(), *args], capture_output=True, text=True, cwd=cwd,
+                          env=subprocess_env(), stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_freight_status_shows_the_cost_and_submit_sends_a_cap(client: OpenAI, server: FreightServer,
+                                                              tmp_path: Path) -> None:
+    batch = wait_terminal(client, create(client, [line(i, "priced") for i in range(3)]).id)
+    r = freight_cli("status", batch.id, "--url", server.url, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cost = freight_of(batch)["cost_usd"]
+    shown = r.stdout + r.stderr  # the table is printed on stderr (rich console)
+    assert "cost so far" in shown and f"${cost:,.4f}" in shown
+    assert "requests/s" in shown
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl_bytes([line(i, "priced") for i in range(20)]))
+    r = freight_cli("submit", str(path), "--max-cost-usd", "0.0001", "--url", server.url, cwd=tmp_path)
+    assert r.returncode == 1 and "already exceeds the batch's max_cost_usd ($0.0001) by $" in r.stderr
+
+
+def test_freight_run_shows_tokens_per_minute_and_the_cost_beside_its_progress_bar(tmp_path: Path) -> None:
+    (tmp_path / "freight.toml").write_text(config_text(extra=PRICED))
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl_bytes([line(i, "priced") for i in range(5)]))
+    env = {**subprocess_env(), "FREIGHT_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "250"}
+    r = subprocess.run([*freight_command(), "run", str(path), "-o", str(tmp_path / "out.jsonl")], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "tokens/min" in r.stderr and " of ~$" in r.stderr
+
+
+def test_a_projects_cap_applies_to_its_batches_only(make_server: Callable[..., FreightServer]) -> None:
+    capped = make_server(config_text(extra=PRICED + '\n[projects."team-a"]\nmax_cost_usd = 0.0001\n'),
+                         start=False)
+    key_a, key_b = capped.create_key("team-a"), capped.create_key("team-b")
+    capped.start()
+    lines = [line(i, "priced") for i in range(20)]
+    with capped.client(api_key=key_a) as a, capped.client(api_key=key_b) as b:
+        with pytest.raises(openai.BadRequestError, match=r"exceeds the project's max_cost_usd \(\$0\.0001\) by"):
+            create(a, lines)
+        batch = create(b, lines)
+        assert freight_of(batch)["max_cost_usd"] is None
+        # The lower of the batch's own cap and the project's applies.
+        with pytest.raises(openai.BadRequestError, match=r"exceeds the batch's max_cost_usd \(\$0\.0000\)"):
+            create(a, lines, max_cost_usd=0.00001)
