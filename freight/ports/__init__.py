@@ -1,7 +1,8 @@
 """The seams between freight's core and its adapters: the only interfaces there are.
 
 - the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
-  ``MessageBatchStore``, ``LaneStore``; ``Store`` is all of them (what one adapter provides);
+  ``MessageBatchStore``, ``LaneStore``, ``EventStore`` (the batch events outbox), ``WebhookStore``;
+  ``Store`` is all of them (what one adapter provides);
 - ``StepLeases``: which process runs the batch steps;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
 - ``Backend``: a way of executing requests (a local model, an HTTP endpoint); ``BatchLane``: a
@@ -14,6 +15,7 @@ from freight.domain.quota import Quota
 from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
+from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
@@ -29,6 +31,7 @@ __all__ = [
     "BatchStore",
     "BlobStore",
     "BlobWriter",
+    "EventStore",
     "Completion",
     "FileStore",
     "KeyStore",
@@ -43,4 +46,5 @@ __all__ = [
     "StepLeases",
     "Store",
     "StoredResult",
+    "WebhookStore",
 ]

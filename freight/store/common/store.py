@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .batches import BatchesMixin
 from .db import Database
+from .events import EventsMixin
 from .files import FilesMixin
 from .keys import KeysMixin
 from .lanes import LanesMixin
@@ -13,7 +14,7 @@ from .queue import QueueMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin):
+               LeasesMixin, EventsMixin):
     def __init__(self, db: Database):
         self._db = db
 
