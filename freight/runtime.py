@@ -6,6 +6,7 @@ Used by the API (``create_app`` takes a ``Runtime``), by every CLI command (``se
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,12 +16,14 @@ from typing import Any
 from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
+from freight.observe.deliver import WebhookDeliverer
 from freight.ports import Backend, BlobStore, Store
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
 from freight.services.keys import KeyService
 from freight.services.message_batches import MessageBatchService
+from freight.services.webhooks import WebhookService
 from freight.store import open_store
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
@@ -42,8 +45,21 @@ class Runtime:
     engine: Engine
     keys: KeyService
     message_batches: MessageBatchService
+    webhooks: WebhookService
+    #: Sends webhook deliveries from the batch events outbox (beside the engine, under its own lease).
+    deliverer: WebhookDeliverer
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The background work of a serving or worker process: the engine and, beside it, the
+        webhook deliverer (a subscriber of the events the engine's status changes write)."""
+        deliverer = asyncio.create_task(self.deliverer.run(stop))
+        try:
+            await self.engine.run(stop)
+        finally:
+            stop.set()
+            await deliverer
 
     def close(self) -> None:
         self.store.close()
@@ -117,6 +133,9 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota)
         keys = KeyService(store, clock)
+        webhooks = WebhookService(store, clock, settings.webhooks)
+        deliverer = WebhookDeliverer(store, store, store if shared else None, clock, settings.webhooks, engine.owner,
+                                     settings.engine.step_lease_s)
         message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake)
         if alone and settings.database_url is None:
             # No other process is on this data dir's SQLite store: every lease left behind belongs to
@@ -134,5 +153,5 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if data_lock is not None:
             data_lock.release()
         raise
-    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, clock,
-                   data_lock)
+    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, webhooks,
+                   deliverer, clock, data_lock)
