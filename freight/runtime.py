@@ -17,6 +17,7 @@ from freight.backends import build_backends, build_lanes
 from freight.config import Settings
 from freight.engine.engine import Engine
 from freight.observe.deliver import WebhookDeliverer
+from freight.observe.metrics import MeteredBackend, ProcessMeter
 from freight.ports import Backend, BlobStore, Store
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
@@ -48,6 +49,8 @@ class Runtime:
     webhooks: WebhookService
     #: Sends webhook deliveries from the batch events outbox (beside the engine, under its own lease).
     deliverer: WebhookDeliverer
+    #: This process's own metrics (its backends' calls); the rest are read from the store.
+    meter: ProcessMeter
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
 
@@ -126,6 +129,8 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             catalog = build_catalog(settings)
         else:
             catalog = ModelCatalog([], [])
+        meter = ProcessMeter()
+        catalog = ModelCatalog([MeteredBackend(b, meter) for b in catalog.backends], catalog.lanes)
         # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
         # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
         shared = data_lock is not None or settings.database_url is not None
@@ -154,4 +159,4 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             data_lock.release()
         raise
     return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, webhooks,
-                   deliverer, clock, data_lock)
+                   deliverer, meter, clock, data_lock)

@@ -23,6 +23,7 @@ from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
+from freight.ports.stats import StatsStore, StoreStats
 from freight.ports.store import Store
 
 __all__ = [
@@ -43,8 +44,10 @@ __all__ = [
     "Quota",
     "RequestQueue",
     "Retry",
+    "StatsStore",
     "StepLeases",
     "Store",
+    "StoreStats",
     "StoredResult",
     "WebhookStore",
 ]

@@ -113,3 +113,26 @@ def test_a_delivery_is_given_up_and_a_deleted_endpoint_drops_its_pending_ones(st
     assert store.delivery_states(one.endpoint.id) == [(one.event.id, "failed", 1)]
     assert store.delete_webhook_endpoint("p", two.endpoint.id)
     assert store.due_deliveries(NOW, 10) == [] and store.delivery_states(two.endpoint.id) == []
+
+
+def test_stats_are_totals_over_batch_rows_and_open_requests(store: Store) -> None:
+    from contract_helpers import ok
+
+    from freight.ports import Completion
+
+    a = make_batch(store, 3, "batch_" + "a" * 24, "p", model="m1")
+    b = make_batch(store, 2, "batch_" + "b" * 24, "q", model="m1")
+    assert len(store.claim(b.id, "w", NOW, 30, 1, 5)) == 1
+    claimed = store.claim(a.id, "w", NOW, 30, 1, 5)
+    assert store.complete(a.id, [Completion(c.idx, c.attempt_id, ok()) for c in claimed]) == 1
+    c = new_batch("batch_" + "c" * 24, "p")
+    store.insert_batch(c, None)
+    assert store.fail_validation(c.id, [BatchError("bad", "x")], int(NOW) + 7)
+    s = store.stats(by_project=False)
+    assert s.batches == {("", "in_progress"): 2, ("", "failed"): 1}
+    assert s.finished[("", "m1", "/v1/embeddings", "completed")] == 1
+    assert s.tokens[("", "m1", "input")] == 3 and s.tokens[("", "m1", "output")] == 2
+    assert s.open_requests == {("m1", "queued"): 3, ("m1", "running"): 1}
+    assert s.batch_durations == {("failed", 7): 1}
+    by = store.stats(by_project=True)
+    assert by.batches == {("p", "in_progress"): 1, ("q", "in_progress"): 1, ("p", "failed"): 1}

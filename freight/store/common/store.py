@@ -11,10 +11,11 @@ from .lanes import LanesMixin
 from .leases import LeasesMixin
 from .message_batches import MessageBatchesMixin
 from .queue import QueueMixin
+from .stats import StatsMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin, EventsMixin):
+               LeasesMixin, EventsMixin, StatsMixin):
     def __init__(self, db: Database):
         self._db = db
 
