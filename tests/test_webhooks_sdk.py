@@ -14,7 +14,17 @@ from typing import Any
 import openai
 import pytest
 from openai import OpenAI
-from servers import SCRIPTED_SLOW, TERMINAL, FreightServer, config_text, free_port, jsonl_bytes, request_line, wait_for
+from servers import (
+    SCRIPTED_SLOW,
+    TERMINAL,
+    FreightServer,
+    config_text,
+    free_port,
+    jsonl_bytes,
+    postgres_database,
+    request_line,
+    wait_for,
+)
 from webhook_receiver import Receiver, receiving
 
 WEBHOOKS = """
@@ -124,26 +134,44 @@ def test_batch_webhooks_arrive_signed_and_are_retried_with_the_same_id(client: O
     client.webhooks.delete(made.id)
 
 
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_webhook_survives_kill_9_between_the_status_change_and_its_delivery(
-        make_server: Callable[..., FreightServer]) -> None:
-    server = make_server(config_text(extra=WEBHOOKS))
-    client = server.client()
-    port = free_port()  # nothing listens yet: every attempt before the kill fails
-    made = client.webhooks.create(name="k", url=f"http://127.0.0.1:{port}/hook", event_types=["batch.completed"])
-    batch_id = run_batch(client)
+        make_server: Callable[..., FreightServer], store: str) -> None:
+    with contextlib.ExitStack() as stack:
+        extra = WEBHOOKS
+        url = None
+        if store == "postgres":
+            from freight.store.postgres.migrate import migrate
 
-    def attempts() -> int:
-        with contextlib.closing(sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=30)) as c:
-            row = c.execute("SELECT max(attempts) FROM webhook_deliveries WHERE state = 0").fetchone()
-        return int(row[0] or 0)
+            url = stack.enter_context(postgres_database("freight_webhooks"))
+            migrate(url)
+            extra += f'\n[server]\ndatabase_url = "{url}"\n'
+        server = make_server(config_text(extra=extra))
+        client = server.client()
+        port = free_port()  # nothing listens yet: every attempt before the kill fails
+        made = client.webhooks.create(name="k", url=f"http://127.0.0.1:{port}/hook", event_types=["batch.completed"])
+        batch_id = run_batch(client)
 
-    wait_for(lambda: attempts() >= 1, 30, "a failed attempt before the kill")
-    server.kill()
-    with receiving(Receiver(port)) as receiver:
-        server.start()
-        wait_for(lambda: receiver.received, 30, "the delivery after the restart")
-        time.sleep(0.5)
-        events = unwrapped(client, receiver, made.signing_secret)
+        def attempts() -> int:
+            sql = "SELECT max(attempts) FROM webhook_deliveries WHERE state = 0"
+            if url is None:
+                with contextlib.closing(sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=30)) as c:
+                    row = c.execute(sql).fetchone()
+            else:
+                import psycopg
+
+                with psycopg.connect(url, autocommit=True) as pc:
+                    row = pc.execute(sql).fetchone()
+            return int(row[0] or 0) if row else 0
+
+        wait_for(lambda: attempts() >= 1, 30, "a failed attempt before the kill")
+        server.kill()
+        with receiving(Receiver(port)) as receiver:
+            server.start()
+            wait_for(lambda: receiver.received, 30, "the delivery after the restart")
+            time.sleep(0.5)
+            events = unwrapped(client, receiver, made.signing_secret)
+        server.stop()
+        client.close()
     assert {e.data.id for _, e in events} == {batch_id} and {e.type for _, e in events} == {"batch.completed"}
     assert len({webhook_id for webhook_id, _ in events}) == 1, "at least once, always with the same webhook-id"
-    client.close()
