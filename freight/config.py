@@ -19,6 +19,7 @@ import platformdirs
 from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
+from freight.domain.webhooks import WebhookPolicy
 from freight.engine.settings import EngineSettings
 from freight.ports import Quota
 from freight.services.batches import WindowLimits
@@ -72,6 +73,10 @@ class Settings:
 
     def price_book(self) -> PriceBook:
         return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
+    #: ``[webhooks]``: deliveries' retries, timeout and whether plain http may leave the machine.
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
+    #: ``[metrics] project_label``: label per-project series with the project (off: bounded cardinality).
+    metrics_project_label: bool = False
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
@@ -136,7 +141,7 @@ def load_settings(
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
-    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects"}
+    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects", "webhooks", "metrics"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -222,6 +227,11 @@ def load_settings(
         input_limits=settings.input_limits,
     )
     settings.anthropic = _anthropic_limits(_section(data, "anthropic"))
+    settings.webhooks = _webhook_policy(_section(data, "webhooks"))
+    metrics = _section(data, "metrics")
+    if set(metrics) - {"project_label"}:
+        raise ConfigError(f"unknown key(s) in [metrics]: {', '.join(sorted(set(metrics) - {'project_label'}))}")
+    settings.metrics_project_label = bool(_take(metrics, "project_label", bool, "metrics"))
     return settings
 
 
@@ -240,6 +250,29 @@ def _projects(table: dict[str, Any]) -> dict[str, ProjectSettings]:
             raise ConfigError(f"{where}.max_cost_usd must be a number more than 0, got {cap!r}")
         projects[str(name)] = ProjectSettings(max_cost_usd=None if cap is None else float(cap))
     return projects
+def _webhook_policy(table: dict[str, Any]) -> WebhookPolicy:
+    """``[webhooks]``: retry_for ("3d"), retry_base_delay_s, retry_max_delay_s, timeout_s, poll_interval_s,
+    allow_http."""
+    keys = {"retry_for", "retry_base_delay_s", "retry_max_delay_s", "timeout_s", "poll_interval_s", "allow_http"}
+    if set(table) - keys:
+        raise ConfigError(f"unknown key(s) in [webhooks]: {', '.join(sorted(set(table) - keys))}")
+    d = WebhookPolicy()
+
+    def number(key: str, default: float) -> float:
+        value = _take(table, key, (int, float), "webhooks")
+        if value is not None and value <= 0:
+            raise ConfigError(f"webhooks.{key} must be more than 0")
+        return default if value is None else float(value)
+
+    return WebhookPolicy(
+        retry_for_s=float(_duration(table["retry_for"], "webhooks.retry_for")) if "retry_for" in table
+        else d.retry_for_s,
+        base_delay_s=number("retry_base_delay_s", d.base_delay_s),
+        max_delay_s=number("retry_max_delay_s", d.max_delay_s),
+        timeout_s=number("timeout_s", d.timeout_s),
+        poll_interval_s=number("poll_interval_s", d.poll_interval_s),
+        allow_http=bool(_take(table, "allow_http", bool, "webhooks")),
+    )
 
 
 def _anthropic_limits(table: dict[str, Any]) -> MessageBatchLimits:

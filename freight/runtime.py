@@ -6,6 +6,7 @@ Used by the API (``create_app`` takes a ``Runtime``), by every CLI command (``se
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Mapping
@@ -18,6 +19,8 @@ from freight.config import Settings
 from freight.domain.files import File
 from freight.engine.engine import Engine
 from freight.engine.step_lease import BATCH_STEPS
+from freight.observe.deliver import WebhookDeliverer
+from freight.observe.metrics import MeteredBackend, ProcessMeter
 from freight.ports import Backend, BlobStore, Store, WorkHints
 from freight.services.batches import BatchService
 from freight.services.budget_guard import BudgetedQueue
@@ -26,6 +29,7 @@ from freight.services.cost import CostControls
 from freight.services.files import FileService
 from freight.services.keys import KeyService
 from freight.services.message_batches import MessageBatchService
+from freight.services.webhooks import WebhookService
 from freight.store import open_store
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
@@ -49,8 +53,23 @@ class Runtime:
     message_batches: MessageBatchService
     #: Prices and caps: the Batch object's ``freight`` figures, and the budget checks.
     cost: CostControls
+    webhooks: WebhookService
+    #: Sends webhook deliveries from the batch events outbox (beside the engine, under its own lease).
+    deliverer: WebhookDeliverer
+    #: This process's own metrics (its backends' calls); the rest are read from the store.
+    meter: ProcessMeter
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The background work of a serving or worker process: the engine and, beside it, the
+        webhook deliverer (a subscriber of the events the engine's status changes write)."""
+        deliverer = asyncio.create_task(self.deliverer.run(stop))
+        try:
+            await self.engine.run(stop)
+        finally:
+            stop.set()
+            await deliverer
 
     def close(self) -> None:
         self.store.close()
@@ -129,6 +148,8 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         # Alone on its data dir, the engine leases under the data dir's own id (engine.id), so that a
         # restart knows its predecessor's leases; beside others, under an id of its own.
         owner = data_lock.engine_id() if alone and data_lock is not None else None
+        meter = ProcessMeter()
+        catalog = ModelCatalog([MeteredBackend(b, meter) for b in catalog.backends], catalog.lanes)
         # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
         # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
         shared = data_lock is not None or settings.database_url is not None
@@ -141,6 +162,9 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota,
                                cost=cost)
         keys = KeyService(store, clock)
+        webhooks = WebhookService(store, clock, settings.webhooks)
+        deliverer = WebhookDeliverer(store, store, store if shared else None, clock, settings.webhooks, engine.owner,
+                                     settings.engine.step_lease_s)
         message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake)
         if owner is not None and settings.database_url is not None:
             # On a shared store only this data dir's previous engine's leases are known to be dead.
@@ -166,5 +190,5 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if data_lock is not None:
             data_lock.release()
         raise
-    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, cost, clock,
-                   data_lock)
+    return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, cost, webhooks,
+                   deliverer, meter, clock, data_lock)

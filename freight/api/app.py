@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from freight import __version__
-from freight.api import anthropic_batches, models, openai_batches, openai_files
+from freight.api import anthropic_batches, metrics, models, openai_batches, openai_files, webhooks
 from freight.api.access_log import AccessLog
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
@@ -49,7 +49,7 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = asyncio.create_task(runtime.engine.run(stop)) if run_engine else None
+        task = asyncio.create_task(runtime.run(stop)) if run_engine else None
         if not run_engine:
             for backend in runtime.catalog.backends:
                 await backend.start()
@@ -102,4 +102,6 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     app.include_router(openai_batches.router)
     app.include_router(models.router)
     app.include_router(anthropic_batches.router)
+    app.include_router(webhooks.router)
+    app.include_router(metrics.router)
     return app

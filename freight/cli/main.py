@@ -167,7 +167,7 @@ async def _work(runtime: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await runtime.engine.run(stop)
+        await runtime.run(stop)
     finally:
         for backend in runtime.catalog.backends:
             await backend.close()

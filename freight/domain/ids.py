@@ -52,3 +52,21 @@ def is_file_id(value: str) -> bool:
 
 def is_batch_id(value: str) -> bool:
     return bool(BATCH_ID_RE.match(value))
+
+
+EVENT_PREFIX = "evt_"
+WEBHOOK_ENDPOINT_PREFIX = "we_"
+WEBHOOK_ENDPOINT_ID_RE = re.compile(rf"^we_{_ID_BODY}$")
+
+
+def new_event_id() -> str:
+    """A batch event's id: the ``webhook-id`` of every delivery of it (stable across retries)."""
+    return EVENT_PREFIX + _random()
+
+
+def new_webhook_endpoint_id() -> str:
+    return WEBHOOK_ENDPOINT_PREFIX + _random()
+
+
+def is_webhook_endpoint_id(value: str) -> bool:
+    return bool(WEBHOOK_ENDPOINT_ID_RE.match(value))

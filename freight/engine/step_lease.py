@@ -16,11 +16,12 @@ BATCH_STEPS = "batch-steps"
 
 
 class StepHolder:
-    """Takes and renews the lease for one engine. Without leases (None) the engine always holds it:
-    it is the only one on its store."""
+    """Takes and renews a lease (``name``: the batch steps' by default) for one engine. Without leases
+    (None) the engine always holds it: it is the only one on its store."""
 
-    def __init__(self, leases: StepLeases | None, owner: str, clock: Clock, lease_s: float):
+    def __init__(self, leases: StepLeases | None, owner: str, clock: Clock, lease_s: float, name: str = BATCH_STEPS):
         self.leases = leases
+        self.name = name
         self.owner = owner
         self.clock = clock
         self.lease_s = lease_s
@@ -37,9 +38,9 @@ class StepHolder:
         if not self._until and now < self._next_try:
             return False  # another holds it: look again a third of a lease later, not on every tick
         try:
-            got = await asyncio.to_thread(self.leases.acquire_lease, BATCH_STEPS, self.owner, now, now + self.lease_s)
+            got = await asyncio.to_thread(self.leases.acquire_lease, self.name, self.owner, now, now + self.lease_s)
         except Exception:
-            log.warning("taking the batch-steps lease failed", exc_info=True, extra={"event": "step_lease_failed"})
+            log.warning("taking the %s lease failed", self.name, exc_info=True, extra={"event": "step_lease_failed"})
             got = False
         self._until = now + self.lease_s if got else 0.0
         self._next_try = now + self.lease_s / 3
@@ -50,4 +51,4 @@ class StepHolder:
         if self.leases is not None and self._until:
             self._until = 0.0
             with contextlib.suppress(Exception):  # it expires anyway
-                await asyncio.to_thread(self.leases.release_lease, BATCH_STEPS, self.owner)
+                await asyncio.to_thread(self.leases.release_lease, self.name, self.owner)

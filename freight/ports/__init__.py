@@ -1,7 +1,8 @@
 """The seams between freight's core and its adapters: the only interfaces there are.
 
 - the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
-  ``MessageBatchStore``, ``LaneStore``; ``Store`` is all of them (what one adapter provides);
+  ``MessageBatchStore``, ``LaneStore``, ``EventStore`` (the batch events outbox), ``WebhookStore``;
+  ``Store`` is all of them (what one adapter provides);
 - ``StepLeases``: which process runs the batch steps;
   ``WorkHints``, optional: a shared store waking other processes;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
@@ -15,6 +16,7 @@ from freight.domain.quota import Quota
 from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
+from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.hints import WorkHints
 from freight.ports.keys import KeyStore
@@ -23,6 +25,7 @@ from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
+from freight.ports.stats import StatsStore, StoreStats
 from freight.ports.store import Store
 from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
 
@@ -34,6 +37,7 @@ __all__ = [
     "BlobStore",
     "BlobWriter",
     "Completion",
+    "EventStore",
     "FileStore",
     "KeyStore",
     "LaneStore",
@@ -44,9 +48,12 @@ __all__ = [
     "Quota",
     "RequestQueue",
     "Retry",
+    "StatsStore",
     "StepLeases",
     "Store",
+    "StoreStats",
     "StoredResult",
+    "WebhookStore",
     "Withdrawal",
     "Withdrawn",
     "WorkHints",

@@ -5,15 +5,18 @@ from __future__ import annotations
 from typing import Protocol
 
 from freight.ports.batches import BatchStore
+from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
+from freight.ports.stats import StatsStore
 
 
-class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, Protocol):
+class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, EventStore,
+            WebhookStore, StatsStore, Protocol):
     """Batches, files' metadata and every request with its one final result.
 
     Methods are synchronous and short; the async engine calls them from a worker thread. Users

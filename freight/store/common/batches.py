@@ -16,12 +16,18 @@ from freight.wire import jsonx
 
 from .base import Base
 from .db import Tx
+from .events import record_event
 from .rows import batch_from_row, batch_params, result_from_row, result_params, stamps_of
 
 
-def _cas(tx: Tx, query: str, batch_id: str, change: StatusChange, **extra: object) -> bool:
+def _cas(tx: Tx, query: str, batch_id: str, change: StatusChange, at: int, **extra: object) -> bool:
+    """The compare-and-set, and with it (same transaction) the event of a status that changed."""
     params = {"id": batch_id, "expected": str(change.expected), "status": str(change.new), **change.stamps, **extra}
-    return tx.run(query, params) == 1
+    if tx.run(query, params) != 1:
+        return False
+    if change.new is not change.expected:
+        record_event(tx, batch_id, str(change.expected), str(change.new), at)
+    return True
 
 
 class BatchesMixin(Base):
@@ -41,6 +47,7 @@ class BatchesMixin(Base):
                 assert row is not None
                 return batch_from_row(row)
             self._hint_work(tx)
+            record_event(tx, b.id, None, str(b.status), b.created_at)
         return b
 
     def get_batch(self, project: str | None, batch_id: str) -> Batch | None:
@@ -77,7 +84,7 @@ class BatchesMixin(Base):
             if row is None:
                 return None
             change = change_status(BatchStatus(row["status"]), stamps_of(row), expected, new, at)
-            if change is None or not _cas(tx, "set_status", batch_id, change):
+            if change is None or not _cas(tx, "set_status", batch_id, change, at):
                 return None
             self._hint_work(tx)
             row = tx.one("batch", {"id": batch_id})
@@ -111,7 +118,7 @@ class BatchesMixin(Base):
         with self._db.write() as tx:
             row = tx.one("batch", {"id": batch_id})
             change = after_validation(BatchStatus(row["status"]), stamps_of(row), at) if row else None
-            if change is None or not _cas(tx, "start_batch", batch_id, change, total=total, model=model):
+            if change is None or not _cas(tx, "start_batch", batch_id, change, at, total=total, model=model):
                 return False
             self._hint_work(tx)
             return True
@@ -121,7 +128,7 @@ class BatchesMixin(Base):
         with self._db.write() as tx:
             row = tx.one("batch", {"id": batch_id})
             change = after_failed_validation(BatchStatus(row["status"]), stamps_of(row), at) if row else None
-            if change is None or not _cas(tx, "fail_validation", batch_id, change, errors=data.decode()):
+            if change is None or not _cas(tx, "fail_validation", batch_id, change, at, errors=data.decode()):
                 return False
             tx.run("delete_requests", {"batch_id": batch_id})
             return True
@@ -146,7 +153,7 @@ class BatchesMixin(Base):
                 return False  # a request without its line: the files would lose it
             row = tx.one("batch", {"id": batch_id})
             change = change_status(BatchStatus(row["status"]), stamps_of(row), expected, new, at) if row else None
-            if change is None or not _cas(tx, "finish_batch", batch_id, change,
+            if change is None or not _cas(tx, "finish_batch", batch_id, change, at,
                                           output_file_id=output_file[0].id if output_file else None,
                                           error_file_id=error_file[0].id if error_file else None):
                 return False

@@ -9,6 +9,7 @@ from freight.domain.quota import Quota
 from freight.ports.records import Page
 
 from .base import Base
+from .events import record_event
 from .rows import batch_params, message_batch_from_row
 
 
@@ -23,6 +24,7 @@ class MessageBatchesMixin(Base):
             tx.run("insert_batch", batch_params(b, None))
             tx.run("insert_message_batch", {"batch_id": b.id, "project": b.project, "requests": requests})
             self._hint_work(tx)
+            record_event(tx, b.id, None, str(b.status), b.created_at)
 
     def is_message_batch(self, batch_id: str) -> bool:
         with self._db.read() as tx:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from .batches import BatchesMixin
 from .db import Database
+from .events import EventsMixin
 from .files import FilesMixin
 from .keys import KeysMixin
 from .lanes import LanesMixin
 from .leases import LeasesMixin
 from .message_batches import MessageBatchesMixin
 from .queue import QueueMixin
+from .stats import StatsMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin):
+               LeasesMixin, EventsMixin, StatsMixin):
     def __init__(self, db: Database):
         self._db = db
 

@@ -1,0 +1,120 @@
+"""Webhook deliveries: a subscriber of the batch events outbox, run beside the engine.
+
+The process holding the ``webhooks`` lease (one at a time on a shared store) turns new events into
+delivery rows (``plan_deliveries``), then sends the due ones, each signed as Standard Webhooks with
+the event's id as ``webhook-id`` (the same on every attempt: receivers deduplicate on it). A 2xx
+answer is delivered; anything else (or no answer) is tried again with exponential backoff until
+``WebhookPolicy.retry_for_s`` after the event. Rows are the only state: a process killed at any
+point leaves the delivery pending, and the next holder sends it (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import httpx
+
+from freight.domain import ids
+from freight.domain.clock import Clock
+from freight.domain.webhooks import Delivery, WebhookEndpoint, WebhookPolicy, check_url, event_payload, signed_headers
+from freight.engine.step_lease import StepHolder
+from freight.ports import EventStore, StepLeases, WebhookStore
+
+log = logging.getLogger("freight.webhooks")
+
+#: The lease whose holder sends webhook deliveries.
+WEBHOOKS_LEASE = "webhooks"
+
+
+class WebhookDeliverer:
+    def __init__(self, store: EventStore, webhooks: WebhookStore, leases: StepLeases | None, clock: Clock,
+                 policy: WebhookPolicy, owner: str, lease_s: float, *, concurrency: int = 8):
+        self.events = store
+        self.store = webhooks
+        self.clock = clock
+        self.policy = policy
+        self.holder = StepHolder(leases, owner, clock, lease_s, name=WEBHOOKS_LEASE)
+        self._sem = asyncio.Semaphore(concurrency)
+        self._planned_upto = -1
+        self.delivered = 0
+        self.failed_attempts = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False) as client:
+            try:
+                while not stop.is_set():
+                    try:
+                        if await self.holder.held():
+                            await self.step(client)
+                    except Exception:
+                        log.warning("webhook step failed; will try again", exc_info=True,
+                                    extra={"event": "webhook_step_failed"})
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self.policy.poll_interval_s)
+            finally:
+                await self.holder.release()
+
+    async def step(self, client: httpx.AsyncClient) -> int:
+        """Plan new events, send what is due; how many deliveries were attempted."""
+        last = await asyncio.to_thread(self.events.last_event_seq)
+        if last != self._planned_upto:  # a read first: no write transaction on an idle store
+            while await asyncio.to_thread(self.store.plan_deliveries, self.clock.now(), 500):
+                pass
+            self._planned_upto = last
+        due = await asyncio.to_thread(self.store.due_deliveries, self.clock.now(), 64)
+        await asyncio.gather(*(self._attempt(client, d) for d in due))
+        return len(due)
+
+    async def _attempt(self, client: httpx.AsyncClient, d: Delivery) -> None:
+        async with self._sem:
+            event_type = d.event.webhook_type
+            assert event_type is not None
+            why = check_url(d.endpoint.url, self.policy.allow_http)
+            status: int | None = None
+            error: str | None
+            if why is not None:
+                error = f"not sent: {why}"
+            else:
+                status, error = await send(client, d.endpoint, d.event.id, event_type, d.event.at, d.event.batch_id,
+                                           self.clock.now())
+            now = self.clock.now()
+            ok = status is not None and 200 <= status < 300
+            next_at = None if ok or why is not None else self.policy.next_attempt(d.attempts + 1, d.event.at, now)
+            extra = {"event": "webhook_delivery", "webhook_id": d.event.id, "batch_id": d.event.batch_id,
+                     "endpoint_id": d.endpoint.id, "status_code": status, "attempt": d.attempts + 1}
+            if ok:
+                self.delivered += 1
+                log.info("webhook %s delivered to %s", d.event.id, d.endpoint.id, extra=extra)
+            elif next_at is None:
+                log.error("webhook %s to %s given up after %d attempts: %s", d.event.id, d.endpoint.id,
+                          d.attempts + 1, error, extra=extra)
+            else:
+                self.failed_attempts += 1
+                log.warning("webhook %s to %s failed (%s); next attempt in %.0f s", d.event.id, d.endpoint.id, error,
+                            next_at - now, extra=extra)
+            await asyncio.to_thread(self.store.delivery_attempted, d.seq, status, error, next_at, now)
+
+
+async def send(client: httpx.AsyncClient, endpoint: WebhookEndpoint, event_id: str, event_type: str, created_at: int,
+               batch_id: str, now: float) -> tuple[int | None, str | None]:
+    """POST one signed event: (the HTTP status, None) or (None, why there was no answer)."""
+    body = event_payload(event_id, event_type, created_at, batch_id)
+    try:
+        response = await client.post(endpoint.url, content=body,
+                                     headers={**signed_headers(endpoint, event_id, body, now),
+                                              "user-agent": "freight-webhooks"})
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}"[:500]
+    if 200 <= response.status_code < 300:
+        return response.status_code, None
+    return response.status_code, f"HTTP {response.status_code}"
+
+
+async def send_test(endpoint: WebhookEndpoint, event_type: str, clock: Clock, policy: WebhookPolicy) -> int | None:
+    """``POST /v1/webhook_endpoints/{id}/test``: a sample event (a made-up batch id), sent once."""
+    now = clock.now()
+    async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False) as client:
+        status, _ = await send(client, endpoint, ids.new_event_id(), event_type, int(now), ids.new_batch_id(), now)
+    return status
