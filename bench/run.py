@@ -20,6 +20,7 @@ BENCHES = {
     "embeddings": ("bench.bench_embeddings", {}),
     "remote": ("bench.bench_remote", {"requests": 2000}),
     "chat": ("bench.bench_chat", {}),
+    "shared-limit": ("bench.bench_shared_limit", {}),
 }
 
 

@@ -58,6 +58,8 @@ class Settings:
     config_path: Path | None = None
     #: Where file bytes live: None (DATA_DIR/blobs), a directory, or ``s3://bucket/prefix``.
     blobs: str | None = None
+    #: Redis shared by every process for remote upstreams' rate limits (``--redis-url``); None: per process.
+    redis_url: str | None = None
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
@@ -113,6 +115,7 @@ def load_settings(
     blobs: str | None = None,
     env: dict[str, str] | None = None,
     database_url: str | None = None,
+    redis_url: str | None = None,
 ) -> Settings:
     env = dict(os.environ) if env is None else env
     path = find_config(config, env)
@@ -150,6 +153,7 @@ def load_settings(
     settings.sqlite_synchronous = _take(server, "sqlite_synchronous", str, "server") or "FULL"
     settings.database_url = (database_url or env.get("FREIGHT_DATABASE_URL")
                              or _take(server, "database_url", str, "server"))
+    settings.redis_url = redis_url or env.get("FREIGHT_REDIS_URL") or _take(server, "redis_url", str, "server") or None
     pool_size = _take(server, "database_pool_size", int, "server")
     settings.database_pool_size = settings.database_pool_size if pool_size is None else pool_size
     if settings.database_pool_size < 1:

@@ -322,6 +322,8 @@ class UpstreamState:
         self.base_url = base_url
         self._secret = secret
         self.limiter = RateLimiter()
+        #: The budget every process shares (freight.backends.shared_limit; None: this process's limiter alone).
+        self.shared: Any = None
         self.aimd = AIMD(max_in_flight)
         self.max_in_flight = max_in_flight
         self.loop_ref = weakref.ref(loop)
@@ -385,11 +387,15 @@ class UpstreamState:
     async def admit(self, tokens: int) -> tuple[Reservation, int]:
         """Wait for a slot and the budget; returns the reservation and the in-flight count with this one."""
         async with self.queue:
+            shared = self.shared
             while True:
                 if self.in_flight >= (1 if self.probing else self.aimd.window):
                     self.slot_freed.clear()
                     await self.slot_freed.wait()
                     continue
+                if shared is not None:  # the fleet's budget first (once), then this process's
+                    await shared.admit(self.limiter.rpm, self.limiter.tpm, tokens)
+                    shared = None
                 reservation = self.limiter.reserve(tokens, time.monotonic())
                 if reservation.admitted:
                     self.in_flight += 1
@@ -404,6 +410,8 @@ class UpstreamState:
         return index
 
     async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
         for client in self.clients:
             await client.aclose()
 
@@ -444,6 +452,8 @@ class UpstreamState:
         retry_after = parse_retry_after_s(response.headers.get("retry-after"), response.headers.get("retry-after-ms"),
                                           time.time())
         until = self.limiter.penalize(retry_after, now)
+        if self.shared is not None:
+            self.shared.penalize_soon(until - now)
         self.aimd.on_overload(now)
         self.probing = True
         self.counters.overloaded += 1
@@ -530,6 +540,8 @@ class OpenAIHTTPBackend:
             raise ConfigError(f"{where}: endpoints must be among {', '.join(sorted(ENDPOINTS))}")
         self.endpoints = chosen
         self._state: UpstreamState | None = None
+        #: Set by the composition root with ``--redis-url``: freight.backends.shared_limit.SharedLimits.
+        self.shared_limits: Any = None
 
     def __repr__(self) -> str:
         return (f"OpenAIHTTPBackend(model_id={self.model_id!r}, base_url={redact_url(self.base_url)!r}, "
@@ -561,6 +573,8 @@ class OpenAIHTTPBackend:
                 _REGISTRY[key] = state
             state.refs += 1
             state.limiter.configure(self.rpm, self.tpm)
+            if state.shared is None and self.shared_limits is not None:
+                state.shared = self.shared_limits.bind(self.base_url, key[1])
             if self.max_in_flight < state.max_in_flight:
                 state.max_in_flight = self.max_in_flight
                 state.aimd.set_maximum(self.max_in_flight)
@@ -667,6 +681,8 @@ class OpenAIHTTPBackend:
                                                    f"{endpoint} response: {problem}.")
             usage = usage_tokens(endpoint, data.get("usage"))
             state.limiter.settle(reservation, sum(usage) if usage else None, now)
+            if usage and state.shared is not None:
+                state.shared.settle_soon(state.limiter.tpm, sum(usage) - reservation.tokens)
             if usage:
                 state.learn(endpoint, payload, prompt_estimate, usage)
             state.aimd.on_success(in_flight, now)
