@@ -37,7 +37,8 @@ BURST_S = 0.1
 PREFIX = "freight:ratelimit:"
 
 # KEYS[1]: the upstream's hash. ARGV: op ("reserve" | "settle" | "penalize"), rpm, tpm, tokens|delta|retry_s,
-# burst_s[, now (tests only: the server's TIME otherwise)]. Numbers go back as strings (Redis would truncate a Lua number to an integer).
+# burst_s[, now (tests only: the server's TIME otherwise)]. Numbers go back as strings (Redis would
+# truncate a Lua number to an integer).
 SCRIPT = """
 local now = tonumber(ARGV[6] or '')
 if now == nil then
