@@ -52,9 +52,9 @@ def test_a_database_url_that_is_not_postgresql_is_refused(tmp_path: Path) -> Non
 
 def test_migrate_on_a_data_dir_makes_the_sqlite_schema_once(tmp_path: Path) -> None:
     first = freight("migrate", "--data-dir", tmp_path / "data", cwd=tmp_path)
-    assert first.returncode == 0 and re.search(r"applied migration\(s\) 1, 2; schema version 2", first.stderr), first
+    assert first.returncode == 0 and re.search(r"applied migration\(s\) 1, 2, 3; schema version 3", first.stderr), first
     again = freight("migrate", "--data-dir", tmp_path / "data", cwd=tmp_path)
-    assert again.returncode == 0 and "up to date (schema version 2)" in again.stderr, again
+    assert again.returncode == 0 and "up to date (schema version 3)" in again.stderr, again
     assert (tmp_path / "data" / "freight.db").exists()
 
 
