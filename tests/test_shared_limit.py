@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -115,3 +116,47 @@ def test_three_workers_keep_to_one_upstream_limit_together(tmp_path: Path) -> No
     assert run.ok == 150
     assert run.rate_limited == 0, run.line()
     assert 0.8 <= run.used <= 1.1, run.line()
+
+
+def test_redis_url_comes_from_flag_env_or_config_and_reaches_remote_backends(tmp_path: Path) -> None:
+    from freight.backends import build_backend
+    from freight.config import load_settings
+
+    config = tmp_path / "freight.toml"
+    config.write_text('[server]\nredis_url = "redis://from-config:6379/0"\n')
+    assert load_settings(config, env={}).redis_url == "redis://from-config:6379/0"
+    assert load_settings(config, env={"FREIGHT_REDIS_URL": "redis://env/1"}).redis_url == "redis://env/1"
+    assert load_settings(config, env={}, redis_url="redis://flag/2").redis_url == "redis://flag/2"
+    assert load_settings(None, env={}).redis_url is None
+    table = {"backend": "openai", "base_url": "http://127.0.0.1:1/v1", "rpm": 60}
+    shared = build_backend("m", table, "redis://flag/2")
+    assert isinstance(getattr(shared, "shared_limits", None), SharedLimits)
+    assert "flag" not in repr(shared.shared_limits), "the URL (it may hold a password) is not in a repr"
+    assert getattr(build_backend("m", table), "shared_limits", "missing") is None
+
+
+def test_a_backend_with_shared_limits_admits_through_redis_and_shares_a_429s_cool_down() -> None:
+    from freight.backends.openai_http import OpenAIHTTPBackend
+    from freight.testing.upstream import Upstream, UpstreamConfig
+
+    with Upstream(UpstreamConfig(overload_rate=1.0, overload_retry_after_s=5.0)) as up:
+        backend = OpenAIHTTPBackend("m", up.base_url, rpm=600)
+        backend.shared_limits = SharedLimits(REDIS_URL)
+        body = {"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+
+        async def go() -> tuple[Any, int]:
+            await backend.start()
+            assert backend.state is not None and backend.state.shared is not None
+            shared = backend.state.shared
+            (result,) = await backend.execute("/v1/chat/completions", [body])
+            await backend.close()  # waits for the penalty to reach Redis
+            return result, shared.admitted
+
+        result, admitted = asyncio.run(go())
+        assert result.status_code == 429 and admitted == 1
+        client = redis.Redis.from_url(REDIS_URL)
+        key = upstream_key(backend.base_url, None)
+        seconds, micros = client.time()
+        cool = float(client.hget(key, "cool") or 0)
+        client.delete(key)
+        assert 3.0 < cool - (seconds + micros / 1e6) <= 5.0, "every process now waits out the upstream's 5 s"
