@@ -1,7 +1,8 @@
 """Chaos across processes on PostgreSQL: one ``freight serve --no-worker`` and three ``freight worker``s
 on one database (shared ``--blobs`` directory), SIGKILLed at random while batches of several kinds run:
 the scripted model, a remote upstream (the simulator, with 5xx, dropped connections and 429 bursts),
-and Anthropic Message Batches. A killed process is started again at once (a worker under a new
+Anthropic Message Batches, and a batch lane (``openai-batch`` forwarding to a second freight playing
+the provider, not killed). A killed process is started again at once (a worker under a new
 owner id: it joins mid-batch); now and then a worker is stopped with SIGTERM instead (it leaves and
 gives its work back) and started again later.
 
@@ -15,7 +16,6 @@ Checked when every batch has ended:
   the one in the final file (same status and request id; attempt fencing);
 - workers that joined mid-batch took work (their owner id held running requests).
 
-Batch lanes (provider batch APIs) are not in this run; tests/test_batch_lanes.py kills those.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from chaos import Tally, check_lines, check_not_rerun, make_lines, seed_from_env
 from servers import (
     SCRIPTED,
     TERMINAL,
+    FreightServer,
+    config_text,
     free_port,
     freight_command,
     jsonl_bytes,
@@ -51,12 +53,21 @@ from servers import (
 from freight.testing.upstream import Upstream, UpstreamConfig
 
 REMOTE = "remote-sim"
+LANE = "lane-fwd"
 CHAT = "/v1/chat/completions"
 ANTHROPIC = {"anthropic-version": "2023-06-01"}
 
 
-def config(upstream_url: str, rng: random.Random) -> str:
+def config(upstream_url: str, provider_url: str, rng: random.Random) -> str:
     return f"""\
+[models."{LANE}"]
+backend = "openai-batch"
+base_url = "{provider_url}/v1"
+upstream_model = "{SCRIPTED}"
+poll_interval_s = 0.1
+max_poll_interval_s = 0.4
+max_requests_per_batch = 20
+
 [models."{SCRIPTED}"]
 backend = "scripted"
 chunk_size = {rng.choice((4, 8, 16))}
@@ -157,11 +168,21 @@ class Client:
             time.sleep(0.2)
 
 
+class _Stopper:
+    def __init__(self, server: FreightServer):
+        self.server = server
+
+    def close(self) -> None:
+        self.server.stop()
+
+
 def run_chaos(root: Path, url: str, rng: random.Random, tally: Tally, kills: int, *, n: int,
               deadline_s: float) -> None:
+    (root / "provider.toml").write_text(config_text())
+    provider = FreightServer(root / "provider-data", root / "provider.toml", log_path=root / "provider.log")
     with Upstream(UpstreamConfig(latency_s=0.01, error_rate=0.04, drop_rate=0.02, throttle_every_s=3.0,
-                                 throttle_for_s=0.3)) as up:
-        (root / "freight.toml").write_text(config(up.base_url, rng))
+                                 throttle_for_s=0.3)) as up, contextlib.closing(_Stopper(provider.start())):
+        (root / "freight.toml").write_text(config(up.base_url, provider.url, rng))
         fleet = Fleet(root, url, rng)
         client = Client(f"http://127.0.0.1:{fleet.port}")
         owners_seen: set[str] = set()
@@ -194,8 +215,9 @@ def run_chaos(root: Path, url: str, rng: random.Random, tally: Tally, kills: int
                                     headers={**ANTHROPIC, "Idempotency-Key": f"mb-{prefix}"})
                     message_batches[r.json()["id"]] = ids
                     return
-                lines = make_lines(rng, prefix, n if kind == 0 else n // 2, model=SCRIPTED if kind == 0 else REMOTE)
-                if kind == 1:
+                model = {0: SCRIPTED, 1: REMOTE}.get(kind, LANE)
+                lines = make_lines(rng, prefix, n if kind == 0 else n // 2 if kind == 1 else n // 4, model=model)
+                if kind != 0:
                     for line in lines:  # the simulator answers; the scripted faults are the scripted model's
                         line["body"].pop("script", None)
                         line["body"]["max_tokens"] = 8
@@ -206,14 +228,14 @@ def run_chaos(root: Path, url: str, rng: random.Random, tally: Tally, kills: int
                                 headers={"Idempotency-Key": f"b-{prefix}"}).json()
                 openai_batches[b["id"]] = [line["custom_id"] for line in lines]
 
-            for kind in (0, 1, 2):
+            for kind in (0, 1, 2, 3):
                 submit(kind)
             left: dict[str, float] = {}  # workers stopped with SIGTERM: when they come back
             started = time.monotonic()
             for k in range(kills):
                 time.sleep(rng.uniform(0.2, 1.2))
                 if k % 4 == 3:
-                    submit(k % 3)
+                    submit((k // 4) % 4)
                 with contextlib.suppress(Exception):
                     before.update({(b, c): (s, r) for b, c, s, r in fleet.rows(
                         "SELECT batch_id, custom_id, status_code, request_id FROM requests WHERE state=2")})
