@@ -96,9 +96,19 @@ def test_two_budgets_on_one_upstream_share_it_and_fail_open_without_redis() -> N
         await a.aclose()
         await b.aclose()
         down = SharedBudget("redis://127.0.0.1:1/0", "freight:ratelimit:none")
+        tries = 0
+        original = down._script
+
+        async def counted(**kw: Any) -> Any:
+            nonlocal tries
+            tries += 1
+            return await original(**kw)
+
+        down._script = counted
         await down.admit(60, None, 1)
         await down.admit(60, None, 1)
         await down.aclose()
+        assert tries == 1, "after a failure Redis is left alone for a while (no connect timeout per request)"
         return elapsed, down.unavailable
 
     elapsed, unavailable = asyncio.run(go())

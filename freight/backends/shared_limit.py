@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds of the rate a budget may run ahead of now (as the process's own limiter's ``burst_s``).
 BURST_S = 0.1
+#: After Redis could not be reached, admissions go without it for this long before it is tried again
+#: (an unreachable host would otherwise cost every admission a connect timeout).
+RETRY_AFTER_S = 5.0
 #: Redis keys of the shared limiters.
 PREFIX = "freight:ratelimit:"
 
@@ -111,17 +114,22 @@ class SharedBudget:
         self._client: Any = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._script: Any = self._client.register_script(SCRIPT)
         self._last_warning = -math.inf
+        self._skip_until = -math.inf
         #: Admissions decided by Redis / made without it (it could not be reached).
         self.admitted = 0
         self.unavailable = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _call(self, op: str, rpm: float | None, tpm: float | None, x: float) -> float | None:
+        if time.monotonic() < self._skip_until:
+            self.unavailable += 1
+            return None
         try:
             value = await self._script(keys=[self.key], args=[op, rpm or 0, tpm or 0, x, BURST_S])
         except (RedisError, OSError) as exc:
             self.unavailable += 1
             now = time.monotonic()
+            self._skip_until = now + RETRY_AFTER_S
             if now - self._last_warning > 60.0:
                 self._last_warning = now
                 log.warning("the shared rate limiter (Redis) cannot be reached (%s: %s); this process keeps "
