@@ -52,6 +52,7 @@ bench: install
 
 chaos: install
 	$(BIN)/python -m tests.chaos --kills 100
+	$(BIN)/python -m tests.chaos_postgres --kills 60
 
 clean:
 	rm -rf $(VENV) .freight-demo demo-output bench/.work

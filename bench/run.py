@@ -22,6 +22,7 @@ BENCHES = {
     "chat": ("bench.bench_chat", {}),
     "preview": ("bench.bench_preview", {}),
     "watching": ("bench.bench_watching", {}),
+    "shared-limit": ("bench.bench_shared_limit", {}),
 }
 
 

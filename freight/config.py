@@ -77,6 +77,8 @@ class Settings:
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
     #: ``[metrics] project_label``: label per-project series with the project (off: bounded cardinality).
     metrics_project_label: bool = False
+    #: Redis shared by every process for remote upstreams' rate limits (``--redis-url``); None: per process.
+    redis_url: str | None = None
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
@@ -132,6 +134,7 @@ def load_settings(
     blobs: str | None = None,
     env: dict[str, str] | None = None,
     database_url: str | None = None,
+    redis_url: str | None = None,
 ) -> Settings:
     env = dict(os.environ) if env is None else env
     path = find_config(config, env)
@@ -172,6 +175,7 @@ def load_settings(
     settings.sqlite_synchronous = _take(server, "sqlite_synchronous", str, "server") or "FULL"
     settings.database_url = (database_url or env.get("FREIGHT_DATABASE_URL")
                              or _take(server, "database_url", str, "server"))
+    settings.redis_url = redis_url or env.get("FREIGHT_REDIS_URL") or _take(server, "redis_url", str, "server") or None
     pool_size = _take(server, "database_pool_size", int, "server")
     settings.database_pool_size = settings.database_pool_size if pool_size is None else pool_size
     if settings.database_pool_size < 1:

@@ -99,7 +99,7 @@ def build_catalog(settings: Settings, *, offline: bool = False) -> ModelCatalog:
         env: Mapping[str, str] = _OfflineEnv(os.environ)
         tables = {name: ({**table, "env": env} if table.get("backend") in _KEYED_KINDS else table)
                   for name, table in tables.items()}
-    return ModelCatalog(build_backends(tables), build_lanes(tables))
+    return ModelCatalog(build_backends(tables, None if offline else settings.redis_url), build_lanes(tables))
 
 
 def open_blobs(settings: Settings) -> BlobStore:

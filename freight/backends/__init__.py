@@ -10,8 +10,9 @@ from freight.ports import Backend, BatchLane
 KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted")
 
 
-def build_backend(name: str, table: dict[str, Any]) -> Backend:
-    """The backend for one ``[models."name"]`` table of freight.toml."""
+def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None) -> Backend:
+    """The backend for one ``[models."name"]`` table of freight.toml. ``redis_url``: remote upstreams'
+    rate limits are shared there by every process (freight/backends/shared_limit.py)."""
     options = {k: v for k, v in table.items() if k != "backend"}
     kind = table["backend"]
     try:
@@ -26,7 +27,12 @@ def build_backend(name: str, table: dict[str, Any]) -> Backend:
         if kind == "openai":
             from freight.backends.openai_http import OpenAIHTTPBackend
 
-            return OpenAIHTTPBackend(model_id=name, **options)
+            remote = OpenAIHTTPBackend(model_id=name, **options)
+            if redis_url is not None:
+                from freight.backends.shared_limit import SharedLimits
+
+                remote.shared_limits = SharedLimits(redis_url)
+            return remote
         if kind == "scripted":
             from freight.backends.scripted import ScriptedBackend
 
@@ -36,7 +42,7 @@ def build_backend(name: str, table: dict[str, Any]) -> Backend:
     raise ConfigError(f"[models.\"{name}\"]: unknown backend {kind!r} (known: {', '.join(KINDS + LANE_KINDS)})")
 
 
-def build_backends(tables: dict[str, dict[str, Any]]) -> list[Backend]:
+def build_backends(tables: dict[str, dict[str, Any]], redis_url: str | None = None) -> list[Backend]:
     """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter);
     answers are checked against the schema their request asks for (freight.backends.output_check).
     Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
@@ -44,7 +50,7 @@ def build_backends(tables: dict[str, dict[str, Any]]) -> list[Backend]:
     from freight.backends.output_check import OutputCheck
 
     # Outputs are checked outside the Messages adapter: a /v1/messages answer is checked as a Message.
-    return [OutputCheck(MessagesAdapter(build_backend(name, table))) for name, table in tables.items()
+    return [OutputCheck(MessagesAdapter(build_backend(name, table, redis_url))) for name, table in tables.items()
             if table.get("backend") not in LANE_KINDS]
 
 

@@ -22,7 +22,7 @@ from freight.cli.client import client_commands
 from freight.cli.figures import live_note
 from freight.cli.keys import keys
 from freight.cli.logs import FORMATS, LEVELS, resolve_format, setup_logging
-from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option
+from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option, redis_url_option
 from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.cli.results import results
@@ -84,10 +84,11 @@ def _setup_process_logs(ctx: click.Context, log_format: str | None, log_level: s
 @database_url_option
 @config_option
 @blobs_option
+@redis_url_option
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, log_format: str | None, log_level: str | None,
           no_worker: bool, data_dir: Path | None, database_url: str | None, config: Path | None,
-          blobs: str | None) -> None:
+          blobs: str | None, redis_url: str | None) -> None:
     """Start the HTTP server (OpenAI Files + Batches API) with an embedded worker."""
     import uvicorn
 
@@ -99,7 +100,8 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
     from freight.api.app import create_app
     from freight.runtime import build_runtime
 
-    settings = _settings(config, data_dir, host=host, port=port, blobs=blobs, database_url=database_url)
+    settings = _settings(config, data_dir, host=host, port=port, blobs=blobs, database_url=database_url,
+                         redis_url=redis_url)
     runtime = build_runtime(settings)
     try:
         with_keys = runtime.keys.required()
@@ -136,9 +138,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
 @database_url_option
 @config_option
 @blobs_option
+@redis_url_option
 @click.pass_context
 def worker(ctx: click.Context, log_format: str | None, log_level: str | None, data_dir: Path | None,
-           database_url: str | None, config: Path | None, blobs: str | None) -> None:
+           database_url: str | None, config: Path | None, blobs: str | None, redis_url: str | None) -> None:
     """Run a worker alone (no HTTP): the engine, with the models of its own --config.
 
     Any number of workers (and `freight serve`s) may share one data dir; each runs requests of
@@ -149,7 +152,7 @@ def worker(ctx: click.Context, log_format: str | None, log_level: str | None, da
 
     fmt = _setup_process_logs(ctx, log_format, log_level)
     say = console.print if fmt == "text" else logging.getLogger("freight.cli").info
-    settings = _settings(config, data_dir, blobs=blobs, database_url=database_url)
+    settings = _settings(config, data_dir, blobs=blobs, database_url=database_url, redis_url=redis_url)
     runtime = build_runtime(settings)
     models = ", ".join(m.id for m in runtime.catalog.models())
     say(f"freight {__version__} worker {runtime.engine.owner} (data: {settings.data_dir}; models: {models})")

@@ -17,6 +17,10 @@ database_url_option = click.option(
     "--database-url", default=None, metavar="URL",
     help="PostgreSQL shared by every freight process, postgresql://user@host:port/db (env: FREIGHT_DATABASE_URL; "
          "default: SQLite in the data dir). Run `freight migrate` on it first.")
+redis_url_option = click.option(
+    "--redis-url", default=None, metavar="URL",
+    help="Redis where every process shares remote upstreams' rpm/tpm limits, redis://host:6379/0 "
+         "(env: FREIGHT_REDIS_URL; default: each process keeps to the limits alone). See docs/deployment.md.")
 blobs_option = click.option(
     "--blobs", default=None, metavar="DIR|s3://BUCKET/PREFIX",
     help="Where file bytes live: a directory all processes share, or an S3-compatible bucket "

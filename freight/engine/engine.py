@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import random as _random
-import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -45,6 +44,7 @@ from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
 from freight.engine.repeats import RepeatedFailures
 from freight.engine.settings import EngineSettings
+from freight.engine.step_failures import StepFailures
 from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns
 from freight.engine.withdrawals import Withdrawals
@@ -90,8 +90,8 @@ class Engine:
         self._next_housekeeping = 0.0
         #: Batches whose model is forwarded to a provider's batch API (engine/lanes.py).
         self.lanes = LaneRunner(store, blobs, catalog, clock, random=random)
-        #: batch id -> (consecutive failures of its steps, monotonic time before which not to retry)
-        self._failing: dict[str, tuple[int, float]] = {}
+        #: Consecutive failures of each batch's steps (counted in the store) and their backoff.
+        self.failing = StepFailures(store)
         self.repeats = RepeatedFailures(log)
         self._active_ids: set[str] = set()
         s = self.settings
@@ -177,6 +177,7 @@ class Engine:
             for event in self._work.values():
                 event.set()
             return
+        await self.failing.load(self.steps.terms)
         batches = await asyncio.to_thread(self.store.active_batches)
         ended = bool(self._active_ids - {b.id for b in batches})  # files only they read can go now
         self._active_ids = {b.id for b in batches}
@@ -194,8 +195,7 @@ class Engine:
                 if batch.status is BatchStatus.IN_PROGRESS:
                     self._add_runnable(runnable, batch)
                 continue
-            failing = self._failing.get(batch.id)
-            if failing is not None and time.monotonic() < failing[1]:
+            if self.failing.waiting(batch.id):
                 if batch.status is BatchStatus.IN_PROGRESS:
                     self._add_runnable(runnable, batch)  # its requests still run; only the step waits
                 continue
@@ -241,19 +241,19 @@ class Engine:
         async def guarded() -> None:
             try:
                 await coro  # type: ignore[misc]
-                self._failing.pop(batch_id, None)
+                await self.failing.cleared(batch_id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.errors += 1
-                failures = self._failing.get(batch_id, (0, 0.0))[0] + 1
+                failures = await self.failing.failed(batch_id)
                 verdict = self._steps.after_failure(  # only validation (given ``batch``) can be given up
                     failures, self.clock.now(), batch.expires_at if batch else None, can_give_up=batch is not None)
                 if verdict.give_up and batch is not None and await asyncio.to_thread(
                         give_up_validation, batch, self.store, self.clock, failures, exc):
-                    self._failing.pop(batch_id, None)
+                    await self.failing.cleared(batch_id)
                     return
-                self._failing[batch_id] = (failures, time.monotonic() + verdict.delay_s)
+                self.failing.defer(batch_id, verdict.delay_s)
                 log.exception("batch step failed (%d in a row); will retry in %.1f s", failures, verdict.delay_s,
                               extra={"event": "batch_step_failed", "batch_id": batch_id})
             finally:

@@ -27,6 +27,8 @@ class StepHolder:
         self.lease_s = lease_s
         self._until = 0.0
         self._next_try = 0.0
+        #: How many times this engine took the lease anew (a new term: what it kept may be stale).
+        self.terms = 0
 
     async def held(self) -> bool:
         """Whether this engine runs the batch steps now (it holds, renewed, or just took the lease)."""
@@ -42,6 +44,8 @@ class StepHolder:
         except Exception:
             log.warning("taking the %s lease failed", self.name, exc_info=True, extra={"event": "step_lease_failed"})
             got = False
+        if got and not self._until:
+            self.terms += 1
         self._until = now + self.lease_s if got else 0.0
         self._next_try = now + self.lease_s / 3
         return got

@@ -50,3 +50,15 @@ def test_two_sqlite_stores_on_one_file_see_one_lease(tmp_path: Path) -> None:
     finally:
         one.close()
         two.close()
+
+
+def test_step_failures_are_counted_in_a_row_and_cleared(store: Store) -> None:
+    assert store.step_failure_counts() == {}
+    assert store.count_step_failure("batch_a") == 1
+    assert store.count_step_failure("batch_a") == 2
+    assert store.count_step_failure("batch_b") == 1
+    assert store.step_failure_counts() == {"batch_a": 2, "batch_b": 1}
+    store.clear_step_failures("batch_a")
+    store.clear_step_failures("batch_none")
+    assert store.step_failure_counts() == {"batch_b": 1}
+    assert store.count_step_failure("batch_a") == 1, "a success starts the count again"

@@ -100,6 +100,8 @@ class OpenAIHTTPBackend:
         if not chosen or not chosen <= ENDPOINTS:
             raise ConfigError(f"{where}: endpoints must be among {', '.join(sorted(ENDPOINTS))}")
         self.endpoints = chosen
+        #: Set by the composition root with ``--redis-url``: freight.backends.shared_limit.SharedLimits.
+        self.shared_limits: Any = None
         self._state: UpstreamState | None = None
 
     def __repr__(self) -> str:
@@ -132,6 +134,8 @@ class OpenAIHTTPBackend:
                 REGISTRY[key] = state
             state.refs += 1
             state.limiter.configure(self.rpm, self.tpm)
+            if state.shared is None and self.shared_limits is not None:
+                state.shared = self.shared_limits.bind(self.base_url, key[1])
             if self.max_in_flight < state.max_in_flight:
                 state.max_in_flight = self.max_in_flight
                 state.aimd.set_maximum(self.max_in_flight)
@@ -248,6 +252,8 @@ class OpenAIHTTPBackend:
                                                    f"{endpoint} response: {problem}.")
             usage = usage_tokens(endpoint, data.get("usage"))
             state.limiter.settle(reservation, sum(usage) if usage else None, now)
+            if usage and state.shared is not None:
+                state.shared.settle_soon(state.limiter.tpm, sum(usage) - reservation.tokens)
             if usage:
                 state.learn(endpoint, payload, prompt_estimate, usage)
             state.aimd.on_success(in_flight, now)

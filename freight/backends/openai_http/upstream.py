@@ -77,6 +77,8 @@ class UpstreamState:
         self.base_url = base_url
         self._secret = secret
         self.limiter = RateLimiter()
+        #: The budget every process shares (freight.backends.shared_limit; None: this process's limiter alone).
+        self.shared: Any = None
         self.aimd = AIMD(max_in_flight)
         self.max_in_flight = max_in_flight
         self.loop_ref = weakref.ref(loop)
@@ -174,6 +176,7 @@ class UpstreamState:
             return await self._wait_and_take(tokens)
 
     async def _wait_and_take(self, tokens: int) -> tuple[Reservation, int, int]:
+        shared = self.shared
         while True:
             now = time.monotonic()
             blocked = self.blocked_for(now)
@@ -182,6 +185,10 @@ class UpstreamState:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(None if math.isinf(blocked) else blocked + 1e-3):
                         await self.slot_freed.wait()
+                continue
+            if shared is not None:  # the fleet's budget first (once), then this process's
+                await shared.admit(self.limiter.rpm, self.limiter.tpm, tokens)
+                shared = None
                 continue
             reservation = self.limiter.reserve(tokens, now)
             if reservation.admitted:
@@ -208,6 +215,8 @@ class UpstreamState:
         return index
 
     async def aclose(self) -> None:
+        if self.shared is not None:
+            await self.shared.aclose()
         for client in self.clients:
             await client.aclose()
 
@@ -249,6 +258,8 @@ class UpstreamState:
         retry_after = parse_retry_after_s(response.headers.get("retry-after"), response.headers.get("retry-after-ms"),
                                           time.time())
         until = self.limiter.penalize(retry_after, now)
+        if self.shared is not None:
+            self.shared.penalize_soon(until - now)
         self.aimd.on_overload(now)
         self.probing = True
         self.counters.overloaded += 1

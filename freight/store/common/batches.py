@@ -4,6 +4,7 @@ freight.domain.status_changes computes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from freight.domain.batches import Batch, BatchError, BatchStatus
 from freight.domain.claims import Tally
@@ -91,9 +92,19 @@ class BatchesMixin(Base):
         return batch_from_row(row)
 
     # ---- ingest ------------------------------------------------------------------------
+    def _unstarted(self, tx: Any, batch_id: str) -> Any:
+        """The batch's row, locked, while no ingest has started it (else None): a stale ingest (its
+        process lost the batch-steps lease) must not clear the requests of a batch another one started."""
+        tx.one("lock_batch", {"id": batch_id})
+        row = tx.one("batch", {"id": batch_id})
+        if row is None or row["in_progress_at"] is not None or row["total"]:
+            return None  # started (a batch cancelled while validating starts with its total, still cancelling)
+        return row if BatchStatus(row["status"]) in (BatchStatus.VALIDATING, BatchStatus.CANCELLING) else None
+
     def clear_requests(self, batch_id: str) -> None:
         with self._db.write() as tx:
-            tx.run("delete_requests", {"batch_id": batch_id})
+            if self._unstarted(tx, batch_id) is not None:
+                tx.run("delete_requests", {"batch_id": batch_id})
 
     def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None:
         with self._db.write() as tx:
@@ -109,13 +120,17 @@ class BatchesMixin(Base):
 
     def restart_ingest(self, batch_id: str) -> None:
         with self._db.write() as tx:
-            tx.run("delete_requests", {"batch_id": batch_id})
-            row = tx.one("batch", {"id": batch_id})
-            if row is not None and BatchStatus(row["status"]) in (BatchStatus.VALIDATING, BatchStatus.CANCELLING):
+            row = self._unstarted(tx, batch_id)
+            if row is not None:
+                tx.run("delete_requests", {"batch_id": batch_id})
                 tx.run("reset_counts", {"id": batch_id, "expected": row["status"]})
 
     def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
         with self._db.write() as tx:
+            tx.one("lock_batch", {"id": batch_id})
+            stored = tx.one("count_batch_requests", {"batch_id": batch_id})
+            if stored is None or int(stored["n"]) != total:
+                return False  # another ingest of this batch cleared or wrote rows meanwhile: not ours to start
             row = tx.one("batch", {"id": batch_id})
             change = after_validation(BatchStatus(row["status"]), stamps_of(row), at) if row else None
             if change is None or not _cas(tx, "start_batch", batch_id, change, at, total=total, model=model):

@@ -94,3 +94,11 @@ SELECT 1 FROM requests WHERE batch_id = :batch_id AND state < {request.done} LIM
 SELECT idx, custom_id, status_code, response_body, request_id, error_code, error_message, input_tokens, output_tokens
 FROM requests WHERE batch_id = :batch_id AND idx > :after_idx AND state = {request.done}
 ORDER BY idx LIMIT :limit;
+
+-- name: lock_batch
+-- Ingest: a stale step (its process lost the batch-steps lease) and the new holder's may overlap;
+-- clearing and starting a batch's requests take the batch row's lock first.
+SELECT id FROM batches WHERE id = :id;
+
+-- name: count_batch_requests
+SELECT count(*) AS n FROM requests WHERE batch_id = :batch_id;

@@ -183,3 +183,9 @@ CREATE TABLE IF NOT EXISTS event_cursors (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+
+-- Failures in a row of a batch's step (StepPolicy), kept for the next holder of the batch-steps lease.
+CREATE TABLE IF NOT EXISTS step_failures (
+    batch_id TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL
+);
