@@ -143,6 +143,10 @@ class Batch:
     request_counts: RequestCounts = field(default_factory=RequestCounts)
     usage: Usage = field(default_factory=Usage)
     output_expires_after_s: int | None = None
+    #: Higher runs first within its project (freight/domain/scheduling.py); an extension on create.
+    priority: int = 0
+    #: Since when the batch is paused (it starts no new request); None when it is not.
+    paused_at: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,7 +1,7 @@
 """The seams between freight's core and its adapters: the only interfaces there are.
 
 - the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
-  ``MessageBatchStore``, ``LaneStore``; ``Store`` is all of them (what one adapter provides);
+  ``MessageBatchStore``, ``LaneStore``, ``SchedulingStore``; ``Store`` is all of them (what one adapter provides);
 - ``StepLeases``: which process runs the batch steps;
   ``WorkHints``, optional: a shared store waking other processes;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
@@ -22,6 +22,7 @@ from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
+from freight.ports.scheduling import SchedulingStore
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
 from freight.ports.store import Store
 from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
@@ -38,6 +39,7 @@ __all__ = [
     "KeyStore",
     "LaneStore",
     "MessageBatchStore",
+    "SchedulingStore",
     "ModelInfo",
     "NewRequest",
     "Page",

@@ -43,6 +43,8 @@ def batch_from_row(row: Row) -> Batch:
         request_counts=RequestCounts(total=row["total"], completed=row["completed"], failed=row["failed"]),
         usage=Usage(input_tokens=row["input_tokens"], output_tokens=row["output_tokens"]),
         output_expires_after_s=row["output_expires_after_s"],
+        priority=row["priority"],
+        paused_at=row["paused_at"],
     )
 
 
@@ -51,7 +53,8 @@ def batch_params(b: Batch, idempotency_key: str | None) -> dict[str, Any]:
             "completion_window": b.completion_window, "status": str(b.status), "created_at": b.created_at,
             "expires_at": b.expires_at,
             "metadata": jsonx.dumps(b.metadata).decode() if b.metadata is not None else None,
-            "output_expires_after_s": b.output_expires_after_s, "idempotency_key": idempotency_key}
+            "output_expires_after_s": b.output_expires_after_s, "idempotency_key": idempotency_key,
+            "priority": b.priority}
 
 
 def stamps_of(row: Row) -> dict[str, int | None]:

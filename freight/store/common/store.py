@@ -10,10 +10,11 @@ from .lanes import LanesMixin
 from .leases import LeasesMixin
 from .message_batches import MessageBatchesMixin
 from .queue import QueueMixin
+from .scheduling import SchedulingMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin):
+               LeasesMixin, SchedulingMixin):
     def __init__(self, db: Database):
         self._db = db
 

@@ -48,6 +48,8 @@ CREATE TABLE batches (
     output_tokens BIGINT NOT NULL DEFAULT 0,
     output_expires_after_s BIGINT,
     idempotency_key TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    paused_at BIGINT,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX batches_by_project ON batches(project, seq);
@@ -129,4 +131,12 @@ CREATE TABLE IF NOT EXISTS step_leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
+);
+
+-- Scheduling (migration 0003): model time used per project and minute bucket (the fair share).
+CREATE TABLE IF NOT EXISTS project_usage (
+    project TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (project, bucket)
 );

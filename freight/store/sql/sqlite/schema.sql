@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS batches (
     output_tokens INTEGER NOT NULL DEFAULT 0,
     output_expires_after_s INTEGER,
     idempotency_key TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    paused_at INTEGER,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);
@@ -132,4 +134,12 @@ CREATE TABLE IF NOT EXISTS step_leases (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
+);
+
+-- Scheduling (migration 0003): model time used per project and minute bucket (the fair share).
+CREATE TABLE IF NOT EXISTS project_usage (
+    project TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (project, bucket)
 );
