@@ -8,10 +8,11 @@ window, each batch's remaining requests) and a measured rate, and claims in the 
     within p    : priority descending, then expires_at ascending, then created_at, then id
     needed_s(b) = remaining(b) × seconds_per_request / slots
     target(b)   = created_at + margin × (expires_at − created_at)
-    urgent(b)   ⇔ now + needed_s(b) ≥ target(b)          (and now < expires_at)
+    demand(b)   = Σ needed_s(x) over unfinished x with target(x) ≤ target(b)
+    urgent(b)   ⇔ some d with target(d) ≥ target(b) has now + demand(d) ≥ target(d)  (and now < expires_at)
 
-Urgent batches come first, least slack (``target − now − needed_s``) first; then every other batch,
-project by project in share order. Paused batches are left out.
+Urgent batches come first, earliest target first; then every other batch, project by project in share
+order. Paused batches are left out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ DEFAULT_MARGIN = 0.9
 #: How far back model time used counts towards a project's share, and the size of one stored bucket.
 DEFAULT_USAGE_WINDOW_S = 3600
 USAGE_BUCKET_S = 60
+#: The least model time a request is charged: requests faster than a clock can tell still count.
+MIN_REQUEST_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -63,13 +66,22 @@ def target(c: Candidate, margin: float) -> float:
     return c.created_at + margin * (c.expires_at - c.created_at)
 
 
-def slack(c: Candidate, now: float, seconds_per_request: float, slots: int, margin: float) -> float:
-    return target(c, margin) - now - needed_s(c, seconds_per_request, slots)
+def urgent(candidates: Sequence[Candidate], now: float, seconds_per_request: float, slots: int,
+           margin: float) -> list[Candidate]:
+    """The deadline ramp: the batches that must run now, earliest target first.
 
-
-def is_urgent(c: Candidate, now: float, seconds_per_request: float, slots: int, margin: float) -> bool:
-    """The deadline ramp: at the measured rate the batch would finish past its target unless served now."""
-    return c.remaining > 0 and now < c.expires_at and slack(c, now, seconds_per_request, slots, margin) <= 0
+    Batches in earliest-target order (what meets every window that can be met); ``demand(b)`` is the
+    model time of ``b`` and of every batch due before it. When ``now + demand(b) ≥ target(b)``, ``b``
+    and every batch due before it are urgent: fair share could no longer be afforded for any of them.
+    """
+    live = sorted((c for c in candidates if c.remaining > 0 and now < c.expires_at),
+                  key=lambda c: (target(c, margin), -c.priority, c.id))
+    demand, last = 0.0, -1
+    for i, c in enumerate(live):
+        demand += needed_s(c, seconds_per_request, slots)
+        if now + demand >= target(c, margin):
+            last = i
+    return live[:last + 1]
 
 
 def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
@@ -80,13 +92,17 @@ def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: 
           seconds_per_request: float, slots: int = 1) -> list[Candidate]:
     """Every candidate that is not paused, in the order to try claiming from them."""
     live = [c for c in candidates if not c.paused]
-    urgent = [c for c in live if is_urgent(c, now, seconds_per_request, slots, policy.margin)]
-    urgent.sort(key=lambda c: (slack(c, now, seconds_per_request, slots, policy.margin), -c.priority, c.id))
-    chosen = {c.id for c in urgent}
+    first = urgent(live, now, seconds_per_request, slots, policy.margin)
+    chosen = {c.id for c in first}
     rest = [c for c in live if c.id not in chosen]
     rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,
                              c.created_at, c.id))
-    return urgent + rest
+    return first + rest
+
+
+def charged_s(seconds: float, requests: int) -> float:
+    """The model time a chunk of ``requests`` that took ``seconds`` counts towards its project's share."""
+    return max(seconds, requests * MIN_REQUEST_S)
 
 
 def bucket(now: float) -> int:

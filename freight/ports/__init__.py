@@ -22,8 +22,8 @@ from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
-from freight.ports.scheduling import SchedulingStore
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
+from freight.ports.scheduling import SchedulingStore
 from freight.ports.store import Store
 from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
 
@@ -39,13 +39,13 @@ __all__ = [
     "KeyStore",
     "LaneStore",
     "MessageBatchStore",
-    "SchedulingStore",
     "ModelInfo",
     "NewRequest",
     "Page",
     "Quota",
     "RequestQueue",
     "Retry",
+    "SchedulingStore",
     "StepLeases",
     "Store",
     "StoredResult",

@@ -13,6 +13,7 @@ from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from freight.ports import Page, Quota, Store
+from freight.services.scheduling import priority_of
 from freight.services.transitions import log_transition
 
 #: Endpoints a freight batch can target (each model says which of them it serves).
@@ -144,6 +145,7 @@ class BatchService:
         window_s = completion_window_s(window_text, min_s=self.window.min_s, max_s=self.window.max_s)
         metadata = check_metadata(body.get("metadata"))
         output_expires_after_s = check_output_expires_after(body.get("output_expires_after"))
+        priority = priority_of(body.get("priority"))
         f = self.store.get_file(project, input_file_id) if ids.is_file_id(input_file_id) else None
         if f is None:
             raise InvalidInput(f"Cannot find file {input_file_id!r}, or it is not accessible with this key.",
@@ -170,6 +172,7 @@ class BatchService:
             expires_at=now + window_s,
             metadata=metadata,
             output_expires_after_s=output_expires_after_s,
+            priority=priority,
         )
         stored = self.store.insert_batch(batch, idempotency_key, self.quota, requests)
         if stored.id == batch.id:

@@ -11,6 +11,7 @@ from typing import Any
 
 from freight.domain.batches import Batch
 from freight.domain.files import File
+from freight.wire.extensions import batch_extension
 
 
 def file_object(f: File) -> dict[str, Any]:
@@ -71,6 +72,7 @@ def batch_object(b: Batch) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": b.usage.reasoning_tokens},
             "total_tokens": b.usage.total_tokens,
         },
+        "freight": batch_extension(b),
     }
 
 
