@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_withdrawal import N, SLOTS, World
+from test_withdrawal import SLOTS, N, World
 
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import InvalidInput, NotFound
