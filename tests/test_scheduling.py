@@ -202,3 +202,18 @@ def test_the_engine_shares_a_model_by_weight(tmp_path: Path) -> None:
         assert sum(store.usage_since(0).values()) == pytest.approx(360), "model time used is stored"
     finally:
         store.close()
+
+
+def test_weights_and_margin_come_from_the_config(tmp_path: Path) -> None:
+    from freight.config import load_settings
+    from freight.domain.errors import ConfigError
+
+    path = tmp_path / "freight.toml"
+    path.write_text('[scheduling]\nmargin = 0.8\nusage_window = "10m"\n[projects."a"]\nweight = 3\n')
+    s = load_settings(path, env={}).engine.scheduling
+    assert (s.weights, s.margin, s.usage_window_s) == ({"a": 3.0}, 0.8, 600)
+    for bad in ('[projects."a"]\nweight = 0\n', "[scheduling]\nmargin = 1.5\n", "[scheduling]\nspeed = 1\n",
+                '[projects."a"]\nrate = 1\n'):
+        path.write_text(bad)
+        with pytest.raises(ConfigError):
+            load_settings(path, env={})
