@@ -12,7 +12,8 @@ window, each batch's remaining requests) and a measured rate, and claims in the 
     urgent(b)   ⇔ some d with target(d) ≥ target(b) has now + demand(d) ≥ target(d)  (and now < expires_at)
 
 Urgent batches come first, earliest target first; then every other batch, project by project in share
-order. Paused batches are left out.
+order. Paused batches are left out, and so are batches held for a time window or ``not_before``
+(``held_until``) unless urgent.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Candidate:
     #: Requests not yet finished.
     remaining: int
     paused: bool = False
+    #: Until when the batch waits for a time window or its ``not_before`` (freight/domain/windows.py);
+    #: None: it may run now.
+    held_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,11 +94,11 @@ def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
 
 def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: Policy, now: float,
           seconds_per_request: float, slots: int = 1) -> list[Candidate]:
-    """Every candidate that is not paused, in the order to try claiming from them."""
+    """Every candidate that is not paused (nor held, unless urgent), in the order to try claiming from them."""
     live = [c for c in candidates if not c.paused]
-    first = urgent(live, now, seconds_per_request, slots, policy.margin)
+    first = urgent(live, now, seconds_per_request, slots, policy.margin)  # held or not: the ramp wins
     chosen = {c.id for c in first}
-    rest = [c for c in live if c.id not in chosen]
+    rest = [c for c in live if c.id not in chosen and (c.held_until is None or now >= c.held_until)]
     rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,
                              c.created_at, c.id))
     return first + rest
