@@ -58,7 +58,8 @@ def test_order_is_every_unpaused_batch_once_with_urgent_ones_first(
     assert keys == sorted(keys), "then projects by share of model time used / weight"
     for x, y in itertools.pairwise(rest):
         if x.project == y.project:
-            assert (-x.priority, x.expires_at) <= (-y.priority, y.expires_at), "priority, then deadline"
+            assert (-x.priority, x.expires_at, x.remaining) <= (-y.priority, y.expires_at, y.remaining), \
+                "priority, then deadline, then the least work"
 
 
 @settings(max_examples=100, deadline=None)

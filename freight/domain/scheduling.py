@@ -5,7 +5,8 @@ Pure policy: the engine feeds it what the store says (each project's model time 
 window, each batch's remaining requests) and a measured rate, and claims in the order it returns.
 
     share(p)    = used_s(p) / weight(p)                  (lower goes first; ties by project name)
-    within p    : priority descending, then expires_at ascending, then created_at, then id
+    within p    : priority descending, then expires_at ascending, then the least remaining work, then
+                  created_at, then id
     needed_s(b) = remaining(b) × seconds_per_request / slots
     target(b)   = created_at + margin × (expires_at − created_at)
     demand(b)   = Σ needed_s(x) over unfinished x with target(x) ≤ target(b)
@@ -100,7 +101,7 @@ def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: 
     chosen = {c.id for c in first}
     rest = [c for c in live if c.id not in chosen and (c.held_until is None or now >= c.held_until)]
     rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,
-                             c.created_at, c.id))
+                             c.remaining, c.created_at, c.id))
     return first + rest
 
 
