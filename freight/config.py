@@ -20,7 +20,7 @@ from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
 from freight.domain.webhooks import WebhookPolicy
-from freight.engine.settings import EngineSettings
+from freight.engine.settings import EngineSettings, SchedulingSettings
 from freight.ports import Quota
 from freight.services.batches import WindowLimits
 from freight.services.files import UploadLimits
@@ -144,7 +144,8 @@ def load_settings(
             data = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
-    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects", "webhooks", "metrics"}
+    unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects", "scheduling", "webhooks",
+                           "metrics"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -229,6 +230,7 @@ def load_settings(
         step_lease_s=float(_take(engine, "step_lease_s", (int, float), "engine") or es.step_lease_s),
         retry=retry,
         input_limits=settings.input_limits,
+        scheduling=_scheduling(_section(data, "scheduling"), _section(data, "projects")),
     )
     settings.anthropic = _anthropic_limits(_section(data, "anthropic"))
     settings.webhooks = _webhook_policy(_section(data, "webhooks"))
@@ -294,3 +296,28 @@ def _anthropic_limits(table: dict[str, Any]) -> MessageBatchLimits:
         max_request_bytes=_take(table, "max_request_bytes", int, "anthropic") or d.max_request_bytes,
         batch_window=str(window) if not isinstance(window, int) else f"{window}s",
     )
+
+
+def _scheduling(table: dict[str, Any], projects: dict[str, Any]) -> SchedulingSettings:
+    """``[scheduling]``: margin (0 < m <= 1), usage_window ("1h"); ``[projects."name"]``: weight (> 0)."""
+    unknown = set(table) - {"margin", "usage_window"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [scheduling]: {', '.join(sorted(unknown))}")
+    d = SchedulingSettings()
+    margin = float(_take(table, "margin", (int, float), "scheduling") or d.margin)
+    if not 0 < margin <= 1:
+        raise ConfigError(f"scheduling.margin must be more than 0 and at most 1, got {margin}")
+    window = _duration(table["usage_window"], "scheduling.usage_window") if "usage_window" in table else None
+    weights: dict[str, float] = {}
+    for name, project in projects.items():
+        if not isinstance(project, dict):
+            raise ConfigError(f'[projects."{name}"] must be a table')
+        unknown = set(project) - {"weight"}
+        if unknown:
+            raise ConfigError(f'unknown key(s) in [projects."{name}"]: {", ".join(sorted(unknown))}')
+        weight = _take(project, "weight", (int, float), f'projects."{name}"')
+        if weight is not None:
+            if weight <= 0:
+                raise ConfigError(f'projects."{name}".weight must be more than 0, got {weight}')
+            weights[str(name)] = float(weight)
+    return SchedulingSettings(weights=weights, margin=margin, usage_window_s=window or d.usage_window_s)

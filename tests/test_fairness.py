@@ -1,11 +1,12 @@
-"""One tenant's work cannot crowd out another's: the engine claims chunks for projects in turn, then
-for each project's batches in turn (freight.engine.engine.FairTurns)."""
+"""One tenant's work cannot crowd out another's: the engine claims chunks for the project that has used
+the least model time for its weight (freight.engine.engine.FairTurns; the policy: tests/test_scheduling.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,20 @@ def _batch(batch_id: str, project: str) -> Batch:
                  status=BatchStatus.IN_PROGRESS, created_at=0, expires_at=1)
 
 
-def test_turns_go_round_projects_then_their_batches() -> None:
+def test_turns_go_round_projects_by_model_time_used() -> None:
     batches = [_batch("a1", "a"), _batch("a2", "a"), _batch("a3", "a"), _batch("b1", "b"), _batch("c1", "c")]
     turns = FairTurns()
     served = []
-    for _ in range(9):
+    for _ in range(6):
         first = turns.order(batches)[0]  # every batch always has work here
         turns.served(first)
+        turns.used(first, 0.0, 4)  # a chunk of 4 requests ended (charged at least 1 ms each)
         served.append(first.id)
-    assert served == ["a1", "b1", "c1", "a2", "b1", "c1", "a3", "b1", "c1"]
+    assert served == ["a1", "b1", "c1", "a1", "b1", "c1"]
     # a batch with nothing to claim is passed over for the same project's next, then the next project's
     assert [b.id for b in turns.order(batches)] == ["a1", "a2", "a3", "b1", "c1"]
+    paused = replace(batches[0], paused_at=1)
+    assert [b.id for b in turns.order([paused, *batches[1:]])] == ["a2", "a3", "b1", "c1"], "no turn when paused"
     assert turns.order([]) == []
 
 

@@ -30,6 +30,7 @@ from freight.domain.message_batches import MESSAGES_ENDPOINT
 from freight.domain.requests import Failure
 from freight.runtime import Runtime
 from freight.services.message_batches import MessageBatchService
+from freight.services.scheduling import BatchControl
 from freight.wire import anthropic, jsonx
 
 log = logging.getLogger("freight.api")
@@ -190,6 +191,34 @@ async def delete_message_batch(request: Request, message_batch_id: str) -> Respo
 async def message_batch_results(request: Request, message_batch_id: str) -> StreamingResponse:
     lines = await run_in_threadpool(_service(request).results, _project(request), message_batch_id)
     return StreamingResponse(lines, media_type="application/x-jsonl")
+
+
+async def _control(request: Request, message_batch_id: str, action: str, body: object = None) -> Response:
+    """pause / resume / priority on the freight batch behind a Message Batch (docs/scheduling.md)."""
+    runtime, project = _runtime(request), _project(request)
+    control = BatchControl(runtime.store, runtime.clock, runtime.engine.wake)
+    mb = await run_in_threadpool(_service(request).get, project, message_batch_id)  # 404 if not this project's
+    if action == "priority":
+        await run_in_threadpool(control.set_priority, project, mb.batch.id, body)
+    else:
+        await run_in_threadpool(getattr(control, action), project, mb.batch.id)
+    mb = await run_in_threadpool(_service(request).get, project, message_batch_id)
+    return _json(anthropic.message_batch_object(mb, _base_url(request)))
+
+
+@router.post("/v1/messages/batches/{message_batch_id}/pause")
+async def pause_message_batch(request: Request, message_batch_id: str) -> Response:
+    return await _control(request, message_batch_id, "pause")
+
+
+@router.post("/v1/messages/batches/{message_batch_id}/resume")
+async def resume_message_batch(request: Request, message_batch_id: str) -> Response:
+    return await _control(request, message_batch_id, "resume")
+
+
+@router.post("/v1/messages/batches/{message_batch_id}/priority")
+async def set_message_batch_priority(request: Request, message_batch_id: str) -> Response:
+    return await _control(request, message_batch_id, "priority", await json_body(request))
 
 
 # ---- real-time Messages (try a request before a batch) --------------------------------------

@@ -13,6 +13,7 @@ from freight.api.openai_files import _project, _runtime
 from freight.api.params import idempotency_key, int_param, json_body, str_param
 from freight.domain.batches import Batch
 from freight.services import results
+from freight.services.scheduling import BatchControl
 from freight.wire import openai
 
 router = APIRouter()
@@ -64,4 +65,30 @@ async def partial_results(request: Request, batch_id: str) -> Response:
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> JSONResponse:
     batch = await run_in_threadpool(_runtime(request).batches.cancel, _project(request), batch_id)
+    return JSONResponse(_object(request, batch))
+
+
+# ---- freight's extension routes: pause, resume, reprioritise (docs/scheduling.md) ----------------
+
+def _control(request: Request) -> BatchControl:
+    runtime = _runtime(request)
+    return BatchControl(runtime.store, runtime.clock, runtime.engine.wake)
+
+
+@router.post("/v1/batches/{batch_id}/pause")
+async def pause_batch(request: Request, batch_id: str) -> JSONResponse:
+    batch = await run_in_threadpool(_control(request).pause, _project(request), batch_id)
+    return JSONResponse(_object(request, batch))
+
+
+@router.post("/v1/batches/{batch_id}/resume")
+async def resume_batch(request: Request, batch_id: str) -> JSONResponse:
+    batch = await run_in_threadpool(_control(request).resume, _project(request), batch_id)
+    return JSONResponse(_object(request, batch))
+
+
+@router.post("/v1/batches/{batch_id}/priority")
+async def set_batch_priority(request: Request, batch_id: str) -> JSONResponse:
+    body = await json_body(request)
+    batch = await run_in_threadpool(_control(request).set_priority, _project(request), batch_id, body)
     return JSONResponse(_object(request, batch))

@@ -251,4 +251,42 @@ def _download_partial(client: httpx.Client, batch_id: str, output_dir: Path) -> 
     click.echo(str(dest))
 
 
-client_commands = [submit, status, list_, cancel, download]
+def _control(batch_id: str, action: str, url: str | None, api_key: str | None,
+             body: dict[str, Any] | None = None) -> None:
+    with _client(url, api_key) as client:
+        batch = _call(client.post, f"/batches/{batch_id}/{action}", json=body or {})
+    ext = batch.get("freight") or {}
+    paused = f"paused since {_ts(ext['paused_at'])}" if ext.get("paused_at") else "not paused"
+    click.echo(f"{_summary(batch)}; priority {ext.get('priority', 0)}, {paused}")
+
+
+@click.command()
+@click.argument("batch_id")
+@url_option
+@key_option
+def pause(batch_id: str, url: str | None, api_key: str | None) -> None:
+    """Pause a batch: no new request starts (those queued in a model go back to waiting); running ones finish.
+    Its completion window keeps running."""
+    _control(batch_id, "pause", url, api_key)
+
+
+@click.command()
+@click.argument("batch_id")
+@url_option
+@key_option
+def resume(batch_id: str, url: str | None, api_key: str | None) -> None:
+    """Resume a paused batch."""
+    _control(batch_id, "resume", url, api_key)
+
+
+@click.command()
+@click.argument("batch_id")
+@click.argument("priority", type=int)
+@url_option
+@key_option
+def priority(batch_id: str, priority: int, url: str | None, api_key: str | None) -> None:
+    """Set a batch's priority (higher runs first within its project; -1000..1000, default 0)."""
+    _control(batch_id, "priority", url, api_key, {"priority": priority})
+
+
+client_commands = [submit, status, list_, cancel, download, pause, resume, priority]

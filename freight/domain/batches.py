@@ -149,6 +149,10 @@ class Batch:
     output_schema: dict[str, Any] | None = None
     #: Answers found invalid (against the request's or the batch's schema), retries included.
     invalid_outputs: int = 0
+    #: Higher runs first within its project (freight/domain/scheduling.py); an extension on create.
+    priority: int = 0
+    #: Since when the batch is paused (it starts no new request); None when it is not.
+    paused_at: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -98,6 +98,7 @@ class Engine:
         self._steps = StepPolicy(s.step_max_tries, s.step_tries_past_window,
                                  min(s.poll_interval_s, s.step_retry_max_s), s.step_retry_max_s)
         self._withdrawals = Withdrawals()  # of chunks in flight: set when their batch is cancelled or expires
+        self._turns: dict[int, FairTurns] = {}  # by backend: the scheduling policy applied (engine/turns.py)
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -330,7 +331,8 @@ class Engine:
         key, models = id(backend), ",".join(m.id for m in backend.models())
         work = self._work.setdefault(key, asyncio.Event())
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
-        turns = FairTurns()
+        turns = self._turns[key] = FairTurns(self.store, self.settings.scheduling, self.clock,
+                                             backend.max_concurrency, backend.chunk_size)
         started = False
         start_failures = 0
         while not self._stopping:
@@ -420,7 +422,7 @@ class Engine:
     async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest]) -> None:
         renewer = asyncio.create_task(self._renew(batch.id, [c.attempt_id for c in claimed]))
         try:
-            bodies = [jsonx.loads(c.body) for c in claimed]
+            bodies, began = [jsonx.loads(c.body) for c in claimed], self.clock.now()
             try:
                 with self._withdrawals.chunk(batch.id) as withdrawal:
                     results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
@@ -439,6 +441,7 @@ class Engine:
                 await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
             if retries:
                 await self._store_with_retries("scheduling retries", self.store.retry_later, batch.id, retries)
+            await asyncio.to_thread(self._turns[id(backend)].used, batch, self.clock.now() - began, len(claimed))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -4,8 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from freight.domain import scheduling
 from freight.domain.retry import RetryPolicy
 from freight.wire.batch_input import InputLimits
+
+
+@dataclass(frozen=True)
+class SchedulingSettings:
+    """``[scheduling]`` and each ``[projects."name"] weight`` in freight.toml."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    margin: float = scheduling.DEFAULT_MARGIN
+    usage_window_s: int = scheduling.DEFAULT_USAGE_WINDOW_S
+    #: The measured seconds a request takes before any chunk of this model has finished.
+    initial_seconds_per_request: float = 1.0
+
+    def policy(self) -> scheduling.Policy:
+        return scheduling.Policy(self.weights, margin=self.margin)
 
 
 @dataclass(frozen=True)
@@ -35,3 +50,4 @@ class EngineSettings:
     #: How long the ``batch-steps`` lease (see ``StepLeases``) outlives its holder's last renewal: a
     #: process that dies holding it delays the batch steps by at most this.
     step_lease_s: float = 15.0
+    scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)

@@ -1,38 +1,94 @@
-"""Whose turn it is to have a chunk claimed (moved out of engine.py, which re-exports it)."""
+"""Whose turn it is to have a chunk claimed: the scheduling policy (freight/domain/scheduling.py) applied
+to one backend's runnable batches (moved out of engine.py, which re-exports it).
+
+The seam the dispatcher uses is ``order(batches)`` then ``served(batch)`` for the batch a chunk was
+claimed from; ``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk
+took in the store, where every process's fair share reads it.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
 
+from freight.domain import scheduling
 from freight.domain.batches import Batch
+from freight.domain.clock import Clock
+from freight.engine.settings import SchedulingSettings
+from freight.ports.scheduling import SchedulingStore
+
+log = logging.getLogger("freight.engine")
+
+
+def candidate(b: Batch) -> scheduling.Candidate:
+    c = b.request_counts
+    return scheduling.Candidate(id=b.id, project=b.project, priority=b.priority, created_at=b.created_at,
+                                expires_at=b.expires_at, remaining=max(0, c.total - c.completed - c.failed),
+                                paused=b.paused_at is not None)
 
 
 class FairTurns:
-    """Whose turn it is to have a chunk claimed: projects in turn, and each project's batches in turn.
+    """Weighted fair share between projects by model time used (stored), priority then deadline within a
+    project, the deadline ramp above both; paused batches get no turn.
 
-    So a project with many (or huge) batches gets one chunk in P while P projects have work, and
-    never holds up the others for longer than that; within a project, batches share the same way.
+    Between a claim and its chunk's end the chunk counts towards its project as ``chunk`` requests at
+    the measured rate, so that one dispatcher filling its slots does not serve one project only.
     """
 
-    def __init__(self) -> None:
-        self._last_project: str | None = None
-        self._last_batch: dict[str, str] = {}
+    def __init__(self, store: SchedulingStore | None = None, settings: SchedulingSettings | None = None,
+                 clock: Clock | None = None, slots: int = 1, chunk: int = 1) -> None:
+        self._store = store
+        self._settings = settings or SchedulingSettings()
+        self._policy = self._settings.policy()
+        self._now = clock.now if clock is not None else time.time
+        self._slots = max(1, slots)
+        self._chunk = max(1, chunk)
+        self._lock = threading.Lock()
+        self._used: dict[str, float] = {}  # a snapshot of the store's, refreshed when a chunk ends
+        self._in_flight: dict[str, float] = {}
+        self.seconds_per_request = self._settings.initial_seconds_per_request
 
     def order(self, batches: Sequence[Batch]) -> list[Batch]:
-        """Every batch, in the order to try them: the next project's batches first, from its next batch."""
-        by_project: dict[str, list[Batch]] = {}
-        for batch in batches:
-            by_project.setdefault(batch.project, []).append(batch)
-        projects = sorted(by_project)
-        start = next((i for i, p in enumerate(projects) if self._last_project is None or p > self._last_project), 0)
-        ordered: list[Batch] = []
-        for project in projects[start:] + projects[:start]:
-            own = by_project[project]
-            last = self._last_batch.get(project)
-            after = next((i + 1 for i, b in enumerate(own) if b.id == last), 0)
-            ordered.extend(own[after:] + own[:after])
-        return ordered
+        """The batches to try, in order (paused ones left out)."""
+        by_id = {b.id: b for b in batches}
+        with self._lock:
+            used = dict(self._used)
+            for project, seconds in self._in_flight.items():
+                used[project] = used.get(project, 0.0) + seconds
+        ordered = scheduling.order([candidate(b) for b in batches], used, self._policy, self._now(),
+                                   self.seconds_per_request, self._slots)
+        return [by_id[c.id] for c in ordered]
 
     def served(self, batch: Batch) -> None:
-        self._last_project = batch.project
-        self._last_batch[batch.project] = batch.id
+        with self._lock:
+            self._in_flight[batch.project] = (self._in_flight.get(batch.project, 0.0)
+                                              + self._chunk * self.seconds_per_request)
+
+    def used(self, batch: Batch, seconds: float, requests: int) -> None:
+        """A chunk of ``requests`` from ``batch`` took ``seconds``: stored, and the snapshot refreshed."""
+        with self._lock:
+            left = self._in_flight.get(batch.project, 0.0) - self._chunk * self.seconds_per_request
+            if left > 1e-9:
+                self._in_flight[batch.project] = left
+            else:
+                self._in_flight.pop(batch.project, None)
+            if requests > 0:
+                # Seconds of one slot per request: a moving average of what chunks took.
+                self.seconds_per_request = 0.8 * self.seconds_per_request + 0.2 * seconds / requests
+            seconds = scheduling.charged_s(seconds, requests)
+        if self._store is None:
+            with self._lock:
+                self._used[batch.project] = self._used.get(batch.project, 0.0) + max(0.0, seconds)
+            return
+        now = self._now()
+        since = scheduling.window_start(now, self._settings.usage_window_s)
+        try:
+            self._store.add_usage(batch.project, scheduling.bucket(now), seconds, since)
+            used = self._store.usage_since(since)
+        except Exception:
+            log.warning("recording model time used failed", exc_info=True, extra={"event": "usage_failed"})
+            return
+        with self._lock:
+            self._used = used

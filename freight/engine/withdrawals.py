@@ -30,7 +30,7 @@ class Withdrawals:
                     del self._by_batch[batch_id]
 
     def look(self, batch: Batch, now: float) -> None:
-        """Withdraw the batch's chunks in flight when it is cancelling or past its deadline."""
+        """Withdraw the batch's chunks in flight when it is cancelling, past its deadline or paused."""
         chunks = self._by_batch.get(batch.id)
         if not chunks:
             return
@@ -38,6 +38,8 @@ class Withdrawals:
             reason = "cancelled"
         elif batch.status is BatchStatus.IN_PROGRESS and now >= batch.expires_at:
             reason = "expired"
+        elif batch.paused_at is not None:
+            reason = "paused"  # what waits in a backend goes back to pending; running requests finish
         else:
             return
         for withdrawal in list(chunks):

@@ -1,8 +1,8 @@
 """The seams between freight's core and its adapters: the only interfaces there are.
 
 - the store, by concern: ``FileStore``, ``BatchStore``, ``RequestQueue``, ``KeyStore``,
-  ``MessageBatchStore``, ``LaneStore``, ``EventStore`` (the batch events outbox), ``WebhookStore``;
-  ``Store`` is all of them (what one adapter provides);
+  ``MessageBatchStore``, ``LaneStore``, ``EventStore`` (the batch events outbox), ``WebhookStore``,
+  ``SchedulingStore``; ``Store`` is all of them (what one adapter provides);
 - ``StepLeases``: which process runs the batch steps;
   ``WorkHints``, optional: a shared store waking other processes;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
@@ -25,6 +25,7 @@ from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
 from freight.ports.records import Completion, NewRequest, Page, Retry, StoredResult
+from freight.ports.scheduling import SchedulingStore
 from freight.ports.stats import StatsStore, StoreStats
 from freight.ports.store import Store
 from freight.ports.withdrawal import WITHDRAWN, Withdrawal, Withdrawn, current_withdrawal
@@ -48,6 +49,7 @@ __all__ = [
     "Quota",
     "RequestQueue",
     "Retry",
+    "SchedulingStore",
     "StatsStore",
     "StepLeases",
     "Store",

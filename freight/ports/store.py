@@ -12,11 +12,12 @@ from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
 from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
+from freight.ports.scheduling import SchedulingStore
 from freight.ports.stats import StatsStore
 
 
 class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, EventStore,
-            WebhookStore, StatsStore, Protocol):
+            WebhookStore, StatsStore, SchedulingStore, Protocol):
     """Batches, files' metadata and every request with its one final result.
 
     Methods are synchronous and short; the async engine calls them from a worker thread. Users

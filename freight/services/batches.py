@@ -15,6 +15,7 @@ from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
 from freight.ports import Page, Quota, Store
 from freight.services.cost import CostControls
 from freight.services.outputs import check_output_schema
+from freight.services.scheduling import priority_of
 from freight.services.transitions import log_transition
 
 #: Endpoints a freight batch can target (each model says which of them it serves).
@@ -150,6 +151,7 @@ class BatchService:
         output_expires_after_s = check_output_expires_after(body.get("output_expires_after"))
         max_cost_usd = budget.check_cap(body.get("max_cost_usd"))
         output_schema = check_output_schema(body.get("output_schema"))
+        priority = priority_of(body.get("priority"))
         f = self.store.get_file(project, input_file_id) if ids.is_file_id(input_file_id) else None
         if f is None:
             raise InvalidInput(f"Cannot find file {input_file_id!r}, or it is not accessible with this key.",
@@ -178,6 +180,7 @@ class BatchService:
             output_expires_after_s=output_expires_after_s,
             max_cost_usd=max_cost_usd,
             output_schema=output_schema,
+            priority=priority,
         )
         if self.cost is not None:
             self.cost.admit(batch, f)

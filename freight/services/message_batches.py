@@ -34,6 +34,7 @@ from freight.domain.message_batches import (
 )
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.ports import BlobStore, BlobWriter, Quota, Store
+from freight.services.scheduling import priority_of_raw
 from freight.services.transitions import log_transition
 from freight.wire import jsonx
 from freight.wire.anthropic import result_line
@@ -239,8 +240,10 @@ class MessageBatchCreate:
         self._take(self._split(self.splitter.finish))
         if not self.splitter.seen_field:
             raise InvalidInput("requests: Field required.")
-        if self.splitter.others:
-            raise InvalidInput(f"{sorted(self.splitter.others)[0]}: Extra inputs are not permitted.")
+        others = dict(self.splitter.others)
+        priority = priority_of_raw(others.pop("priority", None))  # freight's extension (docs/scheduling.md)
+        if others:
+            raise InvalidInput(f"{sorted(others)[0]}: Extra inputs are not permitted.")
         if self.count == 0:
             raise InvalidInput("requests: List should have at least 1 item after validation, not 0.")
         quota = self.service.quota
@@ -256,7 +259,7 @@ class MessageBatchCreate:
                  expires_at=now + max(BATCH_FILE_DEFAULT_EXPIRY_S, self.limits.window_s), lines=self.count)
         batch = Batch(id=batch_id, project=self.project, endpoint=MESSAGES_ENDPOINT, input_file_id=self.file_id,
                       completion_window=self.limits.batch_window, status=BatchStatus.VALIDATING, created_at=now,
-                      expires_at=now + self.limits.window_s)
+                      expires_at=now + self.limits.window_s, priority=priority)
         try:
             store.insert_message_batch(f, self.file_id, batch, self.count, quota)
         except BaseException:

@@ -13,6 +13,7 @@ from freight.domain.message_batches import MessageBatch as MessageBatchView
 from freight.domain.message_batches import ProcessingStatus
 from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED, Outcome, Result
 from freight.wire import jsonx
+from freight.wire.extensions import batch_extension
 
 #: Error types of the Anthropic API, by HTTP status.
 ERROR_TYPES = {
@@ -74,6 +75,7 @@ def message_batch_object(mb: MessageBatchView, base_url: str) -> dict[str, Any]:
         "archived_at": None,
         "cancel_initiated_at": rfc3339(b.cancelling_at),
         "results_url": base_url + results_path(mb.id) if ended else None,
+        "freight": batch_extension(b),
     }
 
 

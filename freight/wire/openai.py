@@ -11,6 +11,7 @@ from typing import Any
 
 from freight.domain.batches import Batch
 from freight.domain.files import File
+from freight.wire.extensions import batch_extension
 
 
 def file_object(f: File) -> dict[str, Any]:
@@ -72,9 +73,10 @@ def batch_object(b: Batch, freight: dict[str, Any] | None = None) -> dict[str, A
             "output_tokens_details": {"reasoning_tokens": b.usage.reasoning_tokens},
             "total_tokens": b.usage.total_tokens,
         },
+        "freight": batch_extension(b),
     }
-    if freight is not None:
-        out["freight"] = freight
+    if freight is not None:  # the figures the services add (cost, progress) beside the batch's own fields
+        out["freight"] = {**batch_extension(b), **freight}
     return out
 
 

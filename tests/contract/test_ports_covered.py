@@ -13,6 +13,7 @@ from freight.ports import (
     LaneStore,
     MessageBatchStore,
     RequestQueue,
+    SchedulingStore,
     StatsStore,
     StepLeases,
     Store,
@@ -29,6 +30,7 @@ def test_every_port_method_has_a_contract_test() -> None:
     called = set(re.findall(r"store\.(\w+)\(", text))
     ports = (FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, EventStore,
              WebhookStore, StatsStore)
+    ports = (FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, SchedulingStore)
     methods = set().union(*(port_methods(p) for p in ports))
     assert len(methods) > 40 and all(len(port_methods(p)) <= 15 for p in ports), "small ports"
     assert methods - called == set()

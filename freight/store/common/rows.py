@@ -46,6 +46,8 @@ def batch_from_row(row: Row) -> Batch:
         max_cost_usd=row["max_cost_usd"],
         output_schema=jsonx.loads(row["output_schema"]) if row["output_schema"] else None,
         invalid_outputs=row["invalid_outputs"],
+        priority=row["priority"],
+        paused_at=row["paused_at"],
     )
 
 
@@ -56,7 +58,8 @@ def batch_params(b: Batch, idempotency_key: str | None) -> dict[str, Any]:
             "metadata": jsonx.dumps(b.metadata).decode() if b.metadata is not None else None,
             "output_expires_after_s": b.output_expires_after_s, "idempotency_key": idempotency_key,
             "max_cost_usd": b.max_cost_usd,
-            "output_schema": jsonx.dumps(b.output_schema).decode() if b.output_schema is not None else None}
+            "output_schema": jsonx.dumps(b.output_schema).decode() if b.output_schema is not None else None,
+            "priority": b.priority}
 
 
 def stamps_of(row: Row) -> dict[str, int | None]:

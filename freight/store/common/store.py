@@ -11,11 +11,12 @@ from .lanes import LanesMixin
 from .leases import LeasesMixin
 from .message_batches import MessageBatchesMixin
 from .queue import QueueMixin
+from .scheduling import SchedulingMixin
 from .stats import StatsMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin, EventsMixin, StatsMixin):
+               LeasesMixin, EventsMixin, StatsMixin, SchedulingMixin):
     def __init__(self, db: Database):
         self._db = db
 

@@ -3,9 +3,9 @@
 
 -- name: insert_batch
 INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at,
-                     metadata, output_expires_after_s, idempotency_key, max_cost_usd, output_schema)
+                     metadata, output_expires_after_s, idempotency_key, max_cost_usd, output_schema, priority)
 VALUES (:id, :project, :endpoint, :input_file_id, :completion_window, :status, :created_at, :expires_at,
-        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema)
+        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema, :priority)
 ON CONFLICT (project, idempotency_key) DO NOTHING;
 
 -- name: notify_work

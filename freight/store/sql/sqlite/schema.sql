@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS batches (
     max_cost_usd REAL,
     output_schema TEXT,
     invalid_outputs INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    paused_at INTEGER,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);
@@ -188,4 +190,12 @@ CREATE TABLE IF NOT EXISTS event_cursors (
 CREATE TABLE IF NOT EXISTS step_failures (
     batch_id TEXT PRIMARY KEY,
     failures INTEGER NOT NULL
+);
+
+-- Scheduling (migration 0006): model time used per project and minute bucket (the fair share).
+CREATE TABLE IF NOT EXISTS project_usage (
+    project TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    PRIMARY KEY (project, bucket)
 );

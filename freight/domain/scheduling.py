@@ -1,0 +1,129 @@
+"""Which batch has the next chunk claimed: weighted fair share between projects, priority then deadline
+within a project, and a deadline ramp that overrides both (docs/scheduling.md has the formula).
+
+Pure policy: the engine feeds it what the store says (each project's model time used over the sliding
+window, each batch's remaining requests) and a measured rate, and claims in the order it returns.
+
+    share(p)    = used_s(p) / weight(p)                  (lower goes first; ties by project name)
+    within p    : priority descending, then expires_at ascending, then the least remaining work, then
+                  created_at, then id
+    needed_s(b) = remaining(b) × seconds_per_request / slots
+    target(b)   = created_at + margin × (expires_at − created_at)
+    demand(b)   = Σ needed_s(x) over unfinished x with target(x) ≤ target(b)
+    urgent(b)   ⇔ some d with target(d) ≥ target(b) has now + demand(d) ≥ target(d)  (and now < expires_at)
+
+Urgent batches come first, earliest target first; then every other batch, project by project in share
+order. Paused batches are left out, and so are batches held for a time window or ``not_before``
+(``held_until``) unless urgent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: The range of ``priority`` on create and on ``POST …/priority``.
+PRIORITY_MIN = -1000
+PRIORITY_MAX = 1000
+#: The fraction of its window by which a batch should be done: past that, at the measured rate, it is urgent.
+DEFAULT_MARGIN = 0.9
+#: How far back model time used counts towards a project's share, and the size of one stored bucket.
+DEFAULT_USAGE_WINDOW_S = 3600
+USAGE_BUCKET_S = 60
+#: The least model time a request is charged: requests faster than a clock can tell still count.
+MIN_REQUEST_S = 0.001
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: str
+    project: str
+    priority: int
+    created_at: float
+    expires_at: float
+    #: Requests not yet finished.
+    remaining: int
+    paused: bool = False
+    #: Until when the batch waits for a time window or its ``not_before`` (freight/domain/windows.py);
+    #: None: it may run now.
+    held_until: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    #: ``[projects."name"] weight``; a project not named weighs ``default_weight``.
+    weights: Mapping[str, float]
+    default_weight: float = 1.0
+    margin: float = DEFAULT_MARGIN
+
+    def weight(self, project: str) -> float:
+        w = self.weights.get(project, self.default_weight)
+        return w if w > 0 else self.default_weight
+
+
+def needed_s(c: Candidate, seconds_per_request: float, slots: int) -> float:
+    """Model time the batch still needs, all slots its own, at the measured rate."""
+    return c.remaining * seconds_per_request / max(1, slots)
+
+
+def target(c: Candidate, margin: float) -> float:
+    """When the batch should be done: ``margin`` of the way through its window."""
+    return c.created_at + margin * (c.expires_at - c.created_at)
+
+
+def urgent(candidates: Sequence[Candidate], now: float, seconds_per_request: float, slots: int,
+           margin: float) -> list[Candidate]:
+    """The deadline ramp: the batches that must run now, earliest target first.
+
+    Batches in earliest-target order (what meets every window that can be met); ``demand(b)`` is the
+    model time of ``b`` and of every batch due before it. When ``now + demand(b) ≥ target(b)``, ``b``
+    and every batch due before it are urgent: fair share could no longer be afforded for any of them.
+    """
+    live = sorted((c for c in candidates if c.remaining > 0 and now < c.expires_at),
+                  key=lambda c: (target(c, margin), -c.priority, c.id))
+    demand, last = 0.0, -1
+    for i, c in enumerate(live):
+        demand += needed_s(c, seconds_per_request, slots)
+        if now + demand >= target(c, margin):
+            last = i
+    return live[:last + 1]
+
+
+def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
+    return used_s.get(project, 0.0) / policy.weight(project)
+
+
+def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: Policy, now: float,
+          seconds_per_request: float, slots: int = 1) -> list[Candidate]:
+    """Every candidate that is not paused (nor held, unless urgent), in the order to try claiming from them."""
+    live = [c for c in candidates if not c.paused]
+    first = urgent(live, now, seconds_per_request, slots, policy.margin)  # held or not: the ramp wins
+    chosen = {c.id for c in first}
+    rest = [c for c in live if c.id not in chosen and (c.held_until is None or now >= c.held_until)]
+    rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,
+                             c.remaining, c.created_at, c.id))
+    return first + rest
+
+
+def charged_s(seconds: float, requests: int) -> float:
+    """The model time a chunk of ``requests`` that took ``seconds`` counts towards its project's share."""
+    return max(seconds, requests * MIN_REQUEST_S)
+
+
+def bucket(now: float) -> int:
+    """The usage bucket ``now`` falls in (its start, unix seconds)."""
+    return int(now // USAGE_BUCKET_S) * USAGE_BUCKET_S
+
+
+def window_start(now: float, window_s: float = DEFAULT_USAGE_WINDOW_S) -> int:
+    """The first bucket that counts towards the shares at ``now``."""
+    return bucket(now - window_s) + USAGE_BUCKET_S
+
+
+def check_priority(value: object, param: str = "priority") -> int:
+    """A valid ``priority`` or ValueError with the message to send back."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"Invalid type for '{param}': expected an integer.")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"Invalid '{param}': must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {value}.")
+    return value

@@ -1,0 +1,71 @@
+"""Pause, resume and reprioritise a batch (docs/scheduling.md): the same for OpenAI batches and
+Anthropic Message Batches, project-isolated (another project's batch is not found)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from freight.domain import ids, scheduling
+from freight.domain.batches import Batch
+from freight.domain.clock import Clock
+from freight.domain.errors import InvalidInput, NotFound
+from freight.ports import Store
+from freight.wire import jsonx
+
+
+def priority_of(value: object, param: str = "priority") -> int:
+    """``priority`` from a create or ``POST …/priority`` body (default 0), or a 400 saying why not."""
+    if value is None:
+        return 0
+    try:
+        return scheduling.check_priority(value, param)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), param=param, code="invalid_value") from None
+
+
+def priority_of_raw(raw: bytes | None) -> int:
+    """``priority`` given as raw JSON (a streamed Message Batches create)."""
+    if raw is None:
+        return 0
+    try:
+        value = jsonx.loads(raw)
+    except ValueError:
+        raise InvalidInput("priority: not valid JSON.", param="priority", code="invalid_value") from None
+    return priority_of(value)
+
+
+class BatchControl:
+    def __init__(self, store: Store, clock: Clock, on_change: Callable[[], None] | None = None):
+        self.store = store
+        self.clock = clock
+        self._on_change = on_change or (lambda: None)
+
+    def _done(self, batch: Batch | None, batch_id: str) -> Batch:
+        if batch is None:
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+        self._on_change()
+        return batch
+
+    def _check(self, batch_id: str) -> None:
+        if not ids.is_batch_id(batch_id):
+            raise NotFound(f"No batch found with id '{batch_id}'.", param="batch_id")
+
+    def pause(self, project: str, batch_id: str) -> Batch:
+        """No new request of the batch starts (those waiting in a backend go back to pending); its window
+        keeps running. A finished batch is answered as it is."""
+        self._check(batch_id)
+        return self._done(self.store.pause_batch(project, batch_id, int(self.clock.now())), batch_id)
+
+    def resume(self, project: str, batch_id: str) -> Batch:
+        self._check(batch_id)
+        return self._done(self.store.resume_batch(project, batch_id), batch_id)
+
+    def set_priority(self, project: str, batch_id: str, body: object) -> Batch:
+        if not isinstance(body, dict):
+            raise InvalidInput("The request body must be a JSON object.", code="invalid_request")
+        if body.get("priority") is None:
+            raise InvalidInput("Missing required parameter: 'priority'.", param="priority",
+                               code="missing_required_parameter")
+        priority = priority_of(body["priority"])
+        self._check(batch_id)
+        return self._done(self.store.set_priority(project, batch_id, priority), batch_id)
