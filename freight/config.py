@@ -242,13 +242,13 @@ def load_settings(
 
 
 def _projects(table: dict[str, Any]) -> dict[str, ProjectSettings]:
-    """``[projects."name"]``: ``max_cost_usd`` (a number of dollars, more than 0)."""
+    """``[projects."name"]``: ``max_cost_usd`` (dollars, more than 0); ``weight`` is read by ``_scheduling``."""
     projects = {}
     for name, value in table.items():
         where = f'[projects."{name}"]'
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a table")
-        unknown = set(value) - {"max_cost_usd"}
+        unknown = set(value) - {"max_cost_usd", "weight"}  # weight: the fair share (_scheduling)
         if unknown:
             raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
         cap = value.get("max_cost_usd")
@@ -312,7 +312,7 @@ def _scheduling(table: dict[str, Any], projects: dict[str, Any]) -> SchedulingSe
     for name, project in projects.items():
         if not isinstance(project, dict):
             raise ConfigError(f'[projects."{name}"] must be a table')
-        unknown = set(project) - {"weight"}
+        unknown = set(project) - {"weight", "max_cost_usd"}  # max_cost_usd: read by _projects
         if unknown:
             raise ConfigError(f'unknown key(s) in [projects."{name}"]: {", ".join(sorted(unknown))}')
         weight = _take(project, "weight", (int, float), f'projects."{name}"')

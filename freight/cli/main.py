@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from freight import __version__
 from freight.cli.client import client_commands
@@ -343,7 +344,7 @@ def main() -> None:
     except FreightError as exc:
         if verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -351,5 +352,5 @@ def main() -> None:
     except Exception as exc:  # the CLI's last-resort handler: a message, the traceback only with -v
         if verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}")
         sys.exit(1)
