@@ -12,7 +12,7 @@ from freight.ports import BlobStore, NewRequest, Store
 from freight.services.catalog import ModelCatalog
 from freight.wire.batch_input import BatchInputValidator, InputLimits, iter_lines
 
-INSERT_CHUNK = 1000
+INSERT_CHUNK = 5000
 
 
 def ingest_batch(
