@@ -20,6 +20,7 @@ BENCHES = {
     "embeddings": ("bench.bench_embeddings", {}),
     "remote": ("bench.bench_remote", {"requests": 2000}),
     "chat": ("bench.bench_chat", {}),
+    "engine": ("bench.bench_engine", {}),
 }
 
 
