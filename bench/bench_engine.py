@@ -44,6 +44,7 @@ CHAT = "/v1/chat/completions"
 PG_ADMIN = os.environ.get("FREIGHT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CHUNK = 256
 CONCURRENCY = 8
+MAX_LINES = 2_000_000
 
 
 def write_input(path: Path, n: int, script: dict[str, Any] | None = None) -> None:
@@ -57,10 +58,15 @@ def write_input(path: Path, n: int, script: dict[str, Any] | None = None) -> Non
 
 
 def _settings(root: Path, database_url: str | None = None) -> Any:
+    from dataclasses import replace
+
     from freight.config import Settings
     from freight.engine.settings import EngineSettings
+    from freight.services.files import UploadLimits
 
     settings = Settings(data_dir=root / "data")
+    settings.input_limits = replace(settings.input_limits, max_lines=MAX_LINES)  # past OpenAI's 50,000
+    settings.upload = UploadLimits(input=settings.input_limits)
     settings.engine = EngineSettings(poll_interval_s=0.05, input_limits=settings.input_limits)
     settings.sqlite_synchronous = "NORMAL"
     settings.database_url = database_url
