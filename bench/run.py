@@ -23,6 +23,7 @@ BENCHES = {
     "preview": ("bench.bench_preview", {}),
     "watching": ("bench.bench_watching", {}),
     "shared-limit": ("bench.bench_shared_limit", {}),
+    "engine": ("bench.bench_engine", {}),
 }
 
 

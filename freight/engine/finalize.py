@@ -17,7 +17,7 @@ from freight.domain.steps import STEP_FAILED_CODE, ending_status
 from freight.ports import BlobStore, BlobWriter, Store, StoredResult
 from freight.wire.batch_output import result_line
 
-READ_CHUNK = 1000
+READ_CHUNK = 5000
 WRITE_BUFFER = 1 << 20
 
 

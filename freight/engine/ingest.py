@@ -13,7 +13,7 @@ from freight.services.catalog import ModelCatalog
 from freight.services.outputs import with_batch_schema
 from freight.wire.batch_input import BatchInputValidator, InputLimits, iter_lines
 
-INSERT_CHUNK = 1000
+INSERT_CHUNK = 5000
 
 
 def ingest_batch(

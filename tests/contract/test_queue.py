@@ -166,3 +166,28 @@ def test_concurrent_claimers_never_get_the_same_request(store: Store) -> None:
         t.join()
     every = [idx for t in taken for idx in t]
     assert sorted(every) == list(range(200))
+
+
+def test_a_claim_takes_pending_requests_before_expired_leases_each_in_input_order(store: Store) -> None:
+    # The order of the open-requests index (state, idx): a claim reads only what it takes.
+    b = make_batch(store, 6)
+    early = store.claim(b.id, "w1", NOW, 30, 2, 5)  # 0 and 1, whose leases run out below
+    got = store.claim(b.id, "w2", NOW + 31, 30, 3, 5)
+    assert [c.idx for c in got] == [2, 3, 4]
+    rest = store.claim(b.id, "w2", NOW + 31, 30, 10, 5)
+    assert [c.idx for c in rest] == [5, 0, 1] and [c.attempts for c in rest] == [1, 2, 2]
+    assert {c.attempt_id for c in rest}.isdisjoint(c.attempt_id for c in early)
+
+
+def test_a_completion_with_some_fenced_results_stores_the_others(store: Store) -> None:
+    # The whole chunk in one statement first; one stale attempt among them sends it row by row.
+    b = make_batch(store, 3)
+    claimed = store.claim(b.id, "w1", NOW, 30, 3, 5)
+    store.renew(b.id, [claimed[0].attempt_id, claimed[2].attempt_id], NOW + 60)
+    (again,) = store.claim(b.id, "w2", NOW + 31, 30, 3, 5)  # only 1's lease ran out
+    assert again.idx == 1 and again.attempt_id != claimed[1].attempt_id
+    assert store.complete(b.id, [Completion(c.idx, c.attempt_id, ok()) for c in claimed]) == 2
+    assert store.open_counts(b.id) == (0, 1)
+    batch = store.get_batch("p", b.id)
+    assert batch is not None and batch.request_counts.completed == 2
+    assert store.complete(b.id, [Completion(again.idx, again.attempt_id, ok())]) == 1

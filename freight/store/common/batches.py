@@ -3,11 +3,13 @@ freight.domain.status_changes computes."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 from freight.domain.batches import Batch, BatchError, BatchStatus
 from freight.domain.claims import Tally
+from freight.domain.errors import StoreError
 from freight.domain.files import File
 from freight.domain.quota import Quota
 from freight.domain.requests import Result
@@ -19,6 +21,9 @@ from .base import Base
 from .db import Tx
 from .events import record_event
 from .rows import batch_from_row, batch_params, result_from_row, result_params, stamps_of
+
+#: A batch of at least this many requests refreshes the planner's statistics before it starts.
+REFRESH_STATS_AT = 5000
 
 
 def _cas(tx: Tx, query: str, batch_id: str, change: StatusChange, at: int, **extra: object) -> bool:
@@ -108,7 +113,7 @@ class BatchesMixin(Base):
 
     def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None:
         with self._db.write() as tx:
-            tx.many("insert_request", [{"batch_id": batch_id, "idx": r.idx, "line": r.line, "custom_id": r.custom_id,
+            tx.bulk("insert_requests", [{"batch_id": batch_id, "idx": r.idx, "line": r.line, "custom_id": r.custom_id,
                                         "body": r.body} for r in rows])
 
     def insert_finished_requests(self, batch_id: str, rows: Sequence[tuple[NewRequest, Result]]) -> None:
@@ -126,6 +131,11 @@ class BatchesMixin(Base):
                 tx.run("reset_counts", {"id": batch_id, "expected": row["status"]})
 
     def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
+        if total >= REFRESH_STATS_AT:
+            # A big batch just arrived: let the planner know before its requests are claimed
+            # (PostgreSQL's planner, on stale counts, sorted every open request at each claim).
+            with contextlib.suppress(StoreError), self._db.write() as tx:
+                tx.run("refresh_stats")
         with self._db.write() as tx:
             tx.one("lock_batch", {"id": batch_id})
             stored = tx.one("count_batch_requests", {"batch_id": batch_id})

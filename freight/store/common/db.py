@@ -24,6 +24,11 @@ class Tx(Protocol):
         """Execute once per parameter set; how many rows they changed together."""
         ...
 
+    def bulk(self, name: str, rows: Sequence[Params]) -> int:
+        """Every parameter set in one go; how many rows they changed together. SQLite: an executemany;
+        PostgreSQL: one statement, each parameter an array of the rows' values (``unnest`` in the SQL)."""
+        ...
+
     def each(self, name: str, rows: Sequence[Params]) -> list[int]:
         """Execute once per parameter set (pipelined where the driver can); how many rows each changed."""
         ...

@@ -3,10 +3,8 @@ attempt id that holds the claim."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from freight.domain import ids
 from freight.domain.claims import Tally, is_lost, worker_lost
@@ -16,6 +14,10 @@ from freight.ports.records import Completion, Retry
 from .base import Base
 from .db import Row, Tx
 from .rows import result_params
+
+
+class _Fenced(Exception):
+    """Some results of a completion no longer hold their claim: store them one by one."""
 
 
 class QueueMixin(Base):
@@ -38,7 +40,10 @@ class QueueMixin(Base):
     @classmethod
     def _lease(cls, tx: Tx, rows: list[Row], owner: str, until: float, max_attempts: int) -> list[ClaimedRequest]:
         claimed: list[ClaimedRequest] = []
-        leases: list[dict[str, Any]] = []
+        # One random stem per claim and the idx after it: unique attempt ids without reading the
+        # system's random source once per request (that cost more than the lease update itself).
+        stem = ids.new_attempt_id()
+        leases: dict[str, list[int]] = defaultdict(list)
         lost: dict[str, list[Result]] = defaultdict(list)
         for row in rows:
             batch_id = row["batch_id"]
@@ -48,13 +53,14 @@ class QueueMixin(Base):
                                          **result_params(result)}):
                     lost[batch_id].append(result)
                 continue
-            attempt_id = ids.new_attempt_id()
-            leases.append({"batch_id": batch_id, "idx": row["idx"], "attempt_id": attempt_id})
+            attempt_id = f"{stem}.{row['idx']}"  # what the lease statement writes: the stem, a dot, the idx
+            leases[batch_id].append(row["idx"])
             claimed.append(ClaimedRequest(batch_id=batch_id, idx=row["idx"], custom_id=row["custom_id"],
                                           body=bytes(row["body"]), attempt_id=attempt_id,
                                           attempts=row["attempts"] + 1))
-        if leases:
-            tx.run("lease", {"rows": json.dumps(leases), "owner": owner, "until": until})
+        for batch_id, idxs in leases.items():
+            tx.run("lease", {"batch_id": batch_id, "idxs": tx.array(idxs), "stem": stem, "owner": owner,
+                             "until": until})
         for batch_id, results in lost.items():
             cls._add_counts(tx, batch_id, Tally.of(results))
         return claimed
@@ -64,9 +70,20 @@ class QueueMixin(Base):
             return tx.many("renew", [{"batch_id": batch_id, "attempt_id": a, "until": until} for a in attempt_ids])
 
     def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
+        params = [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                   **result_params(item.result)} for item in items]
+        try:
+            with self._db.write() as tx:
+                # The common case in one go: every attempt still holds its claim. If any does not
+                # (fenced off), the transaction is rolled back and done row by row below.
+                if tx.bulk("complete_all", params) != len(items):
+                    raise _Fenced
+                self._add_counts(tx, batch_id, Tally.of([item.result for item in items]))
+                return len(items)
+        except _Fenced:
+            pass
         with self._db.write() as tx:
-            counts = tx.each("complete", [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                                           **result_params(item.result)} for item in items])
+            counts = tx.each("complete", params)
             stored = [item.result for item, n in zip(items, counts, strict=True) if n == 1]
             self._add_counts(tx, batch_id, Tally.of(stored))
         return len(stored)

@@ -44,6 +44,9 @@ class SqliteTx:
             return 0
         return self._c.executemany(self._q[name], rows).rowcount
 
+    def bulk(self, name: str, rows: Sequence[Params]) -> int:
+        return self.many(name, rows)
+
     def each(self, name: str, rows: Sequence[Params]) -> list[int]:
         sql = self._q[name]
         return [self._c.execute(sql, row).rowcount for row in rows]

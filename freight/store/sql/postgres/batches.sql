@@ -79,8 +79,15 @@ DELETE FROM batches WHERE id = :id;
 -- name: delete_requests
 DELETE FROM requests WHERE batch_id = :batch_id;
 
--- name: insert_request
-INSERT INTO requests (batch_id, idx, line, custom_id, body) VALUES (:batch_id, :idx, :line, :custom_id, :body);
+-- name: insert_requests
+-- Many requests in one statement (``Tx.bulk``: each parameter is an array of the rows' values).
+INSERT INTO requests (batch_id, idx, line, custom_id, body)
+SELECT * FROM unnest(CAST(:batch_id AS text[]), CAST(:idx AS integer[]), CAST(:line AS integer[]),
+                     CAST(:custom_id AS text[]), CAST(:body AS bytea[]));
+
+-- name: refresh_stats
+-- After a big ingest (common/batches.py start_batch).
+ANALYZE requests;
 
 -- name: insert_finished_request
 INSERT INTO requests (batch_id, idx, line, custom_id, body, state, status_code, response_body, request_id,

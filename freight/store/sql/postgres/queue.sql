@@ -4,12 +4,16 @@
 -- request and never wait on each other; the updates follow in the same (short) transaction.
 
 -- name: claim_candidates
+-- Pending requests first, then running ones whose lease ran out, each in input order: the order of
+-- the open-requests index (batch_id, state, idx), so a claim reads only what it takes and never
+-- walks past the batch's finished requests (ORDER BY idx alone did: a claim cost grew with the batch).
 SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
 FROM requests r
 WHERE r.batch_id = :batch_id AND r.state < {request.done}
-  AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
+  -- (a CASE, not an OR of the two states: an OR makes the planner gather and sort every open request)
+  AND CASE WHEN r.state = {request.pending} THEN r.not_before <= :now ELSE r.lease_until < :now END
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = :batch_id AND b.status = {batch.in_progress})
-ORDER BY r.idx LIMIT :limit
+ORDER BY r.state, r.idx LIMIT :limit
 FOR UPDATE OF r SKIP LOCKED;
 
 -- name: claim_candidates_any
@@ -17,16 +21,17 @@ SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
 FROM batches b JOIN requests r ON r.batch_id = b.id
 WHERE b.status = {batch.in_progress} AND b.model = ANY(:models)
   AND r.state < {request.done}
-  AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
-ORDER BY b.seq, r.idx LIMIT :limit
+  AND CASE WHEN r.state = {request.pending} THEN r.not_before <= :now ELSE r.lease_until < :now END
+ORDER BY b.seq, r.state, r.idx LIMIT :limit
 FOR UPDATE OF r SKIP LOCKED;
 
 -- name: lease
--- :rows is a JSON array of {"batch_id", "idx", "attempt_id"}: every lease of a claim in one statement.
-UPDATE requests r SET state = {request.running}, attempts = r.attempts + 1, attempt_id = v.attempt_id,
+-- Every lease of one batch's claimed requests in one statement: :idxs is an array of their idx;
+-- each attempt id is the claim's random :stem, a dot and the request's idx (common/queue.py).
+UPDATE requests SET state = {request.running}, attempts = requests.attempts + 1, attempt_id = :stem || '.' || requests.idx,
     lease_owner = :owner, lease_until = :until
-FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS v(batch_id text, idx integer, attempt_id text)
-WHERE r.batch_id = v.batch_id AND r.idx = v.idx;
+FROM unnest(CAST(:idxs AS integer[])) AS v(idx)
+WHERE requests.batch_id = :batch_id AND requests.idx = v.idx;
 
 -- name: close_lost
 UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL,
@@ -44,6 +49,20 @@ UPDATE requests SET state = {request.done}, status_code = :status_code, response
     input_tokens = :input_tokens, output_tokens = :output_tokens, attempt_id = NULL, lease_owner = NULL,
     lease_until = NULL
 WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
+
+-- name: complete_all
+-- Every result of a chunk in one statement (``Tx.bulk``: each parameter is an array of the rows' values).
+UPDATE requests r SET state = {request.done}, status_code = v.status_code, response_body = v.response_body,
+    request_id = v.request_id, error_code = v.error_code, error_message = v.error_message,
+    input_tokens = v.input_tokens, output_tokens = v.output_tokens, attempt_id = NULL, lease_owner = NULL,
+    lease_until = NULL
+FROM unnest(CAST(:batch_id AS text[]), CAST(:idx AS integer[]), CAST(:attempt_id AS text[]),
+            CAST(:status_code AS integer[]), CAST(:response_body AS bytea[]), CAST(:request_id AS text[]),
+            CAST(:error_code AS text[]), CAST(:error_message AS text[]), CAST(:input_tokens AS integer[]),
+            CAST(:output_tokens AS integer[]))
+     AS v(batch_id, idx, attempt_id, status_code, response_body, request_id, error_code, error_message,
+          input_tokens, output_tokens)
+WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id AND r.state = {request.running};
 
 -- name: retry_later
 UPDATE requests SET state = {request.pending}, not_before = :not_before, last_error = :last_error,

@@ -78,8 +78,13 @@ DELETE FROM batches WHERE id = :id;
 -- name: delete_requests
 DELETE FROM requests WHERE batch_id = :batch_id;
 
--- name: insert_request
+-- name: insert_requests
+-- Many requests (``Tx.bulk``: an executemany here).
 INSERT INTO requests (batch_id, idx, line, custom_id, body) VALUES (:batch_id, :idx, :line, :custom_id, :body);
+
+-- name: refresh_stats
+-- After a big ingest (common/batches.py start_batch).
+PRAGMA optimize;
 
 -- name: insert_finished_request
 INSERT INTO requests (batch_id, idx, line, custom_id, body, state, status_code, response_body, request_id,

@@ -3,12 +3,15 @@
 -- SQLite: every write runs under BEGIN IMMEDIATE, so a claim's select and updates are atomic.
 
 -- name: claim_candidates
+-- Pending requests first, then running ones whose lease ran out, each in input order: the order of
+-- the open-requests index (batch_id, state, idx), so a claim reads only what it takes and never
+-- walks past the batch's finished requests (ORDER BY idx alone did: a claim cost grew with the batch).
 SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
 FROM requests r
 WHERE r.batch_id = :batch_id AND r.state < {request.done}
   AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = :batch_id AND b.status = {batch.in_progress})
-ORDER BY r.idx LIMIT :limit;
+ORDER BY r.state, r.idx LIMIT :limit;
 
 -- name: claim_candidates_any
 SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
@@ -16,16 +19,14 @@ FROM batches b JOIN requests r ON r.batch_id = b.id
 WHERE b.status = {batch.in_progress} AND b.model IN (SELECT value FROM json_each(:models))
   AND r.state < {request.done}
   AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
-ORDER BY b.seq, r.idx LIMIT :limit;
+ORDER BY b.seq, r.state, r.idx LIMIT :limit;
 
 -- name: lease
--- :rows is a JSON array of {"batch_id", "idx", "attempt_id"}: every lease of a claim in one statement.
-UPDATE requests SET state = {request.running}, attempts = attempts + 1, attempt_id = v.attempt_id,
+-- Every lease of one batch's claimed requests in one statement: :idxs is a JSON array of their idx;
+-- each attempt id is the claim's random :stem, a dot and the request's idx (common/queue.py).
+UPDATE requests SET state = {request.running}, attempts = attempts + 1, attempt_id = :stem || '.' || idx,
     lease_owner = :owner, lease_until = :until
-FROM (SELECT json_extract(value, '$.batch_id') AS batch_id, json_extract(value, '$.idx') AS idx,
-             json_extract(value, '$.attempt_id') AS attempt_id
-      FROM json_each(:rows)) AS v
-WHERE requests.batch_id = v.batch_id AND requests.idx = v.idx;
+WHERE batch_id = :batch_id AND idx IN (SELECT value FROM json_each(:idxs));
 
 -- name: close_lost
 UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NULL, lease_until = NULL,
@@ -38,6 +39,14 @@ UPDATE requests SET lease_until = :until
 WHERE batch_id = :batch_id AND attempt_id = :attempt_id AND state = {request.running};
 
 -- name: complete
+UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
+    request_id = :request_id, error_code = :error_code, error_message = :error_message,
+    input_tokens = :input_tokens, output_tokens = :output_tokens, attempt_id = NULL, lease_owner = NULL,
+    lease_until = NULL
+WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
+
+-- name: complete_all
+-- The same, for ``Tx.bulk`` (an executemany here).
 UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
     request_id = :request_id, error_code = :error_code, error_message = :error_message,
     input_tokens = :input_tokens, output_tokens = :output_tokens, attempt_id = NULL, lease_owner = NULL,

@@ -1,0 +1,268 @@
+"""Engine throughput: the scripted backend (no model time), N requests from upload to output file.
+
+    python bench/bench_engine.py                         # 10k and 100k on SQLite, 100k on PostgreSQL 1/4 workers
+    python bench/bench_engine.py --sizes 10000 --no-postgres --no-io
+    python bench/bench_engine.py --io-requests 2000      # I/O-bound scaling: 1, 2, 4 workers
+
+SQLite: ``freight run``'s code path in this process (``local_run.prepare``/``run_batch``/``deliver``,
+``sqlite_synchronous=NORMAL`` as ``bench_remote``). PostgreSQL: this process uploads and creates the
+batch and waits for it; 1 or 4 worker *processes* (this file with ``--as-worker``: ``build_runtime`` on
+``--database-url`` and the shared data dir, the engine with the scripted backend, exactly what
+``freight worker`` runs) do the work; one of them holds the batch-steps lease (ingest, finalize).
+
+Stages (cost per request, in microseconds, wall time of the store calls summed over the process
+that ran them: SQLite only, where everything runs in this process): ingest (``insert_requests``),
+claim, complete, finalize (``results`` pages + file writing as the whole finalize step).
+
+I/O-bound scaling: the scripted backend sleeping 200 ms per request (``{"sleep_s": 0.2}``, as an
+upstream with 200 ms latency answers) with a per-worker cap of 64 requests in flight; 1, 2, 4 worker
+processes on PostgreSQL; throughput ratios against one worker (targets 1.8x and 3.4x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Row
+
+CHAT = "/v1/chat/completions"
+PG_ADMIN = os.environ.get("FREIGHT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+CHUNK = 256
+CONCURRENCY = 8
+MAX_LINES = 2_000_000
+
+
+def write_input(path: Path, n: int, script: dict[str, Any] | None = None) -> None:
+    with open(path, "w") as fh:
+        for i in range(n):
+            body: dict[str, Any] = {"model": "freight-scripted", "messages": [{"role": "user", "content": f"hi {i}"}],
+                                    "max_tokens": 4}
+            if script:
+                body["script"] = script
+            fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": CHAT, "body": body}) + "\n")
+
+
+def _settings(root: Path, database_url: str | None = None) -> Any:
+    from dataclasses import replace
+
+    from freight.config import Settings
+    from freight.engine.settings import EngineSettings
+    from freight.services.files import UploadLimits
+
+    settings = Settings(data_dir=root / "data")
+    settings.input_limits = replace(settings.input_limits, max_lines=MAX_LINES)  # past OpenAI's 50,000
+    settings.upload = UploadLimits(input=settings.input_limits)
+    settings.engine = EngineSettings(poll_interval_s=0.05, input_limits=settings.input_limits)
+    settings.sqlite_synchronous = "NORMAL"
+    settings.database_url = database_url
+    return settings
+
+
+def _backend(chunk: int, concurrency: int) -> Any:
+    from freight.backends.scripted import ScriptedBackend
+
+    return ScriptedBackend(chunk_size=chunk, max_concurrency=concurrency)
+
+
+class Stages:
+    """Wall time spent in the store calls of each stage (this process only)."""
+
+    WRAP = {"insert_requests": "ingest", "claim": "claim", "claim_runnable": "claim", "claim_many": "claim",
+            "complete": "complete", "complete_many": "complete", "results": "finalize"}
+
+    def __init__(self, store: Any):
+        self.seconds = dict.fromkeys(set(self.WRAP.values()), 0.0)
+        for name, stage in self.WRAP.items():
+            fn = getattr(store, name, None)
+            if fn is not None:
+                setattr(store, name, self._timed(fn, stage))
+
+    def _timed(self, fn: Any, stage: str) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - t
+        return timed
+
+
+def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY) -> dict[str, float]:
+    """One batch of ``n`` through ``freight run``'s code path; figures."""
+    from freight.cli import local_run
+    from freight.runtime import build_runtime
+
+    with tempfile.TemporaryDirectory(prefix="freight-bench-engine-") as tmp:
+        root = Path(tmp)
+        write_input(root / "in.jsonl", n)
+        rt = build_runtime(_settings(root), backends=[_backend(chunk, concurrency)])
+        stages = Stages(rt.store)
+        try:
+            started = time.perf_counter()
+            batch, _ = local_run.prepare(rt, root / "in.jsonl", root / "out.jsonl", CHAT, "24h")
+            uploaded = time.perf_counter()
+            batch = asyncio.run(local_run.run_batch(rt, batch.id, poll_s=0.05))
+            local_run.deliver(rt, batch, root / "out.jsonl", root / "err.jsonl")
+            wall = time.perf_counter() - started
+        finally:
+            rt.close()
+        lines = sum(1 for _ in open(root / "out.jsonl", "rb"))
+        assert lines == n, f"{lines} output lines for {n} requests ({batch.status})"
+    figures = {"wall": wall, "rps": n / wall, "upload_us": (uploaded - started) / n * 1e6}
+    figures.update({f"{k}_us": v / n * 1e6 for k, v in stages.seconds.items()})
+    return figures
+
+
+# ---- PostgreSQL, worker processes --------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"freight_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        from freight.store.postgres.migrate import migrate
+
+        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+        migrate(url)  # what `freight migrate --database-url` does
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def as_worker(root: Path, url: str, chunk: int, concurrency: int, slots: int | None) -> None:
+    """What ``freight worker --database-url`` runs, with the scripted backend; prints peak RSS on SIGTERM."""
+    import signal
+
+    from freight.backends.scripted import ScriptedBackend
+    from freight.runtime import build_runtime
+
+    backend = ScriptedBackend(chunk_size=chunk, max_concurrency=concurrency, slots=slots)
+    rt = build_runtime(_settings(root, url), backends=[backend])
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await rt.engine.run(stop)
+
+    try:
+        asyncio.run(work())
+    finally:
+        rt.close()
+    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "executed": backend.executed}), flush=True)
+
+
+def run_postgres(n: int, workers: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY,
+                 script: dict[str, Any] | None = None, slots: int | None = None) -> dict[str, float]:
+    from freight.cli import local_run
+    from freight.domain.batches import TERMINAL
+    from freight.runtime import build_runtime
+
+    with tempfile.TemporaryDirectory(prefix="freight-bench-engine-pg-") as tmp, pg_database() as url:
+        root = Path(tmp)
+        write_input(root / "in.jsonl", n, script)
+        rt = build_runtime(_settings(root, url), backends=[])  # the API side: no engine runs here
+        procs: list[subprocess.Popen[str]] = []
+        try:
+            cmd = [sys.executable, __file__, "--as-worker", str(root), url, str(chunk), str(concurrency),
+                   str(slots or 0)]
+            procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+            time.sleep(2.0)  # let them start (imports) before the clock starts
+            started = time.perf_counter()
+            batch, _ = local_run.prepare(rt, root / "in.jsonl", root / "out.jsonl", CHAT, "24h")
+            seen: dict[str, float] = {}
+            while batch.status not in TERMINAL:
+                time.sleep(0.02)
+                now = rt.store.get_batch(local_run.PROJECT, batch.id)
+                assert now is not None
+                batch = now
+                seen.setdefault(str(batch.status), time.perf_counter() - started)
+            local_run.deliver(rt, batch, root / "out.jsonl", root / "err.jsonl")
+            wall = time.perf_counter() - started
+        finally:
+            reports = []
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                out, _ = p.communicate(timeout=60)
+                reports.append(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+            rt.close()
+        lines = sum(1 for _ in open(root / "out.jsonl", "rb"))
+        assert lines == n, f"{lines} output lines for {n} requests ({batch.status})"
+    # Wall time per stage, seen from outside (status changes, polled every 20 ms): ingest until in
+    # progress; claim + complete until finalizing; finalize until completed.
+    running, finalizing = seen.get("in_progress", 0.0), seen.get("finalizing", wall)
+    return {"wall": wall, "rps": n / wall, "ingest_us": running / n * 1e6,
+            "run_us": (finalizing - running) / n * 1e6, "finalize_us": (wall - finalizing) / n * 1e6,
+            "rss_mb": max(r.get("rss_mb", 0) for r in reports),
+            "executed": [r.get("executed", 0) for r in reports]}  # type: ignore[dict-item]
+
+
+# ---- the table -----------------------------------------------------------------------------------------------------
+
+def run(sizes: tuple[int, ...] = (10_000, 100_000), postgres: bool = True, io_requests: int = 2000,
+        repeat: int = 1) -> list[Row]:
+    rows: list[Row] = []
+    for n in sizes:
+        runs = sorted((run_sqlite(n) for _ in range(repeat)), key=lambda f: f["rps"])
+        f = runs[len(runs) // 2]
+        rows.append(Row("engine", f"SQLite, 1 process, {n:,} requests (req/s)", f"{f['rps']:,.0f}",
+                        "5,400 (issue 11, chunk 256)", f"{f['rps'] / 5400:.2f}x", ">= 20,000", f["rps"] >= 20_000))
+        stages = ", ".join(f"{k} {f[k + '_us']:.0f}" for k in ("upload", "ingest", "claim", "complete", "finalize"))
+        rows.append(Row("engine", f"  {n:,}: us per request", stages, "", "", ""))
+    if postgres:
+        n = max(sizes)
+        for workers in (1, 4):
+            f = run_postgres(n, workers)
+            rows.append(Row("engine", f"PostgreSQL, {workers} worker(s), {n:,} requests (req/s)", f"{f['rps']:,.0f}",
+                            "", "", ">= 15,000" if workers == 4 else "", f["rps"] >= 15_000 if workers == 4 else None))
+            rows.append(Row("engine", f"  peak RSS of a worker ({workers}), MB", f"{f['rss_mb']:.0f}", "", "", ""))
+    if io_requests:
+        base = 0.0
+        for workers in (1, 2, 4):
+            f = run_postgres(io_requests, workers, chunk=16, concurrency=4, script={"sleep_s": 0.2}, slots=64)
+            base = base or f["rps"]
+            target = {2: 1.8, 4: 3.4}.get(workers)
+            rows.append(Row("engine", f"I/O-bound 200 ms, cap 64/worker, {workers} worker(s) (req/s)",
+                            f"{f['rps']:,.0f}", f"{base:,.0f}", f"{f['rps'] / base:.2f}x",
+                            f">= {target}x" if target else "", f["rps"] / base >= target if target else None))
+    return rows
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--as-worker":
+        root, url, chunk, concurrency, slots = sys.argv[2:7]
+        as_worker(Path(root), url, int(chunk), int(concurrency), int(slots) or None)
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--io-requests", type=int, default=2000, help="0: skip the I/O-bound scaling")
+    parser.add_argument("--repeat", type=int, default=1, help="SQLite runs per size (the median is shown)")
+    args = parser.parse_args()
+    rows = run(tuple(int(s) for s in args.sizes.split(",")), not args.no_postgres, args.io_requests, args.repeat)
+    for r in rows:
+        print(f"{r.measure:<60} {r.freight:<50} {r.baseline:<26} {r.ratio:<7} {r.target}")
+
+
+if __name__ == "__main__":
+    main()
