@@ -16,6 +16,7 @@ from freight.api import anthropic_batches, models, openai_batches, openai_files
 from freight.api.access_log import AccessLog
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
+from freight.intake.runner import run_intakes
 from freight.runtime import Runtime
 
 log = logging.getLogger("freight.api")
@@ -50,6 +51,7 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.engine.run(stop)) if run_engine else None
+        intakes = asyncio.create_task(run_intakes(runtime.intakes, stop)) if runtime.intakes else None
         if not run_engine:
             for backend in runtime.catalog.backends:
                 await backend.start()
@@ -59,6 +61,8 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
             stop.set()
             if task is not None:
                 await task
+            if intakes is not None:
+                await intakes
             for backend in runtime.catalog.backends:
                 await backend.close()
 

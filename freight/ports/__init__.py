@@ -17,6 +17,7 @@ from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
 from freight.ports.files import FileStore
 from freight.ports.hints import WorkHints
+from freight.ports.intake import IntakeMessage, IntakeStore
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
@@ -35,6 +36,8 @@ __all__ = [
     "BlobWriter",
     "Completion",
     "FileStore",
+    "IntakeMessage",
+    "IntakeStore",
     "KeyStore",
     "LaneStore",
     "MessageBatchStore",

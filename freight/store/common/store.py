@@ -5,6 +5,7 @@ from __future__ import annotations
 from .batches import BatchesMixin
 from .db import Database
 from .files import FilesMixin
+from .intake import IntakeMixin
 from .keys import KeysMixin
 from .lanes import LanesMixin
 from .leases import LeasesMixin
@@ -13,7 +14,7 @@ from .queue import QueueMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin):
+               LeasesMixin, IntakeMixin):
     def __init__(self, db: Database):
         self._db = db
 
