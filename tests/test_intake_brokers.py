@@ -1,0 +1,91 @@
+"""Queue intake end to end with the real brokers (Redis 127.0.0.1:6379, RabbitMQ 127.0.0.1:5672).
+
+N messages are published, ``freight serve`` consumes them and is killed with kill -9 twice while
+consuming and flushing, then restarted. What must hold: one result per message (a result delivered
+again after a crash is the identical line: same request id, so the request did not run twice), each
+at the reply address it asked for (and, for AMQP, with its correlation id); poison messages get error
+lines and the rest flow on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import SCRIPTED, FreightServer, config_text, wait_for
+
+N = 200
+POISON = {"p-json": "invalid_json", "p-nobody": "missing_required_parameter", "p-model": "model_not_found"}
+
+
+def _body(i: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": f"hello {i}"}]}
+
+
+def _run_with_two_kills(tmp_path: Path, intake_table: str, count: Callable[[], int], total: int) -> FreightServer:
+    config = tmp_path / "freight.toml"
+    config.write_text(config_text(extra=intake_table))
+    server = FreightServer(tmp_path / "data", config).start()
+    try:
+        wait_for(lambda: count() >= 30, 30, "first results")
+        server.restart()  # kill -9 while consuming and flushing
+        wait_for(lambda: count() >= 110, 30, "more results")
+        server.restart()
+        wait_for(lambda: count() >= total, 40, f"all {total} results")
+        time.sleep(0.5)  # anything still in flight would show up as a wrong count below
+    except BaseException:
+        print(server.log_tail())
+        raise
+    finally:
+        server.stop()
+    return server
+
+
+def _check(results: dict[str, list[tuple[str, dict[str, Any]]]], expected_to: Callable[[str], str]) -> None:
+    """``results``: each message id's deliveries as (where, line)."""
+    assert set(results) == {f"m{i}" for i in range(N)} | set(POISON)
+    for mid, deliveries in results.items():
+        first_to, first = deliveries[0]
+        assert all(d == deliveries[0] for d in deliveries), f"{mid}: different results {deliveries}"
+        assert first_to == expected_to(mid)
+        if mid in POISON:
+            assert first["response"] is None and first["error"]["code"] == POISON[mid], first
+        else:
+            assert first["custom_id"] == f"c-{mid}"
+            assert first["response"]["status_code"] == 200 and first["id"].startswith("batch_req_"), first
+
+
+def test_redis_stream_intake_survives_kill_9(tmp_path: Path) -> None:
+    redis = pytest.importorskip("redis")
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    tag = uuid.uuid4().hex[:10]
+    stream, replies = f"freight-in-{tag}", [f"freight-out-{tag}-a", f"freight-out-{tag}-b"]
+    try:
+        for i in range(N):
+            r.xadd(stream, {"id": f"m{i}", "custom_id": f"c-m{i}", "body": json.dumps(_body(i)),
+                            "reply_to": replies[i % 2]})
+            if i == 50:
+                r.xadd(stream, {"id": "p-json", "body": "{not json"})
+                r.xadd(stream, {"id": "p-nobody", "custom_id": "x"})
+                r.xadd(stream, {"id": "p-model", "body": json.dumps({"model": "nope", **_body(0)})})
+        table = (f'\n[intake."q"]\nkind = "redis"\nstream = "{stream}"\ngroup = "g"\nmodel = "{SCRIPTED}"\n'
+                 f'flush_size = 25\nflush_age_s = 0.3\nresults_stream = "{replies[1]}"\n')
+
+        def read_all() -> dict[str, list[tuple[str, dict[str, Any]]]]:
+            out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+            for name in replies:
+                for _, fields in r.xrange(name):
+                    out.setdefault(fields[b"id"].decode(), []).append((name, json.loads(fields[b"result"])))
+            return out
+
+        _run_with_two_kills(tmp_path, table, lambda: len(read_all()), N + len(POISON))
+        # Poison entries name no reply_to: they go to results_stream.
+        _check(read_all(), lambda mid: replies[1] if mid in POISON else replies[int(mid[1:]) % 2])
+        assert r.xpending(stream, "g")["pending"] == 0  # every entry acknowledged
+    finally:
+        r.delete(stream, *replies)
