@@ -89,3 +89,46 @@ def test_redis_stream_intake_survives_kill_9(tmp_path: Path) -> None:
         assert r.xpending(stream, "g")["pending"] == 0  # every entry acknowledged
     finally:
         r.delete(stream, *replies)
+
+
+def test_amqp_queue_intake_survives_kill_9(tmp_path: Path) -> None:
+    pika = pytest.importorskip("aio_pika")
+    import asyncio
+
+    tag = uuid.uuid4().hex[:10]
+    queue, replies = f"freight-in-{tag}", [f"freight-out-{tag}-a", f"freight-out-{tag}-b"]
+    url = "amqp://guest:guest@127.0.0.1:5672/"
+    got: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+
+    async def scenario() -> None:
+        connection = await pika.connect_robust(url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(queue, durable=True)
+            reply_queues = [await channel.declare_queue(name, auto_delete=True) for name in replies]
+            for name, q in zip(replies, reply_queues, strict=True):
+                async def on_result(message: Any, name: str = name) -> None:
+                    async with message.process():
+                        line = json.loads(message.body)
+                        mid = message.correlation_id
+                        got.setdefault(mid, []).append((name, line))
+                await q.consume(on_result)
+
+            async def send(body: bytes, mid: str, reply_to: str) -> None:
+                await channel.default_exchange.publish(
+                    pika.Message(body, message_id=mid, correlation_id=mid, reply_to=reply_to), routing_key=queue)
+
+            for i in range(N):
+                await send(json.dumps({"custom_id": f"c-m{i}", "body": _body(i)}).encode(), f"m{i}", replies[i % 2])
+                if i == 50:
+                    await send(b"{not json", "p-json", replies[0])
+                    await send(b'{"custom_id": "x"}', "p-nobody", replies[0])
+                    await send(json.dumps({"body": {"model": "nope", **_body(0)}}).encode(), "p-model", replies[0])
+            table = (f'\n[intake."q"]\nkind = "amqp"\nqueue = "{queue}"\nmodel = "{SCRIPTED}"\n'
+                     f'flush_size = 25\nflush_age_s = 0.3\n')
+            await asyncio.to_thread(_run_with_two_kills, tmp_path, table, lambda: len(got), N + len(POISON))
+            await asyncio.sleep(0.3)
+            await channel.queue_delete(queue)
+
+    asyncio.run(scenario())
+    _check(got, lambda mid: replies[0] if mid in POISON else replies[int(mid[1:]) % 2])
