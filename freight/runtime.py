@@ -120,7 +120,9 @@ def build_intakes(settings: Settings, store: Store, files: FileService, batches:
 
             source = AmqpSource(cfg)
         else:
-            continue  # kind = "http": not built yet (docs/intake.md)
+            from freight.intake.http_source import HttpSource
+
+            source = HttpSource()
         out.append((Intake(cfg, store, files, batches, clock, lambda: {m.id for m in catalog.models()}), source))
     return out
 

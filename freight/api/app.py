@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from freight import __version__
-from freight.api import anthropic_batches, models, openai_batches, openai_files
+from freight.api import anthropic_batches, intake, models, openai_batches, openai_files
 from freight.api.access_log import AccessLog
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
@@ -106,4 +106,5 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     app.include_router(openai_batches.router)
     app.include_router(models.router)
     app.include_router(anthropic_batches.router)
+    app.include_router(intake.router)
     return app

@@ -23,7 +23,7 @@ from freight.domain.batches import TERMINAL
 from freight.domain.clock import Clock
 from freight.domain.errors import FreightError
 from freight.domain.ids import batch_request_id
-from freight.domain.intake import IntakeRequest, Pending, flush_reason, parse_message
+from freight.domain.intake import IntakeRequest, Pending, Rejected, flush_reason, parse_message
 from freight.domain.requests import Result
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage, Store
@@ -53,14 +53,17 @@ class Intake:
         self.clock = clock
         self.models = models
 
+    def parse(self, message_id: str, payload: bytes | str | dict[str, object]) -> IntakeRequest | Rejected:
+        return parse_message(payload, message_id=message_id, model=self.settings.model,
+                             endpoint=self.settings.endpoint, models=self.models(), endpoints=BATCH_ENDPOINTS)
+
     def accept(self, message_id: str, payload: bytes | str | dict[str, object], *, reply_to: str | None = None,
                correlation_id: str | None = None) -> IntakeMessage:
         """Keep one message durably (a redelivery: the one kept before). Acknowledge it after this returns."""
         existing = self.store.get_intake(self.name, message_id)
         if existing is not None:
             return existing
-        parsed = parse_message(payload, message_id=message_id, model=self.settings.model,
-                               endpoint=self.settings.endpoint, models=self.models(), endpoints=BATCH_ENDPOINTS)
+        parsed = self.parse(message_id, payload)
         now = self.clock.now()
         if isinstance(parsed, IntakeRequest):
             message = IntakeMessage(self.name, message_id, parsed.custom_id, parsed.url,
@@ -126,18 +129,33 @@ class Intake:
             elif m.batch_id is not None:
                 by_batch[m.batch_id].append(m)
         for batch_id, messages in by_batch.items():
-            batch = self.store.get_batch(None, batch_id)
-            done = {s.custom_id: s for s in self.store.results(batch_id, -1, 1 << 30)}
-            for m in messages:
-                s = done.get(f"{LINE_PREFIX}{m.seq}")
-                if s is not None:
-                    out.append((m, result_line(batch_request_id(batch_id, s.idx), m.custom_id, s.result)))
-                elif batch is None or batch.status in TERMINAL:
-                    status = batch.status.value if batch is not None else "gone"
-                    out.append((m, result_line(_rejected_line_id(self.name, m.message_id), m.custom_id,
-                                               Result.never_ran("request_not_run",
-                                                                f"Its batch {batch_id} ended ({status}) "
-                                                                "without running this request."))))
+            lines = self._lines(batch_id, messages)
+            out += [(m, lines[m.message_id]) for m in messages if m.message_id in lines]
+        return out
+
+    def result_of(self, message: IntakeMessage) -> bytes | None:
+        """One message's result line, once there is one."""
+        if message.result is not None:
+            return message.result.encode()
+        if message.batch_id is None:
+            return None
+        return self._lines(message.batch_id, [message]).get(message.message_id)
+
+    def _lines(self, batch_id: str, messages: Sequence[IntakeMessage]) -> dict[str, bytes]:
+        """The result lines of these messages of one batch that are ready, by message id."""
+        batch = self.store.get_batch(None, batch_id)
+        done = {s.custom_id: s for s in self.store.results(batch_id, -1, 1 << 30)}
+        out: dict[str, bytes] = {}
+        for m in messages:
+            s = done.get(f"{LINE_PREFIX}{m.seq}")
+            if s is not None:
+                out[m.message_id] = result_line(batch_request_id(batch_id, s.idx), m.custom_id, s.result)
+            elif batch is None or batch.status in TERMINAL:
+                status = batch.status.value if batch is not None else "gone"
+                out[m.message_id] = result_line(
+                    _rejected_line_id(self.name, m.message_id), m.custom_id,
+                    Result.never_ran("request_not_run", f"Its batch {batch_id} ended ({status}) "
+                                     "without running this request."))
         return out
 
     def delivered(self, messages: Sequence[IntakeMessage]) -> None:
