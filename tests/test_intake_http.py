@@ -23,7 +23,8 @@ def test_http_tickets_get_results_across_a_kill(tmp_path: Path) -> None:
             body = {"custom_id": f"c{i}", "body": {"messages": [{"role": "user", "content": f"hi {i}"}]}}
             r = httpx.post(base, json=body, headers={"idempotency-key": f"k{i}"})
             assert r.status_code == 202, r.text
-            assert r.json()["status"] == "queued" and r.headers["location"] == f"/v1/freight/intake/web/{r.json()['id']}"
+            assert r.json()["status"] == "queued"
+            assert r.headers["location"] == f"/v1/freight/intake/web/{r.json()['id']}"
             tickets[f"c{i}"] = r.json()["id"]
         again = httpx.post(base, json={"body": {"messages": []}}, headers={"idempotency-key": "k3"})
         assert again.json()["id"] == tickets["c3"]  # a retried POST: the same ticket, kept once
