@@ -44,8 +44,13 @@ class AmqpSource:
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             message_id = message_id_of(message.body, message.message_id, message.correlation_id)
-            await asyncio.to_thread(intake.accept, message_id, message.body, reply_to=message.reply_to,
-                                    correlation_id=message.correlation_id)
+            try:
+                await asyncio.to_thread(intake.accept, message_id, message.body, reply_to=message.reply_to,
+                                        correlation_id=message.correlation_id)
+            except Exception:  # not kept (the store failed): back to the queue, delivered again later
+                log.exception("intake %s: message %s not kept; returned to the queue", intake.name, message_id)
+                await message.nack(requeue=True)
+                return
             await message.ack()
 
         tag = await queue.consume(on_message)
