@@ -21,6 +21,7 @@ BENCHES = {
     "remote": ("bench.bench_remote", {"requests": 2000}),
     "chat": ("bench.bench_chat", {}),
     "preview": ("bench.bench_preview", {}),
+    "intake": ("bench.bench_intake", {}),
 }
 
 

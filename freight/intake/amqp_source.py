@@ -14,7 +14,7 @@ from typing import Any
 
 import aio_pika
 
-from freight.intake.core import Intake, message_id_of
+from freight.intake.core import Incoming, Intake, message_id_of
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage
 
@@ -41,26 +41,41 @@ class AmqpSource:
     async def consume(self, intake: Intake, stop: asyncio.Event) -> None:
         channel = await self._open()
         queue = await channel.declare_queue(self.settings.queue, durable=True)
+        waiting: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
 
         async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-            message_id = message_id_of(message.body, message.message_id, message.correlation_id)
-            try:
-                await asyncio.to_thread(intake.accept, message_id, message.body, reply_to=message.reply_to,
-                                        correlation_id=message.correlation_id)
-            except Exception:  # not kept (the store failed): back to the queue, delivered again later
-                log.exception("intake %s: message %s not kept; returned to the queue", intake.name, message_id)
-                await message.nack(requeue=True)
-                return
-            await message.ack()
+            await waiting.put(message)
 
         tag = await queue.consume(on_message)
         try:
-            await stop.wait()
+            while not stop.is_set():
+                try:
+                    first = await asyncio.wait_for(waiting.get(), 0.2)
+                except TimeoutError:
+                    continue
+                messages = [first]
+                while not waiting.empty() and len(messages) < 500:
+                    messages.append(waiting.get_nowait())
+                await self._keep(intake, messages)
         finally:
             try:
                 await queue.cancel(tag)
             except Exception:  # the channel is already gone
                 pass
+
+    async def _keep(self, intake: Intake, messages: list[aio_pika.abc.AbstractIncomingMessage]) -> None:
+        """Keep the messages in one transaction, then acknowledge them; if the store failed, requeue them."""
+        incoming = [Incoming(message_id_of(m.body, m.message_id, m.correlation_id), m.body, m.reply_to,
+                             m.correlation_id) for m in messages]
+        try:
+            await asyncio.to_thread(intake.accept_many, incoming)
+        except Exception:
+            log.exception("intake %s: %d message(s) not kept; returned to the queue", intake.name, len(messages))
+            for m in messages:
+                await m.nack(requeue=True)
+            return
+        for m in messages:
+            await m.ack()
 
     async def publish(self, message: IntakeMessage, line: bytes) -> None:
         to = message.reply_to or self.settings.results_stream

@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 
 from freight.domain.batches import TERMINAL
 from freight.domain.clock import Clock
@@ -36,6 +37,16 @@ log = logging.getLogger("freight.intake")
 
 #: The custom_id of a message's line in the batch file (unique in it, whatever the producer's custom_id).
 LINE_PREFIX = "intake-"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message as a source received it."""
+
+    message_id: str
+    payload: bytes | str | dict[str, object]
+    reply_to: str | None = None
+    correlation_id: str | None = None
 
 
 def _rejected_line_id(source: str, message_id: str) -> str:
@@ -63,21 +74,29 @@ class Intake:
         existing = self.store.get_intake(self.name, message_id)
         if existing is not None:
             return existing
-        parsed = self.parse(message_id, payload)
-        now = self.clock.now()
-        if isinstance(parsed, IntakeRequest):
-            message = IntakeMessage(self.name, message_id, parsed.custom_id, parsed.url,
-                                    jsonx.dumps(parsed.body).decode(), reply_to, correlation_id, now, parsed.deadline)
-        else:
-            line = result_line(_rejected_line_id(self.name, message_id), parsed.custom_id,
-                               Result.never_ran(parsed.code, parsed.message))
-            message = IntakeMessage(self.name, message_id, parsed.custom_id, self.settings.endpoint, None, reply_to,
-                                    correlation_id, now, result=line.decode())
-        if not self.store.add_intake(message):
-            log.info("intake %s: message %s was delivered again; kept once", self.name, message_id)
+        self.accept_many([Incoming(message_id, payload, reply_to, correlation_id)])
         stored = self.store.get_intake(self.name, message_id)
         assert stored is not None
         return stored
+
+    def accept_many(self, incoming: Sequence[Incoming]) -> None:
+        """Keep these messages durably, in one transaction; redeliveries are kept once. Then acknowledge them."""
+        now = self.clock.now()
+        messages = []
+        for item in incoming:
+            parsed = self.parse(item.message_id, item.payload)
+            if isinstance(parsed, IntakeRequest):
+                messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, parsed.url,
+                                              jsonx.dumps(parsed.body).decode(), item.reply_to, item.correlation_id,
+                                              now, parsed.deadline))
+            else:
+                line = result_line(_rejected_line_id(self.name, item.message_id), parsed.custom_id,
+                                   Result.never_ran(parsed.code, parsed.message))
+                messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, self.settings.endpoint,
+                                              None, item.reply_to, item.correlation_id, now, result=line.decode()))
+        new = self.store.add_intakes(messages)
+        if new < len(messages):
+            log.info("intake %s: %d message(s) delivered again; kept once", self.name, len(messages) - new)
 
     def flush(self) -> list[str]:
         """Finish flushes a crash interrupted, then flush if the policy says so. The batches made."""

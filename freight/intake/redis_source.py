@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from freight.intake.core import Intake, fields_text
+from freight.intake.core import Incoming, Intake, fields_text
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage
 
@@ -34,17 +34,16 @@ class RedisSource:
         self.redis: Any = aioredis.from_url(settings.url or "redis://127.0.0.1:6379")
 
     async def _take(self, intake: Intake, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        acks = []
+        acks, incoming = [], []
         for entry_id, fields in entries:
+            acks.append(entry_id)
             if not fields:  # deleted from the stream while pending
-                acks.append(entry_id)
                 continue
             text = fields_text(fields)
-            message_id = str(text.get("id") or entry_id.decode())
             reply_to = text.pop("reply_to", None)
-            await asyncio.to_thread(intake.accept, message_id, text,
-                                    reply_to=str(reply_to) if reply_to else None)
-            acks.append(entry_id)
+            incoming.append(Incoming(str(text.get("id") or entry_id.decode()), text,
+                                     str(reply_to) if reply_to else None))
+        await asyncio.to_thread(intake.accept_many, incoming)
         if acks:
             await self.redis.xack(self.stream, self.group, *acks)
 

@@ -18,6 +18,8 @@ log = logging.getLogger("freight.intake")
 
 #: How often the pump looks for a due flush and for finished results.
 PUMP_INTERVAL_S = 0.1
+#: Results published concurrently (each awaits its broker's confirmation), then recorded together.
+PUBLISH_AT_ONCE = 100
 
 
 class Source(Protocol):
@@ -37,13 +39,21 @@ async def pump_once(intake: Intake, source: Source) -> int:
     await asyncio.to_thread(intake.try_flush)
     ready = await asyncio.to_thread(intake.ready)
     sent: list[IntakeMessage] = []
-    try:
-        for message, line in ready:
-            await source.publish(message, line)
-            sent.append(message)
-    finally:
-        if sent:
-            await asyncio.to_thread(intake.delivered, sent)
+    failed: BaseException | None = None
+    for start in range(0, len(ready), PUBLISH_AT_ONCE):
+        chunk = ready[start:start + PUBLISH_AT_ONCE]
+        outcomes = await asyncio.gather(*(source.publish(m, line) for m, line in chunk), return_exceptions=True)
+        for (message, _), outcome in zip(chunk, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failed = outcome
+            else:
+                sent.append(message)
+        if failed is not None:
+            break
+    if sent:
+        await asyncio.to_thread(intake.delivered, sent)
+    if failed is not None:
+        raise failed
     return len(sent)
 
 

@@ -36,6 +36,10 @@ class IntakeStore(Protocol):
         """Keep a message durably; False if this source already has one with its id (a redelivery)."""
         ...
 
+    def add_intakes(self, messages: Sequence[IntakeMessage]) -> int:
+        """``add_intake`` for many, in one transaction; how many were new."""
+        ...
+
     def intake_pending(self, source: str) -> list[IntakeMessage]:
         """Messages not yet taken into a flush (rejected ones excluded), oldest first."""
         ...

@@ -48,3 +48,10 @@ def test_undelivered_results_until_marked(store: Store) -> None:
     assert store.intake_undelivered("src", 10) == []
     got = store.get_intake("src", "ok")
     assert got is not None and got.delivered and got.batch_id == "batch_1" and got.flush_id == "f"
+
+
+def test_many_messages_are_kept_in_one_go_each_once(store: Store) -> None:
+    store.add_intake(_msg("a"))
+    assert store.add_intakes([_msg("a"), _msg("b"), _msg("c"), _msg("b")]) == 2
+    assert [m.message_id for m in store.intake_pending("src")] == ["a", "b", "c"]
+    assert store.add_intakes([]) == 0

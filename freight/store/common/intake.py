@@ -20,13 +20,22 @@ def _message(row: Row) -> IntakeMessage:
         flush_id=row["flush_id"], batch_id=row["batch_id"], delivered=bool(row["delivered"]), seq=row["seq"])
 
 
+def _params(message: IntakeMessage) -> dict[str, Any]:
+    params: dict[str, Any] = asdict(message)
+    params.pop("seq")
+    params["delivered"] = int(message.delivered)
+    return params
+
+
 class IntakeMixin(Base):
     def add_intake(self, message: IntakeMessage) -> bool:
-        params: dict[str, Any] = asdict(message)
-        params.pop("seq")
-        params["delivered"] = int(message.delivered)
+        return self.add_intakes([message]) == 1
+
+    def add_intakes(self, messages: Sequence[IntakeMessage]) -> int:
+        if not messages:
+            return 0
         with self._db.write() as tx:
-            return tx.run("insert_intake", params) == 1
+            return sum(tx.each("insert_intake", [_params(m) for m in messages]))
 
     def intake_pending(self, source: str) -> list[IntakeMessage]:
         with self._db.read() as tx:
