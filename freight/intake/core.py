@@ -138,7 +138,7 @@ class Intake:
             made.append(batch.id)
         return made
 
-    def ready(self, limit: int = 1000) -> list[tuple[IntakeMessage, bytes]]:
+    def ready(self, limit: int = 10_000) -> list[tuple[IntakeMessage, bytes]]:
         """Results to deliver: rejected messages' lines, and lines of finished requests."""
         out: list[tuple[IntakeMessage, bytes]] = []
         by_batch: dict[str, list[IntakeMessage]] = defaultdict(list)
