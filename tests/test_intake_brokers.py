@@ -9,6 +9,7 @@ lines and the rest flow on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import SCRIPTED, FreightServer, config_text, wait_for
+from servers import SCRIPTED, FreightServer, config_text, postgres_database, wait_for
 
 #: FREIGHT_INTAKE_N=1000 for the issue's full figure (about twice as long).
 N = int(os.environ.get("FREIGHT_INTAKE_N", "200"))
@@ -29,10 +30,11 @@ def _body(i: int) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": f"hello {i}"}]}
 
 
-def _run_with_two_kills(tmp_path: Path, intake_table: str, count: Callable[[], int], total: int) -> FreightServer:
+def _run_with_two_kills(tmp_path: Path, intake_table: str, count: Callable[[], int], total: int,
+                        database_url: str | None = None) -> FreightServer:
     config = tmp_path / "freight.toml"
     config.write_text(config_text(extra=intake_table))
-    server = FreightServer(tmp_path / "data", config).start()
+    server = FreightServer(tmp_path / "data", config, database_url=database_url).start()
     try:
         wait_for(lambda: count() >= N // 6, 30, "first results")
         server.restart()  # kill -9 while consuming and flushing
@@ -62,8 +64,19 @@ def _check(results: dict[str, list[tuple[str, dict[str, Any]]]], expected_to: Ca
             assert first["response"]["status_code"] == 200 and first["id"].startswith("batch_req_"), first
 
 
-def test_redis_stream_intake_survives_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_redis_stream_intake_survives_kill_9(tmp_path: Path, store: str) -> None:
     redis = pytest.importorskip("redis")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database("freight_intake")) if store == "postgres" else None
+        if url is not None:
+            from freight.store.postgres.migrate import migrate
+
+            migrate(url)
+        _redis_scenario(tmp_path, redis, url)
+
+
+def _redis_scenario(tmp_path: Path, redis: Any, database_url: str | None) -> None:
     r = redis.Redis(host="127.0.0.1", port=6379)
     tag = uuid.uuid4().hex[:10]
     stream, replies = f"freight-in-{tag}", [f"freight-out-{tag}-a", f"freight-out-{tag}-b"]
@@ -85,7 +98,7 @@ def test_redis_stream_intake_survives_kill_9(tmp_path: Path) -> None:
                     out.setdefault(fields[b"id"].decode(), []).append((name, json.loads(fields[b"result"])))
             return out
 
-        _run_with_two_kills(tmp_path, table, lambda: len(read_all()), N + len(POISON))
+        _run_with_two_kills(tmp_path, table, lambda: len(read_all()), N + len(POISON), database_url)
         # Poison entries name no reply_to: they go to results_stream.
         _check(read_all(), lambda mid: replies[1] if mid in POISON else replies[int(mid[1:]) % 2])
         assert r.xpending(stream, "g")["pending"] == 0  # every entry acknowledged
