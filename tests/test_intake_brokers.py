@@ -147,3 +147,31 @@ def test_amqp_queue_intake_survives_kill_9(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     _check(got, lambda mid: replies[0] if mid in POISON else replies[int(mid[1:]) % 2])
+
+
+def test_freight_worker_runs_the_intakes_too(tmp_path: Path) -> None:
+    import subprocess
+
+    from servers import freight_command, subprocess_env
+
+    redis = pytest.importorskip("redis")
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    stream = f"freight-in-{uuid.uuid4().hex[:10]}"
+    config = tmp_path / "freight.toml"
+    config.write_text(config_text(extra=f'\n[intake."w"]\nkind = "redis"\nstream = "{stream}"\n'
+                                        f'model = "{SCRIPTED}"\nflush_size = 5\nflush_age_s = 0.2\n'))
+    for i in range(12):
+        r.xadd(stream, {"id": f"m{i}", "body": json.dumps(_body(i))})
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([*freight_command(), "worker", "--data-dir", str(tmp_path / "data"), "--config",
+                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
+                            cwd=tmp_path, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: r.xlen(stream + ":results") >= 12, 30, "the worker's results")
+        ids = {fields[b"id"].decode() for _, fields in r.xrange(stream + ":results")}
+        assert ids == {f"m{i}" for i in range(12)}
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0, (tmp_path / "worker.log").read_text()
+        log.close()
+        r.delete(stream, stream + ":results")
