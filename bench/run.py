@@ -24,6 +24,7 @@ BENCHES = {
     "watching": ("bench.bench_watching", {}),
     "shared-limit": ("bench.bench_shared_limit", {}),
     "engine": ("bench.bench_engine", {}),
+    "intake": ("bench.bench_intake", {}),
 }
 
 

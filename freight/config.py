@@ -21,6 +21,7 @@ from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
 from freight.domain.webhooks import WebhookPolicy
 from freight.engine.settings import EngineSettings, SchedulingSettings
+from freight.intake.settings import IntakeSettings, intake_settings
 from freight.ports import Quota
 from freight.services.batches import WindowLimits
 from freight.services.files import UploadLimits
@@ -70,6 +71,8 @@ class Settings:
     prices: PriceBook | None = None
     #: ``[projects."name"]``: per-project settings (``max_cost_usd``: each batch's spending cap).
     projects: dict[str, ProjectSettings] = field(default_factory=dict)
+    #: ``[intake."name"]``: queue intake sources (docs/intake.md).
+    intake: dict[str, IntakeSettings] = field(default_factory=dict)
 
     def price_book(self) -> PriceBook:
         return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
@@ -145,7 +148,7 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
     unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects", "scheduling", "webhooks",
-                           "metrics"}
+                           "metrics", "intake"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -159,6 +162,10 @@ def load_settings(
     if models:
         settings.prices = PriceBook.from_tables({str(k): dict(v) for k, v in models.items()})
     settings.projects = _projects(_section(data, "projects"))
+    try:
+        settings.intake = intake_settings(_section(data, "intake"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if server.get("data_dir"):
         settings.data_dir = Path(str(server["data_dir"])).expanduser()
     if env.get("FREIGHT_DATA_DIR"):

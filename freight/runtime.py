@@ -21,6 +21,8 @@ from freight.engine.engine import Engine
 from freight.engine.step_lease import BATCH_STEPS
 from freight.observe.deliver import WebhookDeliverer
 from freight.observe.metrics import MeteredBackend, ProcessMeter
+from freight.intake.core import Intake
+from freight.intake.runner import Source
 from freight.ports import Backend, BlobStore, Store, WorkHints
 from freight.services.batches import BatchService
 from freight.services.budget_guard import BudgetedQueue
@@ -60,6 +62,8 @@ class Runtime:
     meter: ProcessMeter
     clock: SystemClock = field(default_factory=SystemClock)
     lock: DataDirLock | None = None
+    #: ``[intake."name"]``: each intake with its source, run beside the engine (``run_intakes``).
+    intakes: list[tuple[Intake, Source]] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         """The background work of a serving or worker process: the engine and, beside it, the
@@ -118,6 +122,28 @@ def open_blobs(settings: Settings) -> BlobStore:
 def _open_file(store: Store, blobs: BlobStore, f: File) -> IO[bytes] | None:
     key = store.file_blob_key(f.id)
     return blobs.open(key) if key is not None and blobs.exists(key) else None
+
+
+def build_intakes(settings: Settings, store: Store, files: FileService, batches: BatchService,
+                  catalog: ModelCatalog, clock: SystemClock) -> list[tuple[Intake, Source]]:
+    """The configured intakes (docs/intake.md); a broker is reached only once they run."""
+    out: list[tuple[Intake, Source]] = []
+    for cfg in settings.intake.values():
+        source: Source
+        if cfg.kind == "redis":
+            from freight.intake.redis_source import RedisSource
+
+            source = RedisSource(cfg)
+        elif cfg.kind == "amqp":
+            from freight.intake.amqp_source import AmqpSource
+
+            source = AmqpSource(cfg)
+        else:
+            from freight.intake.http_source import HttpSource
+
+            source = HttpSource()
+        out.append((Intake(cfg, store, files, batches, clock, lambda: {m.id for m in catalog.models()}), source))
+    return out
 
 
 def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, lock: bool = True,
@@ -191,4 +217,4 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             data_lock.release()
         raise
     return Runtime(settings, store, blobs, catalog, files, batches, engine, keys, message_batches, cost, webhooks,
-                   deliverer, meter, clock, data_lock)
+                   deliverer, meter, clock, data_lock, build_intakes(settings, store, files, batches, catalog, clock))

@@ -59,7 +59,9 @@ def envelope(response: httpx.Response) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    s = make_server(config_text(), start=False)
+    # An HTTP intake of alpha's (docs/intake.md): its tickets are walked with beta's key below.
+    intake = f'\n[intake."alpha-web"]\nkind = "http"\nproject = "alpha"\nmodel = "{SCRIPTED}"\n'
+    s = make_server(config_text(extra=intake), start=False)
     s.keys = {p: s.create_key(p) for p in ("alpha", "beta")}  # type: ignore[attr-defined]
     return s.start()
 
@@ -242,6 +244,14 @@ def test_another_projects_ids_are_404_on_every_route(server: FreightServer, alph
                 same_as_unknown(c.request(method, path.format(batch_id=bid)), bid,
                                 c.request(method, path.format(batch_id=unknown_batch)), unknown_batch)
                 walked.add(path)
+        intake, unknown_intake = "/v1/freight/intake/{name}", "/v1/freight/intake/{name}/{ticket_id}"
+        with raw(server, keys(server)["alpha"]) as a:
+            ticket = a.post("/v1/freight/intake/alpha-web", json={"body": {"messages": []}}).json()["id"]
+        same_as_unknown(c.post(intake.format(name="alpha-web"), json={"body": {}}), "alpha-web",
+                        c.post(intake.format(name="nobody-web"), json={"body": {}}), "nobody-web")
+        same_as_unknown(c.get(unknown_intake.format(name="alpha-web", ticket_id=ticket)), "alpha-web",
+                        c.get(unknown_intake.format(name="nobody-web", ticket_id=ticket)), "nobody-web")
+        walked |= {intake, unknown_intake}
         unknown_message_batch = "msgbatch_" + "0" * 24
         for mid in message_batch_ids:
             for method, path in (("GET", MESSAGE_BATCHES + "/{message_batch_id}"),

@@ -12,10 +12,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from freight import __version__
-from freight.api import anthropic_batches, metrics, models, openai_batches, openai_files, webhooks
+from freight.api import anthropic_batches, intake, metrics, models, openai_batches, openai_files, webhooks
 from freight.api.access_log import AccessLog
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
+from freight.intake.runner import run_intakes
 from freight.runtime import Runtime
 
 log = logging.getLogger("freight.api")
@@ -50,6 +51,7 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.run(stop)) if run_engine else None
+        intakes = asyncio.create_task(run_intakes(runtime.intakes, stop)) if runtime.intakes else None
         if not run_engine:
             for backend in runtime.catalog.backends:
                 await backend.start()
@@ -59,6 +61,8 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
             stop.set()
             if task is not None:
                 await task
+            if intakes is not None:
+                await intakes
             for backend in runtime.catalog.backends:
                 await backend.close()
 
@@ -104,4 +108,5 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     app.include_router(anthropic_batches.router)
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
+    app.include_router(intake.router)
     return app

@@ -170,9 +170,15 @@ async def _work(runtime: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    from freight.intake.runner import run_intakes
+
+    intakes = asyncio.create_task(run_intakes(runtime.intakes, stop)) if runtime.intakes else None
     try:
         await runtime.run(stop)
     finally:
+        stop.set()
+        if intakes is not None:
+            await intakes
         for backend in runtime.catalog.backends:
             await backend.close()
 

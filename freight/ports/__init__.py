@@ -19,6 +19,7 @@ from freight.ports.blobs import BlobStore, BlobWriter
 from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.hints import WorkHints
+from freight.ports.intake import IntakeMessage, IntakeStore
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
 from freight.ports.leases import StepLeases
@@ -40,6 +41,8 @@ __all__ = [
     "Completion",
     "EventStore",
     "FileStore",
+    "IntakeMessage",
+    "IntakeStore",
     "KeyStore",
     "LaneStore",
     "MessageBatchStore",

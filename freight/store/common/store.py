@@ -6,6 +6,7 @@ from .batches import BatchesMixin
 from .db import Database
 from .events import EventsMixin
 from .files import FilesMixin
+from .intake import IntakeMixin
 from .keys import KeysMixin
 from .lanes import LanesMixin
 from .leases import LeasesMixin
@@ -16,7 +17,7 @@ from .stats import StatsMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin, EventsMixin, StatsMixin, SchedulingMixin):
+               LeasesMixin, EventsMixin, StatsMixin, SchedulingMixin, IntakeMixin):
     def __init__(self, db: Database):
         self._db = db
 

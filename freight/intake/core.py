@@ -1,0 +1,202 @@
+"""One intake: take a message durably, flush pending messages as a batch, hand back finished results.
+
+Every step is a short store operation that a restarted (or second) process can redo:
+
+- ``accept``: the message is parsed and kept (deduplicated on its id) before the source acknowledges it;
+  a malformed one is kept with its error line as its result.
+- ``flush``: pending messages are claimed into a flush (compare-and-set), then one batch per url is
+  made with the flush id as the file's and the batch's idempotency key, so a crash between the claim
+  and the batch makes that same batch on the next pass, never a second one.
+- ``ready``/``delivered``: results not yet delivered; the source publishes each, then records it.
+  A crash in between publishes it again, the same line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from freight.domain.batches import TERMINAL
+from freight.domain.clock import Clock
+from freight.domain.errors import FreightError
+from freight.domain.ids import batch_request_id
+from freight.domain.intake import IntakeRequest, Pending, Rejected, flush_reason, parse_message
+from freight.domain.requests import Result
+from freight.intake.settings import IntakeSettings
+from freight.ports import IntakeMessage, Store
+from freight.services.batches import BATCH_ENDPOINTS, BatchService
+from freight.services.files import FileService
+from freight.wire import jsonx
+from freight.wire.batch_output import result_line
+
+log = logging.getLogger("freight.intake")
+
+#: The custom_id of a message's line in the batch file (unique in it, whatever the producer's custom_id).
+LINE_PREFIX = "intake-"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message as a source received it."""
+
+    message_id: str
+    payload: bytes | str | dict[str, object]
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+
+def _rejected_line_id(source: str, message_id: str) -> str:
+    return "intake_req_" + hashlib.sha256(f"{source}\0{message_id}".encode()).hexdigest()[:24]
+
+
+class Intake:
+    def __init__(self, settings: IntakeSettings, store: Store, files: FileService, batches: BatchService,
+                 clock: Clock, models: Callable[[], Collection[str]]):
+        self.settings = settings
+        self.name = settings.name
+        self.store = store
+        self.files = files
+        self.batches = batches
+        self.clock = clock
+        self.models = models
+
+    def parse(self, message_id: str, payload: bytes | str | dict[str, object]) -> IntakeRequest | Rejected:
+        return parse_message(payload, message_id=message_id, model=self.settings.model,
+                             endpoint=self.settings.endpoint, models=self.models(), endpoints=BATCH_ENDPOINTS)
+
+    def accept(self, message_id: str, payload: bytes | str | dict[str, object], *, reply_to: str | None = None,
+               correlation_id: str | None = None) -> IntakeMessage:
+        """Keep one message durably (a redelivery: the one kept before). Acknowledge it after this returns."""
+        existing = self.store.get_intake(self.name, message_id)
+        if existing is not None:
+            return existing
+        self.accept_many([Incoming(message_id, payload, reply_to, correlation_id)])
+        stored = self.store.get_intake(self.name, message_id)
+        assert stored is not None
+        return stored
+
+    def accept_many(self, incoming: Sequence[Incoming]) -> None:
+        """Keep these messages durably, in one transaction; redeliveries are kept once. Then acknowledge them."""
+        now = self.clock.now()
+        messages = []
+        for item in incoming:
+            parsed = self.parse(item.message_id, item.payload)
+            if isinstance(parsed, IntakeRequest):
+                messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, parsed.url,
+                                              jsonx.dumps(parsed.body).decode(), item.reply_to, item.correlation_id,
+                                              now, parsed.deadline))
+            else:
+                line = result_line(_rejected_line_id(self.name, item.message_id), parsed.custom_id,
+                                   Result.never_ran(parsed.code, parsed.message))
+                messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, self.settings.endpoint,
+                                              None, item.reply_to, item.correlation_id, now, result=line.decode()))
+        new = self.store.add_intakes(messages)
+        if new < len(messages):
+            log.info("intake %s: %d message(s) delivered again; kept once", self.name, len(messages) - new)
+
+    def flush(self) -> list[str]:
+        """Finish flushes a crash interrupted, then flush if the policy says so. The batches made."""
+        made: list[str] = []
+        for flush_id in self.store.open_flushes(self.name):
+            made += self._make_batches(flush_id)
+        while True:
+            pending = self.store.intake_pending(self.name)
+            reason = flush_reason(self.settings.policy, [Pending(m.received_at, m.deadline) for m in pending],
+                                  self.clock.now())
+            if reason is None:
+                return made
+            flush_id = "flush_" + uuid.uuid4().hex
+            taken = self.store.claim_intake(self.name, flush_id, self.settings.policy.flush_size)
+            log.info("intake %s: flushing %d message(s) (%s)", self.name, taken, reason)
+            made += self._make_batches(flush_id)
+
+    def _make_batches(self, flush_id: str) -> list[str]:
+        groups: dict[str, list[IntakeMessage]] = defaultdict(list)
+        for m in self.store.intake_flush(flush_id):
+            if m.batch_id is None and m.body is not None:
+                groups[m.url].append(m)
+        made = []
+        project = self.settings.project
+        for url, messages in groups.items():
+            key = f"intake:{self.name}:{flush_id}:{url}"
+            f = self.files.find(project, key)
+            if f is None:
+                file_id, writer = self.files.new_upload()
+                for m in messages:
+                    writer.write(b'{"custom_id":' + jsonx.dumps(f"{LINE_PREFIX}{m.seq}") + b',"method":"POST","url":'
+                                 + jsonx.dumps(url) + b',"body":' + (m.body or "null").encode() + b"}\n")
+                f = self.files.finish_upload(project, file_id, writer, filename=f"intake-{self.name}.jsonl",
+                                             purpose="batch", expires_after_s=None, idempotency_key=key)
+            batch = self.batches.create(project, {
+                "input_file_id": f.id, "endpoint": url, "completion_window": self.settings.completion_window,
+                "metadata": {"freight_intake": self.name, "flush": flush_id}}, idempotency_key=key)
+            self.store.set_intake_batch(flush_id, url, batch.id)
+            made.append(batch.id)
+        return made
+
+    def ready(self, limit: int = 10_000) -> list[tuple[IntakeMessage, bytes]]:
+        """Results to deliver: rejected messages' lines, and lines of finished requests."""
+        out: list[tuple[IntakeMessage, bytes]] = []
+        by_batch: dict[str, list[IntakeMessage]] = defaultdict(list)
+        for m in self.store.intake_undelivered(self.name, limit):
+            if m.result is not None:
+                out.append((m, m.result.encode()))
+            elif m.batch_id is not None:
+                by_batch[m.batch_id].append(m)
+        for batch_id, messages in by_batch.items():
+            lines = self._lines(batch_id, messages)
+            out += [(m, lines[m.message_id]) for m in messages if m.message_id in lines]
+        return out
+
+    def result_of(self, message: IntakeMessage) -> bytes | None:
+        """One message's result line, once there is one."""
+        if message.result is not None:
+            return message.result.encode()
+        if message.batch_id is None:
+            return None
+        return self._lines(message.batch_id, [message]).get(message.message_id)
+
+    def _lines(self, batch_id: str, messages: Sequence[IntakeMessage]) -> dict[str, bytes]:
+        """The result lines of these messages of one batch that are ready, by message id."""
+        batch = self.store.get_batch(None, batch_id)
+        done = {s.custom_id: s for s in self.store.results(batch_id, -1, 1 << 30)}
+        out: dict[str, bytes] = {}
+        for m in messages:
+            s = done.get(f"{LINE_PREFIX}{m.seq}")
+            if s is not None:
+                out[m.message_id] = result_line(batch_request_id(batch_id, s.idx), m.custom_id, s.result)
+            elif batch is None or batch.status in TERMINAL:
+                status = batch.status.value if batch is not None else "gone"
+                out[m.message_id] = result_line(
+                    _rejected_line_id(self.name, m.message_id), m.custom_id,
+                    Result.never_ran("request_not_run", f"Its batch {batch_id} ended ({status}) "
+                                     "without running this request."))
+        return out
+
+    def delivered(self, messages: Sequence[IntakeMessage]) -> None:
+        self.store.mark_intake_delivered(self.name, [m.message_id for m in messages])
+
+    def try_flush(self) -> list[str]:
+        try:
+            return self.flush()
+        except FreightError as exc:  # e.g. the project's quota: the flush stays open and is retried
+            log.warning("intake %s: cannot make a batch yet: %s", self.name, exc)
+            return []
+
+
+def message_id_of(body: bytes, *candidates: str | None) -> str:
+    """A message's dedupe key: its own id where it has one, else a digest of its bytes."""
+    for c in candidates:
+        if c:
+            return c
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def fields_text(fields: dict[bytes, bytes]) -> dict[str, object]:
+    """A Redis stream entry's fields as text (bytes that are not UTF-8 make the body invalid JSON)."""
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+

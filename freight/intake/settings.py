@@ -1,0 +1,64 @@
+"""``[intake."name"]`` tables: one source each, feeding one model and endpoint (or the message's own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from freight.domain.intake import FlushPolicy
+
+KINDS = ("redis", "amqp", "http")
+_KEYS = {"kind", "url", "queue", "stream", "group", "consumer", "model", "endpoint", "flush_size", "flush_age_s",
+         "deadline_margin_s", "results_stream", "project", "completion_window", "claim_idle_s"}
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    name: str
+    kind: str
+    url: str | None = None
+    #: AMQP: the queue; Redis: the stream.
+    queue: str = ""
+    group: str = "freight"
+    consumer: str | None = None
+    model: str | None = None
+    endpoint: str = "/v1/chat/completions"
+    policy: FlushPolicy = field(default_factory=FlushPolicy)
+    #: Where results go when a message names no ``reply_to`` (Redis: a stream; AMQP: a queue).
+    results_stream: str | None = None
+    project: str = "default"
+    completion_window: str = "24h"
+    #: Redis: another consumer's unacknowledged entries idle this long are taken over.
+    claim_idle_s: float = 30.0
+
+
+def intake_settings(tables: dict[str, Any]) -> dict[str, IntakeSettings]:
+    """Parse the ``[intake]`` section; ValueError names the table and key at fault."""
+    out: dict[str, IntakeSettings] = {}
+    for name, table in tables.items():
+        where = f'[intake."{name}"]'
+        if not isinstance(table, dict):
+            raise ValueError(f"{where} must be a table")
+        unknown = set(table) - _KEYS
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        kind = table.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        queue = table.get("queue") or table.get("stream") or ""
+        if kind != "http" and (not isinstance(queue, str) or not queue):
+            raise ValueError(f"{where}: needs a {'stream' if kind == 'redis' else 'queue'}")
+        try:
+            policy = FlushPolicy(flush_size=int(table.get("flush_size", 100)),
+                                 flush_age_s=float(table.get("flush_age_s", 5.0)),
+                                 deadline_margin_s=float(table.get("deadline_margin_s", 30.0)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        out[str(name)] = IntakeSettings(
+            name=str(name), kind=kind, url=table.get("url"), queue=str(queue), group=str(table.get("group", "freight")),
+            consumer=table.get("consumer"), model=table.get("model"),
+            endpoint=str(table.get("endpoint", "/v1/chat/completions")), policy=policy,
+            results_stream=table.get("results_stream"), project=str(table.get("project", "default")),
+            completion_window=str(table.get("completion_window", "24h")),
+            claim_idle_s=float(table.get("claim_idle_s", 30.0)))
+    return out

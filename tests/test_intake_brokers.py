@@ -1,0 +1,177 @@
+"""Queue intake end to end with the real brokers (Redis 127.0.0.1:6379, RabbitMQ 127.0.0.1:5672).
+
+N messages are published, ``freight serve`` consumes them and is killed with kill -9 twice while
+consuming and flushing, then restarted. What must hold: one result per message (a result delivered
+again after a crash is the identical line: same request id, so the request did not run twice), each
+at the reply address it asked for (and, for AMQP, with its correlation id); poison messages get error
+lines and the rest flow on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers import SCRIPTED, FreightServer, config_text, postgres_database, wait_for
+
+#: FREIGHT_INTAKE_N=1000 for the issue's full figure (about twice as long).
+N = int(os.environ.get("FREIGHT_INTAKE_N", "200"))
+POISON = {"p-json": "invalid_json", "p-nobody": "missing_required_parameter", "p-model": "model_not_found"}
+
+
+def _body(i: int) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": f"hello {i}"}]}
+
+
+def _run_with_two_kills(tmp_path: Path, intake_table: str, count: Callable[[], int], total: int,
+                        database_url: str | None = None) -> FreightServer:
+    config = tmp_path / "freight.toml"
+    config.write_text(config_text(extra=intake_table))
+    server = FreightServer(tmp_path / "data", config, database_url=database_url).start()
+    try:
+        wait_for(lambda: count() >= N // 6, 30, "first results")
+        server.restart()  # kill -9 while consuming and flushing
+        wait_for(lambda: count() >= N // 2, 30, "more results")
+        server.restart()
+        wait_for(lambda: count() >= total, 40 + N // 20, f"all {total} results")
+        time.sleep(0.5)  # anything still in flight would show up as a wrong count below
+    except BaseException:
+        print(server.log_tail())
+        raise
+    finally:
+        server.stop()
+    return server
+
+
+def _check(results: dict[str, list[tuple[str, dict[str, Any]]]], expected_to: Callable[[str], str]) -> None:
+    """``results``: each message id's deliveries as (where, line)."""
+    assert set(results) == {f"m{i}" for i in range(N)} | set(POISON)
+    for mid, deliveries in results.items():
+        first_to, first = deliveries[0]
+        assert all(d == deliveries[0] for d in deliveries), f"{mid}: different results {deliveries}"
+        assert first_to == expected_to(mid)
+        if mid in POISON:
+            assert first["response"] is None and first["error"]["code"] == POISON[mid], first
+        else:
+            assert first["custom_id"] == f"c-{mid}"
+            assert first["response"]["status_code"] == 200 and first["id"].startswith("batch_req_"), first
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_redis_stream_intake_survives_kill_9(tmp_path: Path, store: str) -> None:
+    redis = pytest.importorskip("redis")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database("freight_intake")) if store == "postgres" else None
+        if url is not None:
+            from freight.store.postgres.migrate import migrate
+
+            migrate(url)
+        _redis_scenario(tmp_path, redis, url)
+
+
+def _redis_scenario(tmp_path: Path, redis: Any, database_url: str | None) -> None:
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    tag = uuid.uuid4().hex[:10]
+    stream, replies = f"freight-in-{tag}", [f"freight-out-{tag}-a", f"freight-out-{tag}-b"]
+    try:
+        for i in range(N):
+            r.xadd(stream, {"id": f"m{i}", "custom_id": f"c-m{i}", "body": json.dumps(_body(i)),
+                            "reply_to": replies[i % 2]})
+            if i == 50:
+                r.xadd(stream, {"id": "p-json", "body": "{not json"})
+                r.xadd(stream, {"id": "p-nobody", "custom_id": "x"})
+                r.xadd(stream, {"id": "p-model", "body": json.dumps({"model": "nope", **_body(0)})})
+        table = (f'\n[intake."q"]\nkind = "redis"\nstream = "{stream}"\ngroup = "g"\nmodel = "{SCRIPTED}"\n'
+                 f'flush_size = 25\nflush_age_s = 0.3\nresults_stream = "{replies[1]}"\n')
+
+        def read_all() -> dict[str, list[tuple[str, dict[str, Any]]]]:
+            out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+            for name in replies:
+                for _, fields in r.xrange(name):
+                    out.setdefault(fields[b"id"].decode(), []).append((name, json.loads(fields[b"result"])))
+            return out
+
+        _run_with_two_kills(tmp_path, table, lambda: len(read_all()), N + len(POISON), database_url)
+        # Poison entries name no reply_to: they go to results_stream.
+        _check(read_all(), lambda mid: replies[1] if mid in POISON else replies[int(mid[1:]) % 2])
+        assert r.xpending(stream, "g")["pending"] == 0  # every entry acknowledged
+    finally:
+        r.delete(stream, *replies)
+
+
+def test_amqp_queue_intake_survives_kill_9(tmp_path: Path) -> None:
+    pika = pytest.importorskip("aio_pika")
+    import asyncio
+
+    tag = uuid.uuid4().hex[:10]
+    queue, replies = f"freight-in-{tag}", [f"freight-out-{tag}-a", f"freight-out-{tag}-b"]
+    url = "amqp://guest:guest@127.0.0.1:5672/"
+    got: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+
+    async def scenario() -> None:
+        connection = await pika.connect_robust(url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(queue, durable=True)
+            reply_queues = [await channel.declare_queue(name, auto_delete=True) for name in replies]
+            for name, q in zip(replies, reply_queues, strict=True):
+                async def on_result(message: Any, name: str = name) -> None:
+                    async with message.process():
+                        line = json.loads(message.body)
+                        mid = message.correlation_id
+                        got.setdefault(mid, []).append((name, line))
+                await q.consume(on_result)
+
+            async def send(body: bytes, mid: str, reply_to: str) -> None:
+                await channel.default_exchange.publish(
+                    pika.Message(body, message_id=mid, correlation_id=mid, reply_to=reply_to), routing_key=queue)
+
+            for i in range(N):
+                await send(json.dumps({"custom_id": f"c-m{i}", "body": _body(i)}).encode(), f"m{i}", replies[i % 2])
+                if i == 50:
+                    await send(b"{not json", "p-json", replies[0])
+                    await send(b'{"custom_id": "x"}', "p-nobody", replies[0])
+                    await send(json.dumps({"body": {"model": "nope", **_body(0)}}).encode(), "p-model", replies[0])
+            table = (f'\n[intake."q"]\nkind = "amqp"\nqueue = "{queue}"\nmodel = "{SCRIPTED}"\n'
+                     f'flush_size = 25\nflush_age_s = 0.3\n')
+            await asyncio.to_thread(_run_with_two_kills, tmp_path, table, lambda: len(got), N + len(POISON))
+            await asyncio.sleep(0.3)
+            await channel.queue_delete(queue)
+
+    asyncio.run(scenario())
+    _check(got, lambda mid: replies[0] if mid in POISON else replies[int(mid[1:]) % 2])
+
+
+def test_freight_worker_runs_the_intakes_too(tmp_path: Path) -> None:
+    import subprocess
+
+    from servers import freight_command, subprocess_env
+
+    redis = pytest.importorskip("redis")
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    stream = f"freight-in-{uuid.uuid4().hex[:10]}"
+    config = tmp_path / "freight.toml"
+    config.write_text(config_text(extra=f'\n[intake."w"]\nkind = "redis"\nstream = "{stream}"\n'
+                                        f'model = "{SCRIPTED}"\nflush_size = 5\nflush_age_s = 0.2\n'))
+    for i in range(12):
+        r.xadd(stream, {"id": f"m{i}", "body": json.dumps(_body(i))})
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([*freight_command(), "worker", "--data-dir", str(tmp_path / "data"), "--config",
+                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
+                            cwd=tmp_path, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: r.xlen(stream + ":results") >= 12, 30, "the worker's results")
+        ids = {fields[b"id"].decode() for _, fields in r.xrange(stream + ":results")}
+        assert ids == {f"m{i}" for i in range(12)}
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0, (tmp_path / "worker.log").read_text()
+        log.close()
+        r.delete(stream, stream + ":results")

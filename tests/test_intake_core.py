@@ -1,0 +1,138 @@
+"""The intake core on a real store with a fixed clock: dedupe, poison lines, flush by age, a flush a crash
+interrupted makes the same batch (never a second one), and results are handed out until delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from freight.config import Settings
+from freight.domain.intake import FlushPolicy
+from freight.intake.core import Intake
+from freight.intake.runner import pump_once
+from freight.intake.settings import IntakeSettings, intake_settings
+from freight.ports import IntakeMessage
+from freight.runtime import Runtime, build_runtime
+
+MODEL = "freight-scripted"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Iterator[Runtime]:
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", models={MODEL: {"backend": "scripted"}}), lock=False)
+    yield rt
+    rt.close()
+
+
+def _intake(rt: Runtime, clock: Clock, size: int = 3) -> Intake:
+    cfg = IntakeSettings("q", "redis", queue="s", model=MODEL, policy=FlushPolicy(size, 10, 5))
+    return Intake(cfg, rt.store, rt.files, rt.batches, clock, lambda: {MODEL})
+
+
+def _msg(i: int) -> bytes:
+    return json.dumps({"custom_id": f"c{i}", "body": {"messages": [{"role": "user", "content": "x"}]}}).encode()
+
+
+def test_a_redelivered_message_is_kept_once_and_poison_gets_its_line_at_once(runtime: Runtime) -> None:
+    intake = _intake(runtime, Clock())
+    first = intake.accept("m1", _msg(1), reply_to="r")
+    assert intake.accept("m1", _msg(1), reply_to="r") == first
+    intake.accept("bad", b"{oops")
+    ready = intake.ready()
+    assert [(m.message_id, json.loads(line)["error"]["code"]) for m, line in ready] == [("bad", "invalid_json")]
+    assert ready[0][1] == intake.ready()[0][1]  # sent again after a crash: the identical line
+    intake.delivered([ready[0][0]])
+    assert intake.ready() == []
+
+
+def test_flush_waits_for_age_then_makes_one_ordinary_batch(runtime: Runtime) -> None:
+    clock = Clock()
+    intake = _intake(runtime, clock)
+    intake.accept("m1", _msg(1))
+    intake.accept("m2", _msg(2))
+    assert intake.flush() == []
+    clock.t += 10
+    made = intake.flush()
+    assert len(made) == 1
+    batch = runtime.batches.get("default", made[0])
+    assert batch.endpoint == "/v1/chat/completions" and batch.metadata and batch.metadata["freight_intake"] == "q"
+    assert runtime.store.intake_pending("q") == []
+
+
+def test_a_flush_interrupted_after_its_claim_makes_the_same_batch_once(runtime: Runtime) -> None:
+    intake = _intake(runtime, Clock())
+    for i in range(3):
+        intake.accept(f"m{i}", _msg(i))
+    runtime.store.claim_intake("q", "flush_crashed", 3)  # the claim committed, then the process died
+    made = intake.flush()
+    assert len(made) == 1
+    assert intake._make_batches("flush_crashed") == []  # every message has its batch now
+    # Had the crash come after the batch but before the messages recorded it, the same batch comes back:
+    again = intake.batches.create("default", {"input_file_id": "file-" + "0" * 24}, idempotency_key=(
+        "intake:q:flush_crashed:/v1/chat/completions"))
+    assert again.id == made[0]
+    assert len(runtime.batches.list("default", after=None, limit=10).items) == 1
+
+
+def test_the_pump_delivers_each_finished_result_once(runtime: Runtime) -> None:
+    intake = _intake(runtime, Clock(), size=2)
+    intake.accept("m1", _msg(1))
+    intake.accept("m2", _msg(2))
+    intake.accept("bad", b'{"custom_id": "x"}')
+    sent: list[tuple[str, bytes]] = []
+
+    class Source:
+        async def publish(self, message: IntakeMessage, line: bytes) -> None:
+            sent.append((message.message_id, line))
+
+    async def drive() -> None:
+        stop = asyncio.Event()
+        engine = asyncio.create_task(runtime.engine.run(stop))
+        for _ in range(200):
+            await pump_once(intake, Source())  # type: ignore[arg-type]
+            if len(sent) == 3:
+                break
+            await asyncio.sleep(0.05)
+        await pump_once(intake, Source())  # type: ignore[arg-type]
+        stop.set()
+        await engine
+
+    asyncio.run(drive())
+    assert sorted(m for m, _ in sent) == ["bad", "m1", "m2"]
+    lines = {m: json.loads(line) for m, line in sent}
+    assert lines["m1"]["custom_id"] == "c1" and lines["m1"]["response"]["status_code"] == 200
+    assert lines["bad"]["error"]["code"] == "missing_required_parameter"
+
+
+def test_intake_tables_are_checked() -> None:
+    got = intake_settings({"a": {"kind": "amqp", "queue": "q", "flush_size": 5}})
+    assert got["a"].policy.flush_size == 5
+    for bad in ({"kind": "kafka"}, {"kind": "redis"}, {"kind": "amqp", "queue": "q", "flush_size": 0},
+                {"kind": "http", "colour": 1}):
+        with pytest.raises(ValueError, match=r'intake\."a"'):
+            intake_settings({"a": bad})
+
+
+def test_freight_toml_intake_tables_load_and_bad_ones_are_a_config_error(tmp_path: Path) -> None:
+    from freight.config import load_settings
+    from freight.domain.errors import ConfigError
+
+    path = tmp_path / "freight.toml"
+    path.write_text('[intake."q"]\nkind = "redis"\nstream = "in"\ngroup = "g"\nflush_age_s = 1.5\n')
+    settings = load_settings(path, env={})
+    assert settings.intake["q"].queue == "in" and settings.intake["q"].policy.flush_age_s == 1.5
+    path.write_text('[intake."q"]\nkind = "sqs"\n')
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        load_settings(path, env={})
