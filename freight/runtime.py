@@ -19,10 +19,10 @@ from freight.config import Settings
 from freight.domain.files import File
 from freight.engine.engine import Engine
 from freight.engine.step_lease import BATCH_STEPS
-from freight.observe.deliver import WebhookDeliverer
-from freight.observe.metrics import MeteredBackend, ProcessMeter
 from freight.intake.core import Intake
 from freight.intake.runner import Source
+from freight.observe.deliver import WebhookDeliverer
+from freight.observe.metrics import MeteredBackend, ProcessMeter
 from freight.ports import Backend, BlobStore, Store, WorkHints
 from freight.services.batches import BatchService
 from freight.services.budget_guard import BudgetedQueue

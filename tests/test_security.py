@@ -240,10 +240,34 @@ def test_another_projects_ids_are_404_on_every_route(server: FreightServer, alph
                                 c.request(method, path.format(file_id=unknown_file)), unknown_file)
                 walked.add(path)
         for bid in batch_ids:
-            for method, path in (("GET", "/v1/batches/{batch_id}"), ("POST", "/v1/batches/{batch_id}/cancel")):
-                same_as_unknown(c.request(method, path.format(batch_id=bid)), bid,
-                                c.request(method, path.format(batch_id=unknown_batch)), unknown_batch)
+            for method, path in (("GET", "/v1/batches/{batch_id}"), ("POST", "/v1/batches/{batch_id}/cancel"),
+                                 ("GET", "/v1/batches/{batch_id}/partial"), ("POST", "/v1/batches/{batch_id}/pause"),
+                                 ("POST", "/v1/batches/{batch_id}/resume"),
+                                 ("POST", "/v1/batches/{batch_id}/priority")):
+                body = {"priority": 5} if path.endswith("/priority") else None
+                same_as_unknown(c.request(method, path.format(batch_id=bid), json=body), bid,
+                                c.request(method, path.format(batch_id=unknown_batch), json=body), unknown_batch)
                 walked.add(path)
+        # alpha's webhook endpoint (docs/webhooks.md): beta's key finds none of it
+        with raw(server, keys(server)["alpha"]) as a:
+            hook = a.post("/v1/webhook_endpoints", json={"name": "alpha-hook", "url": "http://127.0.0.1:9/hook",
+                                                          "event_types": ["batch.completed"]}).json()
+        unknown_hook = hook["id"][:-6] + "000000"
+        for method, path in (("GET", "/v1/webhook_endpoints/{endpoint_id}"),
+                             ("POST", "/v1/webhook_endpoints/{endpoint_id}"),
+                             ("POST", "/v1/webhook_endpoints/{endpoint_id}/rotate_secret"),
+                             ("POST", "/v1/webhook_endpoints/{endpoint_id}/test"),
+                             ("DELETE", "/v1/webhook_endpoints/{endpoint_id}")):
+            body = ({"name": "renamed"} if method == "POST" and path.endswith("}") else
+                    {"event_type": "batch.completed"} if path.endswith("/test") else None)
+            same_as_unknown(c.request(method, path.format(endpoint_id=hook["id"]), json=body), hook["id"],
+                            c.request(method, path.format(endpoint_id=unknown_hook), json=body), unknown_hook)
+            walked.add(path)
+        assert hook["id"] not in {e["id"] for e in c.get("/v1/webhook_endpoints").json()["data"]}
+        walked.add("/v1/webhook_endpoints")
+        # the event types are the same list for every project: nothing of alpha's is in it
+        assert c.get("/v1/webhook_event_types").status_code == 200
+        walked.add("/v1/webhook_event_types")
         intake, unknown_intake = "/v1/freight/intake/{name}", "/v1/freight/intake/{name}/{ticket_id}"
         with raw(server, keys(server)["alpha"]) as a:
             ticket = a.post("/v1/freight/intake/alpha-web", json={"body": {"messages": []}}).json()["id"]
@@ -257,9 +281,13 @@ def test_another_projects_ids_are_404_on_every_route(server: FreightServer, alph
             for method, path in (("GET", MESSAGE_BATCHES + "/{message_batch_id}"),
                                  ("POST", MESSAGE_BATCHES + "/{message_batch_id}/cancel"),
                                  ("DELETE", MESSAGE_BATCHES + "/{message_batch_id}"),
-                                 ("GET", MESSAGE_BATCHES + "/{message_batch_id}/results")):
-                same_as_unknown(c.request(method, path.format(message_batch_id=mid)), mid,
-                                c.request(method, path.format(message_batch_id=unknown_message_batch)),
+                                 ("GET", MESSAGE_BATCHES + "/{message_batch_id}/results"),
+                                 ("POST", MESSAGE_BATCHES + "/{message_batch_id}/pause"),
+                                 ("POST", MESSAGE_BATCHES + "/{message_batch_id}/resume"),
+                                 ("POST", MESSAGE_BATCHES + "/{message_batch_id}/priority")):
+                body = {"priority": 5} if path.endswith("/priority") else None
+                same_as_unknown(c.request(method, path.format(message_batch_id=mid), json=body), mid,
+                                c.request(method, path.format(message_batch_id=unknown_message_batch), json=body),
                                 unknown_message_batch)
                 walked.add(path)
         if message_batches:
