@@ -149,6 +149,12 @@ class Batch:
     output_schema: dict[str, Any] | None = None
     #: Answers found invalid (against the request's or the batch's schema), retries included.
     invalid_outputs: int = 0
+    #: ``cache`` on create (default true): whether its requests may be answered from the result cache.
+    use_cache: bool = True
+    #: Requests answered from the result cache, and the tokens those answers took when first run.
+    cached: int = 0
+    saved_input_tokens: int = 0
+    saved_output_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from freight.ports.batches import BatchStore
+from freight.ports.cache import ResultCache
 from freight.ports.files import FileStore
 from freight.ports.keys import KeyStore
 from freight.ports.lanes import LaneStore
@@ -13,7 +14,8 @@ from freight.ports.message_batches import MessageBatchStore
 from freight.ports.queue import RequestQueue
 
 
-class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, Protocol):
+class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases,
+            ResultCache, Protocol):
     """Batches, files' metadata and every request with its one final result.
 
     Methods are synchronous and short; the async engine calls them from a worker thread. Users

@@ -13,7 +13,7 @@ from servers import postgres_database
 
 from freight.ports import Store
 
-TABLES = "files, batches, requests, api_keys, message_batches, lane_subs, lane_items, step_leases"
+TABLES = "files, batches, requests, api_keys, message_batches, lane_subs, lane_items, step_leases, result_cache"
 
 
 @pytest.fixture(scope="session")

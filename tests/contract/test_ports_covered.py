@@ -12,6 +12,7 @@ from freight.ports import (
     LaneStore,
     MessageBatchStore,
     RequestQueue,
+    ResultCache,
     StepLeases,
     Store,
 )
@@ -24,7 +25,7 @@ def port_methods(port: type) -> set[str]:
 def test_every_port_method_has_a_contract_test() -> None:
     text = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name)
     called = set(re.findall(r"store\.(\w+)\(", text))
-    ports = (FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases)
+    ports = (FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, ResultCache)
     methods = set().union(*(port_methods(p) for p in ports))
     assert len(methods) > 40 and all(len(port_methods(p)) <= 15 for p in ports), "small ports"
     assert methods - called == set()

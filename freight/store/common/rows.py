@@ -46,6 +46,10 @@ def batch_from_row(row: Row) -> Batch:
         max_cost_usd=row["max_cost_usd"],
         output_schema=jsonx.loads(row["output_schema"]) if row["output_schema"] else None,
         invalid_outputs=row["invalid_outputs"],
+        use_cache=bool(row["use_cache"]),
+        cached=row["cached"],
+        saved_input_tokens=row["saved_input_tokens"],
+        saved_output_tokens=row["saved_output_tokens"],
     )
 
 
@@ -55,7 +59,7 @@ def batch_params(b: Batch, idempotency_key: str | None) -> dict[str, Any]:
             "expires_at": b.expires_at,
             "metadata": jsonx.dumps(b.metadata).decode() if b.metadata is not None else None,
             "output_expires_after_s": b.output_expires_after_s, "idempotency_key": idempotency_key,
-            "max_cost_usd": b.max_cost_usd,
+            "max_cost_usd": b.max_cost_usd, "use_cache": int(b.use_cache),
             "output_schema": jsonx.dumps(b.output_schema).decode() if b.output_schema is not None else None}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .batches import BatchesMixin
+from .cache import CacheMixin
 from .db import Database
 from .files import FilesMixin
 from .keys import KeysMixin
@@ -13,7 +14,7 @@ from .queue import QueueMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin):
+               LeasesMixin, CacheMixin):
     def __init__(self, db: Database):
         self._db = db
 

@@ -51,6 +51,10 @@ CREATE TABLE batches (
     max_cost_usd DOUBLE PRECISION,
     output_schema TEXT,
     invalid_outputs BIGINT NOT NULL DEFAULT 0,
+    use_cache BIGINT NOT NULL DEFAULT 1,
+    cached BIGINT NOT NULL DEFAULT 0,
+    saved_input_tokens BIGINT NOT NULL DEFAULT 0,
+    saved_output_tokens BIGINT NOT NULL DEFAULT 0,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX batches_by_project ON batches(project, seq);
@@ -133,3 +137,15 @@ CREATE TABLE IF NOT EXISTS step_leases (
     holder TEXT NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    status_code INTEGER NOT NULL,
+    body BYTEA NOT NULL,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    bytes BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_cache_by_age ON result_cache(created_at);

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS batches (
     max_cost_usd REAL,
     output_schema TEXT,
     invalid_outputs INTEGER NOT NULL DEFAULT 0,
+    use_cache INTEGER NOT NULL DEFAULT 1,
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved_input_tokens INTEGER NOT NULL DEFAULT 0,
+    saved_output_tokens INTEGER NOT NULL DEFAULT 0,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);
@@ -136,3 +140,15 @@ CREATE TABLE IF NOT EXISTS step_leases (
     holder TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    status_code INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_cache_by_age ON result_cache(created_at);
