@@ -3,14 +3,26 @@ upstream simulator that counts the requests it answers (issue 13's tests)."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 from openai import OpenAI
-from servers import TERMINAL, FreightServer, config_text, jsonl_bytes, parse_jsonl, wait_for
+from servers import (
+    TERMINAL,
+    FreightServer,
+    config_text,
+    freight_command,
+    jsonl_bytes,
+    parse_jsonl,
+    subprocess_env,
+    wait_for,
+)
 
 from freight.testing.upstream import Upstream, UpstreamConfig
 
@@ -128,3 +140,27 @@ def test_an_entry_past_its_ttl_runs_again(make_server: Callable[..., FreightServ
         assert sent(upstream) == 6 and ext(batch)["cached"] == 0
     finally:
         c.close()
+
+
+def test_freight_run_again_after_five_edits_runs_exactly_those(tmp_path: Path, upstream: Upstream) -> None:
+    config = tmp_path / "freight.toml"
+    config.write_text(sim_config(upstream, 'ttl = "1d"'))
+
+    def freight_run(rows: list[dict[str, Any]], name: str) -> str:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(jsonl_bytes(rows))
+        r = subprocess.run([*freight_command(), "run", str(path), "-o", str(tmp_path / f"{name}.out.jsonl"),
+                            "--data-dir", str(tmp_path / "data"), "--config", str(config)],
+                           capture_output=True, text=True, cwd=tmp_path, env=subprocess_env(),
+                           stdin=subprocess.DEVNULL, timeout=120)
+        assert r.returncode == 0, r
+        return r.stderr
+
+    upstream.reset_stats()
+    first = freight_run(lines(40, temperature=0), "v1")
+    assert sent(upstream) == 40 and re.search(r"reused: 0 from the result cache, ran: 40", first), first
+    second = freight_run(lines(40, edited=frozenset({0, 9, 10, 25, 39}), temperature=0), "v2")
+    assert sent(upstream) == 45, "exactly the five edited lines ran"
+    assert re.search(r"reused: 35 from the result cache, ran: 5", second), second
+    out = parse_jsonl((tmp_path / "v2.out.jsonl").read_bytes())
+    assert [row["custom_id"] for row in out] == [f"r{i}" for i in range(40)]
