@@ -127,7 +127,7 @@ class CachedBackend:
         clean = [{k: v for k, v in b.items() if k != NO_CACHE_KEY} if NO_CACHE_KEY in b else b for b in bodies]
         wanted = sorted({k for k in keys if k is not None})
         now = self.setup.clock.now()
-        found = await asyncio.to_thread(self._lookup, wanted, now) if wanted else {}
+        found = await asyncio.to_thread(self.setup.store.get_cached, wanted, now) if wanted else {}
         out: list[Result | Failure | None] = [None] * len(bodies)
         run: list[int] = []  # indices sent to the wrapped backend
         first: dict[str, int] = {}  # key -> the index that runs for it
@@ -158,14 +158,6 @@ class CachedBackend:
             if fresh:
                 await asyncio.to_thread(self._store, fresh, self.setup.clock.now())
         return [r for r in out if r is not None]
-
-    def _lookup(self, keys: Sequence[str], now: float) -> dict[str, CachedAnswer]:
-        found: dict[str, CachedAnswer] = {}
-        for key in keys:
-            answer = self.setup.store.get_cached(key, now)
-            if answer is not None:
-                found[key] = answer
-        return found
 
     def _store(self, fresh: dict[str | None, Result], now: float) -> None:
         for key, r in fresh.items():

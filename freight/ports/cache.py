@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,8 +21,8 @@ class ResultCache(Protocol):
     """Shared by every process on the store. ``put_cached`` replaces an entry under the same key
     (two processes answering one request both store it; the later one wins, both are correct)."""
 
-    def get_cached(self, key: str, now: float) -> CachedAnswer | None:
-        """The entry under ``key`` if it has not expired by ``now``."""
+    def get_cached(self, keys: Sequence[str], now: float) -> dict[str, CachedAnswer]:
+        """The entries under ``keys`` that have not expired by ``now`` (one query for all)."""
         ...
 
     def put_cached(self, key: str, answer: CachedAnswer, now: float, expires_at: float) -> None: ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from freight.ports.cache import CachedAnswer
 
 from .base import Base
@@ -11,12 +13,13 @@ _EVICT_ROUND = 500
 
 
 class CacheMixin(Base):
-    def get_cached(self, key: str, now: float) -> CachedAnswer | None:
+    def get_cached(self, keys: Sequence[str], now: float) -> dict[str, CachedAnswer]:
+        if not keys:
+            return {}
         with self._db.read() as tx:
-            row = tx.one("get_cached", {"key": key, "now": now})
-        if row is None:
-            return None
-        return CachedAnswer(row["status_code"], bytes(row["body"]), row["input_tokens"], row["output_tokens"])
+            rows = tx.all("get_cached", {"keys": tx.array(list(keys)), "now": now})
+        return {str(r["key"]): CachedAnswer(r["status_code"], bytes(r["body"]), r["input_tokens"], r["output_tokens"])
+                for r in rows}
 
     def put_cached(self, key: str, answer: CachedAnswer, now: float, expires_at: float) -> None:
         with self._db.write() as tx:

@@ -1,7 +1,8 @@
 -- The result cache (freight/store/common/cache.py): answers kept by their request's canonical key.
 
 -- name: get_cached
-SELECT status_code, body, input_tokens, output_tokens FROM result_cache WHERE key = :key AND expires_at > :now;
+SELECT key, status_code, body, input_tokens, output_tokens FROM result_cache
+WHERE key IN (SELECT value FROM json_each(:keys)) AND expires_at > :now;
 
 -- name: put_cached
 INSERT INTO result_cache (key, status_code, body, input_tokens, output_tokens, bytes, created_at, expires_at)
