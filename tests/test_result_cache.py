@@ -121,3 +121,10 @@ def test_build_backends_wraps_unless_a_model_says_cache_false(store: SqliteStore
     kinds = [type(b).__name__ for b in build_backends(tables, setup)]
     assert kinds == ["CachedBackend", "OutputCheck", "OutputCheck"]
     assert [type(b).__name__ for b in build_backends(tables)] == ["OutputCheck"] * 3
+
+
+def test_freight_status_shows_answers_from_the_cache() -> None:
+    from freight.cli.figures import freight_rows
+
+    assert dict(freight_rows({"freight": {"cached": 3}}))["from the result cache"].startswith("3 requests")
+    assert "from the result cache" not in dict(freight_rows({"freight": {"cached": 0}}))
