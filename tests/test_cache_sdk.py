@@ -157,10 +157,10 @@ def test_freight_run_again_after_five_edits_runs_exactly_those(tmp_path: Path, u
         return r.stderr
 
     upstream.reset_stats()
-    first = freight_run(lines(40, temperature=0), "v1")
-    assert sent(upstream) == 40 and re.search(r"reused: 0 from the result cache, ran: 40", first), first
-    second = freight_run(lines(40, edited=frozenset({0, 9, 10, 25, 39}), temperature=0), "v2")
-    assert sent(upstream) == 45, "exactly the five edited lines ran"
-    assert re.search(r"reused: 35 from the result cache, ran: 5", second), second
+    first = freight_run(lines(1000, temperature=0), "v1")
+    assert sent(upstream) == 1000 and re.search(r"reused: 0 from the result cache, ran: 1000", first), first
+    second = freight_run(lines(1000, edited=frozenset({0, 9, 10, 500, 999}), temperature=0), "v2")
+    assert sent(upstream) == 1005, "exactly the five edited lines ran"
+    assert re.search(r"reused: 995 from the result cache, ran: 5", second), second
     out = parse_jsonl((tmp_path / "v2.out.jsonl").read_bytes())
-    assert [row["custom_id"] for row in out] == [f"r{i}" for i in range(40)]
+    assert [row["custom_id"] for row in out] == [f"r{i}" for i in range(1000)]
