@@ -36,13 +36,14 @@ def upstream() -> Iterator[Upstream]:
         yield up
 
 
-def sim_config(upstream: Upstream, cache: str) -> str:
+def sim_config(upstream: Upstream, cache: str, model: str = "") -> str:
     return config_text(extra=f"""
 [models."sim"]
 backend = "openai"
 base_url = "{upstream.base_url}"
 upstream_model = "sim-chat"
 {PRICE}
+{model}
 
 [cache]
 {cache}
@@ -164,3 +165,36 @@ def test_freight_run_again_after_five_edits_runs_exactly_those(tmp_path: Path, u
     assert re.search(r"reused: 995 from the result cache, ran: 5", second), second
     out = parse_jsonl((tmp_path / "v2.out.jsonl").read_bytes())
     assert [row["custom_id"] for row in out] == [f"r{i}" for i in range(1000)]
+
+
+def test_kill_9_during_a_cached_run_loses_and_doubles_nothing(make_server: Callable[..., FreightServer],
+                                                               upstream: Upstream) -> None:
+    server = make_server(sim_config(upstream, 'ttl = "1d"', "chunk_size = 4\nmax_concurrency = 4"))
+    c = server.client()
+    try:
+        upstream.reset_stats()
+        run(c, lines(100, temperature=0))  # the first 100 lines are in the cache
+        assert sent(upstream) == 100
+        upstream.configure(latency_s=0.05)
+        f = c.files.create(file=("in.jsonl", jsonl_bytes(lines(300, temperature=0))), purpose="batch")
+        created = c.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+        half: openai.types.Batch = wait_for(lambda: (b := c.batches.retrieve(created.id)).request_counts is not None
+                                            and b.request_counts.completed >= 150 and b, 60, "half the batch")
+        server.kill()
+        assert half.status == "in_progress", "killed mid-run"
+    finally:
+        c.close()
+    server.start()
+    c = server.client()
+    try:
+        batch: openai.types.Batch = wait_for(
+            lambda: (b := c.batches.retrieve(created.id)).status in TERMINAL and b, 120, "the batch")
+        assert batch.status == "completed" and batch.output_file_id and batch.request_counts is not None
+        out = parse_jsonl(c.files.content(batch.output_file_id).content)
+        assert [row["custom_id"] for row in out] == [f"r{i}" for i in range(300)], "one line each, in order"
+        assert batch.request_counts.completed == 300 and ext(batch)["cached"] >= 100
+        # Only requests in flight at the kill (at most chunk_size x max_concurrency) may have run twice.
+        assert 300 <= sent(upstream) <= 300 + 16
+    finally:
+        upstream.configure(latency_s=0.0)
+        c.close()
