@@ -128,3 +128,21 @@ def test_freight_status_shows_answers_from_the_cache() -> None:
 
     assert dict(freight_rows({"freight": {"cached": 3}}))["from the result cache"].startswith("3 requests")
     assert "from the result cache" not in dict(freight_rows({"freight": {"cached": 0}}))
+
+
+def test_cache_settings(tmp_path: Path) -> None:
+    from freight.config import load_settings
+    from freight.domain.errors import ConfigError
+
+    def settings(text: str) -> Any:
+        path = tmp_path / "f.toml"
+        path.write_text(text)
+        return load_settings(path, env={}).cache
+
+    assert (settings("").enabled, settings("").ttl_s) == (True, 7 * 24 * 3600)
+    got = settings('[cache]\nenabled = false\nttl = "12h"\nmax_bytes = 0\n')
+    assert (got.enabled, got.ttl_s, got.max_bytes) == (False, 12 * 3600, None)
+    assert settings("[cache]\nttl = 30\nmax_bytes = 1000\n").max_bytes == 1000
+    for bad in ("ttl = 0", 'ttl = "soon"', "max_bytes = -1", "enabled = 1", "size = 3"):
+        with pytest.raises(ConfigError):
+            settings(f"[cache]\n{bad}\n")
