@@ -45,6 +45,17 @@ class ProjectSettings:
     max_cost_usd: float | None = None
 
 
+@dataclass(frozen=True)
+class CacheSettings:
+    """``[cache]``: the result cache (docs/cache.md). ``enabled = false`` turns it off everywhere."""
+
+    enabled: bool = True
+    #: How long an answer is reused (``ttl``, a duration: "7d", "12h", or seconds).
+    ttl_s: int = 7 * 24 * 3600
+    #: The stored answers' bodies total at most this (the oldest go first); None: no cap.
+    max_bytes: int | None = 1 << 30
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
@@ -73,6 +84,7 @@ class Settings:
     projects: dict[str, ProjectSettings] = field(default_factory=dict)
     #: ``[intake."name"]``: queue intake sources (docs/intake.md).
     intake: dict[str, IntakeSettings] = field(default_factory=dict)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def price_book(self) -> PriceBook:
         return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
@@ -148,7 +160,7 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
     unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects", "scheduling", "webhooks",
-                           "metrics", "intake"}
+                           "metrics", "intake", "cache"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -245,7 +257,25 @@ def load_settings(
     if set(metrics) - {"project_label"}:
         raise ConfigError(f"unknown key(s) in [metrics]: {', '.join(sorted(set(metrics) - {'project_label'}))}")
     settings.metrics_project_label = bool(_take(metrics, "project_label", bool, "metrics"))
+    settings.cache = _cache_settings(_section(data, "cache"))
     return settings
+
+
+def _cache_settings(table: dict[str, Any]) -> CacheSettings:
+    """``[cache]``: ``enabled`` (true), ``ttl`` (seconds, or "30m", "12h", "7d"), ``max_bytes`` (0: no cap)."""
+    unknown = set(table) - {"enabled", "ttl", "max_bytes"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [cache]: {', '.join(sorted(unknown))}")
+    d = CacheSettings()
+    enabled = _take(table, "enabled", bool, "cache")
+    ttl_s = _duration(table["ttl"], "cache.ttl") if "ttl" in table else d.ttl_s
+    if ttl_s <= 0:
+        raise ConfigError(f"cache.ttl must be more than 0, got {table.get('ttl')!r}")
+    max_bytes = _take(table, "max_bytes", int, "cache")
+    if max_bytes is not None and max_bytes < 0:
+        raise ConfigError(f"cache.max_bytes must be 0 (no cap) or more, got {max_bytes}")
+    return CacheSettings(enabled=d.enabled if enabled is None else enabled, ttl_s=ttl_s,
+                         max_bytes=d.max_bytes if max_bytes is None else (max_bytes or None))
 
 
 def _projects(table: dict[str, Any]) -> dict[str, ProjectSettings]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from freight.backends import build_backends, build_lanes
+from freight.backends.result_cache import CacheSetup
 from freight.config import Settings
 from freight.domain.files import File
 from freight.engine.engine import Engine
@@ -93,7 +94,7 @@ class _OfflineEnv(dict[str, str]):
         return super().get(key) or "offline-check"
 
 
-def build_catalog(settings: Settings, *, offline: bool = False) -> ModelCatalog:
+def build_catalog(settings: Settings, *, offline: bool = False, cache: CacheSetup | None = None) -> ModelCatalog:
     """The configured models. ``offline``: for checks that send no request (``freight validate``),
     so that models whose API key is not in the environment still count as served."""
     tables = settings.model_tables()
@@ -103,7 +104,7 @@ def build_catalog(settings: Settings, *, offline: bool = False) -> ModelCatalog:
         env: Mapping[str, str] = _OfflineEnv(os.environ)
         tables = {name: ({**table, "env": env} if table.get("backend") in _KEYED_KINDS else table)
                   for name, table in tables.items()}
-    return ModelCatalog(build_backends(tables, None if offline else settings.redis_url), build_lanes(tables))
+    return ModelCatalog(build_backends(tables, cache, None if offline else settings.redis_url), build_lanes(tables))
 
 
 def open_blobs(settings: Settings) -> BlobStore:
@@ -168,7 +169,9 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if backends is not None:
             catalog = ModelCatalog(backends, [])
         elif models:
-            catalog = build_catalog(settings)
+            cache = (CacheSetup(store, clock, settings.cache.ttl_s, settings.cache.max_bytes)
+                     if settings.cache.enabled else None)
+            catalog = build_catalog(settings, cache=cache)
         else:
             catalog = ModelCatalog([], [])
         # Alone on its data dir, the engine leases under the data dir's own id (engine.id), so that a

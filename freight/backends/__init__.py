@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 from freight.domain.errors import ConfigError
 from freight.ports import Backend, BatchLane
+
+if TYPE_CHECKING:
+    from freight.backends.result_cache import CacheSetup
 
 KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted")
 
@@ -13,7 +17,7 @@ KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted")
 def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None) -> Backend:
     """The backend for one ``[models."name"]`` table of freight.toml. ``redis_url``: remote upstreams'
     rate limits are shared there by every process (freight/backends/shared_limit.py)."""
-    options = {k: v for k, v in table.items() if k != "backend"}
+    options = {k: v for k, v in table.items() if k not in ("backend", "cache")}
     kind = table["backend"]
     try:
         if kind == "local-embeddings":
@@ -42,16 +46,31 @@ def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None
     raise ConfigError(f"[models.\"{name}\"]: unknown backend {kind!r} (known: {', '.join(KINDS + LANE_KINDS)})")
 
 
-def build_backends(tables: dict[str, dict[str, Any]], redis_url: str | None = None) -> list[Backend]:
+def build_backends(tables: dict[str, dict[str, Any]], cache: CacheSetup | None = None,
+                   redis_url: str | None = None) -> list[Backend]:
     """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter);
-    answers are checked against the schema their request asks for (freight.backends.output_check).
-    Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
+    answers are checked against the schema their request asks for (freight.backends.output_check);
+    with ``cache``, answers are reused (freight.backends.result_cache) unless the table says
+    ``cache = false``. Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
     from freight.backends.messages_adapter import MessagesAdapter
     from freight.backends.output_check import OutputCheck
+    from freight.backends.result_cache import CachedBackend, model_identity
 
-    # Outputs are checked outside the Messages adapter: a /v1/messages answer is checked as a Message.
-    return [OutputCheck(MessagesAdapter(build_backend(name, table, redis_url))) for name, table in tables.items()
-            if table.get("backend") not in LANE_KINDS]
+    out: list[Backend] = []
+    for name, table in tables.items():
+        if table.get("backend") in LANE_KINDS:
+            continue
+        # The scripted test backend's answers count its calls: reused only when its table asks for it.
+        use_cache = table.get("cache", table.get("backend") != "scripted")
+        if not isinstance(use_cache, bool):
+            raise ConfigError(f"[models.\"{name}\"].cache must be true or false, got {use_cache!r}")
+        # Outputs are checked outside the Messages adapter: a /v1/messages answer is checked as a Message;
+        # the cache is outermost, so that it stores only checked answers.
+        backend: Backend = OutputCheck(MessagesAdapter(build_backend(name, table, redis_url)))
+        if cache is not None and use_cache:
+            backend = CachedBackend(backend, cache, functools.partial(model_identity, name, table))
+        out.append(backend)
+    return out
 
 
 #: Models forwarded to a provider's own batch API (freight/backends/provider_batches.py).

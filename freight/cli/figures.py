@@ -38,6 +38,8 @@ def freight_rows(batch: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if ext.get("invalid_outputs"):
         rows.append(("invalid outputs", str(ext["invalid_outputs"])))
+    if ext.get("cached"):
+        rows.append(("from the result cache", f"{ext['cached']} requests (their cost is in the savings)"))
     return rows
 
 

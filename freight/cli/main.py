@@ -241,6 +241,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     rate = counts.total / elapsed if elapsed > 0 else 0.0
     console.print(f"[bold]{batch.status}[/bold] {batch.id} in {elapsed:.1f}s: {counts.total} requests, "
                   f"{counts.completed} succeeded, {counts.failed} failed ({rate:.0f} requests/s)", soft_wrap=True)
+    console.print(f"  reused: {batch.cached} from the result cache, ran: {counts.total - batch.cached}", soft_wrap=True)
     console.print(f"  output: {output_path}", soft_wrap=True)
     console.print(f"  errors: {errors_path}", soft_wrap=True)
     print(output_path)  # stdout: the one machine-readable line (the summary above goes to stderr)

@@ -153,6 +153,12 @@ class Batch:
     priority: int = 0
     #: Since when the batch is paused (it starts no new request); None when it is not.
     paused_at: int | None = None
+    #: ``cache`` on create (default true): whether its requests may be answered from the result cache.
+    use_cache: bool = True
+    #: Requests answered from the result cache, and the tokens those answers took when first run.
+    cached: int = 0
+    saved_input_tokens: int = 0
+    saved_output_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

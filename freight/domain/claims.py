@@ -34,20 +34,28 @@ class Tally:
     input_tokens: int = 0
     output_tokens: int = 0
     invalid_outputs: int = 0
+    #: Results from the result cache, and their tokens (saved, not spent: not in the tokens above).
+    cached: int = 0
+    saved_input_tokens: int = 0
+    saved_output_tokens: int = 0
 
     @classmethod
     def of(cls, results: Iterable[Result], *, tokens: bool = True) -> Tally:
-        completed = failed = tokens_in = tokens_out = invalid = 0
+        completed = failed = tokens_in = tokens_out = invalid = cached = saved_in = saved_out = 0
         for r in results:
             invalid += r.invalid_outputs
             if r.outcome is Outcome.SUCCEEDED:
                 completed += 1
             else:
                 failed += 1
-            if tokens:
+            if r.cached:
+                cached += 1
+                saved_in += r.input_tokens
+                saved_out += r.output_tokens
+            elif tokens:
                 tokens_in += r.input_tokens
                 tokens_out += r.output_tokens
-        return cls(completed, failed, tokens_in, tokens_out, invalid)
+        return cls(completed, failed, tokens_in, tokens_out, invalid, cached, saved_in, saved_out)
 
     @classmethod
     def repeated(cls, result: Result, n: int) -> Tally:
@@ -57,4 +65,5 @@ class Tally:
         return cls(failed=n)
 
     def __bool__(self) -> bool:
-        return any((self.completed, self.failed, self.input_tokens, self.output_tokens, self.invalid_outputs))
+        return any((self.completed, self.failed, self.input_tokens, self.output_tokens, self.invalid_outputs,
+                    self.cached))

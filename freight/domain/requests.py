@@ -67,6 +67,8 @@ class Result:
     output_tokens: int = 0
     #: Answers that failed their JSON-schema check on the way to this result (tries included).
     invalid_outputs: int = 0
+    #: Answered from the result cache: its tokens were spent when it was first run, not now.
+    cached: bool = False
 
     @property
     def outcome(self) -> Outcome:

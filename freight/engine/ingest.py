@@ -10,7 +10,7 @@ from freight.domain.batches import Batch, BatchError
 from freight.domain.clock import Clock
 from freight.ports import BlobStore, NewRequest, Store
 from freight.services.catalog import ModelCatalog
-from freight.services.outputs import with_batch_schema
+from freight.services.outputs import with_batch_schema, without_cache
 from freight.wire.batch_input import BatchInputValidator, InputLimits, iter_lines
 
 INSERT_CHUNK = 5000
@@ -41,6 +41,8 @@ def ingest_batch(
             body = request.body
             if batch.output_schema is not None and catalog.lane_for(request.model) is None:
                 body = with_batch_schema(body, batch.output_schema)  # checked by backends/output_check.py
+            if not batch.use_cache and catalog.lane_for(request.model) is None:
+                body = without_cache(body)  # honoured by backends/result_cache.py
             rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=body))
             idx += 1
             if len(rows) >= INSERT_CHUNK:

@@ -7,7 +7,8 @@
   ``WorkHints``, optional: a shared store waking other processes;
 - ``BlobStore``: the bytes of files (inputs, outputs, errors);
 - ``Backend``: a way of executing requests (a local model, an HTTP endpoint); ``BatchLane``: a
-  provider's own batch API.
+  provider's own batch API;
+- ``ResultCache``: answers kept by their request's canonical key (the result cache).
 
 Store methods are synchronous and short; the async engine calls them from a worker thread.
 """
@@ -17,6 +18,7 @@ from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
 from freight.ports.events import EventStore, WebhookStore
+from freight.ports.cache import CachedAnswer, ResultCache
 from freight.ports.files import FileStore
 from freight.ports.hints import WorkHints
 from freight.ports.intake import IntakeMessage, IntakeStore
@@ -38,6 +40,7 @@ __all__ = [
     "BatchStore",
     "BlobStore",
     "BlobWriter",
+    "CachedAnswer",
     "Completion",
     "EventStore",
     "FileStore",
@@ -51,6 +54,7 @@ __all__ = [
     "Page",
     "Quota",
     "RequestQueue",
+    "ResultCache",
     "Retry",
     "SchedulingStore",
     "StatsStore",

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from freight.ports.batches import BatchStore
 from freight.ports.events import EventStore, WebhookStore
+from freight.ports.cache import ResultCache
 from freight.ports.files import FileStore
 from freight.ports.intake import IntakeStore
 from freight.ports.keys import KeyStore
@@ -18,7 +19,7 @@ from freight.ports.stats import StatsStore
 
 
 class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, EventStore,
-            WebhookStore, StatsStore, SchedulingStore, IntakeStore, Protocol):
+            WebhookStore, StatsStore, SchedulingStore, IntakeStore, ResultCache, Protocol):
     """Batches, files' metadata and every request with its one final result.
 
     Methods are synchronous and short; the async engine calls them from a worker thread. Users

@@ -152,6 +152,9 @@ class BatchService:
         max_cost_usd = budget.check_cap(body.get("max_cost_usd"))
         output_schema = check_output_schema(body.get("output_schema"))
         priority = priority_of(body.get("priority"))
+        use_cache = body.get("cache", True)
+        if not isinstance(use_cache, bool):
+            raise InvalidInput("Invalid type for 'cache': expected a boolean.", param="cache", code="invalid_type")
         f = self.store.get_file(project, input_file_id) if ids.is_file_id(input_file_id) else None
         if f is None:
             raise InvalidInput(f"Cannot find file {input_file_id!r}, or it is not accessible with this key.",
@@ -181,6 +184,7 @@ class BatchService:
             max_cost_usd=max_cost_usd,
             output_schema=output_schema,
             priority=priority,
+            use_cache=use_cache,
         )
         if self.cost is not None:
             self.cost.admit(batch, f)

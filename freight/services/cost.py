@@ -100,10 +100,14 @@ class CostControls:
         c = batch.request_counts
         done = c.completed + c.failed
         finished = batch.status in (BatchStatus.FINALIZING, BatchStatus.COMPLETED) or batch.is_terminal
+        savings = model.savings_usd(tokens, cost)
+        if batch.cached:  # answers from the result cache: what they would have cost, run again now
+            reused = model.cost_usd(pricing.Tokens(input=batch.saved_input_tokens, output=batch.saved_output_tokens))
+            savings = None if reused is None else (savings or 0.0) + reused
         return BatchCost(
             cost_usd=cost,
             projected_cost_usd=pricing.projected_usd(cost, done, c.total, finished=finished),
-            savings_usd=model.savings_usd(tokens, cost),
+            savings_usd=savings,
             realtime_usd=model.realtime_usd(tokens),
         )
 
@@ -137,6 +141,7 @@ class CostControls:
             "rates": self.rates(batch),
             "invalid_outputs": batch.invalid_outputs,
             "output_schema": batch.output_schema,
+            "cached": batch.cached,
         }
         for extension in self.extensions:
             out.update(extension(batch))

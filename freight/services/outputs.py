@@ -15,6 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
+from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.errors import InvalidInput
 from freight.wire import jsonx
 
@@ -160,4 +161,11 @@ def with_batch_schema(body: bytes, schema: dict[str, Any] | None) -> bytes:
         return body
     parsed = jsonx.loads(body)
     parsed[BATCH_SCHEMA_KEY] = schema
+    return jsonx.dumps(parsed)
+
+
+def without_cache(body: bytes) -> bytes:
+    """A stored request body whose batch said ``cache: false`` (freight/backends/result_cache.py)."""
+    parsed = jsonx.loads(body)
+    parsed[NO_CACHE_KEY] = True
     return jsonx.dumps(parsed)

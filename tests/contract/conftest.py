@@ -14,7 +14,8 @@ from servers import postgres_database
 from freight.ports import Store
 
 TABLES = ("files, batches, requests, api_keys, message_batches, lane_subs, lane_items, step_leases, batch_events, "
-          "webhook_endpoints, webhook_deliveries, event_cursors, step_failures, project_usage, intake_messages")
+          "webhook_endpoints, webhook_deliveries, event_cursors, step_failures, project_usage, intake_messages, "
+          "result_cache")
 
 
 @pytest.fixture(scope="session")

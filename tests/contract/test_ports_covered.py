@@ -13,6 +13,8 @@ from freight.ports import (
     LaneStore,
     MessageBatchStore,
     RequestQueue,
+    IntakeStore,
+    ResultCache,
     SchedulingStore,
     StatsStore,
     StepLeases,
@@ -29,8 +31,7 @@ def test_every_port_method_has_a_contract_test() -> None:
     text = "\n".join(p.read_text() for p in Path(__file__).parent.glob("test_*.py") if p.name != Path(__file__).name)
     called = set(re.findall(r"store\.(\w+)\(", text))
     ports = (FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, EventStore,
-             WebhookStore, StatsStore)
-    ports = (FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, LaneStore, StepLeases, SchedulingStore)
+             WebhookStore, StatsStore, SchedulingStore, ResultCache, IntakeStore)
     methods = set().union(*(port_methods(p) for p in ports))
     assert len(methods) > 40 and all(len(port_methods(p)) <= 15 for p in ports), "small ports"
     assert methods - called == set()

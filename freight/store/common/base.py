@@ -25,7 +25,9 @@ class Base:
         if tally:
             tx.run("add_counts", {"id": batch_id, "completed": tally.completed, "failed": tally.failed,
                                   "input_tokens": tally.input_tokens, "output_tokens": tally.output_tokens,
-                                  "invalid_outputs": tally.invalid_outputs})
+                                  "invalid_outputs": tally.invalid_outputs, "cached": tally.cached,
+                                  "saved_input_tokens": tally.saved_input_tokens,
+                                  "saved_output_tokens": tally.saved_output_tokens})
 
     @staticmethod
     def _check_quota(tx: Tx, project: str, quota: Quota, requests: int) -> None:

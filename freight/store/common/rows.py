@@ -48,6 +48,10 @@ def batch_from_row(row: Row) -> Batch:
         invalid_outputs=row["invalid_outputs"],
         priority=row["priority"],
         paused_at=row["paused_at"],
+        use_cache=bool(row["use_cache"]),
+        cached=row["cached"],
+        saved_input_tokens=row["saved_input_tokens"],
+        saved_output_tokens=row["saved_output_tokens"],
     )
 
 
@@ -59,7 +63,7 @@ def batch_params(b: Batch, idempotency_key: str | None) -> dict[str, Any]:
             "output_expires_after_s": b.output_expires_after_s, "idempotency_key": idempotency_key,
             "max_cost_usd": b.max_cost_usd,
             "output_schema": jsonx.dumps(b.output_schema).decode() if b.output_schema is not None else None,
-            "priority": b.priority}
+            "priority": b.priority, "use_cache": int(b.use_cache)}
 
 
 def stamps_of(row: Row) -> dict[str, int | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .batches import BatchesMixin
+from .cache import CacheMixin
 from .db import Database
 from .events import EventsMixin
 from .files import FilesMixin
@@ -17,7 +18,7 @@ from .stats import StatsMixin
 
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
-               LeasesMixin, EventsMixin, StatsMixin, SchedulingMixin, IntakeMixin):
+               LeasesMixin, EventsMixin, StatsMixin, SchedulingMixin, IntakeMixin, CacheMixin):
     def __init__(self, db: Database):
         self._db = db
 

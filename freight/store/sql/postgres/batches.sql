@@ -3,9 +3,10 @@
 
 -- name: insert_batch
 INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at,
-                     metadata, output_expires_after_s, idempotency_key, max_cost_usd, output_schema, priority)
+                     metadata, output_expires_after_s, idempotency_key, max_cost_usd, output_schema, priority,
+                     use_cache)
 VALUES (:id, :project, :endpoint, :input_file_id, :completion_window, :status, :created_at, :expires_at,
-        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema, :priority)
+        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema, :priority, :use_cache)
 ON CONFLICT (project, idempotency_key) DO NOTHING;
 
 -- name: notify_work
@@ -64,13 +65,16 @@ UPDATE batches SET status = :status, in_progress_at = :in_progress_at, finalizin
 WHERE id = :id AND status = :expected;
 
 -- name: reset_counts
-UPDATE batches SET completed = 0, failed = 0, input_tokens = 0, output_tokens = 0
+UPDATE batches SET completed = 0, failed = 0, input_tokens = 0, output_tokens = 0, cached = 0,
+    saved_input_tokens = 0, saved_output_tokens = 0
 WHERE id = :id AND status = :expected;
 
 -- name: add_counts
 UPDATE batches SET completed = completed + :completed, failed = failed + :failed,
     input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens,
-    invalid_outputs = invalid_outputs + :invalid_outputs
+    invalid_outputs = invalid_outputs + :invalid_outputs, cached = cached + :cached,
+    saved_input_tokens = saved_input_tokens + :saved_input_tokens,
+    saved_output_tokens = saved_output_tokens + :saved_output_tokens
 WHERE id = :id;
 
 -- name: delete_batch

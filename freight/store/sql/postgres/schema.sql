@@ -53,6 +53,10 @@ CREATE TABLE batches (
     invalid_outputs BIGINT NOT NULL DEFAULT 0,
     priority INTEGER NOT NULL DEFAULT 0,
     paused_at BIGINT,
+    use_cache BIGINT NOT NULL DEFAULT 1,
+    cached BIGINT NOT NULL DEFAULT 0,
+    saved_input_tokens BIGINT NOT NULL DEFAULT 0,
+    saved_output_tokens BIGINT NOT NULL DEFAULT 0,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX batches_by_project ON batches(project, seq);
@@ -215,3 +219,14 @@ CREATE TABLE IF NOT EXISTS intake_messages (
 );
 CREATE INDEX IF NOT EXISTS intake_by_flush ON intake_messages(flush_id);
 CREATE INDEX IF NOT EXISTS intake_undelivered ON intake_messages(source, delivered);
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    status_code INTEGER NOT NULL,
+    body BYTEA NOT NULL,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    bytes BIGINT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_cache_by_age ON result_cache(created_at);

@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS batches (
     invalid_outputs INTEGER NOT NULL DEFAULT 0,
     priority INTEGER NOT NULL DEFAULT 0,
     paused_at INTEGER,
+    use_cache INTEGER NOT NULL DEFAULT 1,
+    cached INTEGER NOT NULL DEFAULT 0,
+    saved_input_tokens INTEGER NOT NULL DEFAULT 0,
+    saved_output_tokens INTEGER NOT NULL DEFAULT 0,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);
@@ -218,3 +222,14 @@ CREATE TABLE IF NOT EXISTS intake_messages (
 );
 CREATE INDEX IF NOT EXISTS intake_by_flush ON intake_messages(flush_id);
 CREATE INDEX IF NOT EXISTS intake_undelivered ON intake_messages(source, delivered);
+CREATE TABLE IF NOT EXISTS result_cache (
+    key TEXT PRIMARY KEY,
+    status_code INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS result_cache_by_age ON result_cache(created_at);

@@ -1,0 +1,62 @@
+"""The result cache: a re-run of an unchanged file against a remote model (issue 13).
+
+    python bench/bench_cache.py                 # 10,000 requests
+    python bench/bench_cache.py --requests 2000
+
+The upstream simulator (``freight.testing.upstream``, 50 ms latency, in this process's threads)
+serves a model ``sim`` (``backend = "openai"``). ``freight run`` runs a file of chat requests with
+``temperature = 0`` (cacheable), then the same file again to another output (a new batch: every line
+is looked up). Figures: upstream requests and wall time of each run; target: 0 upstream requests on
+the re-run and at most 5% of the first run's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from freight.testing.upstream import Upstream, UpstreamConfig
+
+
+def main(requests: int = 10_000) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, Upstream(UpstreamConfig(latency_s=0.05)) as up:
+        root = Path(tmp)
+        config = root / "freight.toml"
+        config.write_text(f'[models."sim"]\nbackend = "openai"\nbase_url = "{up.base_url}"\n'
+                          f'upstream_model = "sim-chat"\nmax_concurrency = 64\n')
+        path = root / "in.jsonl"
+        with open(path, "w") as fh:
+            for i in range(requests):
+                fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                     "body": {"model": "sim", "temperature": 0, "max_tokens": 16,
+                                              "messages": [{"role": "user", "content": f"line {i}"}]}}) + "\n")
+
+        def run(out: str) -> float:
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-m", "freight", "run", str(path), "-o", str(root / out),
+                            "--data-dir", str(root / "data"), "--config", str(config)],
+                           check=True, capture_output=True, cwd=root)
+            return time.monotonic() - started
+
+        first_s = run("first.jsonl")
+        first_requests = up.stats().count("ok")
+        again_s = run("again.jsonl")
+        again_requests = up.stats().count("ok") - first_requests
+    figures = {"requests": requests, "first_s": round(first_s, 2), "first_upstream": first_requests,
+               "rerun_s": round(again_s, 2), "rerun_upstream": again_requests,
+               "rerun_fraction": round(again_s / first_s, 3)}
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=10_000)
+    main(parser.parse_args().requests)

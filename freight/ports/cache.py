@@ -1,0 +1,32 @@
+"""``ResultCache``: answers kept by their request's canonical key (freight/domain/cache_key.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """A 2xx response as its backend gave it, and the tokens it took then."""
+
+    status_code: int
+    body: bytes
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ResultCache(Protocol):
+    """Shared by every process on the store. ``put_cached`` replaces an entry under the same key
+    (two processes answering one request both store it; the later one wins, both are correct)."""
+
+    def get_cached(self, keys: Sequence[str], now: float) -> dict[str, CachedAnswer]:
+        """The entries under ``keys`` that have not expired by ``now`` (one query for all)."""
+        ...
+
+    def put_cached(self, key: str, answer: CachedAnswer, now: float, expires_at: float) -> None: ...
+
+    def evict_cache(self, now: float, max_bytes: int | None) -> int:
+        """Drop expired entries, then the oldest until the bodies total at most ``max_bytes``; how many went."""
+        ...

@@ -1,0 +1,148 @@
+"""The result cache wrapper (freight/backends/result_cache.py) on the scripted backend, a SQLite store
+and a fixed clock: hits, duplicates, the policy, TTL, per-batch opt-out, and the model identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freight.backends import build_backends
+from freight.backends.result_cache import CachedBackend, CacheSetup, model_identity
+from freight.backends.scripted import ScriptedBackend
+from freight.domain.cache_key import NO_CACHE_KEY
+from freight.domain.claims import Tally
+from freight.domain.clock import FixedClock
+from freight.domain.requests import Result
+from freight.store.sqlite import SqliteStore
+
+EMB = "/v1/embeddings"
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "t.db", synchronous="OFF")
+    yield s
+    s.close()
+
+
+def wrap(store: SqliteStore, clock: FixedClock, ttl_s: float = 100) -> tuple[CachedBackend, ScriptedBackend]:
+    inner = ScriptedBackend()
+    return CachedBackend(inner, CacheSetup(store, clock, ttl_s), lambda: "scripted@1"), inner
+
+
+def run(backend: CachedBackend, endpoint: str, bodies: list[dict[str, Any]]) -> list[Result]:
+    out = asyncio.run(backend.execute(endpoint, bodies))
+    assert all(isinstance(r, Result) for r in out)
+    return out  # type: ignore[return-value]
+
+
+def test_a_repeated_request_is_answered_from_the_cache(store: SqliteStore) -> None:
+    backend, inner = wrap(store, FixedClock())
+    first = run(backend, EMB, [{"model": "m", "input": "a"}, {"model": "m", "input": "b"}])
+    assert inner.executed == 2 and not any(r.cached for r in first)
+    again = run(backend, EMB, [{"model": "m", "input": "b", "user": "someone else"}, {"model": "m", "input": "c"}])
+    assert inner.executed == 3, "only the new line ran"
+    assert again[0].cached and again[0].body == first[1].body and again[0].request_id != first[1].request_id
+    assert not again[1].cached
+    tally = Tally.of(again)
+    assert (tally.cached, tally.saved_input_tokens, tally.input_tokens) == (1, first[1].input_tokens,
+                                                                           again[1].input_tokens)
+
+
+def test_duplicates_in_one_call_run_once(store: SqliteStore) -> None:
+    backend, inner = wrap(store, FixedClock())
+    out = run(backend, EMB, [{"model": "m", "input": "same"}] * 5)
+    assert inner.executed == 1
+    assert [r.cached for r in out] == [False, True, True, True, True]
+    assert len({r.request_id for r in out}) == 5
+
+
+def test_sampled_requests_are_never_cached(store: SqliteStore) -> None:
+    backend, inner = wrap(store, FixedClock())
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}
+    run(backend, CHAT, [body, body])
+    run(backend, CHAT, [body])
+    assert inner.executed == 3
+    run(backend, CHAT, [{**body, "seed": 1}])
+    run(backend, CHAT, [{**body, "seed": 1}])
+    assert inner.executed == 4, "a seed makes it reusable"
+
+
+def test_an_entry_past_its_ttl_runs_again(store: SqliteStore) -> None:
+    clock = FixedClock()
+    backend, inner = wrap(store, clock, ttl_s=100)
+    body = {"model": "m", "input": "a"}
+    run(backend, EMB, [body])
+    clock.advance(99)
+    run(backend, EMB, [body])
+    assert inner.executed == 1
+    clock.advance(2)
+    assert not run(backend, EMB, [body])[0].cached
+    assert inner.executed == 2
+
+
+def test_failures_are_not_stored_and_a_batch_can_opt_out(store: SqliteStore) -> None:
+    backend, inner = wrap(store, FixedClock())
+    bad = {"model": "m", "input": "a", "script": {"status": 400}}
+    run(backend, EMB, [bad])
+    run(backend, EMB, [bad])
+    assert inner.executed == 2
+    body = {"model": "m", "input": "x"}
+    run(backend, EMB, [body])
+    out = run(backend, EMB, [{**body, NO_CACHE_KEY: True}])
+    assert inner.executed == 4 and not out[0].cached
+    assert NO_CACHE_KEY not in json.loads(out[0].body or b"{}")["echo"], "the marker is not sent"
+
+
+def test_model_identity_is_the_file_for_local_models_and_url_and_name_for_remote(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"weights 1")
+    a = model_identity("m", {"backend": "llama-cpp", "model_path": str(f), "n_slots": 4})
+    assert a == model_identity("m", {"backend": "llama-cpp", "model_path": str(f), "n_slots": 8}), "operational"
+    f.write_bytes(b"weights 2, longer")
+    assert model_identity("m", {"backend": "llama-cpp", "model_path": str(f)}) != a, "new file content, new key"
+    remote = model_identity("m", {"backend": "openai", "base_url": "http://h/v1/", "max_concurrency": 3})
+    assert remote == model_identity("m", {"backend": "openai", "base_url": "http://h/v1"})
+    assert remote != model_identity("m", {"backend": "openai", "base_url": "http://h/v1", "upstream_model": "x"})
+    assert remote != model_identity("m", {"backend": "openai", "base_url": "http://other/v1"})
+
+
+def test_build_backends_wraps_unless_a_model_says_cache_false(store: SqliteStore) -> None:
+    setup = CacheSetup(store, FixedClock(), 100)
+    tables = {"a": {"backend": "scripted", "cache": True},
+              "b": {"backend": "scripted", "cache": False},
+              "c": {"backend": "scripted"}}
+    kinds = [type(b).__name__ for b in build_backends(tables, setup)]
+    assert kinds == ["CachedBackend", "OutputCheck", "OutputCheck"]
+    assert [type(b).__name__ for b in build_backends(tables)] == ["OutputCheck"] * 3
+
+
+def test_freight_status_shows_answers_from_the_cache() -> None:
+    from freight.cli.figures import freight_rows
+
+    assert dict(freight_rows({"freight": {"cached": 3}}))["from the result cache"].startswith("3 requests")
+    assert "from the result cache" not in dict(freight_rows({"freight": {"cached": 0}}))
+
+
+def test_cache_settings(tmp_path: Path) -> None:
+    from freight.config import load_settings
+    from freight.domain.errors import ConfigError
+
+    def settings(text: str) -> Any:
+        path = tmp_path / "f.toml"
+        path.write_text(text)
+        return load_settings(path, env={}).cache
+
+    assert (settings("").enabled, settings("").ttl_s) == (True, 7 * 24 * 3600)
+    got = settings('[cache]\nenabled = false\nttl = "12h"\nmax_bytes = 0\n')
+    assert (got.enabled, got.ttl_s, got.max_bytes) == (False, 12 * 3600, None)
+    assert settings("[cache]\nttl = 30\nmax_bytes = 1000\n").max_bytes == 1000
+    for bad in ("ttl = 0", 'ttl = "soon"', "max_bytes = -1", "enabled = 1", "size = 3"):
+        with pytest.raises(ConfigError):
+            settings(f"[cache]\n{bad}\n")
