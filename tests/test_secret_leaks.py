@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from servers import FreightServer, jsonl_bytes
 
 from freight.backends.openai_http import CHAT, OpenAIHTTPBackend, shared_states
 from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane, UpstreamError, _check
@@ -29,7 +30,6 @@ from freight.testing.upstream import Upstream, UpstreamConfig
 from freight.testing.upstream.hostile import LEAK_MODES
 from freight.wire import jsonx
 from freight.wire.redaction import redact_body
-from tests.servers import FreightServer, jsonl_bytes
 
 #: A key with slashes (so that ``\\/`` changes its form) and long enough for windows to be unique.
 KEY = "sk-proj/Hx9T2kq7Lw3Zp8/Rm4Vb6Nc1Yd5Je0Qa7"

@@ -17,8 +17,8 @@ from freight.domain.quota import Quota
 from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
-from freight.ports.events import EventStore, WebhookStore
 from freight.ports.cache import CachedAnswer, ResultCache
+from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.hints import WorkHints
 from freight.ports.intake import IntakeMessage, IntakeStore

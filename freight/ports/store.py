@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from freight.ports.batches import BatchStore
-from freight.ports.events import EventStore, WebhookStore
 from freight.ports.cache import ResultCache
+from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.intake import IntakeStore
 from freight.ports.keys import KeyStore
