@@ -4,6 +4,7 @@ dropped connections on purpose), for the upstream simulator. What it answers is 
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 
 
 
-class HTTPServer:
+class HTTPServer(abc.ABC):
     """The asyncio server; runs on whatever loop calls ``start``. Subclasses implement ``dispatch``."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
@@ -42,9 +43,9 @@ class HTTPServer:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @abc.abstractmethod
     async def dispatch(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> object:
         """A ``Reply``, ``HANG`` (never answer) or ``DROP`` (close without an answer)."""
-        raise NotImplementedError
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._connection, self.host, self.port)
