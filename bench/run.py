@@ -25,6 +25,7 @@ BENCHES = {
     "shared-limit": ("bench.bench_shared_limit", {}),
     "engine": ("bench.bench_engine", {}),
     "intake": ("bench.bench_intake", {}),
+    "cache": ("bench.bench_cache", {}),
 }
 
 
