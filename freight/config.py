@@ -85,15 +85,15 @@ class Settings:
     #: ``[intake."name"]``: queue intake sources (docs/intake.md).
     intake: dict[str, IntakeSettings] = field(default_factory=dict)
     cache: CacheSettings = field(default_factory=CacheSettings)
-
-    def price_book(self) -> PriceBook:
-        return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
     #: ``[webhooks]``: deliveries' retries, timeout and whether plain http may leave the machine.
     webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
     #: ``[metrics] project_label``: label per-project series with the project (off: bounded cardinality).
     metrics_project_label: bool = False
     #: Redis shared by every process for remote upstreams' rate limits (``--redis-url``); None: per process.
     redis_url: str | None = None
+
+    def price_book(self) -> PriceBook:
+        return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
 
     def model_tables(self) -> dict[str, dict[str, Any]]:
         """The configured models, or the bundled default when none are configured."""
