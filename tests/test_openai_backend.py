@@ -205,6 +205,22 @@ def test_key_comes_from_the_environment_only(upstream: Upstream) -> None:
         build_backend("m", {"backend": "openai", "base_url": upstream.base_url, "rpn": 5})
     with pytest.raises(ConfigError, match="rpm"):
         build_backend("m", {"backend": "openai", "base_url": upstream.base_url, "rpm": 0})
+    with pytest.raises(ConfigError, match="initial_concurrency"):
+        build_backend("m", {"backend": "openai", "base_url": upstream.base_url, "initial_concurrency": 0})
+
+
+def test_the_window_starts_at_initial_concurrency(upstream: Upstream) -> None:
+    async def window(b: OpenAIHTTPBackend) -> int:
+        await b.start()
+        try:
+            assert b.state is not None
+            return b.state.aimd.window
+        finally:
+            await b.close()
+
+    assert asyncio.run(window(backend(upstream, max_concurrency=64))) == 8
+    assert asyncio.run(window(backend(upstream, max_concurrency=64, initial_concurrency=20))) == 20
+    assert asyncio.run(window(backend(upstream, max_concurrency=12, initial_concurrency=20))) == 12
 
 
 def test_build_backend_dispatch(upstream: Upstream, monkeypatch: pytest.MonkeyPatch) -> None:

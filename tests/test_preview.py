@@ -65,3 +65,17 @@ def test_random_picks_are_reproducible_with_a_seed(tmp_path: Path) -> None:
 def test_a_file_that_would_fail_validation_runs_nothing(tmp_path: Path) -> None:
     r = preview(tmp_path, [line(0), "{not json"], "-n", "2")
     assert r.returncode == 1 and "line 2" in r.stderr and "nothing was run" in r.stderr
+
+
+def test_a_problem_after_the_previewed_lines_is_reported_beside_them(tmp_path: Path) -> None:
+    """With ``--pick first`` the first lines run while the rest is validated: a later problem still fails it."""
+    lines = [line(i) for i in range(30)] + ["{not json"] + [line(i) for i in range(31, 40)]
+    r = preview(tmp_path, lines, "-n", "3", "--json")
+    assert r.returncode == 1 and "line 31" in r.stderr and "the 3 previewed lines" in r.stderr
+    assert [x["custom_id"] for x in json.loads(r.stdout)["lines"]] == ["r0", "r1", "r2"]
+
+
+def test_random_picks_run_nothing_on_a_file_with_a_late_problem(tmp_path: Path) -> None:
+    lines = [line(i) for i in range(30)] + ["{not json"]
+    r = preview(tmp_path, lines, "-n", "3", "--pick", "random", "--seed", "1")
+    assert r.returncode == 1 and "line 31" in r.stderr and "nothing was run" in r.stderr and not r.stdout

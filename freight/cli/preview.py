@@ -1,10 +1,12 @@
 """``freight preview FILE [-n 10] [--pick first|random] [--seed S] [--json]``: try a batch file on a few lines.
 
-The whole file is validated as a batch would be (freight/wire/batch_input.py); then N of its lines
-run now, at once, on the configured backends a batch uses (with the same output check,
+The whole file is validated as a batch would be (freight/wire/batch_input.py), and N of its lines
+run now, at once (with ``--pick first`` while the rest of the file is still being validated; a file with
+a problem in those first lines runs nothing), on the configured backends a batch uses (with the same output check,
 freight/backends/output_check.py). Each line is shown input beside output, with its tokens, latency
 and check; then the whole file is extrapolated from them: tokens, cost at batch and at real-time
-prices, and duration at the preview's measured rate. Exit status 1 when a previewed line failed.
+prices, and duration at the preview's measured rate. Exit status 1 when a previewed line failed or the
+file would fail validation.
 """
 
 from __future__ import annotations
@@ -66,11 +68,14 @@ class Previewed:
 
 def preview_settings(settings: Settings, n: int) -> Settings:
     """The settings to preview ``n`` lines with: an HTTP model keeps no more than ``n`` connections
-    (its pools are made at start, and 256 of them take seconds to set up for 10 requests)."""
+    (its pools are made at start, and 256 of them take seconds to set up for 10 requests), and sends
+    all ``n`` at once (its window starts at ``n`` instead of slow start's 8: a preview is what a
+    real-time client would send)."""
     for table in settings.models.values():
         if table.get("backend") == "openai":
             current = table.get("max_concurrency")
             table["max_concurrency"] = min(current, n) if isinstance(current, int) else n
+            table["initial_concurrency"] = table["max_concurrency"]
     return settings
 
 
@@ -132,23 +137,17 @@ def _input_text(body: dict[str, Any]) -> Any:
 
 def preview(settings: Settings, catalog: ModelCatalog, path: Path, endpoint: str, n: int, how: str,
             seed: int | None, as_json: bool) -> None:
-    limits = settings.input_limits
-    validator = BatchInputValidator(endpoint=endpoint, model_check=catalog.check, limits=limits)
-    requests: list[ValidRequest] = []
-    with open(path, "rb") as fh:
-        for raw in iter_lines(fh, limits.max_line_bytes):
-            request = validator.feed(raw)
-            if request is not None:
-                requests.append(request)
+    validator = BatchInputValidator(endpoint=endpoint, model_check=catalog.check, limits=settings.input_limits)
+    requests, done, wall_s = asyncio.run(_validate_and_run(settings, validator, catalog, path, endpoint,
+                                                           n, how, seed))
     problems = validator.finish()
-    if problems:
+    if problems or done is None:
         for p in problems:
             click.echo(f"{path}:line {p.line}: {p.code}: {p.message}", err=True)
-        click.echo(f"the file would fail validation ({validator.problem_count} problem(s)); nothing was run",
-                   err=True)
-        sys.exit(1)
-    picked = pick(requests, n, how, seed)
-    done, wall_s = asyncio.run(_run_and_close(catalog, endpoint, picked))
+        ran = "nothing was run" if done is None else f"the {len(done)} previewed lines below ran"
+        click.echo(f"the file would fail validation ({validator.problem_count} problem(s)); {ran}", err=True)
+        if done is None:
+            sys.exit(1)
     rows = [p.row(endpoint) for p in done]
     summary = extrapolate(settings, validator.model, len(requests), done, wall_s)
     failed = [r for r in rows if not r["ok"]]
@@ -169,10 +168,54 @@ def preview(settings: Settings, catalog: ModelCatalog, path: Path, endpoint: str
             f"cost {usd(summary['cost_usd'])} as a batch here, {usd(summary['realtime_cost_usd'])} at real-time "
             f"prices; ~{'?' if duration is None else f'{duration:,.0f}'} s at the measured "
             f"{summary['requests_per_s'] or 0:.2f} requests/s")
+    if problems:
+        sys.exit(1)
     if failed:
         click.echo(f"{len(failed)} of {len(rows)} previewed lines failed: " +
                    "; ".join(f"line {r['line']}: {r['check']}" for r in failed[:5]), err=True)
         sys.exit(1)
+
+
+async def _validate_and_run(settings: Settings, validator: BatchInputValidator, catalog: ModelCatalog, path: Path,
+                            endpoint: str, n: int, how: str, seed: int | None
+                            ) -> tuple[list[ValidRequest], list[Previewed] | None, float]:
+    """Validate the whole file and run the picked lines; ``None`` for the run when nothing was run.
+
+    With ``--pick first`` the first ``n`` lines start as soon as they are valid (no earlier line had a
+    problem) while a thread validates the rest of the file: the requests spend their time waiting on
+    the backend, the validation on the CPU. A problem found later is still reported (exit status 1),
+    beside the lines that ran. ``--pick random`` needs every line first."""
+    loop = asyncio.get_running_loop()
+    requests: list[ValidRequest] = []
+    head_ready = asyncio.Event()
+
+    def validate() -> None:
+        with open(path, "rb") as fh:
+            for raw in iter_lines(fh, settings.input_limits.max_line_bytes):
+                request = validator.feed(raw)
+                if request is not None:
+                    requests.append(request)
+                    if how == "first" and len(requests) == n and validator.problem_count == 0:
+                        loop.call_soon_threadsafe(head_ready.set)
+
+    validating = asyncio.ensure_future(asyncio.to_thread(validate))
+    head = asyncio.ensure_future(head_ready.wait())
+    await asyncio.wait([validating, head], return_when=asyncio.FIRST_COMPLETED)
+    if not head.done():
+        head.cancel()
+        await validating  # raises what the validation raised
+        if validator.problem_count:
+            return requests, None, 0.0
+        picked = pick(requests, n, how, seed)
+        done, wall_s = await _run_and_close(catalog, endpoint, picked)
+        return requests, done, wall_s
+    picked = requests[:n]
+    running = asyncio.ensure_future(_run_and_close(catalog, endpoint, picked))
+    try:
+        await validating
+    finally:
+        done, wall_s = await running
+    return requests, done, wall_s
 
 
 async def _run_and_close(catalog: ModelCatalog, endpoint: str,

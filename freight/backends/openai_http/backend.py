@@ -67,6 +67,7 @@ class OpenAIHTTPBackend:
         rpm: int | None = None,
         tpm: int | None = None,
         max_concurrency: int = 256,
+        initial_concurrency: int = 8,
         timeout_s: float = 600,
         chunk_size: int = 16,
         endpoints: Sequence[str] | None = None,
@@ -78,7 +79,7 @@ class OpenAIHTTPBackend:
             raise ConfigError(f"{where}: put the key in an environment variable and name it in api_key_env; "
                               "secrets are never read from the config file")
         for name, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrency", max_concurrency),
-                            ("chunk_size", chunk_size)):
+                            ("initial_concurrency", initial_concurrency), ("chunk_size", chunk_size)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
                 raise ConfigError(f"{where}: {name} must be a positive integer")
         if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
@@ -91,6 +92,8 @@ class OpenAIHTTPBackend:
         self.rpm = rpm
         self.tpm = tpm
         self.max_in_flight = max_concurrency
+        #: The AIMD window's first value (slow start doubles it per round trip up to ``max_concurrency``).
+        self.initial_in_flight = min(initial_concurrency, max_concurrency)
         self.timeout_s = float(timeout_s)
         self.chunk_size = chunk_size
         #: Backend protocol: how many ``execute`` calls the engine runs at once. Enough chunks to keep
@@ -130,7 +133,8 @@ class OpenAIHTTPBackend:
         with REGISTRY_LOCK:
             state = REGISTRY.get(key)
             if state is None or state.loop_ref() is not loop:
-                state = UpstreamState(key, self.base_url, self._secret, self.max_in_flight, self.timeout_s, loop)
+                state = UpstreamState(key, self.base_url, self._secret, self.max_in_flight, self.timeout_s, loop,
+                                      initial_in_flight=self.initial_in_flight)
                 REGISTRY[key] = state
             state.refs += 1
             state.limiter.configure(self.rpm, self.tpm)

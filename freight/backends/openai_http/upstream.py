@@ -72,14 +72,14 @@ class UpstreamState:
     """One upstream's connection pool, limiter, concurrency window and FIFO admission queue."""
 
     def __init__(self, key: tuple[str, str | None], base_url: str, secret: Secret, max_in_flight: int,
-                 timeout_s: float, loop: asyncio.AbstractEventLoop):
+                 timeout_s: float, loop: asyncio.AbstractEventLoop, *, initial_in_flight: int = 8):
         self.key = key
         self.base_url = base_url
         self._secret = secret
         self.limiter = RateLimiter()
         #: The budget every process shares (freight.backends.shared_limit; None: this process's limiter alone).
         self.shared: Any = None
-        self.aimd = AIMD(max_in_flight)
+        self.aimd = AIMD(max_in_flight, initial=min(initial_in_flight, max_in_flight))
         self.max_in_flight = max_in_flight
         self.loop_ref = weakref.ref(loop)
         headers = {"User-Agent": "freight"}
@@ -92,7 +92,8 @@ class UpstreamState:
         # One TLS context for every pool: each client would otherwise load the CA bundle itself (0.1-0.2 s
         # each, seconds for 32 pools: time in which nothing is sent). Pools are made as they are needed.
         self._client_options: dict[str, Any] = {
-            "verify": httpx.create_ssl_context(),
+            # (and none for a plain-http upstream: loading the CA bundle alone takes ~0.1 s)
+            "verify": httpx.create_ssl_context() if base_url.startswith("https:") else False,
             "headers": headers,
             "timeout": httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
             "limits": httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS),
