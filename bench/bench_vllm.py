@@ -5,6 +5,12 @@ an end-to-end ``freight run`` of a chat batch through ``backend = "vllm"``. NOT 
     python bench/bench_vllm.py --model Qwen/Qwen2.5-0.5B-Instruct            # all three sides
     python bench/bench_vllm.py --model /models/qwen --requests 256 --max-tokens 128
     python bench/bench_vllm.py --model /models/qwen --sides vllm,freight      # skip the slow transformers side
+    python bench/bench_vllm.py --model /models/qwen --sides features --embed-model /models/bge-small
+
+First, ``features`` runs every parameter family (JSON schema, json_object, forced/named/auto tool calls, logprobs,
+n + seed + stop, penalties, logit_bias, a 400 for an unknown parameter and for an over-long prompt, completions
+with echo, embeddings with ``--embed-model``) through ``VllmBackend.execute`` and checks each answer with the
+openai SDK's models; it prints PASS/FAIL per check.
 
 Workload: ``--requests`` chat prompts (distinct questions, the model's chat template), greedy decoding,
 ``--max-tokens`` new tokens at most. Each side runs in its own child process, so each gets the whole GPU:
@@ -125,7 +131,7 @@ def side_freight(args: argparse.Namespace) -> dict[str, Any]:
                     "--config", str(config)], check=True)
     wall = time.perf_counter() - t0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    ok = [x for x in lines if x.get("response", {}).get("status_code") == 200]
+    ok = [x for x in lines if (x.get("response") or {}).get("status_code") == 200]
     tokens = sum(x["response"]["body"]["usage"]["completion_tokens"] for x in ok)
     first = ok[0]["response"]["body"]["choices"][0]["message"]["content"][:200] if ok else ""
     if len(ok) != args.requests:
@@ -134,7 +140,91 @@ def side_freight(args: argparse.Namespace) -> dict[str, Any]:
             "first": first}
 
 
-SIDES = {"vllm": side_vllm, "hf": side_hf, "freight": side_freight}
+def side_features(args: argparse.Namespace) -> dict[str, Any]:
+    """Every parameter family through ``VllmBackend.execute`` on the real engine, each answer checked with the
+    openai SDK's models: a functional check to run before trusting the throughput rows."""
+    import asyncio
+
+    import jsonschema
+    from openai.types import Completion, CreateEmbeddingResponse
+    from openai.types.chat import ChatCompletion
+
+    from freight.backends.vllm import VllmBackend
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer",
+              "minimum": 1, "maximum": 7}}, "required": ["city", "days"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]
+    ask = _messages("What is the weather in Paris for the next 3 days?")
+    chat: list[tuple[str, dict[str, Any], Any]] = [
+        ("plain", {"max_tokens": 32}, lambda c: c.choices[0].message.content),
+        ("json_schema", {"response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}},
+                         "max_tokens": 64}, lambda c: jsonschema.validate(json.loads(c.choices[0].message.content),
+                                                                          schema) or True),
+        ("json_object", {"response_format": {"type": "json_object"}, "max_tokens": 64},
+         lambda c: isinstance(json.loads(c.choices[0].message.content), dict)),
+        ("forced tool", {"tools": tools, "tool_choice": "required", "max_tokens": 64},
+         lambda c: c.choices[0].message.tool_calls[0].function.name == "get_weather"),
+        ("named tool", {"tools": tools, "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                        "max_tokens": 64}, lambda c: c.choices[0].finish_reason == "tool_calls"),
+        ("auto tools", {"tools": tools, "max_tokens": 64}, lambda c: c.choices[0].finish_reason),
+        ("logprobs", {"logprobs": True, "top_logprobs": 3, "max_tokens": 8},
+         lambda c: all(len(t.top_logprobs) == 3 for t in c.choices[0].logprobs.content)),
+        ("n=3 seed stop", {"n": 3, "seed": 7, "temperature": 0.9, "stop": ["."], "max_tokens": 32},
+         lambda c: len(c.choices) == 3),
+        ("penalties bias top_k", {"presence_penalty": 1.0, "frequency_penalty": 0.5, "top_k": 20, "top_p": 0.9,
+                                  "logit_bias": {"0": -100}, "max_tokens": 16}, lambda c: c.usage.completion_tokens),
+    ]
+
+    async def run() -> dict[str, Any]:
+        backend = VllmBackend(model_id="m", model=args.model, dtype=args.dtype, max_model_len=args.max_model_len,
+                              gpu_memory_utilization=args.gpu_memory_utilization)
+        await backend.start()
+        report: dict[str, Any] = {}
+        try:
+            bodies = [{"model": "m", "messages": ask, **extra} for _, extra, _ in chat]
+            bodies += [{"model": "m", "messages": ask, "frobnicate": 1},
+                       {"model": "m", "messages": _messages("word " * (args.max_model_len + 10))}]
+            results = await backend.execute("/v1/chat/completions", bodies)
+            for (name, _, check), r in zip(chat, results, strict=False):
+                try:
+                    assert getattr(r, "status_code", None) == 200, r
+                    verdict = check(ChatCompletion.model_validate(json.loads(r.body)))
+                    report[name] = "PASS" if verdict not in (None, False) else "FAIL (check)"
+                except Exception as e:
+                    report[name] = f"FAIL {type(e).__name__}: {e}"[:300]
+            report["unsupported -> 400"] = "PASS" if getattr(results[-2], "status_code", 0) == 400 else "FAIL"
+            report["too long -> 400"] = "PASS" if getattr(results[-1], "status_code", 0) == 400 else "FAIL"
+            (done,) = await backend.execute("/v1/completions", [{"model": "m", "prompt": ["Once upon", "A"],
+                                                                 "echo": True, "n": 2, "max_tokens": 8}])
+            try:
+                c = Completion.model_validate(json.loads(done.body))  # type: ignore[union-attr]
+                report["completions echo n"] = "PASS" if len(c.choices) == 4 and c.choices[0].text.startswith(
+                    "Once upon") else "FAIL"
+            except Exception as e:
+                report["completions echo n"] = f"FAIL {type(e).__name__}: {e}"[:300]
+        finally:
+            await backend.close()
+        if args.embed_model:
+            embed = VllmBackend(model_id="e", model=args.embed_model, task="embed",
+                                gpu_memory_utilization=args.gpu_memory_utilization)
+            await embed.start()
+            try:
+                (r,) = await embed.execute("/v1/embeddings", [{"model": "e", "input": ["a cat", "a dog"]}])
+                e = CreateEmbeddingResponse.model_validate(json.loads(r.body))  # type: ignore[union-attr]
+                report["embeddings"] = "PASS" if len(e.data) == 2 and len(e.data[0].embedding) > 0 else "FAIL"
+            except Exception as ex:
+                report["embeddings"] = f"FAIL {type(ex).__name__}: {ex}"[:300]
+            finally:
+                await embed.close()
+        return report
+
+    report = asyncio.run(run())
+    for name, verdict in report.items():
+        print(f"  {name:24} {verdict}", file=sys.stderr, flush=True)
+    return {"side": "features", "checks": report}
+
+
+SIDES = {"vllm": side_vllm, "hf": side_hf, "freight": side_freight, "features": side_features}
 
 
 def main() -> None:
@@ -146,7 +236,8 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.8)
-    ap.add_argument("--sides", default="hf,vllm,freight")
+    ap.add_argument("--sides", default="features,hf,vllm,freight")
+    ap.add_argument("--embed-model", help="an embedding model for the features side (task = \"embed\")")
     ap.add_argument("--side", help=argparse.SUPPRESS)  # a child process runs one side
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
@@ -162,6 +253,11 @@ def main() -> None:
             print(f"{side}: failed (exit {proc.returncode})", file=sys.stderr)
             continue
         r = results[side] = json.loads(found[-1][len("RESULT "):])
+        if side == "features":
+            failed = [k for k, v in r["checks"].items() if not v.startswith("PASS")]
+            print(f"features: {len(r['checks']) - len(failed)} of {len(r['checks'])} checks pass"
+                  + (f"; failed: {', '.join(failed)}" if failed else ""), flush=True)
+            continue
         r["tok_s"] = r["output_tokens"] / r["wall_s"]
         load = f", load {r['load_s']:.1f} s" if r["load_s"] is not None else " (load included)"
         print(f"{side:8} {r['requests']:5} requests {r['output_tokens']:7} tokens {r['wall_s']:8.2f} s "

@@ -14,7 +14,10 @@ import asyncio
 import base64
 import importlib.util
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -459,3 +462,19 @@ def test_options_reach_vllm_llm_keywords() -> None:
     assert {m.id: m.endpoints for m in b.models()} == {"m": GENERATE}
     embed = VllmBackend(model_id="e", task="embed")
     assert embed.llm_kwargs["model"] == "e" and embed.models()[0].endpoints == frozenset({EMBEDDINGS})
+
+
+def test_freight_run_with_a_vllm_model_here_is_a_clear_error(tmp_path: Any) -> None:
+    """The user's path: ``freight run`` on a machine without vLLM stops at once with the fix, no traceback."""
+    config = tmp_path / "freight.toml"
+    config.write_text('[models."qwen"]\nbackend = "vllm"\nmodel = "Qwen/Qwen2.5-0.5B-Instruct"\n')
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": CHAT,
+                                 "body": {"model": "qwen", "messages": MSGS}}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "freight", "run", str(batch), "-o", str(tmp_path / "out.jsonl"),
+                           "--data-dir", str(tmp_path / "data"), "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    assert 'error: [models."qwen"]: backend "vllm" needs the vllm package' in output
+    assert "pip install 'freight[vllm]'" in output and "Traceback" not in output
