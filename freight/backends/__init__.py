@@ -11,7 +11,7 @@ from freight.ports import Backend, BatchLane
 if TYPE_CHECKING:
     from freight.backends.result_cache import CacheSetup
 
-KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted")
+KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted", "vllm")
 
 
 def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None) -> Backend:
@@ -37,6 +37,13 @@ def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None
 
                 remote.shared_limits = SharedLimits(redis_url)
             return remote
+        if kind == "vllm":
+            from freight.backends.vllm import VllmBackend, vllm_missing
+
+            missing = vllm_missing(name)  # said at startup, not at the first request's model load
+            if missing is not None:
+                raise ConfigError(missing, param="backend")
+            return VllmBackend(model_id=name, **options)
         if kind == "scripted":
             from freight.backends.scripted import ScriptedBackend
 
