@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ def test_write_commit_read_back(blobs: BlobStore) -> None:
         assert fh.read() == b"world\n"
         assert fh.read() == b""
     assert blobs.keys() == ["file-a"]
+    # the orphan sweep's filter: only blobs last written before a time
+    assert blobs.keys(older_than=time.time() + 60) == ["file-a"] and blobs.keys(older_than=time.time() - 3600) == []
 
 
 def test_a_blob_larger_than_a_part_streams_both_ways(blobs: BlobStore) -> None:

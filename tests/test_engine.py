@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -260,6 +261,28 @@ def test_orphan_blobs_are_swept(world: World) -> None:
     batch = world.submit([chat(0)])
     assert world.engine.sweep_orphan_blobs() == 1
     assert world.blobs.exists(world.store.file_blob_key(batch.input_file_id) or "")
+
+
+def test_the_running_engine_sweeps_old_orphan_blobs_and_leftover_step_counts(world: World) -> None:
+    """With others on the store the start-up sweep cannot run: the batch-steps holder removes blobs no
+    file refers to once they are older than ``orphan_blob_age_s``, and the step-failure counts of
+    batches that are no longer active (a holder that died left them)."""
+    old, young = "file-" + "7" * 24, "file-" + "8" * 24
+    for key in (old, young):
+        writer = world.blobs.writer(key)
+        writer.write(b"left by a process that died finalizing")
+        writer.commit()
+    age = world.engine.settings.orphan_blob_age_s
+    os.utime(world.blobs.root / old, (world.clock.now() - age - 10,) * 2)
+    os.utime(world.blobs.root / young, (world.clock.now() - age + 600,) * 2)
+    world.store.count_step_failure("batch_gone")
+    batch = world.submit([chat(0)])
+    world.store.count_step_failure(batch.id)
+    done = world.run_until_done(batch.id)
+    assert done.status is BatchStatus.COMPLETED
+    assert not world.blobs.exists(old) and world.blobs.exists(young)
+    assert world.blobs.exists(world.store.file_blob_key(done.output_file_id or "") or "")
+    assert world.store.step_failure_counts() == {}
 
 
 class CountingBackend(ScriptedBackend):

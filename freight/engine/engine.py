@@ -39,6 +39,7 @@ from freight.domain.retry import is_transient_status
 from freight.domain.steps import StepPolicy
 from freight.engine.finalize import finalize_batch
 from freight.engine.give_up import give_up_validation
+from freight.engine.housekeeping import Housekeeping
 from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
@@ -87,12 +88,12 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: int = 0
         self._stopping = False
-        self._next_housekeeping = 0.0
         #: Batches whose model is forwarded to a provider's batch API (engine/lanes.py).
         self.lanes = LaneRunner(store, blobs, catalog, clock, random=random)
         #: Consecutive failures of each batch's steps (counted in the store) and their backoff.
         self.failing = StepFailures(store)
         self.repeats = RepeatedFailures(log)
+        self.housekeeping = Housekeeping(store, blobs, clock, self.settings, self.repeats, self.failing)
         self._active_ids: set[str] = set()
         s = self.settings
         self._steps = StepPolicy(s.step_max_tries, s.step_tries_past_window,
@@ -182,13 +183,7 @@ class Engine:
         batches = await asyncio.to_thread(self.store.active_batches)
         ended = bool(self._active_ids - {b.id for b in batches})  # files only they read can go now
         self._active_ids = {b.id for b in batches}
-        if ended or now >= self._next_housekeeping:
-            self._next_housekeeping = now + self.settings.housekeeping_interval_s
-            try:
-                await asyncio.to_thread(self.purge_files)
-                self.repeats.ok("purge_failed")
-            except Exception as exc:
-                self.repeats.failed("purge_failed", "removing deleted files failed", exc, level=logging.WARNING)
+        await self.housekeeping.run(self._active_ids, ended=ended)
         runnable = {}
         for batch in batches:
             self._withdrawals.look(batch, now)

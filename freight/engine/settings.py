@@ -35,6 +35,11 @@ class EngineSettings:
     input_limits: InputLimits = field(default_factory=InputLimits)
     #: How often deleted and expired files have their bytes removed.
     housekeeping_interval_s: float = 60.0
+    #: How often the batch-steps holder removes blobs no file refers to (left by a process that died
+    #: uploading or finalizing while others ran, so the start-up sweep could not run), and how old such
+    #: a blob must be to go: far longer than any upload or finalize.
+    orphan_sweep_interval_s: float = 3600.0
+    orphan_blob_age_s: float = 86400.0
     #: Storing a chunk's results is retried this many times (a locked or full store), with a backoff
     #: from ``store_retry_base_s`` doubling up to ``store_retry_max_s``, before the results are given
     #: up (the requests then run again once their lease expires).

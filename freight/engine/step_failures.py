@@ -68,3 +68,13 @@ class StepFailures:
             return
         with contextlib.suppress(Exception):  # a stale count only brings a give-up a little sooner
             await asyncio.to_thread(self.store.clear_step_failures, batch_id)
+
+    async def forget_all_but(self, active: set[str]) -> None:
+        """Drop the counts of batches no longer active (ended, or gone), here and in the store: a count
+        another process left (it died, or the step then succeeded here without failing) stays no longer."""
+        for batch_id in [b for b in self._local if b not in active]:
+            del self._local[batch_id]
+        stored = await asyncio.to_thread(self.store.step_failure_counts)
+        for batch_id in stored:
+            if batch_id not in active:
+                await asyncio.to_thread(self.store.clear_step_failures, batch_id)

@@ -45,14 +45,18 @@ def purge_files(store: Store, blobs: BlobStore, now: float) -> int:
     return purged
 
 
-def sweep_orphan_blobs(store: Store, blobs: BlobStore) -> int:
+def sweep_orphan_blobs(store: Store, blobs: BlobStore, older_than: float | None = None) -> int:
     """Remove blobs no file refers to (finalizing or uploading when a process died).
 
-    Only safe while no upload or finalize is in flight: call it before the engine and the API
-    start, with the data dir's lock held.
+    Without ``older_than``, only safe while no upload or finalize is in flight: call it before the
+    engine and the API start, with the data dir's lock held. With it (a unix time), only blobs last
+    written before then go: what a fleet's batch-steps holder runs now and then, with a margin far
+    longer than any upload or finalize takes (``EngineSettings.orphan_blob_age_s``). The blobs are
+    listed before the files are read, so that a blob whose file row commits in between is kept.
     """
+    candidates = blobs.keys(older_than)
     referenced = store.blob_keys()
-    orphans = [key for key in blobs.keys() if key not in referenced]
+    orphans = [key for key in candidates if key not in referenced]
     for key in orphans:
         blobs.delete(key)
     return len(orphans)

@@ -208,5 +208,13 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
-    def keys(self) -> list[str]:
-        return [p.name for p in self.root.iterdir() if _KEY_RE.match(p.name)]
+    def keys(self, older_than: float | None = None) -> list[str]:
+        found = []
+        for p in self.root.iterdir():
+            if _KEY_RE.match(p.name):
+                try:
+                    if older_than is None or p.stat().st_mtime < older_than:
+                        found.append(p.name)
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+        return found

@@ -212,11 +212,12 @@ class S3BlobStore:
             raise StoreError(f"cannot stat blob {key}: {_why(exc)}") from exc
         return True
 
-    def keys(self) -> list[str]:
+    def keys(self, older_than: float | None = None) -> list[str]:
         found: list[str] = []
         try:
             for chunk in obstore.list(self._store):
-                found.extend(meta["path"] for meta in chunk if _KEY_RE.match(meta["path"]))
+                found.extend(meta["path"] for meta in chunk if _KEY_RE.match(meta["path"])
+                             and (older_than is None or meta["last_modified"].timestamp() < older_than))
         except ObjectStoreError as exc:
             raise StoreError(f"cannot list blobs: {_why(exc)}") from exc
         return found
