@@ -247,6 +247,9 @@ def load_settings(
         poll_interval_s=float(_take(engine, "poll_interval_s", (int, float), "engine") or es.poll_interval_s),
         drain_timeout_s=float(_take(engine, "drain_timeout_s", (int, float), "engine") or es.drain_timeout_s),
         step_lease_s=float(_take(engine, "step_lease_s", (int, float), "engine") or es.step_lease_s),
+        orphan_sweep_interval_s=float(_take(engine, "orphan_sweep_interval_s", (int, float), "engine")
+                                      or es.orphan_sweep_interval_s),
+        orphan_blob_age_s=float(_take(engine, "orphan_blob_age_s", (int, float), "engine") or es.orphan_blob_age_s),
         retry=retry,
         input_limits=settings.input_limits,
         scheduling=_scheduling(_section(data, "scheduling"), _section(data, "projects")),
