@@ -186,6 +186,29 @@ def test_split_results_failures_and_a_retried_request(client: openai.OpenAI, for
     assert all(s["state"] == "done" and s["upstream_id"] for s in subs)
 
 
+def test_output_checks_apply_to_lane_answers_and_freights_keys_stay_home(
+        client: openai.OpenAI, forwarder: FreightServer, upstream: FreightServer) -> None:
+    replies = {"good": '{"label": "spam"}', "not-json": "sure, it is spam", "no-label": '{"kind": "spam"}'}
+    lines = [{"custom_id": cid, "method": "POST", "url": CHAT, "body": {
+        "model": "fwd-openai", "messages": [{"role": "user", "content": cid}], "script": {"reply": reply}}}
+        for cid, reply in replies.items()]
+    f = client.files.create(file=("checked.jsonl", jsonl_bytes(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h", extra_body={
+        "output_schema": {"type": "object", "required": ["label"]}, "cache": False})
+    done = wait_done(client, batch.id)
+    out, err = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
+    assert [x["custom_id"] for x in out] == ["good"]
+    assert {x["custom_id"]: x["error"]["code"] for x in err} == {"not-json": "output_invalid",
+                                                               "no-label": "output_invalid"}
+    assert all(x["response"] is None for x in err)
+    assert done.model_extra and done.model_extra["freight"]["invalid_outputs"] == 2
+    subs = subs_of(forwarder, batch.id)
+    with ro(upstream.db_path) as c:  # type: ignore[attr-defined]
+        bodies = [bytes(row[0]) for sub in subs for row in c.execute(
+            "SELECT body FROM requests WHERE custom_id LIKE ?", (sub["id"] + "-%",))]
+    assert len(bodies) == 3 and not any(b"__freight_" in body for body in bodies), "freight's own keys stay home"
+
+
 def test_anthropic_lane_through_the_anthropic_api(forwarder: FreightServer, upstream: FreightServer) -> None:
     with anthropic.Anthropic(base_url=forwarder.url, api_key="x", max_retries=0) as a:
         n = 45

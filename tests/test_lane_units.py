@@ -3,12 +3,16 @@ settling outcomes into results or another round (the end-to-end tests are in tes
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane
 from freight.domain.batches import Batch, BatchStatus
@@ -19,6 +23,7 @@ from freight.domain.lanes import (
     OutcomeKind,
     SubState,
     UpstreamProgress,
+    may_step,
     parse_upstream_key,
     upstream_key,
 )
@@ -166,4 +171,56 @@ def test_settling_stores_finals_and_hands_back_the_rest(world: tuple[SqliteStore
     finals = {r.idx: r.result for r in store.results(batch.id, -1, 100)}
     assert finals[b].status_code == 503 and finals[c].error_code == finals[d].error_code == "upstream_not_run"
 
+
+
+
+@given(state=st.sampled_from(list(SubState)), paused=st.booleans(), closing=st.booleans())
+def test_a_pause_holds_only_subs_that_started_nothing_upstream(state: SubState, paused: bool, closing: bool) -> None:
+    moves = may_step(state, paused=paused, closing=closing)
+    if closing or not paused:
+        assert moves, "cancel and expiry wind every sub down; without a pause every sub moves on"
+    else:
+        # created upstream (or perhaps: a create or upload may have been sent) -> it goes on; else held
+        assert moves == (state in {SubState.UPLOADING, SubState.CREATING, SubState.RUNNING, SubState.DONE})
+
+
+class CountingLane(FakeLane):
+    """Uploads and creates succeed (and are counted); upstream batches never end."""
+
+    def __init__(self) -> None:
+        super().__init__(max_requests=4, max_bytes=1000)
+        self.calls: list[str] = []
+
+    async def upload(self, sub_id: str, endpoint: str, lines: IO[bytes]) -> str | None:
+        self.calls.append("upload")
+        return "file-" + sub_id
+
+    async def create(self, sub_id: str, endpoint: str, upload_id: str | None, lines: IO[bytes]) -> str:
+        self.calls.append("create")
+        return "up-" + sub_id
+
+    async def poll(self, upstream_id: str) -> UpstreamProgress:
+        self.calls.append("poll")
+        return UpstreamProgress(status="in_progress", completed=0, failed=0, ended=False)
+
+
+def test_a_paused_lane_batch_sends_nothing_new_upstream(tmp_path: Path,
+                                                        world: tuple[SqliteStore, LaneRunner, FakeLane, Batch]) -> None:
+    store, _, _, batch = world
+    lane = CountingLane()
+    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs2"), ModelCatalog([], [lane]), FixedClock())
+    running = dataclasses.replace(batch, status=BatchStatus.IN_PROGRESS, model="lane-model", expires_at=2**40)
+    paused = dataclasses.replace(running, paused_at=1)
+    asyncio.run(runner.advance(paused))
+    assert lane.calls == [] and store.lane_subs(batch.id) == [], "nothing planned while paused"
+    asyncio.run(runner.advance(running))  # resumed: planned and uploaded
+    subs = store.lane_subs(batch.id)
+    assert subs and all(s.state is SubState.UPLOADED for s in subs) and lane.calls == ["upload"] * len(subs)
+    for _ in range(3):
+        asyncio.run(runner.advance(paused))
+    assert lane.calls.count("create") == 0, "an uploaded sub is not created upstream while paused"
+    asyncio.run(runner.advance(running))
+    assert lane.calls.count("create") == len(subs)
+    asyncio.run(runner.advance(paused))
+    assert lane.calls.count("poll") == len(subs), "what runs upstream is still followed while paused"
 

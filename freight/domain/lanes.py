@@ -42,6 +42,16 @@ class SubState(enum.StrEnum):
 
 
 LIVE_STATES = frozenset(set(SubState) - {SubState.DONE})
+#: A sub in these states has started nothing upstream (no batch created there, so nothing billed): a
+#: paused freight batch holds them where they are, as a paused batch starts no new request.
+HELD_WHILE_PAUSED = frozenset({SubState.PLANNED, SubState.UPLOADED})
+
+
+def may_step(state: SubState, *, paused: bool, closing: bool) -> bool:
+    """Whether a sub of a batch takes its next step now. A cancel or expiry (``closing``) always moves
+    it on (to wind it down); a pause holds what has not started upstream; the rest goes on (running
+    upstream batches finish, a create or upload that may have been sent is looked for)."""
+    return closing or not (paused and state in HELD_WHILE_PAUSED)
 SUB_PREFIX = "sub_"
 
 

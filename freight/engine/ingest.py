@@ -39,8 +39,9 @@ def ingest_batch(
             if request is None or validator.problem_count:
                 continue  # once the batch is known to fail, only keep looking for problems
             body = request.body
-            if batch.output_schema is not None and catalog.lane_for(request.model) is None:
-                body = with_batch_schema(body, batch.output_schema)  # checked by backends/output_check.py
+            if batch.output_schema is not None:
+                # checked by backends/output_check.py, or engine/lanes.py (which sends it nowhere)
+                body = with_batch_schema(body, batch.output_schema)
             if not batch.use_cache and catalog.lane_for(request.model) is None:
                 body = without_cache(body)  # honoured by backends/result_cache.py
             rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=body))

@@ -44,13 +44,15 @@ from freight.domain.lanes import (
     LaneSub,
     OutcomeKind,
     SubState,
+    may_step,
     parse_upstream_key,
     upstream_key,
 )
-from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED, NEVER_RAN_MESSAGES, Result
+from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED, NEVER_RAN_MESSAGES, OUTPUT_INVALID, Outcome, Result
 from freight.engine.finalize import finalize_batch
 from freight.ports import BatchLane, BlobStore, Store
 from freight.services.catalog import ModelCatalog
+from freight.services.outputs import Check, check_answer, for_upstream, stored_check
 from freight.services.transitions import log_transition
 
 log = logging.getLogger("freight.lanes")
@@ -93,7 +95,8 @@ class LaneRunner:
             final = BatchStatus.CANCELLED
         elif now >= batch.expires_at:
             final = BatchStatus.EXPIRED
-        if final is None and batch.id not in self._planned:
+        paused = batch.paused_at is not None
+        if final is None and not paused and batch.id not in self._planned:
             await asyncio.to_thread(self._plan, batch, lane)
             self._planned.add(batch.id)
         subs = await asyncio.to_thread(self.store.lane_subs, batch.id)
@@ -108,6 +111,8 @@ class LaneRunner:
                     await asyncio.to_thread(self.store.lane_finish, sub.id, batch.id, [])
                 subs = []
         for sub in subs:
+            if not may_step(sub.state, paused=paused, closing=final is not None):
+                continue
             due = self._due.setdefault(sub.id, _Due(at=0.0, interval=lane.poll_interval_s))
             if now < due.at and not (final is not None and sub.state is not SubState.RUNNING):
                 continue
@@ -202,7 +207,7 @@ class LaneRunner:
             while rows := self.store.lane_bodies(sub.id, after, BODY_READ):
                 writer.write(b"".join(
                     b'{"custom_id":"' + upstream_key(sub.id, idx).encode() + b'","method":"POST","url":"' + url
-                    + b'","body":' + body + b"}\n" for idx, body in rows))
+                    + b'","body":' + for_upstream(body) + b"}\n" for idx, body in rows))
                 after = rows[-1][0]
             writer.commit()
         except BaseException:
@@ -301,6 +306,7 @@ class LaneRunner:
             if idx is not None:
                 by_idx[idx] = outcome
         results: list[tuple[int, Result]] = []
+        checks = self._checks(batch, sub)
         for idx in self.store.lane_items(sub.id):
             found = by_idx.get(idx)
             if found is None or found.kind is OutcomeKind.NOT_RUN:
@@ -312,5 +318,29 @@ class LaneRunner:
             if found.kind is OutcomeKind.RETRY and not (last_round or closing):
                 continue
             assert found.result is not None
-            results.append((idx, found.result))
+            results.append((idx, checked(batch.endpoint, found.result, checks.get(idx))))
         return self.store.lane_finish(sub.id, batch.id, results)
+
+    def _checks(self, batch: Batch, sub: LaneSub) -> dict[int, Check]:
+        """The output check of each request of ``sub`` that asks for one (by index)."""
+        checks: dict[int, Check] = {}
+        after = -1
+        while rows := self.store.lane_bodies(sub.id, after, BODY_READ):
+            for idx, body in rows:
+                check = stored_check(batch.endpoint, body)
+                if check is not None:
+                    checks[idx] = check
+            after = rows[-1][0]
+        return checks
+
+
+def checked(endpoint: str, result: Result, check: Check | None) -> Result:
+    """A provider's answer, or ``output_invalid`` when it fails the check its request asked for. Not
+    asked again: another round of a provider's batch takes up to its whole window (docs/output-checks.md)."""
+    if check is None or result.outcome is not Outcome.SUCCEEDED:
+        return result
+    problem = check_answer(endpoint, result.body, check)
+    if problem is None:
+        return result
+    return Result(error_code=OUTPUT_INVALID, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+                  invalid_outputs=1, error_message=f"The answer failed its JSON-schema check: {problem}.")

@@ -169,3 +169,25 @@ def without_cache(body: bytes) -> bytes:
     parsed = jsonx.loads(body)
     parsed[NO_CACHE_KEY] = True
     return jsonx.dumps(parsed)
+
+
+#: Keys freight adds to a stored request body for itself (the batch's ``output_schema``, ``cache:
+#: false``); a backend takes them off before sending, and so does a batch lane (engine/lanes.py).
+INTERNAL_PREFIX = b'"__freight_'
+
+
+def for_upstream(body: bytes) -> bytes:
+    """A stored request body as an upstream gets it: without freight's own keys."""
+    if INTERNAL_PREFIX not in body:
+        return body
+    parsed = jsonx.loads(body)
+    return jsonx.dumps({k: v for k, v in parsed.items() if not k.startswith("__freight_")})
+
+
+def stored_check(endpoint: str, body: bytes) -> Check | None:
+    """The check a stored request body asks for (its own structured output, its batch's ``output_schema``)."""
+    parsed = jsonx.loads(body)
+    if not isinstance(parsed, dict):
+        return None
+    batch_schema = parsed.pop(BATCH_SCHEMA_KEY, None)
+    return requested_check(endpoint, parsed, batch_schema if isinstance(batch_schema, dict) else None)
