@@ -34,7 +34,10 @@ SHOTS = os.environ.get("FREIGHT_DASHBOARD_SCREENSHOTS")
 
 @pytest.fixture(scope="module")
 def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    s = make_server(config_text(slow_chunk=1, slow_concurrency=1), start=False)
+    # Both scripted models priced, so that the pages show a cost (docs/cost.md).
+    config = config_text(slow_chunk=1, slow_concurrency=1).replace(
+        'backend = "scripted"\n', 'backend = "scripted"\nprice = { input_per_mtok = 1000.0, output_per_mtok = 4000.0 }\n')
+    s = make_server(config, start=False)
     s.keys = {p: s.create_key(p) for p in ("alpha", "beta")}  # type: ignore[attr-defined]
     return s.start()
 
@@ -123,6 +126,7 @@ def test_index_lists_every_batch_of_the_project(server: FreightServer, alpha: op
     row.wait_for()
     assert "completed" in row.inner_text() and "4 / 4 (3 ok, 1 failed)" in row.inner_text()
     assert row.locator("progress").get_attribute("value") in ("1", "1.0")
+    assert f"${done.model_extra['freight']['cost_usd']:,.4f}" in row.inner_text()
     mrow = page.locator("#batches tr", has_text=mb.id)
     mrow.wait_for()
     assert "anthropic" in mrow.inner_text()
