@@ -35,8 +35,9 @@ SHOTS = os.environ.get("FREIGHT_DASHBOARD_SCREENSHOTS")
 @pytest.fixture(scope="module")
 def server(make_server: Callable[..., FreightServer]) -> FreightServer:
     # Both scripted models priced, so that the pages show a cost (docs/cost.md).
-    config = config_text(slow_chunk=1, slow_concurrency=1).replace(
-        'backend = "scripted"\n', 'backend = "scripted"\nprice = { input_per_mtok = 1000.0, output_per_mtok = 4000.0 }\n')
+    price = 'price = { input_per_mtok = 1000.0, output_per_mtok = 4000.0 }\n'
+    config = config_text(slow_chunk=1, slow_concurrency=1).replace('backend = "scripted"\n',
+                                                                    'backend = "scripted"\n' + price)
     s = make_server(config, start=False)
     s.keys = {p: s.create_key(p) for p in ("alpha", "beta")}  # type: ignore[attr-defined]
     return s.start()
