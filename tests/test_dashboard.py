@@ -179,40 +179,74 @@ def test_cancel_from_the_page(server: FreightServer, alpha: openai.OpenAI, brows
     page.context.close()
 
 
+def dashboard_routes() -> list[tuple[str, str]]:
+    """(method, path) of every dashboard route but the open ones (sign-in, sign-out, static files)."""
+    from freight.api.dashboard import router
+
+    out = []
+    for route in router.routes:
+        path = getattr(route, "path", "")
+        if path.endswith(("/login", "/logout")) or "/static/" in path:
+            continue
+        out += [(method, path) for method in sorted(getattr(route, "methods", ())) if method != "HEAD"]
+    return out
+
+
 def test_each_project_sees_only_its_own_batches(server: FreightServer, alpha: openai.OpenAI, browser: Any) -> None:
-    theirs = batch_of(alpha, [request_line("a1", model=SCRIPTED_SLOW, sleep_s=1.0) for _ in range(1)])
+    theirs = finished(alpha, batch_of(alpha, [request_line("a1"), request_line("a2", status=400)]).id)
+    assert theirs.output_file_id and theirs.error_file_id
+    routes = dashboard_routes()
+    assert len(routes) >= 8, routes
     page = signed_in(browser, server, "beta")
     assert page.locator(f'#batches tr[data-batch-id="{theirs.id}"]').count() == 0
     assert "No batches yet." in page.text_content("#batches")
     response = page.goto(f"{server.url}/dashboard/batches/{theirs.id}")
     assert response.status == 404 and theirs.id in page.text_content("#not-found")
     page.context.close()
-    with session(server, "beta") as beta:
-        token = csrf(beta)
-        for path in (f"/dashboard/api/batches/{theirs.id}", f"/dashboard/batches/{theirs.id}/output",
-                     f"/dashboard/batches/{theirs.id}/errors", f"/dashboard/batches/{theirs.id}/partial"):
-            assert beta.get(path).status_code == 404, path
-        r = beta.post(f"/dashboard/api/batches/{theirs.id}/cancel", headers={"x-freight-csrf": token})
+    # Every dashboard route that names a batch: 200 for its own project, 404 for another's.
+    with session(server, "alpha") as mine, session(server, "beta") as other:
+        for method, path in routes:
+            if "{batch_id}" not in path or method != "GET":
+                continue
+            url = path.replace("{batch_id}", theirs.id)
+            assert mine.get(url).status_code == 200, url
+            assert other.get(url).status_code == 404, url
+        r = other.post(f"/dashboard/api/batches/{theirs.id}/cancel", headers={"x-freight-csrf": csrf(other)})
         assert r.status_code == 404
-        assert theirs.id not in beta.get("/dashboard/api/batches").text
-    assert alpha.batches.retrieve(theirs.id).status not in ("cancelling", "cancelled"), "beta's cancel did nothing"
+        assert theirs.id not in other.get("/dashboard/api/batches").text
+    # Signed out: every route sends to the sign-in form (pages) or answers 401 (what the script calls).
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
-        assert anonymous.get("/dashboard/api/batches").status_code == 401
-        assert anonymous.get(f"/dashboard/api/batches/{theirs.id}").status_code == 401
-        assert anonymous.post(f"/dashboard/api/batches/{theirs.id}/cancel").status_code == 401
-        assert anonymous.get(f"/dashboard/batches/{theirs.id}/output").status_code == 303
+        for method, path in routes:
+            r = anonymous.request(method, path.replace("{batch_id}", theirs.id))
+            if "/api/" in path:
+                assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (method, path)
+            else:
+                assert r.status_code == 303 and r.headers["location"] == "/dashboard/login", (method, path)
         wrong = anonymous.post("/dashboard/login", data={"key": key(server, "alpha")[:-3] + "xyz"})
         assert wrong.status_code == 401 and "not valid" in wrong.text and "set-cookie" not in wrong.headers
         # The cookie is the dashboard's only: the API never takes it.
         anonymous.cookies.set("freight_dashboard", key(server, "alpha"))
         assert anonymous.get("/v1/batches").status_code == 401
+    running = batch_of(alpha, [request_line("slow", model=SCRIPTED_SLOW, sleep_s=1.0)])
     with session(server, "alpha") as mine:
-        url = f"/dashboard/api/batches/{theirs.id}/cancel"
+        url = f"/dashboard/api/batches/{running.id}/cancel"
         assert mine.post(url).status_code == 403, "no CSRF header"
         assert mine.post(url, headers={"x-freight-csrf": "0" * 40}).status_code == 403
         foreign = {"x-freight-csrf": csrf(mine), "origin": "http://evil.example"}
         assert mine.post(url, headers=foreign).status_code == 403, "another origin"
-        assert alpha.batches.retrieve(theirs.id).status not in ("cancelling", "cancelled")
+        assert mine.post("/dashboard/logout").status_code == 403, "sign-out needs the token too"
+    assert finished(alpha, running.id).status == "completed", "no refused cancel went through"
+
+
+def test_without_keys_the_dashboard_is_open_like_the_api(make_server: Callable[..., FreightServer]) -> None:
+    open_server = make_server(config_text())
+    with open_server.client() as client:
+        b = finished(client, batch_of(client, [request_line("one")]).id)
+    with httpx.Client(base_url=open_server.url, timeout=30) as c:
+        assert c.get("/dashboard/login").headers["location"] == "/dashboard"
+        page = c.get("/dashboard")
+        assert page.status_code == 200 and b.id in page.text and "project <b>default</b>" in page.text
+        assert c.get(f"/dashboard/api/batches/{b.id}").json()["batch"]["status"] == "completed"
 
 
 def test_custom_ids_and_error_messages_are_escaped(server: FreightServer, alpha: openai.OpenAI,
