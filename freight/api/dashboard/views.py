@@ -4,6 +4,7 @@ formatted; the templates escape them (Jinja autoescape) and the script sets them
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -112,17 +113,20 @@ class FailureCache:
     def __init__(self, size: int = 64):
         self.size = size
         self._items: OrderedDict[str, tuple[tuple[int, str], watch.FailureSummary]] = OrderedDict()
+        self._lock = threading.Lock()  # pages are served from a thread pool
 
     def get(self, rt: Runtime, batch: Batch) -> watch.FailureSummary:
         stamp = (batch.request_counts.failed, str(batch.status))
-        found = self._items.get(batch.id)
-        if found is not None and found[0] == stamp:
-            self._items.move_to_end(batch.id)
-            return found[1]
+        with self._lock:
+            found = self._items.get(batch.id)
+            if found is not None and found[0] == stamp:
+                self._items.move_to_end(batch.id)
+                return found[1]
         summary = watch.failures(rt.store, batch)
-        self._items[batch.id] = (stamp, summary)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        with self._lock:
+            self._items[batch.id] = (stamp, summary)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
         return summary
 
 
