@@ -28,6 +28,9 @@ HOSTILE_ID = '<img src=x onerror="document.body.dataset.pwned=1">'
 HOSTILE_MODEL = "<b>bold</b><script>document.body.dataset.pwned=2</script>"
 SHOTS = os.environ.get("FREIGHT_DASHBOARD_SCREENSHOTS")
 
+#: A browser and one server for the module: about 40 s in all on a loaded 2-core machine.
+pytestmark = pytest.mark.slow
+
 
 
 # ---- fixtures ------------------------------------------------------------------------------
