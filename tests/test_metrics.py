@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import SCRIPTED, SCRIPTED_SLOW, TERMINAL, FreightServer, config_text, jsonl_bytes, request_line, wait_for
@@ -31,8 +33,26 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+#: A model priced per token, and one priced by the machine hour ($1 a second of a batch's running time).
+PRICED = """
+[models."priced"]
+backend = "scripted"
+price = { input_per_mtok = 1000.0, output_per_mtok = 4000.0, batch_discount = 0.5 }
+
+[models."machine"]
+backend = "scripted"
+machine_cost_per_hour = 3600.0
+"""
+
+
+def run_batch(client: openai.OpenAI, lines: list[dict[str, Any]]) -> Any:
+    f = client.files.create(file=("in.jsonl", jsonl_bytes(lines)), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    return wait_for(lambda: (x := client.batches.retrieve(b.id)).status in TERMINAL and x, 60, "the batch")
+
+
 def test_counters_match_a_real_batch(make_server: Callable[..., FreightServer]) -> None:
-    server = make_server(config_text())
+    server = make_server(config_text(extra=PRICED))
     client = server.client()
     lines = [request_line(f"ok{i}") for i in range(4)]
     lines.append(request_line("bad", status=400))
@@ -54,10 +74,20 @@ def test_counters_match_a_real_batch(make_server: Callable[..., FreightServer]) 
     assert value(m, "freight_upstream_rate_limited_total", model=SCRIPTED) == 2
     assert value(m, "freight_request_retries_total", model=SCRIPTED) == 2
     assert value(m, "freight_request_duration_seconds_count", model=SCRIPTED) == 8, "6 requests, 2 of them retried"
+    assert not any("project" in dict(labels) for _, labels in m), "no tenant label unless configured"
+    # Cost: the sum of the Batch objects' freight.cost_usd, per model (none for an unpriced one).
+    priced = run_batch(client, [request_line(f"p{i}", model="priced") for i in range(3)])
+    machine = run_batch(client, [request_line(f"m{i}", model="machine", sleep_s=1.2) for i in range(2)])
+    m = scrape(server)
+    for batch in (priced, machine):
+        assert batch.status == "completed"
+        cost = batch.model_extra["freight"]["cost_usd"]
+        assert cost > 0
+        assert value(m, "freight_cost_usd_total", model=batch.model) == pytest.approx(cost, abs=1e-8)
+    assert ("freight_cost_usd_total", (("model", SCRIPTED),)) not in m
     names = {name for name, _ in m}
     for spec in METRICS:  # every declared series is exposed
         assert any(n.startswith(spec.name) for n in names), spec.name
-    assert not any("project" in dict(labels) for _, labels in m), "no tenant label unless configured"
     client.close()
 
 

@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from freight import __version__
 from freight.api import anthropic_batches, intake, metrics, models, openai_batches, openai_files, webhooks
 from freight.api.access_log import AccessLog
+from freight.api.dashboard import auth as dashboard_auth
+from freight.api.dashboard import router as dashboard_router
 from freight.api.errors import error_response, install_error_handlers
 from freight.domain import ids
 from freight.intake.runner import run_intakes
@@ -77,8 +79,13 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
         response: Response
         try:
             token = presented_key(request)
+            # The dashboard (and only it) also reads its sign-in cookie; its pages send a person
+            # without a valid key to its sign-in form rather than answering 401 here.
+            in_dashboard = dashboard_auth.is_dashboard_path(request.url.path)
+            if token is None and in_dashboard:
+                token = dashboard_auth.cookie_key(request)
             project = await run_in_threadpool(runtime.keys.project_for, token)
-            if project is None and request.url.path not in OPEN_PATHS:
+            if project is None and request.url.path not in OPEN_PATHS and not in_dashboard:
                 log.debug("request refused: %s", "invalid API key" if token is not None else "no API key",
                           extra={"event": "unauthorized", "request_id": request_id})
                 response = unauthorized(token is not None)
@@ -109,4 +116,5 @@ def create_app(runtime: Runtime, *, run_engine: bool = True) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(metrics.router)
     app.include_router(intake.router)
+    app.include_router(dashboard_router)
     return app

@@ -18,7 +18,7 @@ def _registry(request: Request) -> CollectorRegistry:
     if reg is None:
         runtime = _runtime(request)
         reg = registry(runtime.store, runtime.meter, runtime.settings.metrics_project_label,
-                       [m.id for m in runtime.catalog.models()])
+                       [m.id for m in runtime.catalog.models()], runtime.cost.prices, runtime.clock.now)
         request.app.state.metrics_registry = reg
     return reg
 

@@ -118,6 +118,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
     models = ", ".join(m.id for m in runtime.catalog.models())
     say(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
         f"(data: {settings.data_dir}; models: {models}" + ("; no worker)" if no_worker else ")"))
+    say(f"dashboard: http://{settings.host}:{settings.port}/dashboard")
     if with_keys:
         projects = sorted({k.project for k in runtime.keys.list() if k.revoked_at is None})
         say(f"API keys required ({len(projects)} project(s): {', '.join(projects)})")

@@ -14,7 +14,7 @@ Two sources:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from freight.domain.pricing import Tokens
 from freight.domain.requests import Failure, Result
 from freight.domain.retry import is_transient_status
 from freight.ports import Backend, ModelInfo, StatsStore
+from freight.services.prices import PriceBook
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ METRICS: tuple[MetricSpec, ...] = (
                "failed: an error line), as the Batch object's request_counts.", "store", True),
     MetricSpec("freight_tokens_total", "counter", ("model", "kind"),
                "Tokens of finished batch requests, kind input or output (the usage the Batch object reports).",
+               "store", True),
+    MetricSpec("freight_cost_usd_total", "counter", ("model",),
+               "US dollars the batches of a model cost so far: the sum of their Batch objects' freight.cost_usd "
+               "(prices from freight.toml or the pinned table; models without a price have no sample).",
                "store", True),
     MetricSpec("freight_requests_queued", "gauge", ("model",),
                "Requests of active batches waiting to run (including those backing off before a retry).", "store"),
@@ -80,11 +86,14 @@ def _family(name: str, by_project: bool) -> Any:
 class StoreCollector(Collector):
     """The ``store`` series, read at each scrape."""
 
-    def __init__(self, store: StatsStore, by_project: bool = False, models: Sequence[str] = ()):
+    def __init__(self, store: StatsStore, by_project: bool = False, models: Sequence[str] = (),
+                 prices: PriceBook | None = None, now: Callable[[], float] = time.time):
         self.store = store
         self.by_project = by_project
         #: Served models: their queued/running gauges read 0 rather than being absent.
         self.models = tuple(models)
+        self.prices = prices or PriceBook()
+        self.now = now
 
     def describe(self) -> Iterator[Metric]:
         return iter([])  # no scrape at registration
@@ -105,6 +114,14 @@ class StoreCollector(Collector):
         tokens = _family("freight_tokens_total", p)
         for (project, model, kind), n in sorted(s.tokens.items()):
             tokens.add_metric(key(project, model, kind), n)
+        cost = _family("freight_cost_usd_total", p)
+        now = self.now()
+        for (project, model), spend in sorted(s.spend.items()):
+            busy_s = spend.busy_s + spend.running * now - spend.running_since
+            usd = self.prices.for_model(model or None).cost_usd(
+                Tokens(input=spend.input_tokens, output=spend.output_tokens), busy_s=busy_s)
+            if usd is not None:
+                cost.add_metric(key(project, model), usd)
         queued, running = _family("freight_requests_queued", p), _family("freight_requests_running", p)
         open_requests = {**{(m, st): 0 for m in self.models for st in ("queued", "running")}, **s.open_requests}
         for (model, state), n in sorted(open_requests.items()):
@@ -115,7 +132,7 @@ class StoreCollector(Collector):
             buckets = [(repr(le), sum(n for sec, n in seen.items() if sec <= le)) for le in BATCH_DURATION_BUCKETS]
             buckets.append(("+Inf", sum(seen.values())))
             durations.add_metric([status], buckets, sum_value=float(sum(sec * n for sec, n in seen.items())))
-        yield from (batches, finished, tokens, queued, running, durations)
+        yield from (batches, finished, tokens, cost, queued, running, durations)
 
 
 class ProcessMeter(Collector):
@@ -189,9 +206,10 @@ class MeteredBackend:
         return getattr(self.inner, name)
 
 
-def registry(store: StatsStore, meter: ProcessMeter, by_project: bool, models: Sequence[str] = ()) -> CollectorRegistry:
+def registry(store: StatsStore, meter: ProcessMeter, by_project: bool, models: Sequence[str] = (),
+             prices: PriceBook | None = None, now: Callable[[], float] = time.time) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(StoreCollector(store, by_project, models))
+    reg.register(StoreCollector(store, by_project, models, prices, now))
     reg.register(meter)
     return reg
 

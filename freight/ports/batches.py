@@ -54,6 +54,10 @@ class BatchStore(Protocol):
 
     # ---- the end -----------------------------------------------------------------------
     def results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]: ...
+    def failed_results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]:
+        """Like ``results``, only the failed ones (no 2xx answer): the error file's lines so far."""
+        ...
+
     def finish_batch(
         self,
         batch_id: str,

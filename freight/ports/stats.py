@@ -8,6 +8,19 @@ from typing import Protocol
 
 
 @dataclass
+class Spend:
+    """What the cost of one model's batches (of one project) is computed from."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    #: Seconds that batches which stopped running ran (from ``in_progress_at`` to their end).
+    busy_s: int = 0
+    #: Batches running now, and the sum of their ``in_progress_at`` (so busy seconds = n·now − sum).
+    running: int = 0
+    running_since: int = 0
+
+
+@dataclass
 class StoreStats:
     #: (project or "", status) -> batches
     batches: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -19,6 +32,8 @@ class StoreStats:
     open_requests: dict[tuple[str, str], int] = field(default_factory=dict)
     #: (status, seconds from creation to the end) -> ended batches
     batch_durations: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: (project or "", model) -> what its batches' cost is computed from
+    spend: dict[tuple[str, str], Spend] = field(default_factory=dict)
 
 
 class StatsStore(Protocol):

@@ -164,6 +164,11 @@ class BatchesMixin(Base):
             rows = tx.all("results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
         return [StoredResult(row["idx"], row["custom_id"], result_from_row(row)) for row in rows]
 
+    def failed_results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]:
+        with self._db.read() as tx:
+            rows = tx.all("failed_results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
+        return [StoredResult(row["idx"], row["custom_id"], result_from_row(row)) for row in rows]
+
     def finish_batch(
         self,
         batch_id: str,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from freight.domain.requests import RequestState
-from freight.ports.stats import StoreStats
+from freight.ports.stats import Spend, StoreStats
 
 from .base import Base
 
@@ -25,6 +25,12 @@ class StatsMixin(Base):
                 for kind in ("input", "output"):
                     tkey = (project, model, kind)
                     out.tokens[tkey] = out.tokens.get(tkey, 0) + int(r[f"{kind}_tokens"] or 0)
+                spend = out.spend.setdefault((project, model), Spend())
+                spend.input_tokens += int(r["input_tokens"] or 0)
+                spend.output_tokens += int(r["output_tokens"] or 0)
+                spend.busy_s += int(r["busy_s"] or 0)
+                spend.running += int(r["running_n"] or 0)
+                spend.running_since += int(r["running_since"] or 0)
             for r in tx.all("stats_open_requests"):
                 okey = (r["model"] or "", _STATE[RequestState(int(r["state"]))])
                 out.open_requests[okey] = out.open_requests.get(okey, 0) + int(r["n"])

@@ -104,6 +104,14 @@ SELECT idx, custom_id, status_code, response_body, request_id, error_code, error
 FROM requests WHERE batch_id = :batch_id AND idx > :after_idx AND state = {request.done}
 ORDER BY idx LIMIT :limit;
 
+-- name: failed_results
+-- The dashboard's failures by code: finished requests without a 2xx answer (status_code is read
+-- before the response body, so a scan past successful rows stays cheap).
+SELECT idx, custom_id, status_code, response_body, request_id, error_code, error_message, input_tokens, output_tokens
+FROM requests WHERE batch_id = :batch_id AND idx > :after_idx AND state = {request.done}
+  AND (status_code IS NULL OR status_code < 200 OR status_code > 299)
+ORDER BY idx LIMIT :limit;
+
 -- name: lock_batch
 -- Ingest: a stale step (its process lost the batch-steps lease) and the new holder's may overlap;
 -- clearing and starting a batch's requests take the batch row's lock first.
