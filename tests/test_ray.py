@@ -23,15 +23,15 @@ import pytest
 # Read by Ray when it is imported: every node binds to 127.0.0.1, not the machine's network address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-from servers import done_requests  # noqa: E402
+import ray
+from ray.cluster_utils import Cluster
+from servers import done_requests
 
-from freight.backends.ray import RayBackend  # noqa: E402
-from freight.backends.ray.pool import ReplicaPool  # noqa: E402
-from freight.config import load_settings  # noqa: E402
-from freight.domain.batches import TERMINAL, Batch, BatchStatus  # noqa: E402
-from freight.runtime import Runtime, build_runtime  # noqa: E402
+from freight.backends.ray import RayBackend
+from freight.backends.ray.pool import ReplicaPool
+from freight.config import load_settings
+from freight.domain.batches import TERMINAL, Batch, BatchStatus
+from freight.runtime import Runtime, build_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -180,6 +180,7 @@ class World:
 
 
 def make_world(path: Path) -> World:
+    path.mkdir(parents=True, exist_ok=True)
     config = path / "freight.toml"
     config.write_text(CONFIG)
     settings = load_settings(config, data_dir=path / "data", env={})
@@ -229,8 +230,8 @@ def test_chat_batch_runs_on_ray_actors(world: World) -> None:
 
 
 def test_sigkill_of_an_actor_mid_chunk_loses_nothing(world: World) -> None:
-    n = 48
-    batch = world.submit(EMB, "/v1/embeddings", [{"input": sentences(i, 24)} for i in range(n)])
+    n = 24
+    batch = world.submit(EMB, "/v1/embeddings", [{"input": sentences(i, 12)} for i in range(n)])
     killed: list[int] = []
 
     async def kill_mid_chunk() -> None:
@@ -255,24 +256,24 @@ def test_sigkill_of_an_actor_mid_chunk_loses_nothing(world: World) -> None:
 
 
 def test_losing_a_node_reruns_only_what_it_held(world: World, cluster: Cluster) -> None:
-    n = 48
-    batch = world.submit(PINNED, "/v1/embeddings", [{"input": sentences(i, 24)} for i in range(n)])
-    node2 = next(node for node in cluster.worker_nodes)
+    n = 24
+    # A second node with the pinned model's resource, so that its replica has somewhere to go.
+    cluster.add_node(num_cpus=2, resources={NODE2: 1}, object_store_memory=100 * 1024 * 1024)
+    cluster.wait_for_nodes()
+    batch = world.submit(PINNED, "/v1/embeddings", [{"input": sentences(i, 12)} for i in range(n)])
+    lost_node: list[str] = []
 
     async def remove_node_mid_chunk() -> None:
         pool = None
-        # Let some chunks finish first, then take the node away while one runs.
-        while pool is None or sum(1 for r in pool.live.values() if r.inflight) == 0 or not done_some():
+        # Let some chunks finish first, then take the node away while one runs on it.
+        while pool is None or not any(r.inflight for r in pool.live.values()) or len(world.attempts(batch.id)) < 8:
             await asyncio.sleep(0.01)
             pool = world.backend(PINNED).pool
-        await asyncio.to_thread(cluster.remove_node, node2)
-        # The replacement needs a node with the pinned resource: one joins later.
-        await asyncio.sleep(0.5)
-        await asyncio.to_thread(cluster.add_node, num_cpus=2, resources={NODE2: 1},
-                                object_store_memory=100 * 1024 * 1024)
-
-    def done_some() -> bool:
-        return len(world.attempts(batch.id)) >= 8
+        replica = next(r for r in pool.live.values() if r.inflight)
+        node_id = (await replica.handle.info.remote())["node_id"]
+        node = next(node for node in cluster.worker_nodes if node.node_id == node_id)
+        await asyncio.to_thread(cluster.remove_node, node)
+        lost_node.append(node_id)
 
     done = world.run(batch.id, during=remove_node_mid_chunk)
     completed_once(world, done, n)
@@ -283,6 +284,8 @@ def test_losing_a_node_reruns_only_what_it_held(world: World, cluster: Cluster) 
     # Only the chunks in flight on the lost node ran again; those finished before ran once.
     assert 1 <= len(retried) <= pool.spec.chunks_per_replica * 8
     assert sum(1 for a in attempts.values() if a == 1) >= 8
+    (info,) = actor_info(pool)
+    assert info["node_id"] != lost_node[0]
 
 
 def test_a_restarted_freight_finds_its_models_warm(cluster: Cluster, tmp_path: Path) -> None:
@@ -307,8 +310,8 @@ def test_a_restarted_freight_finds_its_models_warm(cluster: Cluster, tmp_path: P
 
 
 def test_replicas_grow_with_the_queue_and_shrink_when_it_drains(world: World) -> None:
-    n = 160
-    batch = world.submit(SCALED, "/v1/embeddings", [{"input": sentences(i, 6)} for i in range(n)])
+    n = 96
+    batch = world.submit(SCALED, "/v1/embeddings", [{"input": sentences(i, 2)} for i in range(n)])
     sizes: list[int] = []
 
     async def watch() -> None:

@@ -66,7 +66,8 @@ def build_backends(tables: dict[str, dict[str, Any]], cache: CacheSetup | None =
     """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter);
     answers are checked against the schema their request asks for (freight.backends.output_check);
     with ``cache``, answers are reused (freight.backends.result_cache) unless the table says
-    ``cache = false``. ``ray_address``/``queue_depth``: for models placed on Ray (``build_backend``). Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
+    ``cache = false``. ``ray_address``/``queue_depth``: for models placed on Ray (``build_backend``).
+    Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
     from freight.backends.messages_adapter import MessagesAdapter
     from freight.backends.output_check import OutputCheck
     from freight.backends.result_cache import CachedBackend, model_identity

@@ -122,7 +122,7 @@ class RayBackend:
                 log.warning("reading the queue depth of %s failed", self.model_id, exc_info=True)
                 continue
             wanted = desired_replicas(queued, pool.size(), self.placement.bounds, per_replica)
-            if wanted != pool.size():
+            if wanted != pool.target:
                 log.info("model %s: %d queued, %d -> %d replicas", self.model_id, queued, pool.size(), wanted,
                          extra={"event": "ray_scale"})
             await pool.scale(wanted)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ NAMESPACE = "freight"
 class RayPlacement:
     """Where and how many: ``replicas``, and the resources Ray reserves for each (``num_cpus``, ``num_gpus``)."""
 
-    bounds: ReplicaBounds = ReplicaBounds(1, 1)
+    bounds: ReplicaBounds = field(default_factory=lambda: ReplicaBounds(1, 1))
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     #: Ray custom resources each replica needs (``resources = { big_memory = 1 }``): pins replicas to nodes
@@ -63,7 +63,8 @@ def parse_placement(name: str, table: dict[str, Any]) -> RayPlacement | None:
     if not isinstance(replicas, dict) or set(replicas) - {"min", "max"}:
         raise ConfigError(f"[models.\"{name}\"].replicas must be a number or a table {{ min = 1, max = 4 }}, "
                           f"got {replicas!r}", param="replicas")
-    low, high = replicas.get("min", 1), replicas.get("max", replicas.get("min", 1))
+    low: Any = replicas.get("min", 1)
+    high: Any = replicas.get("max", low)
     for key, value in (("min", low), ("max", high)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"[models.\"{name}\"].replicas.{key} must be an integer, got {value!r}",
@@ -92,11 +93,11 @@ def check_address(address: Any) -> str | None:
     if not isinstance(address, str) or not address.strip():
         raise ConfigError(f"[ray].address must be \"auto\", \"local\", \"ray://host:port\" or \"host:port\", "
                           f"got {address!r}", param="address")
-    address = address.strip()
-    if address not in ("auto", "local") and ":" not in address:
+    text = str(address).strip()
+    if text not in ("auto", "local") and ":" not in text:
         raise ConfigError(f"[ray].address must be \"auto\", \"local\", \"ray://host:port\" or \"host:port\", "
-                          f"got {address!r}", param="address")
-    return address
+                          f"got {text!r}", param="address")
+    return text
 
 
 def model_file(kind: str, options: dict[str, Any]) -> Path:

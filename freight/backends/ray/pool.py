@@ -127,6 +127,8 @@ class ReplicaPool:
                 continue  # dead: its slot is free
             self.live[slot] = Replica(slot, handle, info)
             adopted += 1
+            log.info("replica %s adopted, already loaded (pid %s, loads %s)", self.spec.name(slot), info.get("pid"),
+                     info.get("loads"), extra={"event": "ray_replica_adopted"})
         self.target = max(self.target, min(len(self.live), self.spec.placement.bounds.max))
         await self._notify()
         return adopted
