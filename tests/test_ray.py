@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 from ray.cluster_utils import Cluster
-from servers import done_requests
+from servers import done_requests, freight_command, subprocess_env
 
 from freight.backends.ray import RayBackend
 from freight.backends.ray.pool import ReplicaPool
@@ -296,17 +297,29 @@ def test_a_restarted_freight_finds_its_models_warm(cluster: Cluster, tmp_path: P
         (before,) = actor_info(first.pool(EMB))
     finally:
         first.rt.close()
-    # A new freight process: a new runtime, store and backend objects; the actor is the one that ran before.
-    second = make_world(tmp_path / "b")
-    try:
-        batch = second.run(second.submit(EMB, "/v1/embeddings", [{"input": "three"}]).id)
-        completed_once(second, batch, 1)
-        (after,) = actor_info(second.pool(EMB))
-    finally:
-        second.rt.close()
+    # Another freight process (`freight run`), joining the cluster through [ray] address.
+    root = tmp_path / "b"
+    root.mkdir()
+    (root / "freight.toml").write_text(CONFIG + f'\n[ray]\naddress = "{cluster.address}"\n')
+    (root / "in.jsonl").write_text("".join(
+        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
+                    "body": {"model": EMB, "input": f"line {i}"}}) + "\n" for i in range(3)))
+    done = subprocess.run([*freight_command(), "run", "in.jsonl", "-o", "out.jsonl", "--data-dir", "data",
+                           "--config", "freight.toml"], cwd=root, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = [json.loads(line) for line in (root / "out.jsonl").read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in out) == ["r0", "r1", "r2"]
+    (after,) = ray.get([ray.get_actor(before_name(first), namespace="freight").info.remote()])
     assert after["pid"] == before["pid"]
     assert after["loads"] == before["loads"] == 1  # the model was not loaded again
     assert after["chunks"] > before["chunks"]
+
+
+def before_name(w: World) -> str:
+    pool = w.pool(EMB)
+    (slot,) = pool.live
+    return pool.spec.name(slot)
 
 
 def test_replicas_grow_with_the_queue_and_shrink_when_it_drains(world: World) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ class ModelReplica:
         self._model_id = model_id
         self._loads = 0
         self._chunks = 0
+        #: Seconds spent executing chunks (the model's side of a chunk's time, for bench/bench_ray.py).
+        self._busy_s = 0.0
         self._loading: asyncio.Lock | None = None
         self._loaded = False
 
@@ -45,11 +48,16 @@ class ModelReplica:
     async def info(self) -> dict[str, Any]:
         import ray
 
-        return {"pid": os.getpid(), "loads": self._loads, "chunks": self._chunks, "model": self._model_id,
+        return {"pid": os.getpid(), "loads": self._loads, "chunks": self._chunks, "busy_s": self._busy_s,
+                "model": self._model_id,
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure]:
         if not self._loaded:
             await self.ready()
         self._chunks += 1
-        return await self._backend.execute(endpoint, bodies)
+        started = time.perf_counter()
+        try:
+            return await self._backend.execute(endpoint, bodies)
+        finally:
+            self._busy_s += time.perf_counter() - started
