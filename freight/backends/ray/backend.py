@@ -46,6 +46,8 @@ class RayBackend:
         self.max_concurrency = local.max_concurrency * placement.bounds.max
         self.pool: ReplicaPool | None = None
         self._scaler: asyncio.Task[None] | None = None
+        #: This backend started a one-machine Ray (``address = "local"``): it stops it on ``close``.
+        self._owns_ray = False
 
     def models(self) -> Sequence[ModelInfo]:
         return self.local.models()
@@ -64,6 +66,7 @@ class RayBackend:
             return
         try:
             ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
+            self._owns_ray = self.address == "local"
         except ConnectionError as exc:
             raise ConfigError(f"[models.\"{self.model_id}\"] is placed on Ray, but no Ray cluster was found at "
                               f"{self.address!r} ([ray] address, or RAY_ADDRESS; \"local\" starts one on this "
@@ -90,12 +93,20 @@ class RayBackend:
             self._scaler = asyncio.create_task(self._autoscale())
 
     async def close(self) -> None:
-        """Stop the autoscaler. The actors stay (detached): the next freight process finds them warm."""
+        """Stop the autoscaler. The actors stay (detached): the next freight process finds them warm; but a
+        one-machine Ray this backend started (``address = "local"``) ends here, and its actors with it."""
         scaler, self._scaler = self._scaler, None
         if scaler is not None and not scaler.done() and scaler.get_loop() is asyncio.get_running_loop():
             scaler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await scaler
+        if self._owns_ray:
+            import ray
+
+            # Explicitly: at interpreter exit Ray leaves its agent processes behind.
+            await asyncio.to_thread(ray.shutdown)
+            self._owns_ray = False
+            self.pool = None
 
     async def shutdown(self) -> None:
         """Stop every replica of this model (``freight`` never does this by itself)."""
