@@ -158,6 +158,8 @@ class ReplicaPool:
                 log.info("replica %s ready (pid %s, loads %s)", self.spec.name(slot), info.get("pid"),
                          info.get("loads"), extra={"event": "ray_replica_ready"})
                 return
+            log.error("replica %s did not start after 20 tries; the autoscaler tries again", self.spec.name(slot),
+                      extra={"event": "ray_replica_failed"})
         finally:
             self.starting.pop(slot, None)
             await self._notify()
