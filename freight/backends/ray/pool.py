@@ -25,6 +25,8 @@ from freight.domain.requests import Failure, Result
 
 log = logging.getLogger(__name__)
 
+#: Read by a Ray worker when it starts: its niceness (Ray's default for workers is 15).
+REPLICA_NICENESS_ENV = "RAY_worker_niceness"
 #: The ``Failure`` code of requests whose replica died under them (retried by the engine).
 REPLICA_LOST = "replica_lost"
 
@@ -93,7 +95,11 @@ class ReplicaPool:
                 "get_if_exists": True, "max_restarts": 0, "max_task_retries": 0,
                 "num_cpus": p.num_cpus, "num_gpus": p.num_gpus, "resources": dict(p.resources),
                 # chunks, plus room for ``info``/``ready`` calls beside them
-                "max_concurrency": self.spec.chunks_per_replica + 4}
+                "max_concurrency": self.spec.chunks_per_replica + 4,
+                # Ray starts workers at nice 15; a replica is the model server, and at that priority it got
+                # 25-35% less done per chunk than the same backend in process on a busy node. Ray's own job
+                # supervisor is started the same way.
+                "runtime_env": {"env_vars": {REPLICA_NICENESS_ENV: "0"}}}
 
     def _create(self, slot: int) -> Any:
         import ray
