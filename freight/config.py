@@ -91,6 +91,9 @@ class Settings:
     metrics_project_label: bool = False
     #: Redis shared by every process for remote upstreams' rate limits (``--redis-url``); None: per process.
     redis_url: str | None = None
+    #: ``[ray] address``, else ``RAY_ADDRESS``: the Ray cluster of models with ``placement = "ray"``
+    #: ("auto", "local", "ray://head:10001", "host:port"); None: "auto".
+    ray_address: str | None = None
 
     def price_book(self) -> PriceBook:
         return self.prices if self.prices is not None else PriceBook.from_tables(self.model_tables())
@@ -160,7 +163,7 @@ def load_settings(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
     unknown = set(data) - {"server", "limits", "engine", "models", "anthropic", "projects", "scheduling", "webhooks",
-                           "metrics", "intake", "cache"}
+                           "metrics", "intake", "cache", "ray"}
     if unknown:
         raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
     server, limits, engine = _section(data, "server"), _section(data, "limits"), _section(data, "engine")
@@ -261,7 +264,19 @@ def load_settings(
         raise ConfigError(f"unknown key(s) in [metrics]: {', '.join(sorted(set(metrics) - {'project_label'}))}")
     settings.metrics_project_label = bool(_take(metrics, "project_label", bool, "metrics"))
     settings.cache = _cache_settings(_section(data, "cache"))
+    settings.ray_address = _ray_address(_section(data, "ray"), env)
     return settings
+
+
+def _ray_address(table: dict[str, Any], env: dict[str, str]) -> str | None:
+    """``[ray] address``, else ``RAY_ADDRESS`` (checked: see freight.backends.ray.placement.check_address)."""
+    from freight.backends.ray.placement import check_address
+
+    if set(table) - {"address"}:
+        raise ConfigError(f"unknown key(s) in [ray]: {', '.join(sorted(set(table) - {'address'}))}")
+    if "address" in table:
+        return check_address(table["address"])
+    return check_address(env["RAY_ADDRESS"]) if env.get("RAY_ADDRESS") else None
 
 
 def _cache_settings(table: dict[str, Any]) -> CacheSettings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -94,9 +94,16 @@ class _OfflineEnv(dict[str, str]):
         return super().get(key) or "offline-check"
 
 
-def build_catalog(settings: Settings, *, offline: bool = False, cache: CacheSetup | None = None) -> ModelCatalog:
+def queued_requests(store: Store, model: str) -> int:
+    """The model's requests waiting in the store (what models placed on Ray scale with)."""
+    return store.stats(False).open_requests.get((model, "queued"), 0)
+
+
+def build_catalog(settings: Settings, *, offline: bool = False, cache: CacheSetup | None = None,
+                  queue_depth: Callable[[str], int] | None = None) -> ModelCatalog:
     """The configured models. ``offline``: for checks that send no request (``freight validate``),
-    so that models whose API key is not in the environment still count as served."""
+    so that models whose API key is not in the environment still count as served. ``queue_depth``:
+    a model's queued requests (``queued_requests``), for models placed on Ray."""
     tables = settings.model_tables()
     if offline:
         import os
@@ -104,7 +111,9 @@ def build_catalog(settings: Settings, *, offline: bool = False, cache: CacheSetu
         env: Mapping[str, str] = _OfflineEnv(os.environ)
         tables = {name: ({**table, "env": env} if table.get("backend") in _KEYED_KINDS else table)
                   for name, table in tables.items()}
-    return ModelCatalog(build_backends(tables, cache, None if offline else settings.redis_url), build_lanes(tables))
+    return ModelCatalog(build_backends(tables, cache, None if offline else settings.redis_url,
+                                       ray_address=settings.ray_address, queue_depth=queue_depth),
+                        build_lanes(tables))
 
 
 def open_blobs(settings: Settings) -> BlobStore:
@@ -171,7 +180,7 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         elif models:
             cache = (CacheSetup(store, clock, settings.cache.ttl_s, settings.cache.max_bytes)
                      if settings.cache.enabled else None)
-            catalog = build_catalog(settings, cache=cache)
+            catalog = build_catalog(settings, cache=cache, queue_depth=functools.partial(queued_requests, store))
         else:
             catalog = ModelCatalog([], [])
         # Alone on its data dir, the engine leases under the data dir's own id (engine.id), so that a

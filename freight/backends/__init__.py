@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from freight.domain.errors import ConfigError
@@ -14,10 +15,23 @@ if TYPE_CHECKING:
 KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted", "vllm")
 
 
-def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None) -> Backend:
+def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None, *, ray_address: str | None = None,
+                  queue_depth: Callable[[str], int] | None = None) -> Backend:
     """The backend for one ``[models."name"]`` table of freight.toml. ``redis_url``: remote upstreams'
-    rate limits are shared there by every process (freight/backends/shared_limit.py)."""
-    options = {k: v for k, v in table.items() if k not in ("backend", "cache")}
+    rate limits are shared there by every process (freight/backends/shared_limit.py). A local model with
+    ``placement = "ray"`` runs on Ray actors (freight/backends/ray/) at ``ray_address``, scaled by
+    ``queue_depth(model)``."""
+    from freight.backends.ray.placement import PLACEMENT_KEYS, parse_placement
+
+    placement = parse_placement(name, table)
+    if placement is not None:
+        from freight.backends.ray.backend import RayBackend
+
+        local_table = {k: v for k, v in table.items() if k not in PLACEMENT_KEYS}
+        local = build_backend(name, local_table)
+        options = {k: v for k, v in local_table.items() if k not in ("backend", "cache")}
+        return RayBackend(table["backend"], name, options, local, placement, ray_address, queue_depth)
+    options = {k: v for k, v in table.items() if k not in ("backend", "cache", "placement")}
     kind = table["backend"]
     try:
         if kind == "local-embeddings":
@@ -54,11 +68,13 @@ def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None
 
 
 def build_backends(tables: dict[str, dict[str, Any]], cache: CacheSetup | None = None,
-                   redis_url: str | None = None) -> list[Backend]:
+                   redis_url: str | None = None, *, ray_address: str | None = None,
+                   queue_depth: Callable[[str], int] | None = None) -> list[Backend]:
     """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter);
     answers are checked against the schema their request asks for (freight.backends.output_check);
     with ``cache``, answers are reused (freight.backends.result_cache) unless the table says
-    ``cache = false``. Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
+    ``cache = false``. ``ray_address``/``queue_depth``: for models placed on Ray (``build_backend``).
+    Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
     from freight.backends.messages_adapter import MessagesAdapter
     from freight.backends.output_check import OutputCheck
     from freight.backends.result_cache import CachedBackend, model_identity
@@ -73,7 +89,8 @@ def build_backends(tables: dict[str, dict[str, Any]], cache: CacheSetup | None =
             raise ConfigError(f"[models.\"{name}\"].cache must be true or false, got {use_cache!r}")
         # Outputs are checked outside the Messages adapter: a /v1/messages answer is checked as a Message;
         # the cache is outermost, so that it stores only checked answers.
-        backend: Backend = OutputCheck(MessagesAdapter(build_backend(name, table, redis_url)))
+        backend: Backend = OutputCheck(MessagesAdapter(build_backend(
+            name, table, redis_url, ray_address=ray_address, queue_depth=queue_depth)))
         if cache is not None and use_cache:
             backend = CachedBackend(backend, cache, functools.partial(model_identity, name, table))
         out.append(backend)

