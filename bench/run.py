@@ -26,6 +26,7 @@ BENCHES = {
     "engine": ("bench.bench_engine", {}),
     "intake": ("bench.bench_intake", {}),
     "cache": ("bench.bench_cache", {}),
+    "claim": ("bench.bench_claim", {}),
 }
 
 

@@ -10,17 +10,21 @@ window, each batch's remaining requests) and a measured rate, and claims in the 
     needed_s(b) = remaining(b) × seconds_per_request / slots
     target(b)   = created_at + margin × (expires_at − created_at)
     demand(b)   = Σ needed_s(x) over unfinished x with target(x) ≤ target(b)
-    urgent(b)   ⇔ some d with target(d) ≥ target(b) has now + demand(d) ≥ target(d)  (and now < expires_at)
+    finish(b)   = the time at which demand(b) seconds of the model's open hours have passed from now
+                  (now + demand(b) for a model without ``windows``)
+    urgent(b)   ⇔ some d with target(d) ≥ target(b) has finish(d) ≥ target(d)  (and now < expires_at)
 
 Urgent batches come first, earliest target first; then every other batch, project by project in share
-order. Paused batches are left out, and so are batches held for a time window or ``not_before``
-(``held_until``) unless urgent.
+order. Paused batches are left out, and so are batches held for an off-peak window or ``not_before``
+(``held_until``) unless urgent. Outside the model's own hours nothing runs, urgent or not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from freight.domain.windows import Hours
 
 #: The range of ``priority`` on create and on ``POST …/priority``.
 PRIORITY_MIN = -1000
@@ -72,19 +76,25 @@ def target(c: Candidate, margin: float) -> float:
 
 
 def urgent(candidates: Sequence[Candidate], now: float, seconds_per_request: float, slots: int,
-           margin: float) -> list[Candidate]:
+           margin: float, hours: Hours | None = None) -> list[Candidate]:
     """The deadline ramp: the batches that must run now, earliest target first.
 
     Batches in earliest-target order (what meets every window that can be met); ``demand(b)`` is the
-    model time of ``b`` and of every batch due before it. When ``now + demand(b) ≥ target(b)``, ``b``
-    and every batch due before it are urgent: fair share could no longer be afforded for any of them.
+    model time of ``b`` and of every batch due before it, and ``finish(b)`` when that much of the
+    model's open ``hours`` will have passed. When ``finish(b) ≥ target(b)``, ``b`` and every batch due
+    before it are urgent: neither fair share nor waiting for an off-peak window or ``not_before``
+    could still be afforded for any of them.
     """
     live = sorted((c for c in candidates if c.remaining > 0 and now < c.expires_at),
                   key=lambda c: (target(c, margin), -c.priority, c.id))
-    demand, last = 0.0, -1
-    for i, c in enumerate(live):
+    demands, demand = [], 0.0
+    for c in live:
         demand += needed_s(c, seconds_per_request, slots)
-        if now + demand >= target(c, margin):
+        demands.append(demand)
+    finish = (hours or Hours()).finish_times(now, demands)
+    last = -1
+    for i, c in enumerate(live):
+        if finish[i] >= target(c, margin):
             last = i
     return live[:last + 1]
 
@@ -94,10 +104,13 @@ def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
 
 
 def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: Policy, now: float,
-          seconds_per_request: float, slots: int = 1) -> list[Candidate]:
-    """Every candidate that is not paused (nor held, unless urgent), in the order to try claiming from them."""
+          seconds_per_request: float, slots: int = 1, hours: Hours | None = None) -> list[Candidate]:
+    """Every candidate that is not paused (nor held, unless urgent), in the order to try claiming from them;
+    none while the model's ``hours`` are closed."""
+    if hours is not None and not hours.is_open(now):
+        return []
     live = [c for c in candidates if not c.paused]
-    first = urgent(live, now, seconds_per_request, slots, policy.margin)  # held or not: the ramp wins
+    first = urgent(live, now, seconds_per_request, slots, policy.margin, hours)  # held or not: the ramp wins
     chosen = {c.id for c in first}
     rest = [c for c in live if c.id not in chosen and (c.held_until is None or now >= c.held_until)]
     rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,

@@ -16,32 +16,50 @@ from collections.abc import Sequence
 from freight.domain import scheduling
 from freight.domain.batches import Batch
 from freight.domain.clock import Clock
+from freight.domain.windows import ALWAYS, Calendar, Hours
 from freight.engine.settings import SchedulingSettings
 from freight.ports.scheduling import SchedulingStore
 
 log = logging.getLogger("freight.engine")
 
 
-def candidate(b: Batch) -> scheduling.Candidate:
+def candidate(b: Batch, now: float | None = None, calendar: Calendar | None = None) -> scheduling.Candidate:
+    """The policy's view of a batch; with ``now`` and ``calendar``, held until its off-peak hours (for
+    ``schedule: "off_peak"``) and its ``not_before``. (The model's own hours are the dispatcher's: ``order``.)"""
     c = b.request_counts
+    held = None
+    if now is not None and calendar is not None and (b.schedule is not None or b.not_before is not None):
+        held = calendar.held_until(now, model=None, schedule=b.schedule, not_before=b.not_before)
     return scheduling.Candidate(id=b.id, project=b.project, priority=b.priority, created_at=b.created_at,
                                 expires_at=b.expires_at, remaining=max(0, c.total - c.completed - c.failed),
-                                paused=b.paused_at is not None)
+                                paused=b.paused_at is not None, held_until=held)
+
+
+def model_hours(calendar: Calendar, models: Sequence[str]) -> Hours:
+    """The hours of a backend's model (a backend with several models: those of the first that has any)."""
+    for model in models:
+        hours = calendar.model(model)
+        if not hours.always:
+            return hours
+    return ALWAYS
 
 
 class FairTurns:
     """Weighted fair share between projects by model time used (stored), priority then deadline within a
-    project, the deadline ramp above both; paused batches get no turn.
+    project, the deadline ramp above both; paused batches get no turn, held ones (off-peak, ``not_before``)
+    only when the ramp needs them, and none at all outside the model's hours.
 
     Between a claim and its chunk's end the chunk counts towards its project as ``chunk`` requests at
     the measured rate, so that one dispatcher filling its slots does not serve one project only.
     """
 
     def __init__(self, store: SchedulingStore | None = None, settings: SchedulingSettings | None = None,
-                 clock: Clock | None = None, slots: int = 1, chunk: int = 1) -> None:
+                 clock: Clock | None = None, slots: int = 1, chunk: int = 1, models: Sequence[str] = ()) -> None:
         self._store = store
         self._settings = settings or SchedulingSettings()
         self._policy = self._settings.policy()
+        self._calendar = self._settings.calendar
+        self._hours = model_hours(self._calendar, models)
         self._now = clock.now if clock is not None else time.time
         self._slots = max(1, slots)
         self._chunk = max(1, chunk)
@@ -51,14 +69,16 @@ class FairTurns:
         self.seconds_per_request = self._settings.initial_seconds_per_request
 
     def order(self, batches: Sequence[Batch]) -> list[Batch]:
-        """The batches to try, in order (paused ones left out)."""
+        """The batches to try, in order (paused ones left out, held ones unless urgent; none outside the
+        model's hours)."""
         by_id = {b.id: b for b in batches}
         with self._lock:
             used = dict(self._used)
             for project, seconds in self._in_flight.items():
                 used[project] = used.get(project, 0.0) + seconds
-        ordered = scheduling.order([candidate(b) for b in batches], used, self._policy, self._now(),
-                                   self.seconds_per_request, self._slots)
+        now = self._now()
+        ordered = scheduling.order([candidate(b, now, self._calendar) for b in batches], used, self._policy, now,
+                                   self.seconds_per_request, self._slots, self._hours)
         return [by_id[c.id] for c in ordered]
 
     def served(self, batch: Batch) -> None:
