@@ -172,8 +172,8 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if backends is not None:
             catalog = ModelCatalog(backends, [])
         elif models:
-            cache = (CacheSetup(store, clock, settings.cache.ttl_s, settings.cache.max_bytes, scope=settings.cache.scope)
-                     if settings.cache.enabled else None)
+            cache = (CacheSetup(store, clock, settings.cache.ttl_s, settings.cache.max_bytes,
+                                scope=settings.cache.scope) if settings.cache.enabled else None)
             catalog = build_catalog(settings, cache=cache)
         else:
             catalog = ModelCatalog([], [])

@@ -89,6 +89,8 @@ def test_priority_on_create_is_shown_back_and_validated(alpha: OpenAI) -> None:
 
 def test_pause_withdraws_queued_requests_and_nothing_starts_until_resume(alpha: OpenAI, server: FreightServer) -> None:
     batch = create(alpha, 1.0)
+    # (the store-wide count below could otherwise see an earlier test's batch still running)
+    wait_for(lambda: alpha.batches.retrieve(batch.id).status == "in_progress", 30, "the batch to start")
     wait_for(lambda: request_states(server.db_path).get(1, 0) >= 6, 30, "a chunk claimed")
     paused = post(alpha, f"/batches/{batch.id}/pause")
     assert paused["status"] == "in_progress" and isinstance(paused["freight"]["paused_at"], int)

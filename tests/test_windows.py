@@ -233,3 +233,11 @@ price_windows = [{ window = "00:00-06:00", input_per_mtok = 2, output_per_mtok =
         path.write_text(f"[scheduling]\n{bad}\n")
         with pytest.raises(ConfigError, match=why):
             load_settings(path, env={})
+
+
+def test_freight_status_shows_a_hold() -> None:
+    from freight.cli.figures import freight_rows
+
+    rows = dict(freight_rows({"freight": {"held_until": int(MIDNIGHT), "schedule": "off_peak"}}))
+    assert rows["held until"].startswith("2026-03-02 00:00 UTC (off-peak hours")
+    assert "held until" not in dict(freight_rows({"freight": {"held_until": None}}))

@@ -103,9 +103,10 @@ def make_sim(tmp_path: Path) -> Iterator[Callable[[Calendar], Sim]]:
         batches = BatchService(store, clock, on_change=engine.wake, calendar=calendar)
 
         def submit(tag: str, n: int, window: str = "24h", **extra: Any) -> Batch:
-            data = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                       "body": {"model": MODEL, "messages": [{"role": "user", "content": f"{tag}-{i}"}]}})
-                           + "\n" for i in range(n)).encode()
+            rows = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                     "body": {"model": MODEL, "messages": [{"role": "user", "content": f"{tag}-{i}"}]}}
+                    for i in range(n)]
+            data = "".join(json.dumps(row) + "\n" for row in rows).encode()
             file_id, writer = files.new_upload()
             writer.write(data)
             f = files.finish_upload("p", file_id, writer, filename="in.jsonl", purpose="batch", expires_after_s=None)

@@ -16,9 +16,9 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.requests import OUTPUT_INVALID, Failure, Outcome, Result
 from freight.ports import Backend, ModelInfo
-from freight.domain.cache_key import NO_CACHE_KEY
 from freight.services.outputs import BATCH_SCHEMA_KEY, Check, check_answer, requested_check
 
 #: More tries for an invalid answer (each is another model call, counted in the cost).

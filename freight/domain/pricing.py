@@ -161,7 +161,8 @@ def _usd(p: Price | None, tokens: Tokens) -> float | None:
         return None
     cached = min(tokens.cached, tokens.input)
     cached_rate = p.input_per_mtok if p.cached_input_per_mtok is None else p.cached_input_per_mtok
-    return ((tokens.input - cached) * p.input_per_mtok + cached * cached_rate + tokens.output * p.output_per_mtok) / MTOK
+    return ((tokens.input - cached) * p.input_per_mtok + cached * cached_rate
+            + tokens.output * p.output_per_mtok) / MTOK
 
 
 def projected_usd(cost: float | None, done: int, total: int, *, finished: bool) -> float | None:

@@ -55,8 +55,6 @@ __all__ = [
     "Quota",
     "RequestQueue",
     "ResultCache",
-    "answering_for",
-    "on_behalf_of",
     "Retry",
     "SchedulingStore",
     "StatsStore",
@@ -68,5 +66,7 @@ __all__ = [
     "Withdrawal",
     "Withdrawn",
     "WorkHints",
+    "answering_for",
     "current_withdrawal",
+    "on_behalf_of",
 ]

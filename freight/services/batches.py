@@ -12,10 +12,10 @@ from freight.domain.clock import Clock
 from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
+from freight.domain.windows import Calendar
 from freight.ports import Page, Quota, Store
 from freight.services.cost import CostControls
 from freight.services.outputs import check_output_schema
-from freight.domain.windows import Calendar
 from freight.services.scheduling import not_before_of, priority_of, schedule_of
 from freight.services.transitions import log_transition
 

@@ -33,8 +33,8 @@ from freight.domain.message_batches import (
     message_batch_id,
 )
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
-from freight.ports import BlobStore, BlobWriter, Quota, Store
 from freight.domain.windows import Calendar
+from freight.ports import BlobStore, BlobWriter, Quota, Store
 from freight.services.scheduling import not_before_of, priority_of_raw, raw_value, schedule_of
 from freight.services.transitions import log_transition
 from freight.wire import jsonx

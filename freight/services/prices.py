@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from freight.domain.errors import ConfigError
 from freight.domain import windows
+from freight.domain.errors import ConfigError
 from freight.domain.pricing import UNPRICED, Billing, MachineCost, ModelPricing, Price, PriceWindow
 
 #: Keys of a model's table that are prices, not backend options.
