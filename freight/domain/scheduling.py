@@ -38,8 +38,11 @@ USAGE_BUCKET_S = 60
 MIN_REQUEST_S = 0.001
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate:
+    """A batch as the policy sees it; never changed once made (not frozen: one is made per batch at
+    every claim, and a frozen dataclass costs twice as much to build)."""
+
     id: str
     project: str
     priority: int
@@ -85,18 +88,21 @@ def urgent(candidates: Sequence[Candidate], now: float, seconds_per_request: flo
     before it are urgent: neither fair share nor waiting for an off-peak window or ``not_before``
     could still be afforded for any of them.
     """
-    live = sorted((c for c in candidates if c.remaining > 0 and now < c.expires_at),
-                  key=lambda c: (target(c, margin), -c.priority, c.id))
+    keyed = sorted((target(c, margin), -c.priority, c.id, c) for c in candidates
+                   if c.remaining > 0 and now < c.expires_at)
+    per_request = seconds_per_request / max(1, slots)
     demands, demand = [], 0.0
-    for c in live:
-        demand += needed_s(c, seconds_per_request, slots)
+    for k in keyed:
+        demand += k[3].remaining * per_request  # needed_s
         demands.append(demand)
-    finish = (hours or Hours()).finish_times(now, demands)
+    finish = demands if hours is None or hours.always else hours.finish_times(now, demands)
+    offset = 0.0 if hours is None or hours.always else None
     last = -1
-    for i, c in enumerate(live):
-        if finish[i] >= target(c, margin):
+    for i, k in enumerate(keyed):
+        done_at = now + finish[i] if offset is not None else finish[i]
+        if done_at >= k[0]:
             last = i
-    return live[:last + 1]
+    return [k[3] for k in keyed[:last + 1]]
 
 
 def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
@@ -113,8 +119,9 @@ def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: 
     first = urgent(live, now, seconds_per_request, slots, policy.margin, hours)  # held or not: the ramp wins
     chosen = {c.id for c in first}
     rest = [c for c in live if c.id not in chosen and (c.held_until is None or now >= c.held_until)]
-    rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,
-                             c.remaining, c.created_at, c.id))
+    shares = {p: share(used_s, policy, p) for p in {c.project for c in rest}}
+    rest.sort(key=lambda c: (shares[c.project], c.project, -c.priority, c.expires_at, c.remaining, c.created_at,
+                             c.id))
     return first + rest
 
 
