@@ -241,3 +241,52 @@ def test_freight_status_shows_a_hold() -> None:
     rows = dict(freight_rows({"freight": {"held_until": int(MIDNIGHT), "schedule": "off_peak"}}))
     assert rows["held until"].startswith("2026-03-02 00:00 UTC (off-peak hours")
     assert "held until" not in dict(freight_rows({"freight": {"held_until": None}}))
+
+
+def test_the_estimate_and_the_cap_check_use_the_price_of_the_window_a_batch_starts_in(tmp_path: Path) -> None:
+    import io
+    import json
+
+    from freight.cli.estimate import estimate_file
+    from freight.config import load_settings
+    from freight.domain.batches import Batch, BatchStatus
+    from freight.domain.clock import FixedClock
+    from freight.domain.errors import InvalidInput
+    from freight.domain.files import File
+    from freight.services.cost import CostControls
+
+    config = tmp_path / "freight.toml"
+    config.write_text("""
+[scheduling]
+off_peak = ["00:00-06:00"]
+
+[models."m"]
+backend = "scripted"
+price = { input_per_mtok = 10, output_per_mtok = 10 }
+price_windows = [{ window = "00:00-06:00", input_per_mtok = 1, output_per_mtok = 1 }]
+""")
+    settings = load_settings(config, env={})
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "x" * 4000}}
+    data = (json.dumps(line) + "\n").encode()
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(data)
+    noon = MIDNIGHT + 12 * H
+    now = estimate_file(settings, path, "/v1/embeddings", "m", now=noon)
+    night = estimate_file(settings, path, "/v1/embeddings", "m", schedule="off_peak", now=noon)
+    assert (now["cost_usd"], now["starts_at"], now["price_window"]) == (pytest.approx(0.01), None, False)
+    assert (night["cost_usd"], night["starts_at"], night["price_window"]) == (pytest.approx(0.001),
+                                                                              int(MIDNIGHT + 24 * H), True)
+    cost = CostControls(settings.price_book(), FixedClock(noon), calendar=settings.engine.scheduling.calendar,
+                        open_file=lambda f: io.BytesIO(data))
+    f = File("file-1", "p", "in.jsonl", "batch", len(data), int(noon), lines=1)
+
+    def batch(**extra: object) -> Batch:
+        return Batch("batch_1", "p", "/v1/embeddings", f.id, "24h", BatchStatus.VALIDATING, int(noon),
+                     int(noon) + 86400, max_cost_usd=0.005, **extra)  # type: ignore[arg-type]
+
+    cost.admit(batch(schedule="off_peak"), f)  # $0.001 at night: within the cap
+    with pytest.raises(InvalidInput, match="max_cost_usd"):
+        cost.admit(batch(), f)  # $0.01 now: over it
+    with pytest.raises(InvalidInput):
+        cost.admit(batch(not_before=int(noon) + 3600), f)  # 13:00 is no cheaper
+    cost.admit(batch(not_before=int(MIDNIGHT + 25 * H)), f)
