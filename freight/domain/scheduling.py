@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from freight.domain.windows import Hours
+from freight.domain.windows import ALWAYS, Hours
 
 #: The range of ``priority`` on create and on ``POST …/priority``.
 PRIORITY_MIN = -1000
@@ -95,12 +95,10 @@ def urgent(candidates: Sequence[Candidate], now: float, seconds_per_request: flo
     for k in keyed:
         demand += k[3].remaining * per_request  # needed_s
         demands.append(demand)
-    finish = demands if hours is None or hours.always else hours.finish_times(now, demands)
-    offset = 0.0 if hours is None or hours.always else None
+    finish = (hours or ALWAYS).finish_times(now, demands)
     last = -1
     for i, k in enumerate(keyed):
-        done_at = now + finish[i] if offset is not None else finish[i]
-        if done_at >= k[0]:
+        if finish[i] >= k[0]:
             last = i
     return [k[3] for k in keyed[:last + 1]]
 
