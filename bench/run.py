@@ -27,6 +27,7 @@ BENCHES = {
     "intake": ("bench.bench_intake", {}),
     "cache": ("bench.bench_cache", {}),
     "ray": ("bench.bench_ray", {}),
+    "claim": ("bench.bench_claim", {}),
 }
 
 

@@ -16,10 +16,13 @@ from typing import Any
 
 import platformdirs
 
+from freight.domain import windows
+from freight.domain.cache_key import SCOPES
 from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
 from freight.domain.webhooks import WebhookPolicy
+from freight.domain.windows import Calendar
 from freight.engine.settings import EngineSettings, SchedulingSettings
 from freight.intake.settings import IntakeSettings, intake_settings
 from freight.ports import Quota
@@ -54,6 +57,9 @@ class CacheSettings:
     ttl_s: int = 7 * 24 * 3600
     #: The stored answers' bodies total at most this (the oldest go first); None: no cap.
     max_bytes: int | None = 1 << 30
+    #: "project": each project reuses only its own answers; "global": every project shares them (a
+    #: project can then tell that another sent the same request: docs/cache.md).
+    scope: str = "project"
 
 
 @dataclass
@@ -255,7 +261,7 @@ def load_settings(
         orphan_blob_age_s=float(_take(engine, "orphan_blob_age_s", (int, float), "engine") or es.orphan_blob_age_s),
         retry=retry,
         input_limits=settings.input_limits,
-        scheduling=_scheduling(_section(data, "scheduling"), _section(data, "projects")),
+        scheduling=_scheduling(_section(data, "scheduling"), _section(data, "projects"), models),
     )
     settings.anthropic = _anthropic_limits(_section(data, "anthropic"))
     settings.webhooks = _webhook_policy(_section(data, "webhooks"))
@@ -280,8 +286,9 @@ def _ray_address(table: dict[str, Any], env: dict[str, str]) -> str | None:
 
 
 def _cache_settings(table: dict[str, Any]) -> CacheSettings:
-    """``[cache]``: ``enabled`` (true), ``ttl`` (seconds, or "30m", "12h", "7d"), ``max_bytes`` (0: no cap)."""
-    unknown = set(table) - {"enabled", "ttl", "max_bytes"}
+    """``[cache]``: ``enabled`` (true), ``ttl`` (seconds, or "30m", "12h", "7d"), ``max_bytes`` (0: no cap),
+    ``scope`` ("project" or "global")."""
+    unknown = set(table) - {"enabled", "ttl", "max_bytes", "scope"}
     if unknown:
         raise ConfigError(f"unknown key(s) in [cache]: {', '.join(sorted(unknown))}")
     d = CacheSettings()
@@ -292,8 +299,11 @@ def _cache_settings(table: dict[str, Any]) -> CacheSettings:
     max_bytes = _take(table, "max_bytes", int, "cache")
     if max_bytes is not None and max_bytes < 0:
         raise ConfigError(f"cache.max_bytes must be 0 (no cap) or more, got {max_bytes}")
+    scope = table.get("scope", d.scope)
+    if scope not in SCOPES:
+        raise ConfigError(f"cache.scope must be one of {', '.join(repr(s) for s in SCOPES)}, got {scope!r}")
     return CacheSettings(enabled=d.enabled if enabled is None else enabled, ttl_s=ttl_s,
-                         max_bytes=d.max_bytes if max_bytes is None else (max_bytes or None))
+                         max_bytes=d.max_bytes if max_bytes is None else (max_bytes or None), scope=str(scope))
 
 
 def _projects(table: dict[str, Any]) -> dict[str, ProjectSettings]:
@@ -353,9 +363,32 @@ def _anthropic_limits(table: dict[str, Any]) -> MessageBatchLimits:
     )
 
 
-def _scheduling(table: dict[str, Any], projects: dict[str, Any]) -> SchedulingSettings:
-    """``[scheduling]``: margin (0 < m <= 1), usage_window ("1h"); ``[projects."name"]``: weight (> 0)."""
-    unknown = set(table) - {"margin", "usage_window"}
+def _calendar(table: dict[str, Any], models: dict[str, Any]) -> Calendar:
+    """``[scheduling] off_peak`` (with ``off_peak_timezone``) and each model's ``windows`` (``timezone``)."""
+    try:
+        off_peak: windows.Hours | None = None
+        if "off_peak" in table:
+            off_peak = windows.hours(table["off_peak"], table.get("off_peak_timezone"), "scheduling.off_peak")
+            if off_peak.always:
+                raise ValueError("scheduling.off_peak must name at least one window, like [\"00:00-06:00\"]")
+        elif "off_peak_timezone" in table:
+            raise ValueError("scheduling.off_peak_timezone only counts with scheduling.off_peak")
+        hours: dict[str, windows.Hours] = {}
+        for name, model in models.items():
+            where = f'models."{name}".windows'
+            if "windows" in model:
+                hours[str(name)] = windows.hours(model["windows"], model.get("timezone"), where)
+            elif "timezone" in model and "price_windows" not in model:
+                raise ValueError(f'models."{name}".timezone only counts with windows or price_windows')
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Calendar(hours, off_peak)
+
+
+def _scheduling(table: dict[str, Any], projects: dict[str, Any], models: dict[str, Any]) -> SchedulingSettings:
+    """``[scheduling]``: margin (0 < m <= 1), usage_window ("1h"), off_peak (windows) and off_peak_timezone;
+    ``[projects."name"]``: weight (> 0); each model's windows and timezone."""
+    unknown = set(table) - {"margin", "usage_window", "off_peak", "off_peak_timezone"}
     if unknown:
         raise ConfigError(f"unknown key(s) in [scheduling]: {', '.join(sorted(unknown))}")
     d = SchedulingSettings()
@@ -375,4 +408,5 @@ def _scheduling(table: dict[str, Any], projects: dict[str, Any]) -> SchedulingSe
             if weight <= 0:
                 raise ConfigError(f'projects."{name}".weight must be more than 0, got {weight}')
             weights[str(name)] = float(weight)
-    return SchedulingSettings(weights=weights, margin=margin, usage_window_s=window or d.usage_window_s)
+    return SchedulingSettings(weights=weights, margin=margin, usage_window_s=window or d.usage_window_s,
+                              calendar=_calendar(table, models))

@@ -32,6 +32,7 @@ from freight.services.cost import CostControls
 from freight.services.files import FileService
 from freight.services.keys import KeyService
 from freight.services.message_batches import MessageBatchService
+from freight.services.scheduling import held_extension
 from freight.services.webhooks import WebhookService
 from freight.store import open_store
 from freight.store.blobs import LocalBlobStore
@@ -168,8 +169,10 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
     store: Store | None = None
     try:
         clock = SystemClock()
+        calendar = settings.engine.scheduling.calendar
         cost = CostControls(settings.price_book(), clock,
-                            {name: p.max_cost_usd for name, p in settings.projects.items()})
+                            {name: p.max_cost_usd for name, p in settings.projects.items()}, calendar=calendar)
+        cost.extensions.append(held_extension(calendar, clock))
         store = open_store(settings.database_url, settings.data_dir, sqlite_synchronous=settings.sqlite_synchronous,
                            pool_size=settings.database_pool_size)
         blobs = open_blobs(settings)
@@ -178,8 +181,8 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         if backends is not None:
             catalog = ModelCatalog(backends, [])
         elif models:
-            cache = (CacheSetup(store, clock, settings.cache.ttl_s, settings.cache.max_bytes)
-                     if settings.cache.enabled else None)
+            cache = (CacheSetup(store, clock, settings.cache.ttl_s, settings.cache.max_bytes,
+                                scope=settings.cache.scope) if settings.cache.enabled else None)
             catalog = build_catalog(settings, cache=cache, queue_depth=functools.partial(queued_requests, store))
         else:
             catalog = ModelCatalog([], [])
@@ -198,12 +201,13 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
             store.listen_for_work(engine.wake)
         files = FileService(store, blobs, clock, settings.upload)
         batches = BatchService(store, clock, settings.window, on_change=engine.wake, quota=settings.quota,
-                               cost=cost)
+                               cost=cost, calendar=calendar)
         keys = KeyService(store, clock)
         webhooks = WebhookService(store, clock, settings.webhooks)
         deliverer = WebhookDeliverer(store, store, store if shared else None, clock, settings.webhooks, engine.owner,
                                      settings.engine.step_lease_s)
-        message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake)
+        message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake,
+                                              calendar)
         if owner is not None and settings.database_url is not None:
             # On a shared store only this data dir's previous engine's leases are known to be dead.
             store.release_leases(owner)

@@ -155,7 +155,8 @@ def test_lifecycle_all_kinds_of_requests(client: Anthropic, server: FreightServe
     wire = raw.http_response.json()
     assert set(wire) == {"id", "type", "processing_status", "request_counts", "ended_at", "created_at", "expires_at",
                          "archived_at", "cancel_initiated_at", "results_url", "freight"}
-    assert wire["freight"] == {"priority": 0, "paused_at": None}  # freight's extension fields (scheduling.md)
+    assert wire["freight"] == {"priority": 0, "paused_at": None, "schedule": None,  # freight's extension fields
+                               "not_before": None}  # (scheduling.md)
     assert rfc3339(wire["expires_at"]) > rfc3339(wire["created_at"])
     assert raw.http_response.headers["request-id"]
 

@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
+from anthropic import Anthropic
 from openai import OpenAI
 from servers import (
     TERMINAL,
@@ -51,8 +53,15 @@ upstream_model = "sim-chat"
 
 
 @pytest.fixture(scope="module")
-def client(make_server: Callable[..., FreightServer], upstream: Upstream) -> Iterator[OpenAI]:
-    c = make_server(sim_config(upstream, 'ttl = "7d"')).client()
+def server(make_server: Callable[..., FreightServer], upstream: Upstream) -> FreightServer:
+    s = make_server(sim_config(upstream, 'ttl = "7d"'), start=False)
+    s.keys = {p: s.create_key(p) for p in ("alpha", "beta")}  # type: ignore[attr-defined]
+    return s.start()
+
+
+@pytest.fixture(scope="module")
+def client(server: FreightServer) -> Iterator[OpenAI]:
+    c = server.client(api_key=server.keys["alpha"])  # type: ignore[attr-defined]
     yield c
     c.close()
 
@@ -127,6 +136,47 @@ def test_a_batch_can_opt_out(client: OpenAI, upstream: Upstream) -> None:
         client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
                               extra_body={"cache": "no"})
     assert err.value.body is not None and "'cache'" in str(err.value.body)
+
+
+def test_a_project_does_not_reuse_another_projects_answers(server: FreightServer, client: OpenAI,
+                                                           upstream: Upstream) -> None:
+    upstream.reset_stats()
+    rows = lines(5, temperature=0, seed=11)
+    run(client, rows)
+    beta = server.client(api_key=server.keys["beta"])  # type: ignore[attr-defined]
+    try:
+        batch, _ = run(beta, rows)
+        assert sent(upstream) == 10 and ext(batch)["cached"] == 0, "[cache] scope = \"project\" by default"
+        batch, _ = run(beta, rows)
+        assert sent(upstream) == 10 and ext(batch)["cached"] == 5, "its own answers it reuses"
+    finally:
+        beta.close()
+
+
+def test_a_message_batch_can_opt_out(server: FreightServer, upstream: Upstream) -> None:
+    client = Anthropic(base_url=server.url, api_key=server.keys["alpha"], max_retries=0, timeout=30)  # type: ignore[attr-defined]
+    requests: list[Any] = [{"custom_id": f"m{i}", "params": {
+        "model": "sim", "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": "same"}]}}
+        for i in range(3)]
+
+    def create(**extra: Any) -> Any:
+        created = client.messages.batches.create(requests=requests, extra_body=extra or None)
+        return wait_for(lambda: (b := client.messages.batches.retrieve(created.id)).processing_status == "ended"
+                        and b, 60, "the message batch")
+
+    try:
+        upstream.reset_stats()
+        first = create()
+        assert first.request_counts.succeeded == 3 and sent(upstream) == 1, "duplicates run once"
+        create(cache=False)
+        assert sent(upstream) == 4, "cache: false runs every request"
+        assert create().to_dict()["freight"]["schedule"] is None
+        assert sent(upstream) == 4, "and the next batch reuses the stored answer"
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            client.messages.batches.create(requests=requests, extra_body={"cache": "no"})
+        assert "cache" in str(bad.value.body)
+    finally:
+        client.close()
 
 
 def test_an_entry_past_its_ttl_runs_again(make_server: Callable[..., FreightServer], upstream: Upstream) -> None:

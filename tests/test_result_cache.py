@@ -146,3 +146,37 @@ def test_cache_settings(tmp_path: Path) -> None:
     for bad in ("ttl = 0", 'ttl = "soon"', "max_bytes = -1", "enabled = 1", "size = 3"):
         with pytest.raises(ConfigError):
             settings(f"[cache]\n{bad}\n")
+
+
+def test_entries_are_per_project_unless_the_scope_is_global(store: SqliteStore) -> None:
+    from freight.ports import on_behalf_of
+
+    body = {"model": "m", "input": "the same question"}
+    inner = ScriptedBackend()
+    scoped = CachedBackend(inner, CacheSetup(store, FixedClock(), 100), lambda: "scripted@1")
+    with on_behalf_of("alpha"):
+        run(scoped, EMB, [body])
+        assert run(scoped, EMB, [body])[0].cached, "a project reuses its own answers"
+    with on_behalf_of("beta"):
+        assert not run(scoped, EMB, [body])[0].cached, "but not another project's: no side channel"
+    assert inner.executed == 2
+    shared = CachedBackend(inner, CacheSetup(store, FixedClock(), 100, scope="global"), lambda: "scripted@2")
+    with on_behalf_of("alpha"):
+        run(shared, EMB, [body])
+    with on_behalf_of("beta"):
+        assert run(shared, EMB, [body])[0].cached, "global: every project shares the answers"
+    assert inner.executed == 3
+
+
+def test_cache_scope_setting(tmp_path: Path) -> None:
+    from freight.config import load_settings
+    from freight.domain.errors import ConfigError
+
+    path = tmp_path / "f.toml"
+    path.write_text("")
+    assert load_settings(path, env={}).cache.scope == "project"
+    path.write_text('[cache]\nscope = "global"\n')
+    assert load_settings(path, env={}).cache.scope == "global"
+    path.write_text('[cache]\nscope = "team"\n')
+    with pytest.raises(ConfigError, match="scope"):
+        load_settings(path, env={})

@@ -8,6 +8,7 @@ routes are called with the SDKs' ``client.post``; ``priority`` on create goes th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +24,18 @@ from servers import FreightServer, config_text, done_requests, jsonl_bytes, requ
 
 MODEL = "freight-scripted-two-slots"
 N = 12
+# Off-peak hours that start six hours from now: a batch that asks for them is held for this whole module.
+_OFF = dt.datetime.now(dt.UTC) + dt.timedelta(hours=6)
+OFF_PEAK = f"{_OFF:%H:%M}-{_OFF + dt.timedelta(minutes=1):%H:%M}"
 CONFIG = config_text(extra=f"""
 [models."{MODEL}"]
 backend = "scripted"
 chunk_size = 6
 max_concurrency = 1
 slots = 2
+
+[scheduling]
+off_peak = ["{OFF_PEAK}"]
 """)
 
 
@@ -82,6 +89,8 @@ def test_priority_on_create_is_shown_back_and_validated(alpha: OpenAI) -> None:
 
 def test_pause_withdraws_queued_requests_and_nothing_starts_until_resume(alpha: OpenAI, server: FreightServer) -> None:
     batch = create(alpha, 1.0)
+    # (the store-wide count below could otherwise see an earlier test's batch still running)
+    wait_for(lambda: alpha.batches.retrieve(batch.id).status == "in_progress", 30, "the batch to start")
     wait_for(lambda: request_states(server.db_path).get(1, 0) >= 6, 30, "a chunk claimed")
     paused = post(alpha, f"/batches/{batch.id}/pause")
     assert paused["status"] == "in_progress" and isinstance(paused["freight"]["paused_at"], int)
@@ -155,6 +164,48 @@ def test_message_batches_pause_resume_and_priority(server: FreightServer) -> Non
 
     done = wait_for(ended, 60, "the batch to end")
     assert done.request_counts.succeeded == N
-    assert done.to_dict()["freight"] == {"priority": 9, "paused_at": None}
+    assert done.to_dict()["freight"] == {"priority": 9, "paused_at": None, "schedule": None, "not_before": None}
     client.close()
     other.close()
+
+
+def test_schedule_and_not_before_are_accepted_through_extra_body_and_shown_back(alpha: OpenAI) -> None:
+    now = int(time.time())
+    off_peak = create(alpha, 0, schedule="off_peak")
+    ext = off_peak.to_dict()["freight"]
+    assert (ext["schedule"], ext["not_before"]) == ("off_peak", None)
+    assert now + 5 * 3600 < ext["held_until"] <= now + 7 * 3600, "held until its off-peak window"
+    held = create(alpha, 0, not_before=now + 3600)
+    assert {k: held.to_dict()["freight"][k] for k in ("not_before", "held_until")} == {
+        "not_before": now + 3600, "held_until": now + 3600}
+    time.sleep(1.0)
+    for b in (off_peak, held):
+        again = alpha.batches.retrieve(b.id)
+        assert again.request_counts is not None and again.request_counts.completed == 0, "nothing ran"
+        assert again.to_dict()["freight"]["held_until"] is not None
+        alpha.batches.cancel(b.id)
+    for bad, param in (("peak", "schedule"), (1, "schedule"), ("soon", "not_before"),
+                       (now + 2 * 86400, "not_before"), (True, "not_before")):
+        with pytest.raises(openai.BadRequestError) as exc:
+            create(alpha, 0, **{param: bad})
+        assert exc.value.status_code == 400 and exc.value.param == param  # type: ignore[attr-defined]
+        assert exc.value.body["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+def test_message_batches_take_schedule_and_not_before(server: FreightServer) -> None:
+    client = Anthropic(base_url=server.url, api_key=server.keys["alpha"], max_retries=0, timeout=30)  # type: ignore[attr-defined]
+    requests: list[Any] = [{"custom_id": "m0", "params": {"model": MODEL, "max_tokens": 8, "messages": [
+        {"role": "user", "content": "hi"}]}}]
+    later = int(time.time()) + 3600
+    try:
+        created = client.messages.batches.create(requests=requests,
+                                                 extra_body={"schedule": "off_peak", "not_before": later})
+        assert {k: created.to_dict()["freight"][k] for k in ("schedule", "not_before")} == {
+            "schedule": "off_peak", "not_before": later}
+        client.messages.batches.cancel(created.id)
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            client.messages.batches.create(requests=requests, extra_body={"not_before": "soon"})
+        assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+        assert "not_before" in bad.value.body["error"]["message"]  # type: ignore[index]
+    finally:
+        client.close()

@@ -28,6 +28,7 @@ from freight.domain import ids
 from freight.domain.errors import FreightError, PayloadTooLarge
 from freight.domain.message_batches import MESSAGES_ENDPOINT
 from freight.domain.requests import Failure
+from freight.ports import on_behalf_of
 from freight.runtime import Runtime
 from freight.services.message_batches import MessageBatchService
 from freight.services.scheduling import BatchControl
@@ -240,7 +241,8 @@ async def create_message(request: Request) -> Response:
         return error_response(request, 404, f"model: {problem or model}")
     try:
         await backend.start()  # loads the model if the engine has not yet (a no-op once it is loaded)
-        (result,) = await backend.execute(MESSAGES_ENDPOINT, [body])
+        with on_behalf_of(_project(request)):  # the result cache's scope (docs/cache.md)
+            (result,) = await backend.execute(MESSAGES_ENDPOINT, [body])
     except Exception as exc:  # as the engine does: a backend that raises is a model failure, not a crash
         log.warning("backend call failed", exc_info=True)
         return error_response(request, 503, f"The model could not answer: {type(exc).__name__}", "api_error")

@@ -13,6 +13,7 @@ from freight.api.errors import error_response
 from freight.api.openai_files import _runtime
 from freight.api.params import json_body
 from freight.domain.requests import Failure
+from freight.ports import on_behalf_of
 from freight.wire import openai
 
 router = APIRouter()
@@ -52,7 +53,8 @@ async def _realtime(request: Request, endpoint: str) -> Response:
         return error_response(404, problem or "unknown model", param="model", code="model_not_found")
     try:
         await backend.start()  # loads the model if the engine has not yet (a no-op once it is loaded)
-        (result,) = await backend.execute(endpoint, [body])
+        with on_behalf_of(request.state.project):  # the result cache's scope (docs/cache.md)
+            (result,) = await backend.execute(endpoint, [body])
     except Exception as exc:  # as the engine does: a backend that raises is a model failure, not a crash
         log.warning("backend call failed", exc_info=True)
         return error_response(503, f"The model could not answer: {type(exc).__name__}: {exc}", "server_error",

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.requests import OUTPUT_INVALID, Failure, Outcome, Result
 from freight.ports import Backend, ModelInfo
 from freight.services.outputs import BATCH_SCHEMA_KEY, Check, check_answer, requested_check
@@ -50,8 +51,8 @@ class OutputCheck:
         checks: list[Check | None] = []
         for body in bodies:
             batch_schema = body.get(BATCH_SCHEMA_KEY)
-            if BATCH_SCHEMA_KEY in body:
-                body = {k: v for k, v in body.items() if k != BATCH_SCHEMA_KEY}
+            if BATCH_SCHEMA_KEY in body or NO_CACHE_KEY in body:  # (the marker reaches here when no cache is on)
+                body = {k: v for k, v in body.items() if k not in (BATCH_SCHEMA_KEY, NO_CACHE_KEY)}
             clean.append(body)
             checks.append(requested_check(endpoint, body, batch_schema if isinstance(batch_schema, dict) else None))
         results = list(await self.inner.execute(endpoint, clean))

@@ -4,7 +4,10 @@
 ``CacheSetup`` (and the model's table does not say ``cache = false``). For each request of an
 ``execute`` call that the policy allows (freight/domain/cache_key.py ``cacheable``: deterministic
 ones) and whose batch did not say ``cache: false`` (marked at ingest under ``NO_CACHE_KEY``, taken
-off here), the key is the canonical hash of the endpoint, the body and the model's identity:
+off here), the key is the canonical hash of the endpoint, the body and the model's identity, and with
+``scope = "project"`` the project the request is answered for (``answering_for``, set by the engine for
+each chunk and by the real-time routes; a call outside any project, such as ``freight preview``, has
+entries of its own):
 
 - a hit is answered with the stored body and a fresh request id, and is marked ``cached`` (its
   tokens count as saved, not spent; ``freight.cached`` and ``freight.savings_usd`` on the Batch);
@@ -29,7 +32,7 @@ from freight.domain import ids
 from freight.domain.cache_key import NO_CACHE_KEY, cache_key, cacheable, canonical
 from freight.domain.clock import Clock
 from freight.domain.requests import Failure, Outcome, Result
-from freight.ports import Backend, CachedAnswer, ModelInfo, ResultCache
+from freight.ports import Backend, CachedAnswer, ModelInfo, ResultCache, answering_for
 
 #: Options of a model's table that do not change its answers (left out of its identity).
 _OPERATIONAL = frozenset({
@@ -85,6 +88,8 @@ class CacheSetup:
     ttl_s: float
     max_bytes: int | None = None
     evict_every_s: float = 60.0
+    #: ``[cache] scope``: "project" (the key holds the project the request carries) or "global".
+    scope: str = "project"
 
 
 class CachedBackend:
@@ -112,11 +117,15 @@ class CachedBackend:
     async def close(self) -> None:
         await self.inner.close()
 
+    def _project(self) -> str | None:
+        """The project the entries belong to: the one being answered for, unless the scope is global."""
+        return answering_for.get() if self.setup.scope == "project" else None
+
     def _key(self, endpoint: str, body: dict[str, Any], identity: str) -> str | None:
         if body.get(NO_CACHE_KEY) or not cacheable(endpoint, body):
             return None
         try:
-            return cache_key(endpoint, body, identity)
+            return cache_key(endpoint, body, identity, self._project())
         except (TypeError, ValueError):
             return None
 

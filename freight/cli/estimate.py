@@ -9,8 +9,10 @@ else: the documented estimate of freight/services/estimate.py (4 characters a to
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import math
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -97,10 +99,15 @@ def duration_s(est: Estimate, table: dict[str, Any]) -> tuple[float | None, str]
     return None, "no configured rate (set tokens_per_s, or rpm/tpm)"
 
 
-def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | None) -> dict[str, Any]:
-    """Everything ``--estimate`` prints, as one JSON-able object."""
+def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | None, *, schedule: str | None = None,
+                  now: float | None = None) -> dict[str, Any]:
+    """Everything ``--estimate`` prints, as one JSON-able object. A model with ``price_windows`` is
+    priced at the window a batch created ``now`` would start in (its model's hours, ``schedule``)."""
     table = dict(settings.model_tables().get(model or "", {}))
-    pricing = settings.price_book().for_model(model)
+    calendar = settings.engine.scheduling.calendar
+    now = time.time() if now is None else now
+    starts = calendar.starts_at(now, model=model, schedule=schedule, not_before=None)
+    pricing = settings.price_book().for_model(model, starts)
     if pricing.machine is not None and pricing.machine.tokens_per_s is not None:
         table["tokens_per_s"] = pricing.machine.tokens_per_s
     counter, counted_by = counter_for(model or "", table)
@@ -113,6 +120,7 @@ def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | No
         "billing": str(pricing.billing),
         "cost_usd": cost, "realtime_cost_usd": pricing.realtime_usd(est.tokens),
         "duration_s": None if seconds is None else math.ceil(seconds), "rate": rate_note,
+        "starts_at": int(starts) if starts > now else None, "price_window": pricing.charged is not None,
     }
 
 
@@ -122,8 +130,12 @@ def show_estimate(e: dict[str, Any]) -> None:
     if e["cost_usd"] is None and e["realtime_cost_usd"] is None:
         click.echo(f"cost: unknown (for {e['model']}: set price, or machine_cost_per_hour with tokens_per_s)")
     else:
-        click.echo(f"cost: {usd(e['cost_usd'])} as run here ({e['billing']}), "
+        window = " (its price window's price)" if e.get("price_window") else ""
+        click.echo(f"cost: {usd(e['cost_usd'])} as run here ({e['billing']}){window}, "
                    f"{usd(e['realtime_cost_usd'])} at real-time prices")
+    if e.get("starts_at") is not None:
+        when = dt.datetime.fromtimestamp(e["starts_at"], dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        click.echo(f"starts: {when} at the earliest (held for the model's hours or the schedule)")
     seconds = e["duration_s"]
     when = "unknown" if seconds is None else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
     click.echo(f"duration: {when} at {e['rate']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Any
 
@@ -40,6 +41,10 @@ def freight_rows(batch: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("invalid outputs", str(ext["invalid_outputs"])))
     if ext.get("cached"):
         rows.append(("from the result cache", f"{ext['cached']} requests (their cost is in the savings)"))
+    if ext.get("held_until"):
+        why = "off-peak hours" if ext.get("schedule") == "off_peak" else "its model's hours or not_before"
+        when = dt.datetime.fromtimestamp(ext["held_until"], dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        rows.append(("held until", f"{when} ({why}; earlier if its deadline needs it)"))
     return rows
 
 

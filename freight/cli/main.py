@@ -255,8 +255,11 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
 @click.option("--endpoint", default=None, help="The batch endpoint (default: the url of the input's lines).")
 @click.option("--estimate", is_flag=True, help="Also print tokens, cost and duration (docs/cost.md).")
 @click.option("--json", "as_json", is_flag=True, help="With --estimate: the estimate as one JSON object.")
+@click.option("--schedule", type=click.Choice(["off_peak"]), default=None,
+              help="With --estimate: price the batch as one created with this schedule (docs/scheduling.md).")
 @config_option
-def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bool, config: Path | None) -> None:
+def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bool, schedule: str | None,
+             config: Path | None) -> None:
     """Check a batch file offline; print every problem with its line number.
 
     Needs no API key: models whose key is not in the environment are still known by name.
@@ -287,7 +290,7 @@ def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bo
     if estimate:
         from freight.cli.estimate import estimate_file, show_estimate
 
-        found = estimate_file(settings, input_path, endpoint, validator.model)
+        found = estimate_file(settings, input_path, endpoint, validator.model, schedule=schedule)
         if as_json:
             click.echo(jsonx.dumps(found).decode())
             return

@@ -159,6 +159,10 @@ class Batch:
     cached: int = 0
     saved_input_tokens: int = 0
     saved_output_tokens: int = 0
+    #: ``schedule`` on create: "off_peak" waits for ``[scheduling] off_peak`` hours; None runs when it can.
+    schedule: str | None = None
+    #: ``not_before`` on create (unix seconds): no request starts earlier (freight/domain/windows.py).
+    not_before: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

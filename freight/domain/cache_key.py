@@ -31,6 +31,8 @@ IRRELEVANT_FIELDS = frozenset({
 
 #: Put on a stored request body at ingest when its batch said ``cache: false`` (taken off before it is sent).
 NO_CACHE_KEY = "__freight_no_cache"
+#: ``[cache] scope``: "project" (each project its own entries; the default) or "global" (shared by all).
+SCOPES = ("project", "global")
 
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _MAX_SAFE = 2 ** 53
@@ -109,10 +111,12 @@ def canonical_bytes(value: Any) -> bytes:
     return canonical(value).encode("utf-8", "surrogatepass")
 
 
-def cache_key(endpoint: str, body: Mapping[str, Any], model_identity: str) -> str:
-    """The hex SHA-256 that two requests with the same answer share."""
+def cache_key(endpoint: str, body: Mapping[str, Any], model_identity: str, project: str | None = None) -> str:
+    """The hex SHA-256 that two requests with the same answer share; with ``project``, only within it."""
     kept = {k: v for k, v in body.items() if k not in IRRELEVANT_FIELDS}
-    doc = {"endpoint": endpoint, "model_identity": model_identity, "body": kept}
+    doc: dict[str, Any] = {"endpoint": endpoint, "model_identity": model_identity, "body": kept}
+    if project is not None:
+        doc["project"] = project
     return hashlib.sha256(canonical_bytes(doc)).hexdigest()
 
 

@@ -15,7 +15,9 @@ batch API: 0.5 for OpenAI's and Anthropic's). What freight pays depends on how t
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from freight.domain.windows import Hours
 
 MTOK = 1_000_000
 
@@ -77,30 +79,55 @@ class Tokens:
 
 
 @dataclass(frozen=True)
+class PriceWindow:
+    """A model's price during some hours (``price_windows``): cheaper compute at night."""
+
+    hours: Hours
+    price: Price
+
+
+@dataclass(frozen=True)
 class ModelPricing:
     """How one model is billed: a list price, a machine cost, or both unknown (no cost shown)."""
 
     billing: Billing
     price: Price | None = None
     machine: MachineCost | None = None
+    #: Prices by time of day; the first open one applies (``at``), else ``price``.
+    windows: tuple[PriceWindow, ...] = ()
+    #: The price of the window in effect (set by ``at``): what the tokens cost; ``price`` stays the
+    #: list price that ``realtime_usd`` (and so the savings) compare with.
+    charged: Price | None = None
+
+    def at(self, when: float) -> ModelPricing:
+        """The pricing of work run at ``when``: the price of the first price window open then."""
+        for w in self.windows:
+            if w.hours.is_open(when):
+                return replace(self, charged=w.price, windows=())
+        return replace(self, windows=()) if self.windows else self
 
     @property
     def known(self) -> bool:
-        return self.price is not None if self.billing is not Billing.MACHINE else self.machine is not None
+        if self.billing is Billing.MACHINE:
+            return self.machine is not None or self.charged is not None
+        return self.price is not None or self.charged is not None
 
     def realtime_usd(self, tokens: Tokens) -> float | None:
         """What ``tokens`` cost at the provider's real-time prices (None: no list price)."""
-        p = self.price
-        if p is None:
-            return None
-        cached = min(tokens.cached, tokens.input)
-        cached_rate = p.input_per_mtok if p.cached_input_per_mtok is None else p.cached_input_per_mtok
-        return ((tokens.input - cached) * p.input_per_mtok + cached * cached_rate
-                + tokens.output * p.output_per_mtok) / MTOK
+        return _usd(self.price, tokens)
 
     def cost_usd(self, tokens: Tokens, *, busy_s: float | None = None) -> float | None:
         """What ``tokens`` cost as this model is run. ``busy_s``: how long a machine worked on them,
-        for a local model without a configured ``tokens_per_s`` (None: unknown, no cost)."""
+        for a local model without a configured ``tokens_per_s`` (None: unknown, no cost). In a price
+        window (``at``), the tokens cost that window's price."""
+        if self.charged is not None:
+            cost = _usd(self.charged, tokens)
+            if self.billing is Billing.PROVIDER_BATCH and cost is not None:
+                return cost * (1 - self.charged.batch_discount)
+            return cost
+        return self._list_cost_usd(tokens, busy_s=busy_s)
+
+    def _list_cost_usd(self, tokens: Tokens, *, busy_s: float | None = None) -> float | None:
         if self.billing is Billing.MACHINE:
             m = self.machine
             if m is None:
@@ -126,6 +153,16 @@ class ModelPricing:
 
 
 UNPRICED = ModelPricing(Billing.REALTIME)
+
+
+def _usd(p: Price | None, tokens: Tokens) -> float | None:
+    """``tokens`` at price ``p`` (None: no price)."""
+    if p is None:
+        return None
+    cached = min(tokens.cached, tokens.input)
+    cached_rate = p.input_per_mtok if p.cached_input_per_mtok is None else p.cached_input_per_mtok
+    return ((tokens.input - cached) * p.input_per_mtok + cached * cached_rate
+            + tokens.output * p.output_per_mtok) / MTOK
 
 
 def projected_usd(cost: float | None, done: int, total: int, *, finished: bool) -> float | None:

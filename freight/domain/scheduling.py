@@ -10,17 +10,21 @@ window, each batch's remaining requests) and a measured rate, and claims in the 
     needed_s(b) = remaining(b) × seconds_per_request / slots
     target(b)   = created_at + margin × (expires_at − created_at)
     demand(b)   = Σ needed_s(x) over unfinished x with target(x) ≤ target(b)
-    urgent(b)   ⇔ some d with target(d) ≥ target(b) has now + demand(d) ≥ target(d)  (and now < expires_at)
+    finish(b)   = the time at which demand(b) seconds of the model's open hours have passed from now
+                  (now + demand(b) for a model without ``windows``)
+    urgent(b)   ⇔ some d with target(d) ≥ target(b) has finish(d) ≥ target(d)  (and now < expires_at)
 
 Urgent batches come first, earliest target first; then every other batch, project by project in share
-order. Paused batches are left out, and so are batches held for a time window or ``not_before``
-(``held_until``) unless urgent.
+order. Paused batches are left out, and so are batches held for an off-peak window or ``not_before``
+(``held_until``) unless urgent. Outside the model's own hours nothing runs, urgent or not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from freight.domain.windows import ALWAYS, Hours
 
 #: The range of ``priority`` on create and on ``POST …/priority``.
 PRIORITY_MIN = -1000
@@ -34,8 +38,11 @@ USAGE_BUCKET_S = 60
 MIN_REQUEST_S = 0.001
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Candidate:
+    """A batch as the policy sees it; never changed once made (not frozen: one is made per batch at
+    every claim, and a frozen dataclass costs twice as much to build)."""
+
     id: str
     project: str
     priority: int
@@ -72,21 +79,28 @@ def target(c: Candidate, margin: float) -> float:
 
 
 def urgent(candidates: Sequence[Candidate], now: float, seconds_per_request: float, slots: int,
-           margin: float) -> list[Candidate]:
+           margin: float, hours: Hours | None = None) -> list[Candidate]:
     """The deadline ramp: the batches that must run now, earliest target first.
 
     Batches in earliest-target order (what meets every window that can be met); ``demand(b)`` is the
-    model time of ``b`` and of every batch due before it. When ``now + demand(b) ≥ target(b)``, ``b``
-    and every batch due before it are urgent: fair share could no longer be afforded for any of them.
+    model time of ``b`` and of every batch due before it, and ``finish(b)`` when that much of the
+    model's open ``hours`` will have passed. When ``finish(b) ≥ target(b)``, ``b`` and every batch due
+    before it are urgent: neither fair share nor waiting for an off-peak window or ``not_before``
+    could still be afforded for any of them.
     """
-    live = sorted((c for c in candidates if c.remaining > 0 and now < c.expires_at),
-                  key=lambda c: (target(c, margin), -c.priority, c.id))
-    demand, last = 0.0, -1
-    for i, c in enumerate(live):
-        demand += needed_s(c, seconds_per_request, slots)
-        if now + demand >= target(c, margin):
+    keyed = sorted((target(c, margin), -c.priority, c.id, c) for c in candidates
+                   if c.remaining > 0 and now < c.expires_at)
+    per_request = seconds_per_request / max(1, slots)
+    demands, demand = [], 0.0
+    for k in keyed:
+        demand += k[3].remaining * per_request  # needed_s
+        demands.append(demand)
+    finish = (hours or ALWAYS).finish_times(now, demands)
+    last = -1
+    for i, k in enumerate(keyed):
+        if finish[i] >= k[0]:
             last = i
-    return live[:last + 1]
+    return [k[3] for k in keyed[:last + 1]]
 
 
 def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
@@ -94,14 +108,18 @@ def share(used_s: Mapping[str, float], policy: Policy, project: str) -> float:
 
 
 def order(candidates: Sequence[Candidate], used_s: Mapping[str, float], policy: Policy, now: float,
-          seconds_per_request: float, slots: int = 1) -> list[Candidate]:
-    """Every candidate that is not paused (nor held, unless urgent), in the order to try claiming from them."""
+          seconds_per_request: float, slots: int = 1, hours: Hours | None = None) -> list[Candidate]:
+    """Every candidate that is not paused (nor held, unless urgent), in the order to try claiming from them;
+    none while the model's ``hours`` are closed."""
+    if hours is not None and not hours.is_open(now):
+        return []
     live = [c for c in candidates if not c.paused]
-    first = urgent(live, now, seconds_per_request, slots, policy.margin)  # held or not: the ramp wins
+    first = urgent(live, now, seconds_per_request, slots, policy.margin, hours)  # held or not: the ramp wins
     chosen = {c.id for c in first}
     rest = [c for c in live if c.id not in chosen and (c.held_until is None or now >= c.held_until)]
-    rest.sort(key=lambda c: (share(used_s, policy, c.project), c.project, -c.priority, c.expires_at,
-                             c.remaining, c.created_at, c.id))
+    shares = {p: share(used_s, policy, p) for p in {c.project for c in rest}}
+    rest.sort(key=lambda c: (shares[c.project], c.project, -c.priority, c.expires_at, c.remaining, c.created_at,
+                             c.id))
     return first + rest
 
 

@@ -49,7 +49,7 @@ from freight.engine.step_failures import StepFailures
 from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns
 from freight.engine.withdrawals import Withdrawals
-from freight.ports import WITHDRAWN, Backend, BlobStore, Completion, Retry, StepLeases, Store
+from freight.ports import WITHDRAWN, Backend, BlobStore, Completion, Retry, StepLeases, Store, on_behalf_of
 from freight.services.catalog import ModelCatalog
 from freight.services.files import purge_files, sweep_orphan_blobs
 from freight.services.transitions import log_transition
@@ -327,7 +327,8 @@ class Engine:
         work = self._work.setdefault(key, asyncio.Event())
         slots = asyncio.Semaphore(max(1, backend.max_concurrency))
         turns = self._turns[key] = FairTurns(self.store, self.settings.scheduling, self.clock,
-                                             backend.max_concurrency, backend.chunk_size)
+                                             backend.max_concurrency, backend.chunk_size,
+                                             [m.id for m in backend.models()])
         started = False
         start_failures = 0
         while not self._stopping:
@@ -419,7 +420,7 @@ class Engine:
         try:
             bodies, began = [jsonx.loads(c.body) for c in claimed], self.clock.now()
             try:
-                with self._withdrawals.chunk(batch.id) as withdrawal:
+                with self._withdrawals.chunk(batch.id) as withdrawal, on_behalf_of(batch.project):
                     results: Sequence[Result | Failure] = await backend.execute(batch.endpoint, bodies)
                 if len(results) != len(bodies):
                     raise RuntimeError(f"backend returned {len(results)} results for {len(bodies)} requests")

@@ -24,6 +24,7 @@ from typing import Any
 
 from freight.domain import ids
 from freight.domain.batches import Batch, BatchError
+from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.clock import Clock
 from freight.domain.message_batches import MESSAGES_ENDPOINT
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
@@ -82,6 +83,9 @@ def ingest_message_batch(batch: Batch, store: Store, blobs: BlobStore, catalog: 
             params = line["body"]
             # Written by a freight whose create did not check nesting: that request's error, not the batch's.
             deep = nests_deeper_than(raw.data, MAX_JSON_NESTING)
+            if not deep and not batch.use_cache and isinstance(params, dict) and \
+                    catalog.lane_for(str(params.get("model"))) is None:
+                params = {**params, NO_CACHE_KEY: True}  # cache: false on create (backends/result_cache.py)
             body = jsonx.dumps({} if deep else params)
             request = NewRequest(idx=idx, line=raw.line, custom_id=line["custom_id"], body=body)
             idx += 1

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from freight.domain import scheduling
 from freight.domain.retry import RetryPolicy
+from freight.domain.windows import Calendar
 from freight.wire.batch_input import InputLimits
 
 
@@ -18,6 +19,8 @@ class SchedulingSettings:
     usage_window_s: int = scheduling.DEFAULT_USAGE_WINDOW_S
     #: The measured seconds a request takes before any chunk of this model has finished.
     initial_seconds_per_request: float = 1.0
+    #: Each model's hours and the off-peak hours (freight/domain/windows.py): when work may run.
+    calendar: Calendar = field(default_factory=Calendar)
 
     def policy(self) -> scheduling.Policy:
         return scheduling.Policy(self.weights, margin=self.margin)

@@ -17,7 +17,7 @@ from freight.domain.quota import Quota
 from freight.ports.backends import Backend, BatchLane, ModelInfo
 from freight.ports.batches import BatchStore
 from freight.ports.blobs import BlobStore, BlobWriter
-from freight.ports.cache import CachedAnswer, ResultCache
+from freight.ports.cache import CachedAnswer, ResultCache, answering_for, on_behalf_of
 from freight.ports.events import EventStore, WebhookStore
 from freight.ports.files import FileStore
 from freight.ports.hints import WorkHints
@@ -66,5 +66,7 @@ __all__ = [
     "Withdrawal",
     "Withdrawn",
     "WorkHints",
+    "answering_for",
     "current_withdrawal",
+    "on_behalf_of",
 ]

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
+
+#: The project whose requests are being run (None: no project). The engine sets it around each chunk and
+#: the real-time routes around each call; the result cache keys its entries by it under
+#: ``[cache] scope = "project"``, so that no project learns what another one asked.
+answering_for: ContextVar[str | None] = ContextVar("freight_answering_for", default=None)
+
+
+@contextlib.contextmanager
+def on_behalf_of(project: str | None) -> Iterator[None]:
+    """Run the requests inside for ``project`` (see ``answering_for``)."""
+    token = answering_for.set(project)
+    try:
+        yield
+    finally:
+        answering_for.reset(token)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from freight.domain.clock import Clock
 from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
+from freight.domain.windows import Calendar
 from freight.ports import Page, Quota, Store
 from freight.services.cost import CostControls
 from freight.services.outputs import check_output_schema
-from freight.services.scheduling import priority_of
+from freight.services.scheduling import not_before_of, priority_of, schedule_of
 from freight.services.transitions import log_transition
 
 #: Endpoints a freight batch can target (each model says which of them it serves).
@@ -123,6 +124,7 @@ class BatchService:
         on_change: Callable[[], None] | None = None,
         quota: Quota | None = None,
         cost: CostControls | None = None,
+        calendar: Calendar | None = None,
     ):
         self.store = store
         self.clock = clock
@@ -130,6 +132,7 @@ class BatchService:
         self.quota = quota or Quota()
         self._on_change = on_change or (lambda: None)
         self.cost = cost
+        self.calendar = calendar or Calendar()
 
     def create(self, project: str, body: object, idempotency_key: str | None = None) -> Batch:
         if idempotency_key is not None:
@@ -152,6 +155,9 @@ class BatchService:
         max_cost_usd = budget.check_cap(body.get("max_cost_usd"))
         output_schema = check_output_schema(body.get("output_schema"))
         priority = priority_of(body.get("priority"))
+        schedule = schedule_of(body.get("schedule"), self.calendar)
+        now = int(self.clock.now())
+        not_before = not_before_of(body.get("not_before"), now + window_s)
         use_cache = body.get("cache", True)
         if not isinstance(use_cache, bool):
             raise InvalidInput("Invalid type for 'cache': expected a boolean.", param="cache", code="invalid_type")
@@ -169,7 +175,6 @@ class BatchService:
                 f"File {input_file_id!r} has {requests} requests; a project may have at most {limit} queued "
                 "(limits.max_queued_requests_per_project). Split it into smaller batches.",
                 param="input_file_id", code="too_many_queued_requests")
-        now = int(self.clock.now())
         batch = Batch(
             id=ids.new_batch_id(),
             project=project,
@@ -185,6 +190,8 @@ class BatchService:
             output_schema=output_schema,
             priority=priority,
             use_cache=use_cache,
+            schedule=schedule,
+            not_before=not_before,
         )
         if self.cost is not None:
             self.cost.admit(batch, f)

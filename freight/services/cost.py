@@ -15,6 +15,7 @@ from freight.domain.batches import Batch, BatchStatus
 from freight.domain.clock import Clock
 from freight.domain.errors import InvalidInput
 from freight.domain.files import File
+from freight.domain.windows import Calendar
 from freight.services.estimate import estimate_lines
 from freight.services.prices import PriceBook
 from freight.wire import jsonx
@@ -60,6 +61,16 @@ class CostControls:
     #: Opens a file's bytes (None: it has none); set by the composition root for the create check.
     open_file: Callable[[File], IO[bytes] | None] | None = None
     max_line_bytes: int = 64 * 1024 * 1024
+    #: The models' and off-peak hours: a model with ``price_windows`` is priced at the window the
+    #: batch is expected to start in (its hold ends, or its creation).
+    calendar: Calendar = field(default_factory=Calendar)
+
+    def pricing_of(self, batch: Batch, model: str | None = None) -> pricing.ModelPricing:
+        """The batch's model's pricing at the time the batch is expected to start."""
+        model = model or batch.model
+        at = self.calendar.starts_at(batch.created_at, model=model, schedule=batch.schedule,
+                                     not_before=batch.not_before)
+        return self.prices.for_model(model, at)
 
     def cap(self, batch: Batch) -> float | None:
         return budget.effective_cap(batch.max_cost_usd, self.project_caps.get(batch.project))
@@ -79,7 +90,7 @@ class CostControls:
             est = estimate_lines(batch.endpoint, (b for b in bodies if b is not None))
         if est.model is None:
             return  # the batch will fail validation: nothing to estimate
-        model = self.prices.for_model(est.model)
+        model = self.pricing_of(batch, est.model)
         if not model.known:
             raise InvalidInput(f"'max_cost_usd' needs a price for model {est.model!r}; configure one "
                                f"([models.\"{est.model}\"] price or machine_cost_per_hour) or send no cap.",
@@ -90,7 +101,7 @@ class CostControls:
             budget.refuse_over_estimate(estimate, cap, which=which)
 
     def cost(self, batch: Batch) -> BatchCost:
-        model = self.prices.for_model(batch.model)
+        model = self.pricing_of(batch)
         tokens = tokens_of(batch)
         busy_s = None
         if batch.in_progress_at is not None:
@@ -114,7 +125,7 @@ class CostControls:
     def rates(self, batch: Batch) -> dict[str, float] | None:
         """Effective dollars per million input and output tokens, as this batch is billed (for a
         cost per request); None without a price."""
-        model = self.prices.for_model(batch.model)
+        model = self.pricing_of(batch)
         per_in = model.cost_usd(pricing.Tokens(input=pricing.MTOK))
         per_out = model.cost_usd(pricing.Tokens(output=pricing.MTOK))
         if per_in is None or per_out is None:

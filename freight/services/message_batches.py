@@ -33,8 +33,9 @@ from freight.domain.message_batches import (
     message_batch_id,
 )
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
+from freight.domain.windows import Calendar
 from freight.ports import BlobStore, BlobWriter, Quota, Store
-from freight.services.scheduling import priority_of_raw
+from freight.services.scheduling import not_before_of, priority_of_raw, raw_value, schedule_of
 from freight.services.transitions import log_transition
 from freight.wire import jsonx
 from freight.wire.anthropic import result_line
@@ -69,6 +70,8 @@ class MessageBatchService:
     limits: MessageBatchLimits = field(default_factory=MessageBatchLimits)
     quota: Quota = field(default_factory=Quota)
     on_change: Callable[[], None] = lambda: None
+    #: The models' and off-peak hours (``schedule: "off_peak"`` needs off-peak hours configured).
+    calendar: Calendar = field(default_factory=Calendar)
 
     # ---- create ------------------------------------------------------------------------
     def creator(self, project: str) -> MessageBatchCreate:
@@ -241,7 +244,15 @@ class MessageBatchCreate:
         if not self.splitter.seen_field:
             raise InvalidInput("requests: Field required.")
         others = dict(self.splitter.others)
-        priority = priority_of_raw(others.pop("priority", None))  # freight's extension (docs/scheduling.md)
+        # freight's extensions (docs/scheduling.md, docs/cache.md)
+        priority = priority_of_raw(others.pop("priority", None))
+        schedule = schedule_of(raw_value(others.pop("schedule", None), "schedule"), self.service.calendar)
+        opened = int(self.service.clock.now())
+        not_before = not_before_of(raw_value(others.pop("not_before", None), "not_before"),
+                                   opened + self.limits.window_s)
+        use_cache = raw_value(others.pop("cache", None), "cache")
+        if use_cache is not None and not isinstance(use_cache, bool):
+            raise InvalidInput("cache: Input should be a valid boolean.", param="cache", code="invalid_type")
         if others:
             raise InvalidInput(f"{sorted(others)[0]}: Extra inputs are not permitted.")
         if self.count == 0:
@@ -259,7 +270,8 @@ class MessageBatchCreate:
                  expires_at=now + max(BATCH_FILE_DEFAULT_EXPIRY_S, self.limits.window_s), lines=self.count)
         batch = Batch(id=batch_id, project=self.project, endpoint=MESSAGES_ENDPOINT, input_file_id=self.file_id,
                       completion_window=self.limits.batch_window, status=BatchStatus.VALIDATING, created_at=now,
-                      expires_at=now + self.limits.window_s, priority=priority)
+                      expires_at=now + self.limits.window_s, priority=priority, schedule=schedule,
+                      not_before=not_before, use_cache=use_cache is not False)
         try:
             store.insert_message_batch(f, self.file_id, batch, self.count, quota)
         except BaseException:

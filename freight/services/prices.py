@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from freight.domain import windows
 from freight.domain.errors import ConfigError
-from freight.domain.pricing import UNPRICED, Billing, MachineCost, ModelPricing, Price
+from freight.domain.pricing import UNPRICED, Billing, MachineCost, ModelPricing, Price, PriceWindow
 
 #: Keys of a model's table that are prices, not backend options.
-PRICE_KEYS = ("price", "machine_cost_per_hour", "tokens_per_s")
+PRICE_KEYS = ("price", "machine_cost_per_hour", "tokens_per_s", "price_windows")
+#: Keys of a model's table that are its hours (freight/domain/windows.py), not backend options.
+HOURS_KEYS = ("windows", "timezone")
 PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cached_input_per_mtok", "batch_discount")
 #: Backends that run the model on this machine.
 LOCAL_KINDS = frozenset({"local-embeddings", "llama-cpp"})
@@ -73,6 +76,24 @@ def _price(value: object, where: str) -> Price:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _price_windows(value: object, timezone: object, where: str) -> tuple[PriceWindow, ...]:
+    """``price_windows = [{ window = "00:00-06:00", input_per_mtok = …, output_per_mtok = … }, …]``."""
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ConfigError(f"{where} must be a list of tables like "
+                          '[{ window = "00:00-06:00", input_per_mtok = 1.0, output_per_mtok = 4.0 }]')
+    out = []
+    for i, entry in enumerate(value):
+        here = f"{where}[{i}]"
+        if "window" not in entry:
+            raise ConfigError(f'{here} needs window (like "00:00-06:00")')
+        try:
+            hours = windows.hours([entry["window"]], timezone, f"{here}.window")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        out.append(PriceWindow(hours, _price({k: v for k, v in entry.items() if k != "window"}, here)))
+    return tuple(out)
+
+
 def model_pricing(name: str, table: Mapping[str, Any]) -> ModelPricing:
     """How the model of one ``[models."name"]`` table is billed."""
     where = f'[models."{name}"]'
@@ -91,11 +112,16 @@ def model_pricing(name: str, table: Mapping[str, Any]) -> ModelPricing:
             raise ConfigError(f"{where}: {exc}") from None
     elif "tokens_per_s" in table:
         raise ConfigError(f"{where}.tokens_per_s only counts with machine_cost_per_hour")
+    by_window = (_price_windows(table["price_windows"], table.get("timezone"), f"{where}.price_windows")
+                 if "price_windows" in table else ())
     if kind in LOCAL_KINDS or (kind == "scripted" and machine is not None):
-        return ModelPricing(Billing.MACHINE, price=price, machine=machine)
+        if by_window and machine is not None:
+            raise ConfigError(f"{where}.price_windows are token prices; a model priced by machine_cost_per_hour "
+                              "has none")
+        return ModelPricing(Billing.MACHINE, price=price, machine=machine, windows=by_window)
     if kind in BATCH_KINDS:
-        return ModelPricing(Billing.PROVIDER_BATCH, price=price)
-    return ModelPricing(Billing.REALTIME, price=price)
+        return ModelPricing(Billing.PROVIDER_BATCH, price=price, windows=by_window)
+    return ModelPricing(Billing.REALTIME, price=price, windows=by_window)
 
 
 @dataclass
@@ -108,12 +134,14 @@ class PriceBook:
     def from_tables(cls, tables: Mapping[str, Mapping[str, Any]]) -> PriceBook:
         return cls({name: model_pricing(name, table) for name, table in tables.items()})
 
-    def for_model(self, model: str | None) -> ModelPricing:
+    def for_model(self, model: str | None, at: float | None = None) -> ModelPricing:
+        """The model's pricing; with ``at``, the price of the price window open then (if any)."""
         if model is None:
             return UNPRICED
-        return self.models.get(model, UNPRICED)
+        found = self.models.get(model, UNPRICED)
+        return found if at is None else found.at(at)
 
 
 def backend_options(table: Mapping[str, Any]) -> dict[str, Any]:
-    """A model's table without its price keys (what its backend is built from)."""
-    return {k: v for k, v in table.items() if k not in PRICE_KEYS}
+    """A model's table without its price keys and hours (what its backend is built from)."""
+    return {k: v for k, v in table.items() if k not in PRICE_KEYS and k not in HOURS_KEYS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from freight.domain import ids, scheduling
+from freight.domain import ids, scheduling, windows
 from freight.domain.batches import Batch
 from freight.domain.clock import Clock
 from freight.domain.errors import InvalidInput, NotFound
@@ -32,6 +32,43 @@ def priority_of_raw(raw: bytes | None) -> int:
     except ValueError:
         raise InvalidInput("priority: not valid JSON.", param="priority", code="invalid_value") from None
     return priority_of(value)
+
+
+def schedule_of(value: object, calendar: windows.Calendar) -> str | None:
+    """``schedule`` from a create body (None: run when it can), or a 400 saying why not."""
+    try:
+        return windows.check_schedule(value, calendar.off_peak)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), param="schedule", code="invalid_value") from None
+
+
+def not_before_of(value: object, expires_at: float) -> int | None:
+    """``not_before`` from a create body (unix seconds), or a 400 saying why not."""
+    try:
+        return windows.check_not_before(value, expires_at)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), param="not_before", code="invalid_value") from None
+
+
+def raw_value(raw: bytes | None, param: str) -> object:
+    """An extension parameter given as raw JSON (a streamed Message Batches create)."""
+    if raw is None:
+        return None
+    try:
+        return jsonx.loads(raw)
+    except ValueError:
+        raise InvalidInput(f"{param}: not valid JSON.", param=param, code="invalid_value") from None
+
+
+def held_extension(calendar: windows.Calendar, clock: Clock) -> Callable[[Batch], dict[str, float | None]]:
+    """``freight.held_until`` on a Batch: until when it waits for its model's hours, its off-peak
+    schedule or ``not_before`` (None: it may run now, or it has ended)."""
+    def extension(b: Batch) -> dict[str, float | None]:
+        if b.is_terminal:
+            return {"held_until": None}
+        held = calendar.held_until(clock.now(), model=b.model, schedule=b.schedule, not_before=b.not_before)
+        return {"held_until": None if held is None else int(held)}
+    return extension
 
 
 class BatchControl:

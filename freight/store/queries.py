@@ -28,7 +28,7 @@ BATCH_COLUMNS = (
     "finalizing_at, completed_at, failed_at, expired_at, cancelling_at, cancelled_at, output_file_id, "
     "error_file_id, errors, metadata, model, total, completed, failed, input_tokens, output_tokens, "
     "output_expires_after_s, max_cost_usd, output_schema, invalid_outputs, priority, paused_at, use_cache, cached, "
-    "saved_input_tokens, saved_output_tokens"
+    "saved_input_tokens, saved_output_tokens, schedule, not_before"
 )
 FILE_COLUMNS = "id, project, filename, purpose, bytes, created_at, expires_at, status, status_details, lines"
 LANE_SUB_COLUMNS = (

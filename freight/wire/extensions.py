@@ -10,4 +10,5 @@ from freight.domain.batches import Batch
 
 def batch_extension(b: Batch) -> dict[str, Any]:
     """The ``freight`` object of a Batch (OpenAI) or MessageBatch (Anthropic); an ended batch is not paused."""
-    return {"priority": b.priority, "paused_at": None if b.is_terminal else b.paused_at}
+    return {"priority": b.priority, "paused_at": None if b.is_terminal else b.paused_at,
+            "schedule": b.schedule, "not_before": b.not_before}

@@ -52,6 +52,8 @@ def batch_from_row(row: Row) -> Batch:
         cached=row["cached"],
         saved_input_tokens=row["saved_input_tokens"],
         saved_output_tokens=row["saved_output_tokens"],
+        schedule=row["schedule"],
+        not_before=row["not_before"],
     )
 
 
@@ -63,7 +65,8 @@ def batch_params(b: Batch, idempotency_key: str | None) -> dict[str, Any]:
             "output_expires_after_s": b.output_expires_after_s, "idempotency_key": idempotency_key,
             "max_cost_usd": b.max_cost_usd,
             "output_schema": jsonx.dumps(b.output_schema).decode() if b.output_schema is not None else None,
-            "priority": b.priority, "use_cache": int(b.use_cache)}
+            "priority": b.priority, "use_cache": int(b.use_cache),
+            "schedule": b.schedule, "not_before": b.not_before}
 
 
 def stamps_of(row: Row) -> dict[str, int | None]:

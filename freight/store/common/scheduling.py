@@ -9,6 +9,9 @@ from .rows import batch_from_row
 
 
 class SchedulingMixin(Base):
+    #: The last ``forget_before`` this process dropped buckets for (see ``add_usage``).
+    _usage_forgotten_before: int | None = None
+
     def _change_batch(self, query: str, project: str, batch_id: str, **params: object) -> Batch | None:
         with self._db.write() as tx:
             if tx.run(query, {"id": batch_id, "project": project, **params}) == 1:
@@ -26,9 +29,15 @@ class SchedulingMixin(Base):
         return self._change_batch("resume_batch", project, batch_id)
 
     def add_usage(self, project: str, bucket: int, seconds: float, forget_before: int) -> None:
+        # Buckets older than ``forget_before`` are dropped once per new ``forget_before`` in this process
+        # (it moves once a bucket, a minute), not at every chunk.
+        forget = forget_before != self._usage_forgotten_before
         with self._db.write() as tx:
             tx.run("add_usage", {"project": project, "bucket": bucket, "seconds": seconds})
-            tx.run("forget_usage", {"before": forget_before})
+            if forget:
+                tx.run("forget_usage", {"before": forget_before})
+        if forget:
+            self._usage_forgotten_before = forget_before
 
     def usage_since(self, bucket: int) -> dict[str, float]:
         with self._db.read() as tx:

@@ -57,6 +57,8 @@ CREATE TABLE batches (
     cached BIGINT NOT NULL DEFAULT 0,
     saved_input_tokens BIGINT NOT NULL DEFAULT 0,
     saved_output_tokens BIGINT NOT NULL DEFAULT 0,
+    schedule TEXT,
+    not_before BIGINT,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX batches_by_project ON batches(project, seq);

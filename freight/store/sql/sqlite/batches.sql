@@ -4,9 +4,10 @@
 -- name: insert_batch
 INSERT INTO batches (id, project, endpoint, input_file_id, completion_window, status, created_at, expires_at,
                      metadata, output_expires_after_s, idempotency_key, max_cost_usd, output_schema, priority,
-                     use_cache)
+                     use_cache, schedule, not_before)
 VALUES (:id, :project, :endpoint, :input_file_id, :completion_window, :status, :created_at, :expires_at,
-        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema, :priority, :use_cache)
+        :metadata, :output_expires_after_s, :idempotency_key, :max_cost_usd, :output_schema, :priority, :use_cache,
+        :schedule, :not_before)
 ON CONFLICT (project, idempotency_key) DO NOTHING;
 
 -- name: notify_work

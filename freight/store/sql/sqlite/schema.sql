@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS batches (
     cached INTEGER NOT NULL DEFAULT 0,
     saved_input_tokens INTEGER NOT NULL DEFAULT 0,
     saved_output_tokens INTEGER NOT NULL DEFAULT 0,
+    schedule TEXT,
+    not_before INTEGER,
     UNIQUE (project, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS batches_by_project ON batches(project, seq);
