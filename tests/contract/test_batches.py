@@ -119,6 +119,18 @@ def test_results_come_in_input_order_in_pages(store: Store) -> None:
     assert page1[0].result == ok()
 
 
+def test_failed_results_are_the_error_lines_in_input_order(store: Store) -> None:
+    b = make_batch(store, 6)
+    claimed = store.claim(b.id, "w", NOW, 30, 6, 6)
+    answers = [ok(), Result(status_code=400, body=b'{"error": {}}'), ok(),
+               Result.never_ran("output_invalid", "not json"), Result(status_code=500, body=b"{}"), ok()]
+    store.complete(b.id, [Completion(c.idx, c.attempt_id, answers[c.idx]) for c in claimed if c.idx != 2])
+    failed = store.failed_results(b.id, -1, 10)
+    assert [r.idx for r in failed] == [1, 3, 4], "no 2xx answer; unfinished ones (2) are not failures yet"
+    assert failed[1].result.error_code == "output_invalid" and failed[0].result.status_code == 400
+    assert [r.idx for r in store.failed_results(b.id, 1, 1)] == [3], "paged after an index"
+
+
 def test_idempotency_key_returns_the_first_batch(store: Store) -> None:
     b2 = new_batch("batch_" + "d" * 24)
     assert store.insert_batch(b2, "k1").id == b2.id
