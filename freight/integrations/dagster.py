@@ -15,8 +15,7 @@ cost, error), with the batch id, status, counts and cost as output metadata. Nee
 ``pip install 'freight[dagster]'``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: Dagster reads the asset function's annotations at run time.
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -71,7 +70,7 @@ def freight_batch_asset(name: str, *, requests_from: str | Iterable[str] | Asset
                           body=fixed)
         batch, frame = resource.run_batch(source, endpoint=endpoint, completion_window=completion_window,
                                           extra_body=extra_body, timeout_s=timeout_s, fail_on=states,
-                                          metadata={"dagster_asset": name, "dagster_run": context.run_id},
+                                          metadata={"dagster_asset": name, "dagster_run": context.run.run_id},
                                           log=context.log)
         facts = {k: v for k, v in summary(batch).items() if v is not None}
         return Output(frame, metadata=facts)
