@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(HASH)
 
 # llama-cpp-python compiles llama.cpp from source (~5 min on 2 cores) for this machine's CPU
 # (-march=native), without Intel AMX: on the VMs here the CPU reports AMX but its tile instructions
@@ -13,7 +14,7 @@ LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_KEY := $(shell (echo $(LLAMA_CPP_VERSION) $(LLAMA_CFLAGS); grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; uname -m) | sha1sum | cut -c1-12)
 WHEELHOUSE := $(HOME)/.cache/freight/wheels/llama-cpp-$(LLAMA_KEY)
 
-.PHONY: install demo test lint bench chaos clean
+.PHONY: install demo test lint bench chaos clean test-integrations
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +35,21 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The pipeline adapters (freight/integrations, docs/pipelines.md): Airflow, Dagster and dbt pin their
+# dependencies differently from each other and from the main environment, so each gets its own
+# virtualenv with freight and its extra (`pip install 'freight[airflow]'`…), made after the main one
+# (whose wheelhouse holds the llama-cpp-python wheel), and tests/integrations/ runs there.
+PIPELINES := airflow dagster dbt
+PIPELINE_STAMPS := $(foreach p,$(PIPELINES),.venv-$(p)/.installed-$(HASH))
+
+.venv-%/.installed-$(HASH): $(STAMP)
+	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install -q --upgrade pip
+	.venv-$*/bin/python -m pip install -q --find-links $(WHEELHOUSE) 'llama-cpp-python==$(LLAMA_CPP_VERSION)' \
+	  -e '.[$*]' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' 'openai>=1.40,<4'
+	rm -f .venv-$*/.installed-*
+	touch $@
+
 demo: install
 	rm -rf .freight-demo demo-output
 	$(BIN)/freight run examples/embeddings.jsonl -o demo-output/embeddings.jsonl --data-dir .freight-demo
@@ -46,6 +62,12 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+	$(MAKE) test-integrations
+
+test-integrations: $(PIPELINE_STAMPS)
+	FREIGHT_INTEGRATION_TESTS=1 .venv-airflow/bin/pytest tests/integrations/test_airflow_operator.py
+	FREIGHT_INTEGRATION_TESTS=1 .venv-dagster/bin/pytest tests/integrations/test_dagster_asset.py
+	FREIGHT_INTEGRATION_TESTS=1 .venv-dbt/bin/pytest tests/integrations/test_dbt_model.py
 
 bench: install
 	$(BIN)/python bench/run.py
@@ -55,4 +77,4 @@ chaos: install
 	$(BIN)/python -m tests.chaos_postgres --kills 60
 
 clean:
-	rm -rf $(VENV) .freight-demo demo-output bench/.work
+	rm -rf $(VENV) $(foreach p,$(PIPELINES),.venv-$(p)) .freight-demo demo-output bench/.work

@@ -99,7 +99,7 @@ def summary(batch: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def enrich(frame: Any, *, model: str, template: str, url: str | None = None, api_key: str | None = None,
-           endpoint: str = "/v1/chat/completions", column: str = "answer",
+           endpoint: str = "/v1/chat/completions", column: str = "answer", completion_window: str = "24h",
            body: Mapping[str, Any] | None = None, extra_body: Mapping[str, Any] | None = None,
            poll_s: float = 1.0, timeout_s: float | None = None) -> Any:
     """``frame`` (pandas) with a new ``column``: each row's answer from one freight batch.
@@ -110,7 +110,7 @@ def enrich(frame: Any, *, model: str, template: str, url: str | None = None, api
     (examples/dbt) and usable from any pandas code."""
     lines = lines_of(frame, model=model, template=template, endpoint=endpoint, body=body)
     with Client(url, api_key) as client:
-        batch = client.submit(lines, endpoint=endpoint, extra_body=extra_body)
+        batch = client.submit(lines, endpoint=endpoint, completion_window=completion_window, extra_body=extra_body)
         batch = client.wait(batch["id"], poll_s=poll_s, timeout_s=timeout_s)
         check_ended(batch, UNSUCCESSFUL)
         by_id = {row["custom_id"]: row for row in client.results(batch["id"])}

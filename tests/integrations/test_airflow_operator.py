@@ -135,3 +135,11 @@ def test_a_batch_that_expires_fails_the_task_after_the_trigger_fired(airflow_env
     assert "[DAG TEST] running trigger in line" in caplog.text  # the task deferred; the trigger ran
     (batch,) = [b for b in server.client().batches.list(limit=100) if b.id not in before]
     assert batch.status == "expired" and batch.completion_window == "1s"
+
+
+def test_airflow_finds_the_provider(airflow_env: dict[str, Any]) -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    info = ProvidersManager().providers["freight"].data
+    assert info["operators"][0]["python-modules"] == ["freight.integrations.airflow.operators"]
+    assert info["triggers"][0]["python-modules"] == ["freight.integrations.airflow.triggers"]
