@@ -62,9 +62,11 @@ def lines_of(rows: Any, *, model: str | None = None, template: str | None = None
     for i, item in enumerate(records):
         if not isinstance(item, Mapping):
             raise ValueError(f"request {i} is a {type(item).__name__}, not a dict")
-        line = dict(item) if "body" in item else {"custom_id": str(i), "method": "POST", "url": endpoint,
-                                                    "body": dict(item)}
-        request = {**(body or {}), **dict(line["body"])}
+        line: dict[str, Any] = dict(item) if "body" in item else {"custom_id": str(i), "method": "POST",
+                                                                   "url": endpoint, "body": dict(item)}
+        if not isinstance(line["body"], Mapping):
+            raise ValueError(f"request {i}: body is a {type(line['body']).__name__}, not a dict")
+        request = {**(body or {}), **line["body"]}
         if model is not None:
             request.setdefault("model", model)
         lines.append({**line, "body": request})

@@ -62,7 +62,7 @@ def freight_batch_asset(name: str, *, requests_from: str | Iterable[str] | Asset
     states = fail_on_of(fail_on)
     fixed = dict(body or {})
 
-    @asset(name=name, ins={"requests": AssetIn(key=upstream)}, required_resource_keys={resource_key},
+    @asset(name=name, ins={"requests": AssetIn(key=upstream)}, required_resource_keys={resource_key},  # type: ignore[untyped-decorator]
            group_name=group_name, description=description or f"freight batch over {upstream.to_user_string()}")
     def _batch_asset(context: AssetExecutionContext, requests: Any) -> Output[Any]:
         resource: FreightResource = getattr(context.resources, resource_key)
