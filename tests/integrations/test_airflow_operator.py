@@ -7,6 +7,7 @@ when it defers, Airflow serializes the trigger, re-imports it by its class path,
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -106,15 +107,16 @@ def _task_result(dag_run: Any) -> tuple[str, Any]:
     return str(ti.state), value
 
 
-def test_the_operator_defers_and_returns_where_the_results_are(airflow_env: dict[str, Any],
-                                                               server: FreightServer) -> None:
-    dag_run = airflow_env["dags"]["freight_batch"].test()
+def test_the_operator_defers_and_returns_where_the_results_are(airflow_env: dict[str, Any], server: FreightServer,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO"):
+        dag_run = airflow_env["dags"]["freight_batch"].test()
     state, result = _task_result(dag_run)
     assert state == "success", state
     assert result["status"] == "completed" and result["total"] == 6 and result["completed"] == 6
-    # Only the trigger's event carries a poll count: execute_complete ran on the trigger's event,
-    # after the trigger had seen the batch still running at least once (6 requests x 0.3 s).
-    assert result["trigger_polls"] >= 2
+    # Only the trigger's event carries a poll count: execute_complete ran on the trigger's event.
+    assert result["trigger_polls"] >= 1
+    assert "[DAG TEST] running trigger in line" in caplog.text
     assert result["cost_usd"] > 0
     out = parse_jsonl(Path(result["output_path"]).read_bytes())
     assert sorted(line["custom_id"] for line in out) == [f"r{i}" for i in range(6)]
@@ -143,3 +145,36 @@ def test_airflow_finds_the_provider(airflow_env: dict[str, Any]) -> None:
     info = ProvidersManager().providers["freight"].data
     assert info["operators"][0]["python-modules"] == ["freight.integrations.airflow.operators"]
     assert info["triggers"][0]["python-modules"] == ["freight.integrations.airflow.triggers"]
+
+
+def test_the_trigger_polls_until_the_batch_ends(server: FreightServer) -> None:
+    """The trigger alone, as the triggerer runs it: rebuilt from serialize(), iterated on an event loop."""
+    from airflow.sdk._shared.module_loading import import_string
+
+    from freight.client import Client
+    from freight.integrations.airflow.triggers import FreightBatchTrigger
+
+    with Client(server.url) as client:
+        batch = client.submit([request_line(f"s{i}", model="freight-scripted-slow", sleep_s=0.4) for i in range(16)])
+    classpath, kwargs = FreightBatchTrigger(batch["id"], server.url, poll_interval_s=0.1).serialize()
+    trigger = import_string(classpath)(**kwargs)
+
+    async def first_event() -> Any:
+        async for event in trigger.run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "ended" and payload["batch"]["status"] == "completed"
+    assert payload["batch"]["request_counts"]["completed"] == 16
+    assert payload["polls"] >= 3  # 16 requests of 0.4 s, 8 at a time: about 0.8 s of polling every 0.1 s
+
+
+def test_the_trigger_reports_a_batch_freight_does_not_know(server: FreightServer) -> None:
+    from freight.integrations.airflow.triggers import FreightBatchTrigger
+
+    async def first_event() -> Any:
+        async for event in FreightBatchTrigger("batch_nope", server.url, poll_interval_s=0.1).run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "error" and payload["batch_id"] == "batch_nope" and "HTTP 404" in payload["message"]
