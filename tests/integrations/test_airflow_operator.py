@@ -1,6 +1,6 @@
 """FreightBatchOperator in real Airflow (``dag.test()`` on SQLite) against a real ``freight serve``.
 
-Runs in .venv-airflow (Makefile: ``make test-airflow``). ``dag.test()`` runs the task in process;
+Runs in .venv-pipelines (Makefile: test-integrations). ``dag.test()`` runs the task in process;
 when it defers, Airflow serializes the trigger, re-imports it by its class path, runs it inline
 (as the triggerer would) and resumes the task with the trigger's event.
 """
@@ -124,6 +124,7 @@ def test_the_operator_defers_and_returns_where_the_results_are(airflow_env: dict
     batch = server.client().batches.retrieve(result["batch_id"])
     assert batch.output_file_id == result["output_file_id"]
     assert batch.model_extra and batch.model_extra["freight"]["max_cost_usd"] == 5.0
+    assert batch.model_extra["freight"]["priority"] == 3
 
 
 def test_a_batch_that_expires_fails_the_task_after_the_trigger_fired(airflow_env: dict[str, Any],

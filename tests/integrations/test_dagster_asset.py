@@ -1,6 +1,6 @@
 """freight_batch_asset and FreightResource in real Dagster (``materialize``) against a real ``freight serve``.
 
-Runs in .venv-dagster (Makefile: test-integrations).
+Runs in .venv-pipelines (Makefile: test-integrations).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def test_an_asset_is_a_batch_over_its_upstream_frame(server: FreightServer) -> N
     batch = server.client().batches.retrieve(meta["batch_id"])
     assert batch.status == "completed" and batch.metadata and batch.metadata["dagster_asset"] == "summaries"
     assert batch.model_extra and batch.model_extra["freight"]["max_cost_usd"] == 1.0
+    assert batch.model_extra["freight"]["priority"] == 2
 
 
 def test_a_batch_that_expires_fails_the_run(server: FreightServer) -> None:

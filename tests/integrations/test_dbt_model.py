@@ -1,5 +1,5 @@
 """The dbt example (examples/dbt): ``dbt build`` with dbt-duckdb runs its Python model, which enriches a
-seeded table through a real ``freight serve``. Runs in .venv-dbt (Makefile: test-integrations).
+seeded table through a real ``freight serve``. Runs in .venv-pipelines (Makefile: test-integrations).
 """
 
 from __future__ import annotations
