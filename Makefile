@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+HASH := $(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(HASH)
 
 # llama-cpp-python compiles llama.cpp from source (~5 min on 2 cores) for this machine's CPU
 # (-march=native), without Intel AMX: on the VMs here the CPU reports AMX but its tile instructions
@@ -13,7 +14,7 @@ LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_KEY := $(shell (echo $(LLAMA_CPP_VERSION) $(LLAMA_CFLAGS); grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; uname -m) | sha1sum | cut -c1-12)
 WHEELHOUSE := $(HOME)/.cache/freight/wheels/llama-cpp-$(LLAMA_KEY)
 
-.PHONY: install demo test lint bench chaos clean
+.PHONY: install demo test lint bench chaos clean test-integrations
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +38,22 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The pipeline adapters (freight/integrations, docs/pipelines.md) are tested with the real Airflow,
+# Dagster and dbt, which are heavy (about 860 MB together) and pin things the main environment does
+# not need (protobuf 6, python-dateutil 2 for dbt-core): they get their own virtualenv, with freight
+# and its three extras resolved together, made after the main one (whose wheelhouse holds the
+# llama-cpp-python wheel); tests/integrations/ runs there.
+PIPELINES_VENV := .venv-pipelines
+PIPELINES_STAMP := $(PIPELINES_VENV)/.installed-$(HASH)
+
+$(PIPELINES_STAMP): $(STAMP)
+	test -x $(PIPELINES_VENV)/bin/python || $(PYTHON) -m venv $(PIPELINES_VENV)
+	$(PIPELINES_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PIPELINES_VENV)/bin/python -m pip install -q --find-links $(WHEELHOUSE) 'llama-cpp-python==$(LLAMA_CPP_VERSION)' \
+	  -e '.[airflow,dagster,dbt]' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' 'openai>=1.40,<4'
+	rm -f $(PIPELINES_VENV)/.installed-*
+	touch $@
+
 demo: install
 	rm -rf .freight-demo demo-output
 	$(BIN)/freight run examples/embeddings.jsonl -o demo-output/embeddings.jsonl --data-dir .freight-demo
@@ -49,6 +66,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+	$(MAKE) test-integrations
+
+test-integrations: $(PIPELINES_STAMP)
+	FREIGHT_INTEGRATION_TESTS=1 $(PIPELINES_VENV)/bin/pytest tests/integrations
 
 bench: install
 	$(BIN)/python bench/run.py
@@ -58,4 +79,4 @@ chaos: install
 	$(BIN)/python -m tests.chaos_postgres --kills 60
 
 clean:
-	rm -rf $(VENV) .freight-demo demo-output bench/.work
+	rm -rf $(VENV) $(PIPELINES_VENV) .freight-demo demo-output bench/.work

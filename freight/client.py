@@ -93,8 +93,10 @@ def _lines_bytes(source: Any) -> tuple[bytes, str | None]:
 
 
 def _create_body(file_id: str, endpoint: str, completion_window: str, metadata: Mapping[str, str] | None,
-                 max_cost_usd: float | None, output_schema: Mapping[str, Any] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"input_file_id": file_id, "endpoint": endpoint, "completion_window": completion_window}
+                 max_cost_usd: float | None, output_schema: Mapping[str, Any] | None,
+                 extra_body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {**(extra_body or {}), "input_file_id": file_id, "endpoint": endpoint,
+                            "completion_window": completion_window}
     if metadata is not None:
         body["metadata"] = dict(metadata)
     if max_cost_usd is not None:
@@ -151,14 +153,15 @@ class Client:
 
     def submit(self, source: Any, *, endpoint: str | None = None, completion_window: str = "24h",
                metadata: Mapping[str, str] | None = None, max_cost_usd: float | None = None,
-               output_schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               output_schema: Mapping[str, Any] | None = None,
+               extra_body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Upload ``source`` (a JSONL path, a list of lines or of bodies, or a data frame of lines) and
-        create a batch; the Batch object."""
+        create a batch; the Batch object. ``extra_body`` adds create parameters (``priority``…)."""
         data, url = _lines_bytes(source)
         f = _json(self.http.post("/files", files={"file": ("input.jsonl", data, "application/jsonl")},
                                  data={"purpose": "batch"}))
         body = _create_body(f["id"], endpoint or url or "/v1/chat/completions", completion_window, metadata,
-                            max_cost_usd, output_schema)
+                            max_cost_usd, output_schema, extra_body)
         batch: dict[str, Any] = _json(self.http.post("/batches", json=body))
         return batch
 
@@ -175,6 +178,13 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} is still {batch['status']}")
             time.sleep(poll_s)
+
+    def file_content(self, file_id: str) -> bytes:
+        """A file's bytes (a batch's ``output_file_id`` or ``error_file_id``: JSONL)."""
+        r = self.http.get(f"/files/{file_id}/content")
+        if r.status_code >= 400:
+            _json(r)
+        return r.content
 
     def partial(self, batch_id: str, after: int = -1) -> list[dict[str, Any]]:
         """Every line finished so far (output and error lines, in input order) past input index ``after``."""
@@ -217,12 +227,13 @@ class AsyncClient:
 
     async def submit(self, source: Any, *, endpoint: str | None = None, completion_window: str = "24h",
                      metadata: Mapping[str, str] | None = None, max_cost_usd: float | None = None,
-                     output_schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     output_schema: Mapping[str, Any] | None = None,
+                     extra_body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         data, url = _lines_bytes(source)
         f = _json(await self.http.post("/files", files={"file": ("input.jsonl", data, "application/jsonl")},
                                        data={"purpose": "batch"}))
         body = _create_body(f["id"], endpoint or url or "/v1/chat/completions", completion_window, metadata,
-                            max_cost_usd, output_schema)
+                            max_cost_usd, output_schema, extra_body)
         batch: dict[str, Any] = _json(await self.http.post("/batches", json=body))
         return batch
 
@@ -239,6 +250,12 @@ class AsyncClient:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"batch {batch_id} is still {batch['status']}")
             await asyncio.sleep(poll_s)
+
+    async def file_content(self, file_id: str) -> bytes:
+        r = await self.http.get(f"/files/{file_id}/content")
+        if r.status_code >= 400:
+            _json(r)
+        return r.content
 
     async def partial(self, batch_id: str, after: int = -1) -> list[dict[str, Any]]:
         lines: list[dict[str, Any]] = []

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from servers import FreightServer, config_text, postgres_database
+
+#: tests/integrations/ (Airflow, Dagster, dbt) runs in its own virtualenv from `make test`
+#: (Makefile: test-integrations), with FREIGHT_INTEGRATION_TESTS=1; the main run leaves it out.
+collect_ignore = [] if os.environ.get("FREIGHT_INTEGRATION_TESTS") else ["integrations"]
 
 
 @pytest.fixture(scope="module")
