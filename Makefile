@@ -39,18 +39,22 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # The pipeline adapters (freight/integrations, docs/pipelines.md) are tested with the real Airflow,
-# Dagster and dbt, which are heavy (about 860 MB together) and pin things the main environment does
-# not need (protobuf 6, python-dateutil 2 for dbt-core): they get their own virtualenv, with freight
-# and its three extras resolved together, made after the main one (whose wheelhouse holds the
-# llama-cpp-python wheel); tests/integrations/ runs there.
+# Dagster and dbt, which are heavy and pin things the main environment does not need (protobuf 6,
+# python-dateutil 2 for dbt-core): they get their own virtualenv. It holds what a pipeline's worker
+# needs to talk to freight: freight's client (freight itself without its model runtimes, so
+# --no-deps, plus httpx and orjson) and the three extras as pyproject.toml pins them; the freight
+# server the tests start runs from the main environment (FREIGHT_COMMAND). tests/integrations/ runs there.
 PIPELINES_VENV := .venv-pipelines
 PIPELINES_STAMP := $(PIPELINES_VENV)/.installed-$(HASH)
+PIPELINES_REQS = $(shell $(PYTHON) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+  x = d["project"]["optional-dependencies"]; core = [r for r in d["project"]["dependencies"] \
+  if r.startswith(("httpx", "orjson"))]; print(" ".join(repr(r) for r in x["airflow"] + x["dagster"] + x["dbt"] + core))')
 
 $(PIPELINES_STAMP): $(STAMP)
 	test -x $(PIPELINES_VENV)/bin/python || $(PYTHON) -m venv $(PIPELINES_VENV)
 	$(PIPELINES_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PIPELINES_VENV)/bin/python -m pip install -q --find-links $(WHEELHOUSE) 'llama-cpp-python==$(LLAMA_CPP_VERSION)' \
-	  -e '.[airflow,dagster,dbt]' 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' 'openai>=1.40,<4'
+	$(PIPELINES_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(PIPELINES_VENV)/bin/python -m pip install -q $(PIPELINES_REQS) 'pytest>=8,<10' 'pytest-timeout>=2.3,<3' 'openai>=1.40,<4'
 	rm -f $(PIPELINES_VENV)/.installed-*
 	touch $@
 
@@ -69,7 +73,7 @@ test: lint
 	$(MAKE) test-integrations
 
 test-integrations: $(PIPELINES_STAMP)
-	FREIGHT_INTEGRATION_TESTS=1 $(PIPELINES_VENV)/bin/pytest tests/integrations
+	FREIGHT_INTEGRATION_TESTS=1 FREIGHT_COMMAND=$(abspath $(BIN))/freight $(PIPELINES_VENV)/bin/pytest tests/integrations
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -72,7 +72,10 @@ def free_port() -> int:
 
 
 def freight_command() -> list[str]:
-    """The venv's ``freight`` script next to this interpreter, else ``python -m freight``."""
+    """``FREIGHT_COMMAND`` (the pipeline tests' server runs from the main environment), else the venv's
+    ``freight`` script next to this interpreter, else ``python -m freight``."""
+    if os.environ.get("FREIGHT_COMMAND"):
+        return [os.environ["FREIGHT_COMMAND"]]
     script = Path(sys.executable).parent / "freight"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)]
