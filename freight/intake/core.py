@@ -111,7 +111,9 @@ class Intake:
                 return made
             flush_id = "flush_" + uuid.uuid4().hex
             taken = self.store.claim_intake(self.name, flush_id, self.settings.policy.flush_size)
-            log.info("intake %s: flushing %d message(s) (%s)", self.name, taken, reason)
+            log.info("intake %s: flushing %d message(s) (%s)", self.name, taken, reason,
+                     extra={"event": "intake_flush", "intake": self.name, "flush_id": flush_id,
+                            "flush_reason": reason, "flush_messages": taken})
             made += self._make_batches(flush_id)
 
     def _make_batches(self, flush_id: str) -> list[str]:
