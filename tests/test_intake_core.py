@@ -57,17 +57,23 @@ def test_a_redelivered_message_is_kept_once_and_poison_gets_its_line_at_once(run
     assert intake.ready() == []
 
 
-def test_flush_waits_for_age_then_makes_one_ordinary_batch(runtime: Runtime) -> None:
+def test_flush_waits_for_age_then_makes_one_ordinary_batch(runtime: Runtime,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
     intake = _intake(runtime, clock)
     intake.accept("m1", _msg(1))
     intake.accept("m2", _msg(2))
     assert intake.flush() == []
     clock.t += 10
-    made = intake.flush()
+    with caplog.at_level("INFO", logger="freight.intake"):
+        made = intake.flush()
     assert len(made) == 1
     batch = runtime.batches.get("default", made[0])
     assert batch.endpoint == "/v1/chat/completions" and batch.metadata and batch.metadata["freight_intake"] == "q"
+    # The flush's log record names the flush (bench/bench_intake.py times each message's flush by it).
+    [record] = [r for r in caplog.records if getattr(r, "event", None) == "intake_flush"]
+    assert (vars(record)["flush_id"], vars(record)["flush_reason"], vars(record)["flush_messages"]) == (
+        batch.metadata["flush"], "age", 2)
     assert runtime.store.intake_pending("q") == []
 
 
