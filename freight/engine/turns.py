@@ -1,8 +1,8 @@
 """Whose turn it is to have a chunk claimed: the scheduling policy (freight/domain/scheduling.py) applied
 to one backend's runnable batches (moved out of engine.py, which re-exports it).
 
-The seam the dispatcher uses is ``order(batches)`` then ``served(batch)`` for the batch a chunk was
-claimed from; ``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk
+The seam the dispatcher uses is ``order(batches)`` then ``served(batch)`` for each batch a chunk was
+claimed from (``claim_in_turn``: one store call across the batches in that order); ``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk
 took in the store, where every process's fair share reads it.
 """
 
@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from freight.domain import scheduling
 from freight.domain.batches import Batch
 from freight.domain.clock import Clock
+from freight.domain.requests import ClaimedRequest
 from freight.engine.settings import SchedulingSettings
+from freight.ports.queue import RequestQueue
 from freight.ports.scheduling import SchedulingStore
 
 log = logging.getLogger("freight.engine")
@@ -92,3 +94,23 @@ class FairTurns:
             return
         with self._lock:
             self._used = used
+
+
+def claim_in_turn(queue: RequestQueue, turns: FairTurns, candidates: Sequence[Batch], owner: str, now: float,
+                  lease_s: float, chunk: int, max_attempts: int) -> list[tuple[Batch, list[ClaimedRequest]]]:
+    """One chunk claimed across the candidates in the policy's order, in one store call (one query):
+    the first batch's runnable requests, then the next one's, up to ``chunk``; by batch, in that order."""
+    # Nothing new starts once a batch's window has passed: the engine's tick expires it.
+    ordered = [b for b in turns.order(candidates) if now < b.expires_at]
+    if not ordered:
+        return []
+    models = sorted({b.model for b in ordered if b.model})
+    claimed = queue.claim_runnable(models, owner, now, lease_s, chunk, max_attempts, [b.id for b in ordered])
+    by_id = {b.id: b for b in ordered}
+    groups: dict[str, list[ClaimedRequest]] = {}
+    for request in claimed:
+        groups.setdefault(request.batch_id, []).append(request)
+    got = [(by_id[batch_id], requests) for batch_id, requests in groups.items()]
+    for batch, _ in got:
+        turns.served(batch)
+    return got
