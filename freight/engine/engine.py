@@ -58,6 +58,18 @@ log = logging.getLogger("freight.engine")
 T = TypeVar("T")
 
 
+def _once(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn``, run by the first call only."""
+    called = False
+
+    def once() -> None:
+        nonlocal called
+        if not called:
+            called = True
+            fn()
+    return once
+
+
 class Engine:
     def __init__(
         self,
@@ -364,13 +376,16 @@ class Engine:
                 work.clear()
                 await self._sleep_until(work, self.settings.poll_interval_s)
                 continue
-            task = asyncio.create_task(self._run_chunk(backend, *got[0]) if len(got) == 1 else
+            # The slot is the backend's: freed once the backend has answered, so that the next chunk is
+            # claimed while this one's results are being stored (or at the end, whichever comes first).
+            release = _once(slots.release)
+            task = asyncio.create_task(self._run_chunk(backend, *got[0], executed=release) if len(got) == 1 else
                                        self._run_chunks(backend, got))
             self._tasks.add(task)
 
-            def done(t: asyncio.Task[None]) -> None:
+            def done(t: asyncio.Task[None], release: Callable[[], None] = release) -> None:
                 self._tasks.discard(t)
-                slots.release()
+                release()
 
             task.add_done_callback(done)
 
@@ -417,7 +432,8 @@ class Engine:
                 delay = min(self.settings.store_retry_max_s, delay * 2)
         raise AssertionError("unreachable")
 
-    async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest]) -> None:
+    async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest],
+                         executed: Callable[[], None] | None = None) -> None:
         renewer = asyncio.create_task(self._renew(batch.id, [(c.idx, c.attempt_id) for c in claimed]))
         try:
             bodies, began = [jsonx.loads(c.body) for c in claimed], self.clock.now()
@@ -433,6 +449,8 @@ class Engine:
                 self.repeats.failed(f"backend_failed:{batch.model}", f"backend call failed (model {batch.model})",
                                     exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
+            if executed is not None:
+                executed()
             completions, retries = self._decide(claimed, results, withdrawal.is_set())
             # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
             if completions:

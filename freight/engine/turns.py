@@ -2,8 +2,9 @@
 to one backend's runnable batches (moved out of engine.py, which re-exports it).
 
 The seam the dispatcher uses is ``order(batches)`` then ``served(batch)`` for each batch a chunk was
-claimed from (``claim_in_turn``: one store call across the batches in that order); ``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk
-took in the store, where every process's fair share reads it.
+claimed from (``claim_in_turn``: one store call across the batches in that order);
+``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk took in the
+store, where every process's fair share reads it.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class QueueMixin(Base):
         self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int, max_attempts: int,
         batches: Sequence[str] | None = None,
     ) -> list[ClaimedRequest]:
-        if not models or limit <= 0 or batches is not None and not batches:
+        if not models or limit <= 0 or (batches is not None and not batches):
             return []
         with self._db.write() as tx:
             if batches is None:
