@@ -105,12 +105,13 @@ class Stages:
 def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY) -> dict[str, float]:
     """One batch of ``n`` through ``freight run``'s code path; figures."""
     from freight.cli import local_run
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     with tempfile.TemporaryDirectory(prefix="freight-bench-engine-") as tmp:
         root = Path(tmp)
         write_input(root / "in.jsonl", n)
         rt = build_runtime(_settings(root), backends=[_backend(chunk, concurrency)])
+        tune_gc()  # as `freight run` does
         stages = Stages(rt.store)
         try:
             started, cpu = time.perf_counter(), time.process_time()
@@ -165,10 +166,11 @@ def as_worker(root: Path, url: str, chunk: int, concurrency: int, slots: int | N
     import signal
 
     from freight.backends.scripted import ScriptedBackend
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     backend = ScriptedBackend(chunk_size=chunk, max_concurrency=concurrency, slots=slots)
     rt = build_runtime(_settings(root, url), backends=[backend])
+    tune_gc()  # as `freight worker` does
 
     async def work() -> None:
         stop = asyncio.Event()
