@@ -449,6 +449,7 @@ class Engine:
                 self.repeats.failed(f"backend_failed:{batch.model}", f"backend call failed (model {batch.model})",
                                     exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
+            took = self.clock.now() - began  # the model time, without storing the results
             if executed is not None:
                 executed()
             completions, retries = self._decide(claimed, results, withdrawal.is_set())
@@ -457,7 +458,7 @@ class Engine:
                 await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
             if retries:
                 await self._store_with_retries("scheduling retries", self.store.retry_later, batch.id, retries)
-            await asyncio.to_thread(self._turns[id(backend)].used, batch, self.clock.now() - began, len(claimed))
+            await asyncio.to_thread(self._turns[id(backend)].used, batch, took, len(claimed))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
