@@ -60,13 +60,11 @@ T = TypeVar("T")
 
 def _once(fn: Callable[[], object]) -> Callable[[], None]:
     """``fn``, run by the first call only."""
-    called = False
+    pending = [fn]
 
     def once() -> None:
-        nonlocal called
-        if not called:
-            called = True
-            fn()
+        while pending:
+            pending.pop()()
     return once
 
 
@@ -173,6 +171,8 @@ class Engine:
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
             for lane in self.catalog.lanes:
                 await lane.close()
+            for turns in self._turns.values():
+                await asyncio.to_thread(turns.save)  # the model time used since the last save
             await self.steps.release()
 
     async def tick(self) -> None:
