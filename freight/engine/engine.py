@@ -58,16 +58,6 @@ log = logging.getLogger("freight.engine")
 T = TypeVar("T")
 
 
-def _once(fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn``, run by the first call only."""
-    pending = [fn]
-
-    def once() -> None:
-        while pending:
-            pending.pop()()
-    return once
-
-
 class Engine:
     def __init__(
         self,
@@ -376,16 +366,15 @@ class Engine:
                 work.clear()
                 await self._sleep_until(work, self.settings.poll_interval_s)
                 continue
-            # The slot is the backend's: freed once the backend has answered, so that the next chunk is
-            # claimed while this one's results are being stored (or at the end, whichever comes first).
-            release = _once(slots.release)
-            task = asyncio.create_task(self._run_chunk(backend, *got[0], executed=release) if len(got) == 1 else
+            # The slot is freed once the results are stored (not when the backend answers): a spending cap
+            # is checked at the next claim against the cost stored so far (services/budget_guard.py).
+            task = asyncio.create_task(self._run_chunk(backend, *got[0]) if len(got) == 1 else
                                        self._run_chunks(backend, got))
             self._tasks.add(task)
 
-            def done(t: asyncio.Task[None], release: Callable[[], None] = release) -> None:
+            def done(t: asyncio.Task[None]) -> None:
                 self._tasks.discard(t)
-                release()
+                slots.release()
 
             task.add_done_callback(done)
 
@@ -432,8 +421,7 @@ class Engine:
                 delay = min(self.settings.store_retry_max_s, delay * 2)
         raise AssertionError("unreachable")
 
-    async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest],
-                         executed: Callable[[], None] | None = None) -> None:
+    async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest]) -> None:
         renewer = asyncio.create_task(self._renew(batch.id, [(c.idx, c.attempt_id) for c in claimed]))
         try:
             bodies, began = [jsonx.loads(c.body) for c in claimed], self.clock.now()
@@ -450,8 +438,6 @@ class Engine:
                                     exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
             took = self.clock.now() - began  # the model time, without storing the results
-            if executed is not None:
-                executed()
             completions, retries = self._decide(claimed, results, withdrawal.is_set())
             # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
             if completions:
