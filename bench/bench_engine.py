@@ -105,27 +105,40 @@ class Stages:
 def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY) -> dict[str, float]:
     """One batch of ``n`` through ``freight run``'s code path; figures."""
     from freight.cli import local_run
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     with tempfile.TemporaryDirectory(prefix="freight-bench-engine-") as tmp:
         root = Path(tmp)
         write_input(root / "in.jsonl", n)
         rt = build_runtime(_settings(root), backends=[_backend(chunk, concurrency)])
+        tune_gc()  # as `freight run` does
         stages = Stages(rt.store)
         try:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             batch, _ = local_run.prepare(rt, root / "in.jsonl", root / "out.jsonl", CHAT, "24h")
             uploaded = time.perf_counter()
-            batch = asyncio.run(local_run.run_batch(rt, batch.id, poll_s=0.05))
+            seen: dict[str, float] = {}
+            batch = asyncio.run(local_run.run_batch(
+                rt, batch.id, lambda b: seen.setdefault(str(b.status), time.perf_counter() - started), poll_s=0.01))
             local_run.deliver(rt, batch, root / "out.jsonl", root / "err.jsonl")
-            wall = time.perf_counter() - started
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         finally:
             rt.close()
         lines = sum(1 for _ in open(root / "out.jsonl", "rb"))
         assert lines == n, f"{lines} output lines for {n} requests ({batch.status})"
-    figures = {"wall": wall, "rps": n / wall, "upload_us": (uploaded - started) / n * 1e6}
+    figures = {"wall": wall, "rps": n / wall, "upload_us": (uploaded - started) / n * 1e6, "cpu_us": cpu / n * 1e6,
+               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # this process's peak so far
     figures.update({f"{k}_us": v / n * 1e6 for k, v in stages.seconds.items()})
+    figures.update(_phases(seen, wall, n, uploaded - started))
     return figures
+
+
+def _phases(seen: dict[str, float], wall: float, n: int, since: float = 0.0) -> dict[str, float]:
+    """Wall time per request between status changes (polled): validating (from ``since``) until in
+    progress; claim + complete until finalizing; finalize (and delivery) until the end."""
+    running, finalizing = seen.get("in_progress", since), seen.get("finalizing", wall)
+    return {"ingest_phase_us": (running - since) / n * 1e6, "run_us": (finalizing - running) / n * 1e6,
+            "finalize_phase_us": (wall - finalizing) / n * 1e6}
 
 
 # ---- PostgreSQL, worker processes --------------------------------------------------------------------------------
@@ -153,22 +166,26 @@ def as_worker(root: Path, url: str, chunk: int, concurrency: int, slots: int | N
     import signal
 
     from freight.backends.scripted import ScriptedBackend
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     backend = ScriptedBackend(chunk_size=chunk, max_concurrency=concurrency, slots=slots)
     rt = build_runtime(_settings(root, url), backends=[backend])
+    tune_gc()  # as `freight worker` does
 
     async def work() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)  # imported and connected: the parent starts its clock when all are
+        cpu[0] = time.process_time()
         await rt.engine.run(stop)
 
+    cpu = [0.0]
     try:
         asyncio.run(work())
     finally:
         rt.close()
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "executed": backend.executed}), flush=True)
+                      "executed": backend.executed, "cpu_s": time.process_time() - cpu[0]}), flush=True)
 
 
 def run_postgres(n: int, workers: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY,
@@ -186,7 +203,8 @@ def run_postgres(n: int, workers: int, chunk: int = CHUNK, concurrency: int = CO
             cmd = [sys.executable, __file__, "--as-worker", str(root), url, str(chunk), str(concurrency),
                    str(slots or 0)]
             procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
-            time.sleep(2.0)  # let them start (imports) before the clock starts
+            for p in procs:  # the clock starts once every worker has imported and connected (seconds on a
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"  # busy machine)
             started = time.perf_counter()
             batch, _ = local_run.prepare(rt, root / "in.jsonl", root / "out.jsonl", CHAT, "24h")
             seen: dict[str, float] = {}
@@ -208,19 +226,21 @@ def run_postgres(n: int, workers: int, chunk: int = CHUNK, concurrency: int = CO
             rt.close()
         lines = sum(1 for _ in open(root / "out.jsonl", "rb"))
         assert lines == n, f"{lines} output lines for {n} requests ({batch.status})"
-    # Wall time per stage, seen from outside (status changes, polled every 20 ms): ingest until in
-    # progress; claim + complete until finalizing; finalize until completed.
-    running, finalizing = seen.get("in_progress", 0.0), seen.get("finalizing", wall)
-    return {"wall": wall, "rps": n / wall, "ingest_us": running / n * 1e6,
-            "run_us": (finalizing - running) / n * 1e6, "finalize_us": (wall - finalizing) / n * 1e6,
+    # Wall time per stage, seen from outside (status changes, polled every 20 ms): upload and ingest until
+    # in progress; claim + complete until finalizing; finalize until completed.
+    phases = _phases(seen, wall, n)
+    return {"wall": wall, "rps": n / wall, "ingest_us": phases["ingest_phase_us"], "run_us": phases["run_us"],
+            "finalize_us": phases["finalize_phase_us"],
             "rss_mb": max(r.get("rss_mb", 0) for r in reports),
+            # CPU time of the workers together, per request (what a loaded machine does not change much)
+            "cpu_us": sum(r.get("cpu_s", 0) for r in reports) / n * 1e6,
             "executed": [r.get("executed", 0) for r in reports]}  # type: ignore[dict-item]
 
 
 # ---- the table -----------------------------------------------------------------------------------------------------
 
 def run(sizes: tuple[int, ...] = (10_000, 100_000), postgres: bool = True, io_requests: int = 2000,
-        repeat: int = 1) -> list[Row]:
+        repeat: int = 1, pg_sizes: tuple[int, ...] | None = None) -> list[Row]:
     rows: list[Row] = []
     for n in sizes:
         runs = sorted((run_sqlite(n) for _ in range(repeat)), key=lambda f: f["rps"])
@@ -228,14 +248,20 @@ def run(sizes: tuple[int, ...] = (10_000, 100_000), postgres: bool = True, io_re
         rows.append(Row("engine", f"SQLite, 1 process, {n:,} requests (req/s)", f"{f['rps']:,.0f}",
                         "5,400 (issue 11, chunk 256)", f"{f['rps'] / 5400:.2f}x", ">= 20,000", f["rps"] >= 20_000))
         stages = ", ".join(f"{k} {f[k + '_us']:.0f}" for k in ("upload", "ingest", "claim", "complete", "finalize"))
-        rows.append(Row("engine", f"  {n:,}: us per request", stages, "", "", ""))
-    if postgres:
-        n = max(sizes)
+        rows.append(Row("engine", f"  {n:,}: us per request in store calls", stages, "", "", ""))
+        phases = ", ".join(f"{k} {f[k + '_us']:.0f}" for k in ("ingest_phase", "run", "finalize_phase"))
+        rows.append(Row("engine", f"  {n:,}: us per request between status changes", phases, "", "", ""))
+        rows.append(Row("engine", f"  {n:,}: CPU us per request; peak RSS MB", f"{f['cpu_us']:.0f}; {f['rss_mb']:.0f}",
+                        "", "", ""))
+    for n in (pg_sizes or (max(sizes),)) if postgres else ():
         for workers in (1, 4):
             f = run_postgres(n, workers)
             rows.append(Row("engine", f"PostgreSQL, {workers} worker(s), {n:,} requests (req/s)", f"{f['rps']:,.0f}",
                             "", "", ">= 15,000" if workers == 4 else "", f["rps"] >= 15_000 if workers == 4 else None))
             rows.append(Row("engine", f"  peak RSS of a worker ({workers}), MB", f"{f['rss_mb']:.0f}", "", "", ""))
+            rows.append(Row("engine", f"  us per request ({workers}): ingest, claim+complete, finalize; worker CPU",
+                            f"{f['ingest_us']:.0f}, {f['run_us']:.0f}, {f['finalize_us']:.0f}; {f['cpu_us']:.0f}",
+                            "", "", ""))
     if io_requests:
         base = 0.0
         for workers in (1, 2, 4):
@@ -257,9 +283,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--io-requests", type=int, default=2000, help="0: skip the I/O-bound scaling")
+    parser.add_argument("--pg-sizes", default="", help="PostgreSQL sizes (default: the largest of --sizes)")
     parser.add_argument("--repeat", type=int, default=1, help="SQLite runs per size (the median is shown)")
     args = parser.parse_args()
-    rows = run(tuple(int(s) for s in args.sizes.split(",")), not args.no_postgres, args.io_requests, args.repeat)
+    pg_sizes = tuple(int(s) for s in args.pg_sizes.split(",")) if args.pg_sizes else None
+    rows = run(tuple(int(s) for s in args.sizes.split(",")), not args.no_postgres, args.io_requests, args.repeat,
+               pg_sizes)
     for r in rows:
         print(f"{r.measure:<60} {r.freight:<50} {r.baseline:<26} {r.ratio:<7} {r.target}")
 

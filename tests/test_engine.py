@@ -238,6 +238,48 @@ def test_one_big_batch_does_not_starve_another(world: World) -> None:
     assert order[0] == small.id
 
 
+class Recording(ScriptedBackend):
+    """The scripted model, recording what each call was given."""
+
+    def __init__(self) -> None:
+        super().__init__(chunk_size=4, max_concurrency=2)
+        self.given: list[list[str]] = []
+
+    async def execute(self, endpoint: str, bodies: Any) -> Any:
+        self.given.append([b.get("prompt") or b["messages"][0]["content"] for b in bodies])
+        return await super().execute(endpoint, bodies)
+
+
+def test_a_chunk_that_spans_batches_runs_each_part_with_its_own_batch(tmp_path: Path) -> None:
+    # Chunks of 4, two batches of 3: one claim (one query) fills a chunk from both, in the policy's order.
+    store, blobs, clock, backend = (SqliteStore(tmp_path / "db.sqlite", synchronous="OFF"),
+                                    LocalBlobStore(tmp_path / "blobs", fsync=False), FixedClock(), Recording())
+    engine = Engine(store, blobs, ModelCatalog([backend]), clock, EngineSettings(poll_interval_s=0.01))
+    world = World(store, blobs, clock, backend, engine, FileService(store, blobs, clock),
+                  BatchService(store, clock, on_change=engine.wake))
+    first = world.submit([chat(i) for i in range(3)])
+    second = world.submit([{"model": MODEL, "prompt": f"p{i}"} for i in range(3)], endpoint="/v1/completions")
+
+    async def main() -> None:
+        while any(b.status is BatchStatus.VALIDATING for b in store.active_batches()):
+            await engine.tick()
+        await engine.tick()  # both batches in progress (and runnable) before the first claim
+        await asyncio.wait_for(engine.run(until=lambda: not store.active_batches()), 20)
+
+    try:
+        asyncio.run(main())
+        both = [store.get_batch("p", b.id) for b in (first, second)]
+        assert all(b is not None and b.status is BatchStatus.COMPLETED for b in both)
+        # The first chunk: the first batch's 3 and 1 of the second's (a call each); then the second's other 2.
+        assert sorted(len(c) for c in backend.given) == [1, 2, 3], backend.given
+        for batch in both:
+            assert batch is not None
+            out, _ = one_line_per_custom_id(world, batch, 3)
+            assert all(line["response"]["body"]["endpoint"] == batch.endpoint for line in out)
+    finally:
+        store.close()
+
+
 def test_deleted_and_expired_files_lose_their_bytes_only_when_no_batch_reads_them(world: World) -> None:
     batch = world.submit([chat(0, sleep_s=0.2)])
     input_key = world.store.file_blob_key(batch.input_file_id)

@@ -224,8 +224,8 @@ def mixed(n: int) -> list[dict[str, Any]]:
 
 # ---- a store that fails --------------------------------------------------------------------------
 
-STORE_CALLS = ["active_batches", "file_blob_key", "clear_requests", "insert_requests", "start_batch", "claim",
-               "complete", "retry_later", "open_counts", "set_status", "results", "finish_batch"]
+STORE_CALLS = ["active_batches", "file_blob_key", "clear_requests", "insert_requests", "start_batch",
+               "claim_runnable", "complete", "retry_later", "open_counts", "set_status", "results", "finish_batch"]
 ERRORS: dict[str, Callable[[], Exception]] = {
     "locked": lambda: StoreError("store write failed to start: database is locked"),
     "sqlite-locked": lambda: sqlite3.OperationalError("database is locked"),

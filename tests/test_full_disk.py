@@ -130,7 +130,7 @@ def test_bytes_a_batch_still_reads_go_when_the_batch_ends(world: World) -> None:
 def test_claims_failing_every_tick_are_logged_once_then_recovered(
         world: World, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     batch = world.submit([chat(i) for i in range(8)])
-    world.store.fail = {"claim": set(range(1, 41))}
+    world.store.fail = {"claim_runnable": set(range(1, 41))}
     world.store.error = FULL
     with caplog.at_level(logging.DEBUG, logger="freight.engine"):
         done = world.run_until_done(batch.id)

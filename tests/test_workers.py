@@ -227,11 +227,12 @@ def test_a_worker_killed_mid_batch_loses_nothing(fleet: dict[str, Any]) -> None:
 def test_a_worker_that_joins_mid_batch_takes_work(fleet: dict[str, Any]) -> None:
     client, where, workers, owners = fleet["client"], fleet["fleet"], fleet["workers"], fleet["owners"]
     workers.append(Worker(fleet["fleet"], "1"))
-    batch_id = _batch(client, 200, "j", 0.15)
-    wait_for(lambda: _done(where, batch_id) >= 30, 60, "the batch to be under way")
+    # Long enough for a second process to start on a busy machine (one worker alone needs ~6 s for it).
+    batch_id = _batch(client, 320, "j", 0.15)
+    wait_for(lambda: _done(where, batch_id) >= 20, 60, "the batch to be under way")
     late = Worker(fleet["fleet"], "late")
     workers.append(late)
     wait_for(lambda: late.owner in owners.seen, 30, "the late worker to claim requests")
     done = _finished(client, batch_id)
-    _check_output(client, done, "j", 200)
+    _check_output(client, done, "j", 320)
     assert set(where.attempts(batch_id).values()) == {1}

@@ -99,11 +99,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
     say = console.print if fmt == "text" else logging.getLogger("freight.cli").info
 
     from freight.api.app import create_app
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     settings = _settings(config, data_dir, host=host, port=port, blobs=blobs, database_url=database_url,
                          redis_url=redis_url)
     runtime = build_runtime(settings)
+    tune_gc()
     try:
         with_keys = runtime.keys.required()
         if not with_keys and not is_loopback(settings.host):
@@ -150,12 +151,13 @@ def worker(ctx: click.Context, log_format: str | None, log_level: str | None, da
     the models it serves, and one of them at a time runs the batch steps (docs/deployment.md).
     Stop it with Ctrl-C or SIGTERM: its running requests are given back when their leases expire.
     """
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     fmt = _setup_process_logs(ctx, log_format, log_level)
     say = console.print if fmt == "text" else logging.getLogger("freight.cli").info
     settings = _settings(config, data_dir, blobs=blobs, database_url=database_url, redis_url=redis_url)
     runtime = build_runtime(settings)
+    tune_gc()
     models = ", ".join(m.id for m in runtime.catalog.models())
     say(f"freight {__version__} worker {runtime.engine.owner} (data: {settings.data_dir}; models: {models})")
     try:
@@ -202,7 +204,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     """Run a batch file locally, durably: interrupted, the same command resumes it."""
     from freight.cli import local_run
     from freight.config import default_data_dir
-    from freight.runtime import build_runtime
+    from freight.runtime import build_runtime, tune_gc
 
     if errors_path is None:
         name = output_path.name.removesuffix(".jsonl")
@@ -212,6 +214,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
     runtime = build_runtime(settings, exclusive=True)  # a local run is alone on its data dir
+    tune_gc()
     try:
         batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
         if resumed:

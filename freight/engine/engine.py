@@ -47,7 +47,7 @@ from freight.engine.repeats import RepeatedFailures
 from freight.engine.settings import EngineSettings
 from freight.engine.step_failures import StepFailures
 from freight.engine.step_lease import StepHolder
-from freight.engine.turns import FairTurns
+from freight.engine.turns import FairTurns, claim_in_turn
 from freight.engine.withdrawals import Withdrawals
 from freight.ports import WITHDRAWN, Backend, BlobStore, Completion, Retry, StepLeases, Store, on_behalf_of
 from freight.services.catalog import ModelCatalog
@@ -162,6 +162,8 @@ class Engine:
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
             for lane in self.catalog.lanes:
                 await lane.close()
+            for turns in self._turns.values():
+                await asyncio.to_thread(turns.save)  # the model time used since the last save
             await self.steps.release()
 
     async def tick(self) -> None:
@@ -333,7 +335,7 @@ class Engine:
         start_failures = 0
         while not self._stopping:
             await slots.acquire()
-            got: tuple[Batch, list[ClaimedRequest]] | None = None
+            got: list[tuple[Batch, list[ClaimedRequest]]] = []
             candidates = self._runnable.get(key, [])
             if candidates and not started:
                 # Load the model before claiming anything, so that its load time does not eat the leases.
@@ -348,26 +350,22 @@ class Engine:
                     await asyncio.sleep(min(60.0, self.settings.poll_interval_s * 2 ** min(start_failures, 10)))
                     continue
             try:
-                for batch in turns.order(candidates):
-                    if self.clock.now() >= batch.expires_at:
-                        continue  # nothing new starts once the window has passed: the tick expires it
-                    claimed = await asyncio.to_thread(
-                        self.store.claim, batch.id, self.owner, self.clock.now(), self.settings.lease_s,
-                        backend.chunk_size, self.settings.retry.max_attempts)
-                    if claimed:
-                        got = (batch, claimed)
-                        turns.served(batch)
-                        break
+                got = await asyncio.to_thread(
+                    claim_in_turn, self.store, turns, candidates, self.owner, self.clock.now(), self.settings.lease_s,
+                    backend.chunk_size, self.settings.retry.max_attempts)
                 self.repeats.ok(f"claim_failed:{models}")
             except Exception as exc:
                 self.errors += 1
                 self.repeats.failed(f"claim_failed:{models}", f"claim failed (model {models})", exc)
-            if got is None:
+            if not got:
                 slots.release()
                 work.clear()
                 await self._sleep_until(work, self.settings.poll_interval_s)
                 continue
-            task = asyncio.create_task(self._run_chunk(backend, *got))
+            # The slot is freed once the results are stored (not when the backend answers): a spending cap
+            # is checked at the next claim against the cost stored so far (services/budget_guard.py).
+            task = asyncio.create_task(self._run_chunk(backend, *got[0]) if len(got) == 1 else
+                                       self._run_chunks(backend, got))
             self._tasks.add(task)
 
             def done(t: asyncio.Task[None]) -> None:
@@ -375,6 +373,10 @@ class Engine:
                 slots.release()
 
             task.add_done_callback(done)
+
+    async def _run_chunks(self, backend: Backend, groups: list[tuple[Batch, list[ClaimedRequest]]]) -> None:
+        """A chunk that spans batches: each batch's part runs as a chunk of its own, all at once."""
+        await asyncio.gather(*(self._run_chunk(backend, batch, claimed) for batch, claimed in groups))
 
     async def _sleep_until(self, event: asyncio.Event, timeout_s: float) -> None:
         """Wait for ``event`` or ``timeout_s``. (Not ``wait_for``: on Python 3.11 it can swallow a
@@ -385,12 +387,12 @@ class Engine:
         finally:
             waiter.cancel()
 
-    async def _renew(self, batch_id: str, attempt_ids: list[str]) -> None:
+    async def _renew(self, batch_id: str, leases: list[tuple[int, str]]) -> None:
         every = self.settings.lease_s / 3
         while True:
             await asyncio.sleep(every)
             try:
-                await asyncio.to_thread(self.store.renew, batch_id, attempt_ids,
+                await asyncio.to_thread(self.store.renew, batch_id, leases,
                                         self.clock.now() + self.settings.lease_s)
             except Exception:
                 # Keep trying: a lease that runs out only costs a second run of these requests.
@@ -416,7 +418,7 @@ class Engine:
         raise AssertionError("unreachable")
 
     async def _run_chunk(self, backend: Backend, batch: Batch, claimed: list[ClaimedRequest]) -> None:
-        renewer = asyncio.create_task(self._renew(batch.id, [c.attempt_id for c in claimed]))
+        renewer = asyncio.create_task(self._renew(batch.id, [(c.idx, c.attempt_id) for c in claimed]))
         try:
             bodies, began = [jsonx.loads(c.body) for c in claimed], self.clock.now()
             try:
@@ -431,13 +433,14 @@ class Engine:
                 self.repeats.failed(f"backend_failed:{batch.model}", f"backend call failed (model {batch.model})",
                                     exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
+            took = self.clock.now() - began  # the model time, without storing the results
             completions, retries = self._decide(claimed, results, withdrawal.is_set())
             # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
             if completions:
                 await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
             if retries:
                 await self._store_with_retries("scheduling retries", self.store.retry_later, batch.id, retries)
-            await asyncio.to_thread(self._turns[id(backend)].used, batch, self.clock.now() - began, len(claimed))
+            await asyncio.to_thread(self._turns[id(backend)].used, batch, took, len(claimed))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -1,11 +1,12 @@
 """Whose turn it is to have a chunk claimed: the scheduling policy (freight/domain/scheduling.py) applied
 to one backend's runnable batches (moved out of engine.py, which re-exports it).
 
-The seam the dispatcher uses is ``order(batches)`` then ``served(batch)`` for the batch a chunk was
-claimed from; ``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk
-took in the store, where every process's fair share reads it. Writes and reads are made at most once a
-second (``SHARES_REFRESH_S``): in between, this process counts its own chunks on top of what it read;
-the last chunks before the process stops (or idles) are written with its next chunk, or never.
+The seam the dispatcher uses is ``order(batches)`` then ``served(batch)`` for each batch a chunk was
+claimed from (``claim_in_turn``: one store call across the batches in that order);
+``used(batch, seconds, requests)`` (from a worker thread) records the model time a chunk took in the
+store, where every process's fair share reads it.
+Writes and reads of the store's usage are made at most once a second (``SAVE_EVERY_S``) and when the
+engine stops (``save``): in between, this process counts its own chunks on top of what it read.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from collections.abc import Sequence
 from freight.domain import scheduling
 from freight.domain.batches import Batch
 from freight.domain.clock import Clock
+from freight.domain.requests import ClaimedRequest
 from freight.domain.windows import ALWAYS, Calendar, Hours
 from freight.engine.settings import SchedulingSettings
+from freight.ports.queue import RequestQueue
 from freight.ports.scheduling import SchedulingStore
 
 log = logging.getLogger("freight.engine")
-#: How often this process writes the model time its chunks used and reads every project's back.
-SHARES_REFRESH_S = 1.0
+
+#: How often a process stores the model time its chunks used (two store calls): with chunks of 16 requests
+#: doing it after every chunk cost more CPU than the requests themselves on I/O-bound work.
+SAVE_EVERY_S = 1.0
 
 
 def candidate(b: Batch, held_until: float | None = None) -> scheduling.Candidate:
@@ -94,11 +99,11 @@ class FairTurns:
         self._slots = max(1, slots)
         self._chunk = max(1, chunk)
         self._lock = threading.Lock()
-        self._used: dict[str, float] = {}  # a snapshot of the store's, refreshed when a chunk ends
+        self._used: dict[str, float] = {}  # a snapshot of the store's, refreshed when used is saved
+        self._unsaved: dict[str, float] = {}  # used here since the last save
+        self._saved_at = float("-inf")
         self._in_flight: dict[str, float] = {}
         self.seconds_per_request = self._settings.initial_seconds_per_request
-        self._pending: dict[str, float] = {}  # model time used by this process's chunks, not yet written
-        self._flushed_at: float | None = None  # when it was last written and the shares read back
 
     def order(self, batches: Sequence[Batch]) -> list[Batch]:
         """The batches to try, in order (paused ones left out, held ones unless urgent; none outside the
@@ -132,30 +137,56 @@ class FairTurns:
             if requests > 0:
                 # Seconds of one slot per request: a moving average of what chunks took.
                 self.seconds_per_request = 0.8 * self.seconds_per_request + 0.2 * seconds / requests
-            seconds = max(0.0, scheduling.charged_s(seconds, requests))
-            self._used[batch.project] = self._used.get(batch.project, 0.0) + seconds
+            seconds = scheduling.charged_s(seconds, requests)
+        with self._lock:
+            self._used[batch.project] = self._used.get(batch.project, 0.0) + max(0.0, seconds)
             if self._store is None:
                 return
-            self._pending[batch.project] = self._pending.get(batch.project, 0.0) + seconds
-            now = self._now()
-            last = self._flushed_at
-            if last is not None and last <= now < last + SHARES_REFRESH_S:
-                return  # written by the first chunk to end a second or more after the last write
-            pending, self._pending, self._flushed_at = self._pending, {}, now
+            self._unsaved[batch.project] = self._unsaved.get(batch.project, 0.0) + seconds
+            if self._now() < self._saved_at + SAVE_EVERY_S:
+                return  # this process sees it at once (above); the store gets it with the next save
+        self.save()
+
+    def save(self) -> None:
+        """Store the model time used since the last save, and refresh the snapshot from the store (every
+        process's): at most every ``SAVE_EVERY_S`` from ``used``, and when the engine stops."""
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, {}
+            self._saved_at = now = self._now()
+        if self._store is None:
+            return
         since = scheduling.window_start(now, self._settings.usage_window_s)
         try:
-            while pending:
-                project, spent = next(iter(pending.items()))
-                self._store.add_usage(project, scheduling.bucket(now), spent, since)
-                del pending[project]
+            for project, seconds in unsaved.items():
+                self._store.add_usage(project, scheduling.bucket(now), seconds, since)
             used = self._store.usage_since(since)
         except Exception:
             log.warning("recording model time used failed", exc_info=True, extra={"event": "usage_failed"})
-            with self._lock:  # what was not written is written with the next flush
-                for project, spent in pending.items():
-                    self._pending[project] = self._pending.get(project, 0.0) + spent
+            with self._lock:  # what was not written is written with the next save
+                for project, spent in unsaved.items():
+                    self._unsaved[project] = self._unsaved.get(project, 0.0) + spent
             return
-        with self._lock:  # what this process used since the flush counts on top of what was read
-            for project, spent in self._pending.items():
+        with self._lock:  # what this process used since the save counts on top of what was read
+            for project, spent in self._unsaved.items():
                 used[project] = used.get(project, 0.0) + spent
             self._used = used
+
+
+def claim_in_turn(queue: RequestQueue, turns: FairTurns, candidates: Sequence[Batch], owner: str, now: float,
+                  lease_s: float, chunk: int, max_attempts: int) -> list[tuple[Batch, list[ClaimedRequest]]]:
+    """One chunk claimed across the candidates in the policy's order, in one store call (one query):
+    the first batch's runnable requests, then the next one's, up to ``chunk``; by batch, in that order."""
+    # Nothing new starts once a batch's window has passed: the engine's tick expires it.
+    ordered = [b for b in turns.order(candidates) if now < b.expires_at]
+    if not ordered:
+        return []
+    models = sorted({b.model for b in ordered if b.model})
+    claimed = queue.claim_runnable(models, owner, now, lease_s, chunk, max_attempts, [b.id for b in ordered])
+    by_id = {b.id: b for b in ordered}
+    groups: dict[str, list[ClaimedRequest]] = {}
+    for request in claimed:
+        groups.setdefault(request.batch_id, []).append(request)
+    got = [(by_id[batch_id], requests) for batch_id, requests in groups.items()]
+    for batch, _ in got:
+        turns.served(batch)
+    return got

@@ -21,13 +21,21 @@ class RequestQueue(Protocol):
         ...
 
     def claim_runnable(
-        self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int, max_attempts: int
+        self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int, max_attempts: int,
+        batches: Sequence[str] | None = None,
     ) -> list[ClaimedRequest]:
         """As ``claim``, across every in-progress batch of these models in one query (oldest batch
-        first, then input order); concurrent callers never get the same request."""
+        first, then input order); concurrent callers never get the same request.
+
+        With ``batches``: only those batches, in that order (the scheduling policy's): the first one's
+        runnable requests, then the next one's, up to ``limit`` in all, still in one query."""
         ...
 
-    def renew(self, batch_id: str, attempt_ids: Sequence[str], until: float) -> int: ...
+    def renew(self, batch_id: str, leases: Sequence[tuple[int, str]], until: float) -> int:
+        """Extend the leases given as (idx, attempt id) until ``until``, each only while that attempt
+        still holds the claim. Returns how many were extended."""
+        ...
+
     def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
         """Store results, each only if its attempt still holds the claim (fencing). Returns how many."""
         ...

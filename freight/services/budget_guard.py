@@ -10,6 +10,7 @@ cache of which batches have no cap (a cap never changes after create).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from freight.domain import budget
@@ -38,6 +39,14 @@ class BudgetedQueue:
         if batch_id not in self._uncapped and self._over_budget(batch_id, now):
             return []
         return self._store.claim(batch_id, owner, now, lease_s, limit, max_attempts)
+
+    def claim_runnable(self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int,
+                       max_attempts: int, batches: Sequence[str] | None = None) -> list[ClaimedRequest]:
+        if batches is not None:  # (without them: as the store, unchecked, as before)
+            batches = [b for b in batches if b in self._uncapped or not self._over_budget(b, now)]
+            if not batches:
+                return []
+        return self._store.claim_runnable(models, owner, now, lease_s, limit, max_attempts, batches)
 
     def _over_budget(self, batch_id: str, now: float) -> bool:
         batch = self._store.get_batch(None, batch_id)

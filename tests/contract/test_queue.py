@@ -58,9 +58,19 @@ def test_live_leases_are_not_reclaimed(store: Store) -> None:
 def test_renewed_lease_is_kept(store: Store) -> None:
     b = make_batch(store, 2)
     c1, c2 = store.claim(b.id, "w1", NOW, 30, 2, 5)
-    assert store.renew(b.id, [c1.attempt_id, c2.attempt_id], NOW + 100) == 2
+    assert store.renew(b.id, [(c1.idx, c1.attempt_id), (c2.idx, c2.attempt_id)], NOW + 100) == 2
     assert store.claim(b.id, "w2", NOW + 50, 30, 1, 5) == []
-    assert store.renew(b.id, ["att_not_a_claim"], NOW + 100) == 0
+    assert store.renew(b.id, [(c1.idx, "att_not_a_claim"), (7, c2.attempt_id)], NOW + 100) == 0
+    assert store.renew(b.id, [], NOW + 100) == 0
+
+
+def test_a_stale_attempt_cannot_renew_the_lease_that_replaced_it(store: Store) -> None:
+    b = make_batch(store, 1)
+    (old,) = store.claim(b.id, "w1", NOW, 30, 1, 5)
+    (new,) = store.claim(b.id, "w2", NOW + 31, 30, 1, 5)
+    assert store.renew(b.id, [(old.idx, old.attempt_id)], NOW + 1000) == 0
+    (again,) = store.claim(b.id, "w3", NOW + 62, 30, 1, 5)  # the new lease ran out: not extended by the old
+    assert again.attempts == 3 and store.complete(b.id, [Completion(new.idx, new.attempt_id, ok())]) == 0
 
 
 def test_lease_lost_on_the_last_attempt_closes_the_request(store: Store) -> None:
@@ -150,16 +160,36 @@ def test_claim_runnable_takes_work_across_batches_of_the_models_in_one_call(stor
     assert got_a is not None and got_a.request_counts.failed == 3
 
 
+def test_claim_runnable_in_a_given_batch_order_fills_the_chunk_from_the_next_batch(store: Store) -> None:
+    # The scheduling policy's order (engine/turns.py), in one query: batch b first, then a; c is not named.
+    a = make_batch(store, 5, "batch_" + "1" * 24, model="m")
+    b = make_batch(store, 3, "batch_" + "2" * 24, project="q", model="m")
+    c = make_batch(store, 4, "batch_" + "3" * 24, model="m")
+    early = store.claim(b.id, "w0", NOW, 30, 2, 5)  # b's 0 and 1, whose leases run out below
+    order = [b.id, "batch_" + "9" * 24, a.id]  # a batch that is not there is passed over
+    got = store.claim_runnable(["m"], "w1", NOW + 31, 30, 6, 5, order)
+    assert [(r.batch_id, r.idx) for r in got] == [(b.id, 2), (b.id, 0), (b.id, 1), (a.id, 0), (a.id, 1), (a.id, 2)]
+    assert [r.attempts for r in got[:3]] == [1, 2, 2] and {r.attempt_id for r in got}.isdisjoint(
+        r.attempt_id for r in early)
+    rest = store.claim_runnable(["m"], "w1", NOW + 31, 30, 10, 5, [a.id, b.id])
+    assert [(r.batch_id, r.idx) for r in rest] == [(a.id, 3), (a.id, 4)]
+    assert store.open_counts(a.id) == (0, 5) and store.open_counts(c.id) == (4, 0)
+    assert store.claim_runnable(["other"], "w", NOW + 31, 30, 10, 5, [c.id]) == [], "the model filter holds"
+    assert store.claim_runnable(["m"], "w", NOW + 31, 30, 10, 5, []) == []
+    assert [r.idx for r in store.claim_runnable(["m"], "w", NOW + 31, 30, 2, 5, [c.id, a.id])] == [0, 1]
+
+
 def test_concurrent_claimers_never_get_the_same_request(store: Store) -> None:
     b = make_batch(store, 200)
-    taken: list[list[int]] = [[] for _ in range(4)]
+    taken: list[list[int]] = [[] for _ in range(6)]
 
     def claimer(i: int) -> None:
-        while got := (store.claim(b.id, f"w{i}", NOW, 30, 7, 5) if i % 2 else
-                      store.claim_runnable(["m"], f"w{i}", NOW, 30, 7, 5)):
+        while got := (store.claim(b.id, f"w{i}", NOW, 30, 7, 5) if i % 3 == 0 else
+                      store.claim_runnable(["m"], f"w{i}", NOW, 30, 7, 5) if i % 3 == 1 else
+                      store.claim_runnable(["m"], f"w{i}", NOW, 30, 7, 5, [b.id])):
             taken[i].extend(c.idx for c in got)
 
-    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -183,7 +213,7 @@ def test_a_completion_with_some_fenced_results_stores_the_others(store: Store) -
     # The whole chunk in one statement first; one stale attempt among them sends it row by row.
     b = make_batch(store, 3)
     claimed = store.claim(b.id, "w1", NOW, 30, 3, 5)
-    store.renew(b.id, [claimed[0].attempt_id, claimed[2].attempt_id], NOW + 60)
+    store.renew(b.id, [(claimed[0].idx, claimed[0].attempt_id), (claimed[2].idx, claimed[2].attempt_id)], NOW + 60)
     (again,) = store.claim(b.id, "w2", NOW + 31, 30, 3, 5)  # only 1's lease ran out
     assert again.idx == 1 and again.attempt_id != claimed[1].attempt_id
     assert store.complete(b.id, [Completion(c.idx, c.attempt_id, ok()) for c in claimed]) == 2

@@ -39,8 +39,13 @@ class Tx(Protocol):
 
 
 class Database(Protocol):
-    def write(self) -> AbstractContextManager[Tx]:
+    def write(self, *, durable: bool = True) -> AbstractContextManager[Tx]:
         """A read-write transaction, committed when the block ends, rolled back on an exception.
+
+        ``durable=False``: the commit need not wait for the disk (PostgreSQL's asynchronous commit; SQLite
+        ignores it), for writes whose loss in a crash of the database server costs nothing but a rerun:
+        leases (a lost lease leaves the request claimable again and fences the attempt that held it) and
+        usage figures. Results are always durable. A later durable commit makes every earlier one durable.
 
         Store failures come out as ``StoreError`` (``InsufficientStorage`` when the disk is full)."""
         ...

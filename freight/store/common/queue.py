@@ -24,17 +24,22 @@ class QueueMixin(Base):
     def claim(
         self, batch_id: str, owner: str, now: float, lease_s: float, limit: int, max_attempts: int
     ) -> list[ClaimedRequest]:
-        with self._db.write() as tx:
+        with self._db.write(durable=False) as tx:  # a lease lost with the database costs a rerun at most
             rows = tx.all("claim_candidates", {"batch_id": batch_id, "now": now, "limit": limit})
             return self._lease(tx, rows, owner, now + lease_s, max_attempts)
 
     def claim_runnable(
-        self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int, max_attempts: int
+        self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int, max_attempts: int,
+        batches: Sequence[str] | None = None,
     ) -> list[ClaimedRequest]:
-        if not models or limit <= 0:
+        if not models or limit <= 0 or (batches is not None and not batches):
             return []
-        with self._db.write() as tx:
-            rows = tx.all("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
+        with self._db.write(durable=False) as tx:
+            if batches is None:
+                rows = tx.all("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
+            else:
+                rows = tx.all("claim_candidates_in", {"batches": tx.array(list(batches)),
+                                                      "models": tx.array(list(models)), "now": now, "limit": limit})
             return self._lease(tx, rows, owner, now + lease_s, max_attempts)
 
     @classmethod
@@ -65,9 +70,10 @@ class QueueMixin(Base):
             cls._add_counts(tx, batch_id, Tally.of(results))
         return claimed
 
-    def renew(self, batch_id: str, attempt_ids: Sequence[str], until: float) -> int:
-        with self._db.write() as tx:
-            return tx.many("renew", [{"batch_id": batch_id, "attempt_id": a, "until": until} for a in attempt_ids])
+    def renew(self, batch_id: str, leases: Sequence[tuple[int, str]], until: float) -> int:
+        with self._db.write(durable=False) as tx:
+            return tx.bulk("renew", [{"batch_id": batch_id, "idx": idx, "attempt_id": attempt_id, "until": until}
+                                     for idx, attempt_id in leases])
 
     def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
         params = [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,

@@ -98,15 +98,17 @@ class PostgresDatabase:
             raise StoreError(f"cannot connect to {describe(url)}: {exc}") from exc
 
     @contextlib.contextmanager
-    def _tx(self, what: str) -> Iterator[PostgresTx]:
+    def _tx(self, what: str, durable: bool = True) -> Iterator[PostgresTx]:
         try:
             with self.pool.connection() as conn:
+                if not durable:  # this transaction only (see Database.write)
+                    conn.execute("SET LOCAL synchronous_commit = off")
                 yield PostgresTx(conn, self._named)
         except psycopg.Error as exc:
             raise store_error(what, exc) from exc
 
-    def write(self) -> contextlib.AbstractContextManager[PostgresTx]:
-        return self._tx("store write failed")
+    def write(self, *, durable: bool = True) -> contextlib.AbstractContextManager[PostgresTx]:
+        return self._tx("store write failed", durable)
 
     def read(self) -> contextlib.AbstractContextManager[PostgresTx]:
         return self._tx("store read failed")

@@ -85,7 +85,8 @@ class SqliteDatabase:
         return self._writer
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[SqliteTx]:
+    def write(self, *, durable: bool = True) -> Iterator[SqliteTx]:
+        # (``durable`` is ignored: the connection's ``synchronous`` mode applies to every commit.)
         with self._write_lock:
             conn = self._writer
             try:

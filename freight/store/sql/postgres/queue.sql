@@ -25,6 +25,25 @@ WHERE b.status = {batch.in_progress} AND b.model = ANY(:models)
 ORDER BY b.seq, r.state, r.idx LIMIT :limit
 FOR UPDATE OF r SKIP LOCKED;
 
+-- name: claim_candidates_in
+-- Across the batches named in :batches, in that order (the scheduling policy's, engine/turns.py), each
+-- batch's requests in the order of claim_candidates, :limit in all: one statement, one round trip. The
+-- array is the outer loop of a nested loop (LATERAL) and the outer LIMIT stops it as soon as it has
+-- :limit rows, so later batches are not even read, and no row past those returned is locked.
+SELECT c.batch_id, c.idx, c.state, c.attempts, c.attempt_id, c.custom_id, c.body
+FROM unnest(CAST(:batches AS text[])) WITH ORDINALITY AS o(id, pos)
+CROSS JOIN LATERAL (
+    SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
+    FROM requests r
+    WHERE r.batch_id = o.id AND r.state < {request.done}
+      AND CASE WHEN r.state = {request.pending} THEN r.not_before <= :now ELSE r.lease_until < :now END
+      AND EXISTS (SELECT 1 FROM batches b WHERE b.id = o.id AND b.status = {batch.in_progress}
+                  AND b.model = ANY(:models))
+    ORDER BY r.state, r.idx LIMIT :limit
+    FOR UPDATE OF r SKIP LOCKED
+) c
+LIMIT :limit;
+
 -- name: lease
 -- Every lease of one batch's claimed requests in one statement: :idxs is an array of their idx;
 -- each attempt id is the claim's random :stem, a dot and the request's idx (common/queue.py).
@@ -40,8 +59,12 @@ UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NUL
 WHERE batch_id = :batch_id AND idx = :idx AND state = {request.running} AND attempt_id = :attempt_id;
 
 -- name: renew
-UPDATE requests SET lease_until = :until
-WHERE batch_id = :batch_id AND attempt_id = :attempt_id AND state = {request.running};
+-- By primary key, every lease of a chunk in one statement (``Tx.bulk``: each parameter an array), each
+-- only while its attempt id still holds the claim.
+UPDATE requests r SET lease_until = v.until
+FROM unnest(CAST(:batch_id AS text[]), CAST(:idx AS integer[]), CAST(:attempt_id AS text[]),
+            CAST(:until AS double precision[])) AS v(batch_id, idx, attempt_id, until)
+WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id AND r.state = {request.running};
 
 -- name: complete
 UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,

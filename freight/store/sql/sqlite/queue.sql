@@ -21,6 +21,20 @@ WHERE b.status = {batch.in_progress} AND b.model IN (SELECT value FROM json_each
   AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
 ORDER BY b.seq, r.state, r.idx LIMIT :limit;
 
+-- name: claim_candidates_in
+-- Across the batches named in :batches (a JSON array), in that order (the scheduling policy's,
+-- engine/turns.py), each batch's requests in the order of claim_candidates, :limit in all, in one
+-- statement. No ORDER BY on purpose: the CROSS JOIN makes the array the outer loop and INDEXED BY walks
+-- each batch's open requests in (state, idx) order, so the rows come out in the wanted order and the
+-- LIMIT stops the walk (an ORDER BY would sort every open request of every batch first).
+SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
+FROM json_each(:batches) o CROSS JOIN requests r INDEXED BY requests_open
+WHERE r.batch_id = o.value AND r.state < {request.done}
+  AND ((r.state = {request.pending} AND r.not_before <= :now) OR (r.state = {request.running} AND r.lease_until < :now))
+  AND EXISTS (SELECT 1 FROM batches b WHERE b.id = o.value AND b.status = {batch.in_progress}
+              AND b.model IN (SELECT value FROM json_each(:models)))
+LIMIT :limit;
+
 -- name: lease
 -- Every lease of one batch's claimed requests in one statement: :idxs is a JSON array of their idx;
 -- each attempt id is the claim's random :stem, a dot and the request's idx (common/queue.py).
@@ -35,8 +49,9 @@ UPDATE requests SET state = {request.done}, attempt_id = NULL, lease_owner = NUL
 WHERE batch_id = :batch_id AND idx = :idx AND state = {request.running} AND attempt_id = :attempt_id;
 
 -- name: renew
+-- By primary key: (batch_id, idx), then the attempt id that must still hold the claim (``Tx.bulk``).
 UPDATE requests SET lease_until = :until
-WHERE batch_id = :batch_id AND attempt_id = :attempt_id AND state = {request.running};
+WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
 
 -- name: complete
 UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
