@@ -5,6 +5,8 @@ running finish; after resume the batch completes with every request answered onc
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,16 +43,24 @@ def test_pause_withdraws_waiting_requests_and_starts_nothing_until_resumed(world
         await asyncio.sleep(0.3)  # dozens of dispatcher turns: none may claim from the paused batch
         seen["open"] = await asyncio.to_thread(world.store.open_counts, batch.id)
         seen["executed"], seen["withdrawn"] = world.backend.executed, world.backend.withdrawn
+        seen["attempts"] = await asyncio.to_thread(pending_attempts, world, batch.id)
         resumed = await asyncio.to_thread(control.resume, "p", batch.id)
         assert resumed.paused_at is None
 
     done = world.run(batch.id, pause_then_resume)
     assert seen["open"] == (N - SLOTS, 0)
     assert seen["executed"] == SLOTS and seen["withdrawn"] == N - SLOTS
+    assert seen["attempts"] == [0] * (N - SLOTS), "withdrawn before they were sent: no attempt used"
     assert done.status is BatchStatus.COMPLETED and done.request_counts.completed == N
     assert world.backend.executed == N, "each request ran once: the withdrawn ones after the resume"
     out = world.lines(done.output_file_id)
     assert sorted(line["custom_id"] for line in out) == sorted(f"r{i}" for i in range(N))
+
+
+def pending_attempts(world: World, batch_id: str) -> list[int]:
+    with contextlib.closing(sqlite3.connect(world.store_path)) as db:
+        return [n for (n,) in db.execute("SELECT attempts FROM requests WHERE batch_id = ? AND state = 0 ORDER BY idx",
+                                         (batch_id,))]
 
 
 def test_controls_are_project_isolated_and_check_priority(world: World) -> None:

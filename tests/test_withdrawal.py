@@ -35,7 +35,8 @@ SLOTS = 2
 
 class World:
     def __init__(self, tmp_path: Path) -> None:
-        self.store = SqliteStore(tmp_path / "db.sqlite", synchronous="OFF")
+        self.store_path = tmp_path / "db.sqlite"
+        self.store = SqliteStore(self.store_path, synchronous="OFF")
         self.blobs = LocalBlobStore(tmp_path / "blobs", fsync=False)
         self.clock = FixedClock()
         self.backend = ScriptedBackend(chunk_size=N, max_concurrency=1, slots=SLOTS)

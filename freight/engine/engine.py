@@ -459,7 +459,8 @@ class Engine:
         now = self.clock.now()
         for request, result in zip(claimed, results, strict=True):
             if withdrawn and isinstance(result, Failure) and result.code == WITHDRAWN:
-                retries.append(Retry(request.idx, request.attempt_id, now, result.message))  # never started
+                # never started: back to pending, its attempt not counted
+                retries.append(Retry(request.idx, request.attempt_id, now, result.message, refund=True))
                 continue
             transient = isinstance(result, Failure) or (
                 result.status_code is not None and is_transient_status(result.status_code))

@@ -29,6 +29,8 @@ class Retry:
     attempt_id: str
     not_before: float
     last_error: str
+    #: The attempt never started (withdrawn by a pause before it was sent): it is not counted.
+    refund: bool = False
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,15 @@ def test_retry_later_respects_not_before(store: Store) -> None:
     assert store.retry_later(b.id, [Retry(c.idx, c.attempt_id, NOW + 99, "late")]) == 0
 
 
+def test_a_refunded_retry_does_not_count_its_attempt(store: Store) -> None:
+    b = make_batch(store, 1)
+    (c,) = store.claim(b.id, "w", NOW, 30, 1, 5)
+    assert store.retry_later(b.id, [Retry(c.idx, c.attempt_id, NOW, "withdrawn", refund=True)]) == 1
+    (again,) = store.claim(b.id, "w", NOW, 30, 1, 5)
+    assert again.attempts == c.attempts == 1, "withdrawn before it was sent: the attempt is given back"
+    assert store.retry_later(b.id, [Retry(c.idx, c.attempt_id, NOW, "stale", refund=True)]) == 0, "fenced"
+
+
 def test_claim_only_from_in_progress_batches(store: Store) -> None:
     b = make_batch(store, 3)
     assert store.set_status(b.id, [BatchStatus.IN_PROGRESS], BatchStatus.CANCELLING, int(NOW)) is not None

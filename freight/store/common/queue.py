@@ -97,7 +97,8 @@ class QueueMixin(Base):
     def retry_later(self, batch_id: str, items: Sequence[Retry]) -> int:
         with self._db.write() as tx:
             return sum(tx.each("retry_later", [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                                                "not_before": item.not_before, "last_error": item.last_error}
+                                                "not_before": item.not_before, "last_error": item.last_error,
+                                                "refund": 1 if item.refund else 0}
                                                for item in items]))
 
     def close_unstarted(self, batch_id: str, result: Result, include_running: bool) -> int:

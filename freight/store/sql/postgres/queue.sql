@@ -89,7 +89,7 @@ WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id 
 
 -- name: retry_later
 UPDATE requests SET state = {request.pending}, not_before = :not_before, last_error = :last_error,
-    attempt_id = NULL, lease_owner = NULL, lease_until = NULL
+    attempt_id = NULL, lease_owner = NULL, lease_until = NULL, attempts = attempts - :refund
 WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
 
 -- name: close_pending

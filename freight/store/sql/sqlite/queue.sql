@@ -70,7 +70,7 @@ WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state
 
 -- name: retry_later
 UPDATE requests SET state = {request.pending}, not_before = :not_before, last_error = :last_error,
-    attempt_id = NULL, lease_owner = NULL, lease_until = NULL
+    attempt_id = NULL, lease_owner = NULL, lease_until = NULL, attempts = attempts - :refund
 WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state = {request.running};
 
 -- name: close_pending
