@@ -155,8 +155,10 @@ def test_lifecycle_all_kinds_of_requests(client: Anthropic, server: FreightServe
     wire = raw.http_response.json()
     assert set(wire) == {"id", "type", "processing_status", "request_counts", "ended_at", "created_at", "expires_at",
                          "archived_at", "cancel_initiated_at", "results_url", "freight"}
-    assert wire["freight"] == {"priority": 0, "paused_at": None, "schedule": None,  # freight's extension fields
-                               "not_before": None}  # (scheduling.md)
+    extension = wire["freight"]  # freight's extension fields (scheduling.md), and the figures as on a Batch
+    assert {k: extension[k] for k in ("priority", "paused_at", "schedule", "not_before", "held_until")} == {
+        "priority": 0, "paused_at": None, "schedule": None, "not_before": None, "held_until": None}
+    assert {"cost_usd", "projected_cost_usd", "eta_at", "requests_per_s", "invalid_outputs"} <= set(extension)
     assert rfc3339(wire["expires_at"]) > rfc3339(wire["created_at"])
     assert raw.http_response.headers["request-id"]
 

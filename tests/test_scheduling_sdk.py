@@ -164,7 +164,9 @@ def test_message_batches_pause_resume_and_priority(server: FreightServer) -> Non
 
     done = wait_for(ended, 60, "the batch to end")
     assert done.request_counts.succeeded == N
-    assert done.to_dict()["freight"] == {"priority": 9, "paused_at": None, "schedule": None, "not_before": None}
+    extension = done.to_dict()["freight"]
+    assert {k: extension[k] for k in ("priority", "paused_at", "schedule", "not_before", "held_until")} == {
+        "priority": 9, "paused_at": None, "schedule": None, "not_before": None, "held_until": None}
     client.close()
     other.close()
 

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from freight.api.params import int_param, json_body, str_param
 from freight.domain import ids
 from freight.domain.errors import FreightError, PayloadTooLarge
-from freight.domain.message_batches import MESSAGES_ENDPOINT
+from freight.domain.message_batches import MESSAGES_ENDPOINT, MessageBatch
 from freight.domain.requests import Failure
 from freight.ports import on_behalf_of
 from freight.runtime import Runtime
@@ -128,6 +128,13 @@ def _base_url(request: Request) -> str:
     return (public or str(request.base_url)).rstrip("/")
 
 
+def _object(request: Request, mb: MessageBatch, base: str | None = None) -> dict[str, Any]:
+    """A MessageBatch with the figures the services add under ``freight`` (cost, progress, holds), as
+    on an OpenAI Batch."""
+    return anthropic.message_batch_object(mb, base if base is not None else _base_url(request),
+                                          _runtime(request).cost.freight_object(mb.batch))
+
+
 def _json(data: Any, status: int = 200) -> Response:
     return Response(jsonx.dumps(data), status_code=status, media_type="application/json")
 
@@ -157,7 +164,7 @@ async def create_message_batch(request: Request) -> Response:
     except BaseException:
         creator.abort()
         raise
-    return _json(anthropic.message_batch_object(mb, _base_url(request)))
+    return _json(_object(request, mb))
 
 
 @router.get("/v1/messages/batches")
@@ -167,19 +174,19 @@ async def list_message_batches(request: Request) -> Response:
         _service(request).list, _project(request), after_id=str_param(request, "after_id"),
         before_id=str_param(request, "before_id"), limit=limit)
     base = _base_url(request)
-    return _json(anthropic.list_page([anthropic.message_batch_object(mb, base) for mb in items], has_more))
+    return _json(anthropic.list_page([_object(request, mb, base) for mb in items], has_more))
 
 
 @router.get("/v1/messages/batches/{message_batch_id}")
 async def retrieve_message_batch(request: Request, message_batch_id: str) -> Response:
     mb = await run_in_threadpool(_service(request).get, _project(request), message_batch_id)
-    return _json(anthropic.message_batch_object(mb, _base_url(request)))
+    return _json(_object(request, mb))
 
 
 @router.post("/v1/messages/batches/{message_batch_id}/cancel")
 async def cancel_message_batch(request: Request, message_batch_id: str) -> Response:
     mb = await run_in_threadpool(_service(request).cancel, _project(request), message_batch_id)
-    return _json(anthropic.message_batch_object(mb, _base_url(request)))
+    return _json(_object(request, mb))
 
 
 @router.delete("/v1/messages/batches/{message_batch_id}")
@@ -204,7 +211,7 @@ async def _control(request: Request, message_batch_id: str, action: str, body: o
     else:
         await run_in_threadpool(getattr(control, action), project, mb.batch.id)
     mb = await run_in_threadpool(_service(request).get, project, message_batch_id)
-    return _json(anthropic.message_batch_object(mb, _base_url(request)))
+    return _json(_object(request, mb))
 
 
 @router.post("/v1/messages/batches/{message_batch_id}/pause")

@@ -53,8 +53,9 @@ def results_path(message_batch_id: str) -> str:
     return f"/v1/messages/batches/{message_batch_id}/results"
 
 
-def message_batch_object(mb: MessageBatchView, base_url: str) -> dict[str, Any]:
-    """A MessageBatch; ``base_url`` (no trailing slash) is where ``results_url`` points."""
+def message_batch_object(mb: MessageBatchView, base_url: str, freight: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A MessageBatch; ``base_url`` (no trailing slash) is where ``results_url`` points; ``freight``: the
+    figures the services add (cost, progress, holds) beside the batch's own extension fields."""
     b = mb.batch
     counts = mb.counts
     ended = mb.processing_status == ProcessingStatus.ENDED
@@ -75,7 +76,7 @@ def message_batch_object(mb: MessageBatchView, base_url: str) -> dict[str, Any]:
         "archived_at": None,
         "cancel_initiated_at": rfc3339(b.cancelling_at),
         "results_url": base_url + results_path(mb.id) if ended else None,
-        "freight": batch_extension(b),
+        "freight": {**batch_extension(b), **(freight or {})},
     }
 
 
