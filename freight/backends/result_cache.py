@@ -203,9 +203,10 @@ class CachedBackend:
         out: list[Result | Failure | None] = [None] * len(bodies)
         run: list[int] = []  # indices sent to the wrapped backend
         first: dict[str, int] = {}  # key -> the index that runs for it
+        fresh_ids = iter(ids.new_request_ids(sum(1 for k in keys if k is not None and k in found)))
         for i, key in enumerate(keys):
             if key is not None and key in found:
-                out[i] = _hit(found[key])
+                out[i] = _hit(found[key], next(fresh_ids))
             elif key is not None and key in first:
                 continue  # a duplicate: answered from its first's run below
             else:
@@ -255,8 +256,9 @@ def _without_marker(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != NO_CACHE_KEY} if NO_CACHE_KEY in body else body
 
 
-def _hit(answer: CachedAnswer) -> Result:
-    return Result(status_code=answer.status_code, body=answer.body, request_id=ids.new_request_id(),
+def _hit(answer: CachedAnswer, request_id: str | None = None) -> Result:
+    """A stored answer as a result of its own (a fresh request id: each output line has its own)."""
+    return Result(status_code=answer.status_code, body=answer.body, request_id=request_id or ids.new_request_id(),
                   input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, cached=True)
 
 
