@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from freight.backends import build_backends
-from freight.backends.result_cache import CACHED_CHUNK_MAX, CachedBackend, CacheSetup, model_identity
+from freight.backends.result_cache import (
+    CACHED_CHUNK_BYTES,
+    CACHED_CHUNK_MAX,
+    CachedBackend,
+    CacheSetup,
+    model_identity,
+)
 from freight.backends.scripted import ScriptedBackend
 from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.claims import Tally
@@ -228,3 +234,13 @@ def test_duplicates_of_a_failure_get_the_failure(store: SqliteStore) -> None:
     out = run(backend, EMB, [bad, bad])
     assert inner.executed == 1 and [r.status_code for r in out] == [400, 400] and not any(r.cached for r in out)
     assert out[0].body == out[1].body and out[0].request_id != out[1].request_id, "each line its own request id"
+
+
+def test_large_answers_make_smaller_chunks(store: SqliteStore) -> None:
+    inner = Recording()
+    backend = CachedBackend(inner, CacheSetup(store, FixedClock(), 100), lambda: "scripted@1")
+    big = [{"model": "m", "input": "x" * (CACHED_CHUNK_BYTES // 10), "n": i} for i in range(4)]  # answers of ~1/10
+    run(backend, EMB, big)
+    for _ in range(4):
+        run(backend, EMB, big)
+    assert 4 < backend.chunk_size <= 10, "at most CACHED_CHUNK_BYTES of answers a chunk"

@@ -95,6 +95,8 @@ class CacheSetup:
 
 #: The most requests the wrapper asks the engine for in one chunk while every request is a hit.
 CACHED_CHUNK_MAX = 1024
+#: ... and at most about this many bytes of stored answers (large answers, such as embeddings, make smaller chunks).
+CACHED_CHUNK_BYTES = 8 << 20
 #: How much the chunk grows after a chunk answered wholly from the cache.
 _GROWTH = 4
 
@@ -104,11 +106,12 @@ class CachedBackend:
 
     Chunks: the engine claims ``chunk_size`` requests at a time. That is the wrapped backend's own
     chunk size until a chunk is answered wholly from the cache; then it grows (x4 per such chunk, up
-    to ``CACHED_CHUNK_MAX``), so that a re-run of an unchanged file takes a few large claims, lookups
-    and writes instead of one per 16 requests. A chunk with as many misses as the wrapped backend's
-    chunk size puts it back. The misses of a large chunk go to the wrapped backend in calls of at
-    most its ``chunk_size``, at most its ``max_concurrency`` at once for this wrapper (its own
-    contract, whatever the engine claimed). The size is a hint kept in this process only.
+    to ``CACHED_CHUNK_MAX`` requests and ``CACHED_CHUNK_BYTES`` of answers), so that a re-run of an
+    unchanged file takes a few large claims, lookups and writes instead of one per 16 requests. A
+    chunk with as many misses as the wrapped backend's chunk size puts it back. The misses of a
+    large chunk go to the wrapped backend in calls of at most its ``chunk_size``, at most its
+    ``max_concurrency`` at once for this wrapper (its own contract, whatever the engine claimed).
+    The size is a hint kept in this process only.
     """
 
     def __init__(self, inner: Backend, setup: CacheSetup, identity: Callable[[], str]):
@@ -215,7 +218,10 @@ class CachedBackend:
                 run.append(i)
         inner_size = max(1, self.inner.chunk_size)
         if not run:
-            self._chunk = min(max(CACHED_CHUNK_MAX, inner_size), max(self._chunk, inner_size) * _GROWTH)
+            # Larger, but not past CACHED_CHUNK_BYTES of answers at this chunk's mean answer size.
+            mean = sum(len(a.body) for a in found.values()) / max(1, len(found))
+            cap = max(inner_size, min(CACHED_CHUNK_MAX, int(CACHED_CHUNK_BYTES / max(1.0, mean))))
+            self._chunk = min(cap, max(self._chunk, inner_size) * _GROWTH)
         elif len(run) >= inner_size:
             self._chunk = inner_size
         if not run:
@@ -262,4 +268,4 @@ def _hit(answer: CachedAnswer, request_id: str | None = None) -> Result:
                   input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, cached=True)
 
 
-__all__ = ["CACHED_CHUNK_MAX", "CacheSetup", "CachedBackend", "file_hash", "model_identity"]
+__all__ = ["CACHED_CHUNK_BYTES", "CACHED_CHUNK_MAX", "CacheSetup", "CachedBackend", "file_hash", "model_identity"]
