@@ -224,8 +224,10 @@ def test_chunks_grow_while_everything_hits_and_misses_keep_the_inner_backends_co
     assert sum(inner.sizes) == 36 and max(inner.sizes) == 4 and inner.most == 2
     assert backend.chunk_size == 4, "as many misses as the wrapped backend's chunk: back to its size"
     for _ in range(8):
-        run(backend, EMB, bodies)
+        hits = run(backend, EMB, bodies)
     assert backend.chunk_size == CACHED_CHUNK_MAX and inner.executed == 40
+    ids = [r.request_id or "" for r in hits]
+    assert len(set(ids)) == 40 and all(i.startswith("req_") and len(i) == 28 for i in ids), "each hit its own id"
 
 
 def test_duplicates_of_a_failure_get_the_failure(store: SqliteStore) -> None:
