@@ -9,7 +9,16 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freight.domain.cache_key import IRRELEVANT_FIELDS, cache_key, cacheable, canonical, canonical_bytes, number
+from freight.domain.cache_key import (
+    IRRELEVANT_FIELDS,
+    _general,
+    _plain,
+    cache_key,
+    cacheable,
+    canonical,
+    canonical_bytes,
+    number,
+)
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)))  # RFC 8785 refuses lone surrogates
 _floats = st.floats(allow_nan=False, allow_infinity=False)
@@ -24,6 +33,51 @@ _json = st.recursive(
 @given(_json)
 def test_canonical_matches_an_independent_rfc8785_implementation(value: object) -> None:
     assert canonical_bytes(value) == rfc8785.dumps(value)
+
+
+# What a request body mostly is: no floats, ASCII member names; any text, lone surrogates included.
+_any_text = st.text(st.characters())
+_ascii = st.text(st.characters(max_codepoint=127))
+_plain_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2 ** 53), max_value=2 ** 53) | _any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_ascii, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def _spec_string(s: str) -> str:
+    """JSON.stringify's escapes, a character at a time (the reference for the fast writer)."""
+    short = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(short.get(ch) or (f"\\u{ord(ch):04x}" if ch < " " else ch) for ch in s) + '"'
+
+
+@given(_plain_json)
+def test_the_fast_writer_gives_the_same_bytes_as_the_spec_literal_one(value: object) -> None:
+    assert _plain(value)
+    assert canonical(value) == _general(value)
+
+
+@given(_plain_json)
+def test_the_fast_writer_matches_rfc8785_where_it_accepts_the_text(value: object) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        return  # a lone surrogate: RFC 8785 refuses it (we hash it as its code unit; see the next test)
+    assert canonical_bytes(value) == expected
+
+
+@given(_any_text)
+def test_strings_are_escaped_as_json_stringify_does(s: str) -> None:
+    assert canonical(s) == _general(s) == _spec_string(s)
+    assert canonical({"k": [s]}) == '{"k":[' + _spec_string(s) + "]}"
+
+
+def test_what_the_fast_writer_leaves_to_the_spec_literal_one() -> None:
+    for value in (1.5, 0.0, 2 ** 53 + 1, {"\ufb01": 1}, (1, 2), {"a": [1e21]}, {1: 2}):
+        assert not _plain(value)
+    assert canonical({"t": 0.0, "n": 2 ** 60, "\U0001f600": 1, "\ufb01": [1.0, True]}) == (
+        '{"n":1152921504606847000,"t":0,"\U0001f600":1,"\ufb01":[1,true]}')
+    assert canonical([True, False, None, -0]) == "[true,false,null,0]"
 
 
 @given(_json)

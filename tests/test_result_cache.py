@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from freight.backends import build_backends
-from freight.backends.result_cache import CachedBackend, CacheSetup, model_identity
+from freight.backends.result_cache import (
+    CACHED_CHUNK_BYTES,
+    CACHED_CHUNK_MAX,
+    CachedBackend,
+    CacheSetup,
+    model_identity,
+)
 from freight.backends.scripted import ScriptedBackend
 from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.claims import Tally
@@ -180,3 +186,63 @@ def test_cache_scope_setting(tmp_path: Path) -> None:
     path.write_text('[cache]\nscope = "team"\n')
     with pytest.raises(ConfigError, match="scope"):
         load_settings(path, env={})
+
+
+class Recording(ScriptedBackend):
+    """The scripted backend, recording the size of each call and the most calls at once."""
+
+    def __init__(self) -> None:
+        super().__init__(chunk_size=4, max_concurrency=2)
+        self.sizes: list[int] = []
+        self.now = self.most = 0
+
+    async def execute(self, endpoint: str, bodies: Any) -> Any:
+        self.sizes.append(len(bodies))
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().execute(endpoint, bodies)
+        finally:
+            self.now -= 1
+
+
+def test_chunks_grow_while_everything_hits_and_misses_keep_the_inner_backends_contract(store: SqliteStore) -> None:
+    inner = Recording()
+    backend = CachedBackend(inner, CacheSetup(store, FixedClock(), 100), lambda: "scripted@1")
+    bodies = [{"model": "m", "input": f"line {i}"} for i in range(40)]
+    assert backend.chunk_size == 4
+    run(backend, EMB, bodies[:4])
+    assert backend.chunk_size == 4, "misses: the wrapped backend's size"
+    run(backend, EMB, bodies[:4])
+    assert backend.chunk_size == 16, "a chunk wholly from the cache: larger"
+    run(backend, EMB, bodies[:4])
+    assert backend.chunk_size == 64
+    inner.sizes.clear()
+    out = run(backend, EMB, bodies)  # 4 hits, 36 misses: calls of at most 4, at most 2 at once
+    assert [r.cached for r in out] == [True] * 4 + [False] * 36
+    assert sum(inner.sizes) == 36 and max(inner.sizes) == 4 and inner.most == 2
+    assert backend.chunk_size == 4, "as many misses as the wrapped backend's chunk: back to its size"
+    for _ in range(8):
+        hits = run(backend, EMB, bodies)
+    assert backend.chunk_size == CACHED_CHUNK_MAX and inner.executed == 40
+    ids = [r.request_id or "" for r in hits]
+    assert len(set(ids)) == 40 and all(i.startswith("req_") and len(i) == 28 for i in ids), "each hit its own id"
+
+
+def test_duplicates_of_a_failure_get_the_failure(store: SqliteStore) -> None:
+    backend, inner = wrap(store, FixedClock())
+    bad = {"model": "m", "input": "a", "script": {"status": 400}}
+    out = run(backend, EMB, [bad, bad])
+    assert inner.executed == 1 and [r.status_code for r in out] == [400, 400] and not any(r.cached for r in out)
+    assert out[0].body == out[1].body and out[0].request_id != out[1].request_id, "each line its own request id"
+
+
+def test_large_answers_make_smaller_chunks(store: SqliteStore) -> None:
+    inner = Recording()
+    backend = CachedBackend(inner, CacheSetup(store, FixedClock(), 100), lambda: "scripted@1")
+    big = [{"model": "m", "input": "x" * (CACHED_CHUNK_BYTES // 10), "n": i} for i in range(4)]  # answers of ~1/10
+    run(backend, EMB, big)
+    for _ in range(4):
+        run(backend, EMB, big)
+    assert 4 < backend.chunk_size <= 10, "at most CACHED_CHUNK_BYTES of answers a chunk"

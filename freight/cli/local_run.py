@@ -97,7 +97,13 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(RuntimeError):  # incl. NotImplementedError: a loop without signals
             loop.add_signal_handler(sig, stop.set)
-    engine_task = asyncio.create_task(rt.engine.run(stop))
+
+    def finished() -> bool:  # after each engine tick: the engine stops as soon as the batch is done
+        done = rt.store.get_batch(PROJECT, batch_id)
+        return done is None or done.status in TERMINAL
+
+    engine_task = asyncio.create_task(rt.engine.run(stop, until=finished))
+    stopped = asyncio.ensure_future(stop.wait())
     try:
         while True:
             batch = await asyncio.to_thread(rt.store.get_batch, PROJECT, batch_id)
@@ -106,9 +112,9 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
                 on_progress(batch)
             if batch.status in TERMINAL or stop.is_set() or engine_task.done():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=poll_s)
+            await asyncio.wait({stopped, engine_task}, timeout=poll_s)  # whichever comes first
     finally:
+        stopped.cancel()
         stop.set()
         await engine_task
         for sig in (signal.SIGINT, signal.SIGTERM):

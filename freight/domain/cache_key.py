@@ -11,6 +11,12 @@ round-trip digits; ``1e21`` and up and below ``1e-6`` in exponent form; ``-0`` a
 beyond 2**53 through the nearest double, as a JSON parser in ECMAScript would read them).
 A lone surrogate in a string (which RFC 8785 refuses) is hashed as its own code unit, not refused.
 
+Speed: a value with no float, no integer beyond 2**53 and only ASCII member names (the common
+request body) is written by the standard library's C JSON encoder, whose output for such a value is
+byte for byte the RFC 8785 form (the same escapes; code point order is UTF-16 order for ASCII
+names); anything else goes through the spec-literal writer below. Both are property-tested against
+the independent ``rfc8785`` package and against each other (tests/test_cache_key.py).
+
 Policy (``cacheable``): deterministic requests only. Embeddings always; chat completions,
 completions, Responses and Messages when ``temperature`` is 0 or a ``seed`` is given. A request
 asking for several choices (``n`` > 1) is cached only under the same rule (temperature 0 or a seed).
@@ -19,6 +25,7 @@ asking for several choices (``n`` > 1) is cached only under the same rule (tempe
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -34,22 +41,14 @@ NO_CACHE_KEY = "__freight_no_cache"
 #: ``[cache] scope``: "project" (each project its own entries; the default) or "global" (shared by all).
 SCOPES = ("project", "global")
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _MAX_SAFE = 2 ** 53
-
-
-def _string(s: str) -> str:
-    out = ['"']
-    for ch in s:
-        esc = _ESCAPES.get(ch)
-        if esc is not None:
-            out.append(esc)
-        elif ch < " ":
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+#: A string as JSON.stringify writes it: the short escapes for quote, backslash, backspace, form feed,
+#: newline, return and tab; other control characters as a lower-case \u00xx; the rest (lone surrogates
+#: included) as it is. (The standard library's C string encoder does exactly that.)
+_string = json.encoder.encode_basestring
+#: The C encoder, for values ``_plain`` accepts.
+_plain_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                               check_circular=False).encode
 
 
 def number(value: int | float) -> str:
@@ -87,8 +86,29 @@ def _utf16(name: str) -> bytes:
     return name.encode("utf-16-be", "surrogatepass")
 
 
+def _plain(value: Any) -> bool:
+    """Whether the C encoder writes ``value`` exactly as RFC 8785 does (see the module's note on speed)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(-_MAX_SAFE <= value <= _MAX_SAFE)
+    if kind is dict:
+        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
 def canonical(value: Any) -> str:
     """The RFC 8785 serialization of a JSON value (dict, list, str, int, float, bool, None)."""
+    if _plain(value):
+        return _plain_json(value)
+    return _general(value)
+
+
+def _general(value: Any) -> str:
+    """RFC 8785 as the spec says it, for any JSON value."""
     if value is None:
         return "null"
     if value is True:

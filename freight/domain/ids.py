@@ -36,6 +36,12 @@ def new_request_id() -> str:
     return REQUEST_PREFIX + _random()
 
 
+def new_request_ids(n: int) -> list[str]:
+    """``n`` request ids (as ``new_request_id``), from one read of the system's random source."""
+    text = secrets.token_hex(12 * n)
+    return [REQUEST_PREFIX + text[i:i + 24] for i in range(0, 24 * n, 24)]
+
+
 def new_attempt_id() -> str:
     return secrets.token_hex(8)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,7 +42,9 @@ class ResultCache(Protocol):
         """The entries under ``keys`` that have not expired by ``now`` (one query for all)."""
         ...
 
-    def put_cached(self, key: str, answer: CachedAnswer, now: float, expires_at: float) -> None: ...
+    def put_cached(self, entries: Mapping[str, CachedAnswer], now: float, expires_at: float) -> None:
+        """Store ``entries`` (key -> answer), all stored at ``now`` and expiring at ``expires_at``, in one write."""
+        ...
 
     def evict_cache(self, now: float, max_bytes: int | None) -> int:
         """Drop expired entries, then the oldest until the bodies total at most ``max_bytes``; how many went."""

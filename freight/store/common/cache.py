@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from freight.ports.cache import CachedAnswer
 
@@ -21,11 +21,14 @@ class CacheMixin(Base):
         return {str(r["key"]): CachedAnswer(r["status_code"], bytes(r["body"]), r["input_tokens"], r["output_tokens"])
                 for r in rows}
 
-    def put_cached(self, key: str, answer: CachedAnswer, now: float, expires_at: float) -> None:
+    def put_cached(self, entries: Mapping[str, CachedAnswer], now: float, expires_at: float) -> None:
+        if not entries:
+            return
+        rows = [{"key": key, "status_code": a.status_code, "body": a.body, "input_tokens": a.input_tokens,
+                 "output_tokens": a.output_tokens, "bytes": len(a.body), "now": now, "expires_at": expires_at}
+                for key, a in sorted(entries.items())]  # one order for every writer: no deadlock between two
         with self._db.write() as tx:
-            tx.run("put_cached", {"key": key, "status_code": answer.status_code, "body": answer.body,
-                                  "input_tokens": answer.input_tokens, "output_tokens": answer.output_tokens,
-                                  "bytes": len(answer.body), "now": now, "expires_at": expires_at})
+            tx.bulk("put_cached", rows)
 
     def evict_cache(self, now: float, max_bytes: int | None) -> int:
         with self._db.write() as tx:

@@ -5,6 +5,7 @@ SELECT key, status_code, body, input_tokens, output_tokens FROM result_cache
 WHERE key IN (SELECT value FROM json_each(:keys)) AND expires_at > :now;
 
 -- name: put_cached
+-- Many entries (``Tx.bulk``: an executemany here).
 INSERT INTO result_cache (key, status_code, body, input_tokens, output_tokens, bytes, created_at, expires_at)
 VALUES (:key, :status_code, :body, :input_tokens, :output_tokens, :bytes, :now, :expires_at)
 ON CONFLICT (key) DO UPDATE SET status_code = excluded.status_code, body = excluded.body,
