@@ -43,6 +43,12 @@ chunk_size = 2
 max_concurrency = 1
 price = {{ input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK}, batch_discount = 0.5 }}
 
+[models."priced-wide"]
+backend = "scripted"
+chunk_size = 64
+max_concurrency = 2
+price = {{ input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK} }}
+
 [projects."someone-else"]
 max_cost_usd = 50.0
 """
@@ -172,6 +178,18 @@ def test_reaching_the_cap_stops_the_batch_cancelled_with_budget_exceeded_lines(c
     assert codes == {"budget_exceeded"}
     assert len(errors) == c.total - c.completed
     assert "spending cap" in errors[0]["error"]["message"]
+
+
+def test_a_wide_chunk_does_not_carry_a_capped_batch_past_its_cap(client: OpenAI) -> None:
+    """Chunks of 64, two at once: without the claim's allowance (budget.affordable) the first claim alone
+    would start 64 requests of about $0.05, half again the cap."""
+    lines = [line(i, "priced-wide", sleep_s=0.05) for i in range(150)]
+    batch = wait_terminal(client, create(client, lines, max_cost_usd=2.0).id)
+    assert batch.status == "cancelled"
+    ext, c = freight_of(batch), batch.request_counts
+    assert c is not None and 0 < c.completed < 64
+    per_request = ext["cost_usd"] / c.completed
+    assert 2.0 <= ext["cost_usd"] < 2.0 + 3 * per_request
 
 
 def freight_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

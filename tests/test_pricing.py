@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from freight.config import load_settings
 from freight.domain import budget
@@ -159,3 +161,30 @@ def test_the_freight_object_of_a_running_batch() -> None:
     assert ext["requests_per_s"] == pytest.approx(0.5)
     assert ext["eta_at"] == 1020
     assert ext["max_cost_usd"] == 7.0
+
+
+@given(spent=st.floats(0, 100, allow_nan=False), cap=st.floats(0.01, 100, allow_nan=False),
+       done=st.integers(0, 10_000), limit=st.integers(1, 2048), running=st.integers(0, 300))
+def test_a_claim_never_commits_a_capped_batch_to_much_more_than_its_cap(spent: float, cap: float, done: int,
+                                                                        limit: int, running: int) -> None:
+    n = budget.affordable(spent, cap, done, limit, running)
+    assert 0 <= n <= limit
+    if spent >= cap:
+        assert n == 0
+    elif done == 0 or spent == 0:
+        assert n + running <= max(budget.PROBE, running), "no cost measured yet: a probe's worth in flight"
+    else:
+        per_request = spent / done
+        in_flight = n + running
+        assert in_flight == 1 or n == 0 or spent + in_flight * per_request <= cap * (1 + 1e-9), "within the cap"
+        if running == 0:
+            assert n >= 1, "below the cap, one more can always start"
+
+
+def test_affordable_examples() -> None:
+    assert budget.affordable(1.0, 2.0, 100, 1024) == 100  # $0.01 a request, $1 left
+    assert budget.affordable(1.0, 2.0, 100, 1024, running=40) == 60
+    assert budget.affordable(1.99, 2.0, 100, 1024) == 1  # less than one request left: one more (then it stops)
+    assert budget.affordable(1.99, 2.0, 100, 1024, running=1) == 0  # ... unless one is running already
+    assert budget.affordable(None, 2.0, 0, 1024) == budget.PROBE
+    assert budget.affordable(0.0, 2.0, 500, 1024, running=3) == budget.PROBE - 3  # free hits tell nothing

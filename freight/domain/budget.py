@@ -36,6 +36,28 @@ def reached(cost_usd: float | None, cap: float | None) -> bool:
     return cap is not None and cost_usd is not None and cost_usd >= cap
 
 
+#: What a capped batch may have running before any of its requests has cost anything (nothing to
+#: take a mean from yet; free answers, such as result-cache hits, tell nothing either).
+PROBE = 8
+
+
+def affordable(spent: float | None, cap: float, done: int, limit: int, running: int = 0) -> int:
+    """How many more requests a capped batch may start in one claim, ``running`` being in flight: what
+    the rest of its cap pays for at the mean cost of its requests so far, less those running (one at
+    least when none runs and the cap is not reached); ``PROBE`` in all before a request has had a cost.
+    Never more than ``limit``. So no claim commits a batch to far more than its cap, whatever the chunk
+    size (a result cache grows chunks of hits to 1,024) or the number of chunks in flight."""
+    if spent is not None and spent >= cap:
+        return 0
+    if spent is None or spent <= 0 or done <= 0:
+        n = PROBE - running
+    else:
+        n = int((cap - spent) / (spent / done)) - running
+        if running == 0:
+            n = max(n, 1)
+    return max(0, min(limit, n))
+
+
 def refuse_over_estimate(estimate_usd: float, cap: float, *, which: str) -> None:
     """A 400 when the estimate already exceeds the cap, saying by how much."""
     if estimate_usd > cap:

@@ -36,31 +36,55 @@ class BudgetedQueue:
 
     def claim(self, batch_id: str, owner: str, now: float, lease_s: float, limit: int,
               max_attempts: int) -> list[ClaimedRequest]:
-        if batch_id not in self._uncapped and self._over_budget(batch_id, now):
-            return []
+        if batch_id not in self._uncapped:
+            limit = self._allowance(batch_id, now, limit)
+            if limit == 0:
+                return []
         return self._store.claim(batch_id, owner, now, lease_s, limit, max_attempts)
 
     def claim_runnable(self, models: Sequence[str], owner: str, now: float, lease_s: float, limit: int,
                        max_attempts: int, batches: Sequence[str] | None = None) -> list[ClaimedRequest]:
         if batches is not None:  # (without them: as the store, unchecked, as before)
-            batches = [b for b in batches if b in self._uncapped or not self._over_budget(b, now)]
-            if not batches:
+            # In the policy's order; a capped batch is claimed from alone, at most what its cap has left
+            # pays for (budget.affordable): first in the order, or in a later claim.
+            allowed: list[str] = []
+            for b in batches:
+                if b in self._uncapped:
+                    allowed.append(b)
+                    continue
+                n = self._allowance(b, now, limit)
+                if n == 0:
+                    continue
+                if b in self._uncapped:  # (found to have no cap just now)
+                    allowed.append(b)
+                    continue
+                if not allowed:
+                    return self._store.claim_runnable(models, owner, now, lease_s, n, max_attempts, [b])
+                break
+            if not allowed:
                 return []
+            batches = allowed
         return self._store.claim_runnable(models, owner, now, lease_s, limit, max_attempts, batches)
 
-    def _over_budget(self, batch_id: str, now: float) -> bool:
+    def _allowance(self, batch_id: str, now: float, limit: int) -> int:
+        """How many of ``batch_id``'s requests one claim may start (``budget.affordable``); 0 once its
+        spending reached its cap, and then its unstarted requests are closed and it is cancelled."""
         batch = self._store.get_batch(None, batch_id)
         if batch is None:
-            return False
+            return limit
         cap = self._cost.cap(batch)
         if cap is None:
             if len(self._uncapped) >= _UNCAPPED_CACHE_MAX:
                 self._uncapped.clear()
             self._uncapped.add(batch_id)
-            return False
+            return limit
         spent = self._cost.cost(batch).cost_usd
-        if not budget.reached(spent, cap) or batch.status is not BatchStatus.IN_PROGRESS:
-            return False
+        c = batch.request_counts
+        if not budget.reached(spent, cap):
+            running = self._store.open_counts(batch_id)[1]
+            return budget.affordable(spent, cap, c.completed + c.failed, limit, running)
+        if batch.status is not BatchStatus.IN_PROGRESS:
+            return limit  # (nothing is claimed from it anyway)
         assert spent is not None
         closed = self._store.close_unstarted(
             batch_id, Result.never_ran(budget.BUDGET_EXCEEDED, budget.budget_message(spent, cap)), False)
@@ -68,4 +92,4 @@ class BudgetedQueue:
         if moved is not None:
             log_transition(BatchStatus.IN_PROGRESS, moved, reason=budget.BUDGET_EXCEEDED, cost_usd=spent,
                            max_cost_usd=cap, closed=closed)
-        return True
+        return 0
