@@ -188,6 +188,10 @@ def run(requests: int = 32, max_tokens: int = 64, rounds: int = 1, big: int = 12
         ok = statistics.median(ratios) >= 1.3 if target else None
         rows.append(Row("chat-peer", f"output tok/s vs llama-server, {what}", f"{f_tps:.1f}", f"{s_tps:.1f}",
                         _spread(ratios), target, ok))  # fmt: skip
+        f_cpu = statistics.median(per_cpu_s(r, threads) for r in ours)
+        s_cpu = statistics.median(per_cpu_s(r, threads) for r in theirs)
+        rows.append(Row("chat-peer", "  output tokens per CPU-second of the engine's process", f"{f_cpu:.1f}",
+                        f"{s_cpu:.1f}", f"{f_cpu / s_cpu:.2f}x", ""))  # fmt: skip
     return rows
 
 
@@ -216,7 +220,9 @@ def main() -> None:
               f"(prompt tokens computed {ours[-1].computed_prompt_tokens} of {ours[-1].prompt_tokens}), "
               f"llama-server {statistics.median(r.tps for r in theirs):.1f} tok/s "
               f"(prompt tokens {theirs[-1].prompt_tokens}); ratio per round "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}; median {_spread(ratios)}", flush=True)  # fmt: skip
+              f"{', '.join(f'{x:.2f}' for x in ratios)}; median {_spread(ratios)}; per CPU-second "
+              f"{statistics.median(per_cpu_s(r, args.threads) for r in ours):.1f} vs "
+              f"{statistics.median(per_cpu_s(r, args.threads) for r in theirs):.1f}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
