@@ -14,7 +14,14 @@ LLAMA_CFLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_KEY := $(shell (echo $(LLAMA_CPP_VERSION) $(LLAMA_CFLAGS); grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; uname -m) | sha1sum | cut -c1-12)
 WHEELHOUSE := $(HOME)/.cache/freight/wheels/llama-cpp-$(LLAMA_KEY)
 
-.PHONY: install demo test lint bench chaos clean test-integrations
+# llama.cpp's own server, the peer of freight's chat lane in `make bench`: built once from the llama.cpp
+# source vendored in the same llama-cpp-python release, with the same flags as the wheel, into a cache
+# keyed like the wheel. Static, server target only, no web UI download, no TLS.
+LLAMA_SERVER_DIR := $(HOME)/.cache/freight/llama-server-$(LLAMA_KEY)
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/llama-server
+LLAMA_JOBS ?= 2
+
+.PHONY: install demo test lint bench chaos clean llama-server test-integrations
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -75,8 +82,24 @@ test: lint
 test-integrations: $(PIPELINES_STAMP)
 	FREIGHT_INTEGRATION_TESTS=1 FREIGHT_COMMAND=$(abspath $(BIN))/freight $(PIPELINES_VENV)/bin/pytest tests/integrations
 
+$(LLAMA_SERVER):
+	set -e; tmp=$$(mktemp -d); \
+	$(PYTHON) -m pip download -q --no-binary :all: --no-deps -d $$tmp 'llama-cpp-python==$(LLAMA_CPP_VERSION)'; \
+	tar xzf $$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $$tmp; \
+	CFLAGS="$(LLAMA_CFLAGS)" CXXFLAGS="$(LLAMA_CFLAGS)" cmake -S $$tmp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
+	  -B $$tmp/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+	  -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
+	  -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null; \
+	cmake --build $$tmp/build --target llama-server -j$(LLAMA_JOBS) >/dev/null; \
+	mkdir -p $(LLAMA_SERVER_DIR); cp $$tmp/build/bin/llama-server $@.tmp; mv $@.tmp $@; rm -rf $$tmp
+
+llama-server: $(LLAMA_SERVER)
+
+# The chat-peer row runs llama-server when it is built (FREIGHT_LLAMA_SERVER names the binary); a failed build
+# (no cmake or C++ compiler) only skips that row.
 bench: install
-	$(BIN)/python bench/run.py
+	$(MAKE) llama-server || echo "llama-server could not be built: the chat-peer row is skipped"
+	FREIGHT_LLAMA_SERVER=$(LLAMA_SERVER) $(BIN)/python bench/run.py
 
 chaos: install
 	$(BIN)/python -m tests.chaos --kills 100

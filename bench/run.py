@@ -20,6 +20,7 @@ BENCHES = {
     "embeddings": ("bench.bench_embeddings", {}),
     "remote": ("bench.bench_remote", {"requests": 2000}),
     "chat": ("bench.bench_chat", {}),
+    "chat-peer": ("bench.bench_chat_peer", {}),
     "preview": ("bench.bench_preview", {}),
     "watching": ("bench.bench_watching", {}),
     "shared-limit": ("bench.bench_shared_limit", {}),

@@ -50,7 +50,7 @@ Weights, KV cache and why (measured on the 2-core AVX-512 development VM, see ``
 - One KV stream per slot (``kv_unified=False``): attention only sees the sequence's own cells. llama.cpp then puts
   only sequences with consecutive ids into one micro-batch, so the decode loop keeps active sequences in the lowest
   slots (``DecodeLoop._compact`` moves one when a gap opens). A unified cache makes every token attend over every
-  sequence's cells: slower here.
+  sequence's cells: slower here; with flash attention (which skips other sequences' cells) no faster either.
 - Shared prefixes (``prefix_cache=True``): a prompt's prefill starts from the longest prefix (at least 16 tokens)
   whose KV cells already exist, in any active sequence or in one extra sequence that keeps the last prompt whose
   prefill finished; a prompt whose prefix another prompt is computing in the same step waits one step for it.
