@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -97,9 +99,11 @@ def sentences(i: int, n: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR",)}
-    temp = tmp_path_factory.mktemp("ray")
+    # A short directory of its own: Ray's sockets live in it, and a Unix socket's path has at most 107
+    # bytes (pytest's temp paths, under pytest-xdist especially, are too long).
+    temp = Path(tempfile.mkdtemp(prefix="fr-ray-", dir="/tmp"))
     os.environ["RAY_TMPDIR"] = str(temp)  # Ray's own files (the current cluster's address) stay in it too
     (temp / "ray").mkdir()
     c = Cluster(initialize_head=True, head_node_args={
@@ -113,6 +117,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         ray.shutdown()
         c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
