@@ -8,6 +8,8 @@ each, and the batch ends ``cancelled``. A cap the create-time estimate already e
 
 from __future__ import annotations
 
+import math
+
 from freight.domain.errors import InvalidInput
 
 BUDGET_EXCEEDED = "budget_exceeded"
@@ -52,7 +54,10 @@ def affordable(spent: float | None, cap: float, done: int, limit: int, running: 
     if spent is None or spent <= 0 or done <= 0:
         n = PROBE - running
     else:
-        n = int((cap - spent) / (spent / done)) - running
+        per_request = spent / done
+        room = (cap - spent) / per_request if per_request > 0 else math.inf
+        # (compared as floats first: a tiny mean cost makes ``room`` too large for an int, or infinite)
+        n = limit + running if not room < limit + running else int(room) - running
         if running == 0:
             n = max(n, 1)
     return max(0, min(limit, n))
