@@ -190,4 +190,4 @@ def test_affordable_examples() -> None:
     assert budget.affordable(0.0, 2.0, 500, 1024, running=3) == budget.PROBE - 3  # free hits tell nothing
     # a mean cost that underflows to 0, or a room too large for an int: the whole limit (found by hypothesis)
     assert budget.affordable(5e-324, 1.0, 10_000, 100) == 100
-    assert budget.affordable(1e-300, 1.0, 1, 2048, running=5) == 2048
+    assert budget.affordable(1e-310, 1.0, 1, 2048, running=5) == 2048  # (1 - 1e-310) / 1e-310 is inf
