@@ -12,10 +12,11 @@ from typing import Any
 
 from freight.backends.llama_cpp.decode_loop import DecodeLoop, Job
 from freight.backends.llama_cpp.interface import ENDPOINTS, BadRequest, SeqSpec
-from freight.backends.llama_cpp.params import Prepared, RequestParser, is_int
+from freight.backends.llama_cpp.params import Prepared, RequestParser
 from freight.backends.llama_cpp.response import build_response, error_result
 from freight.backends.llama_cpp.runner import KV_TYPES, LlamaCppRunner
 from freight.backends.llama_cpp.weights import CONVERT_FTYPES, DEFAULT_MODEL_ID, convert_weights, smollm2_path
+from freight.backends.openai_params import is_int
 from freight.domain.errors import ConfigError
 from freight.domain.ids import new_request_id
 from freight.domain.requests import Failure, Result

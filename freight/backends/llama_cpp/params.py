@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import math
 import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from freight.backends import openai_params
 from freight.backends.llama_cpp.interface import (
     CHAT,
     COMPLETIONS,
@@ -22,6 +22,7 @@ from freight.backends.llama_cpp.interface import (
     SamplingParams,
     SeqSpec,
 )
+from freight.backends.openai_params import is_int
 from freight.wire.jsonx import dumps
 from freight.wire.tools import (
     ToolsError,
@@ -36,7 +37,6 @@ from freight.wire.tools_prompt import chat_messages
 #: Largest number of choices (``n`` times prompts) one request may ask for.
 MAX_CHOICES = 128
 #: OpenAI's limits.
-MAX_STOP = 4
 MAX_TOP_LOGPROBS_CHAT = 20
 MAX_LOGPROBS_COMPLETION = 5
 #: Default ``max_tokens`` of the legacy completions endpoint (as OpenAI).
@@ -113,14 +113,6 @@ def tool_grammar(spec: ToolSpec) -> str:
         raise BadRequest(e.message, e.param, e.code) from e
 
 
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 class RequestParser:
     """Validates OpenAI chat/completions bodies against what this backend can do; builds the sequences."""
 
@@ -131,64 +123,20 @@ class RequestParser:
     # ---- parameters ---------------------------------------------------------------------------------------------
     @staticmethod
     def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-        v = body.get(key)
-        if v is None:
-            return default
-        if not is_num(v) or not lo <= v <= hi:
-            raise BadRequest(f"'{key}' must be a number between {lo:g} and {hi:g}", key, "invalid_value")
-        return float(v)
+        return openai_params.number(body, key, default, lo, hi)
 
     @staticmethod
     def _integer(body: dict[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
-        v = body.get(key)
-        if v is None:
-            return default
-        if not is_int(v) or not lo <= v <= hi:
-            raise BadRequest(f"'{key}' must be an integer between {lo} and {hi}", key, "invalid_value")
-        return int(v)
+        return openai_params.integer(body, key, default, lo, hi)
 
     def _check_keys(self, body: dict[str, Any], allowed: frozenset[str]) -> None:
-        for key, value in body.items():
-            if value is None or key in allowed:
-                continue
-            raise BadRequest(
-                f"Unsupported parameter: '{key}' is not supported by the local model '{self.model_id}'.",
-                key,
-                "unsupported_parameter",
-            )
-        if body.get("stream"):
-            raise BadRequest("'stream' is not supported in a batch", "stream", "unsupported_parameter")
-        modalities = body.get("modalities")
-        if modalities is not None and modalities != ["text"]:
-            raise BadRequest("only the 'text' modality is supported", "modalities", "unsupported_value")
+        openai_params.check_keys(body, allowed, f"the local model '{self.model_id}'")
 
     def _stops(self, body: dict[str, Any]) -> tuple[bytes, ...]:
-        stop = body.get("stop")
-        if stop is None:
-            return ()
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise BadRequest("'stop' must be a string or a list of strings", "stop", "invalid_type")
-        if len(stops) > MAX_STOP:
-            raise BadRequest(f"'stop' may hold at most {MAX_STOP} sequences", "stop", "invalid_value")
-        return tuple(dict.fromkeys(s.encode("utf-8") for s in stops if s))
+        return tuple(s.encode("utf-8") for s in openai_params.stops(body))
 
     def _logit_bias(self, body: dict[str, Any]) -> tuple[tuple[int, float], ...]:
-        lb = body.get("logit_bias")
-        if lb is None:
-            return ()
-        if not isinstance(lb, dict):
-            raise BadRequest("'logit_bias' must be an object mapping token ids to biases", "logit_bias", "invalid_type")
-        out: list[tuple[int, float]] = []
-        for k, v in lb.items():
-            try:
-                tok = int(k)
-            except (TypeError, ValueError):
-                raise BadRequest(f"invalid token id {k!r} in 'logit_bias'", "logit_bias", "invalid_value") from None
-            if not 0 <= tok < self.runner.n_vocab or not is_num(v) or not -100 <= v <= 100:
-                raise BadRequest(f"invalid 'logit_bias' entry {k!r}: {v!r}", "logit_bias", "invalid_value")
-            out.append((tok, float(v)))
-        return tuple(out)
+        return tuple(openai_params.logit_bias(body, self.runner.n_vocab))
 
     @staticmethod
     def _grammar(body: dict[str, Any]) -> str | None:
@@ -239,22 +187,7 @@ class RequestParser:
         return kw, seed
 
     def _limits(self, body: dict[str, Any], prompt_len: int, default: int | None, param: str, key: str) -> int:
-        slot_ctx = self.runner.slot_ctx
-        max_tokens = self._integer(body, key, None, 1, 1 << 31)
-        if prompt_len == 0:
-            raise BadRequest("the prompt is empty", param, "invalid_value")
-        wanted = max_tokens if max_tokens is not None else (default or 0)
-        if prompt_len >= slot_ctx or prompt_len + wanted > slot_ctx:
-            raise BadRequest(
-                f"This model's maximum context length is {slot_ctx} tokens. However, you requested "
-                f"{prompt_len + max(wanted, 1)} tokens ({prompt_len} in the {param}, {max(wanted, 1)} in the "
-                "completion). Please reduce the length of the prompt or completion.",
-                param,
-                "context_length_exceeded",
-            )
-        if max_tokens is None:
-            return default if default is not None else slot_ctx - prompt_len
-        return max_tokens
+        return openai_params.max_tokens(body, prompt_len, default, param, key, self.runner.slot_ctx)
 
     def _make_specs(
         self,
@@ -318,26 +251,8 @@ class RequestParser:
 
     # ---- completions --------------------------------------------------------------------------------------------
     def _prompts(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
-        p = body.get("prompt")
-        if isinstance(p, str):
-            texts: list[str] | None = [p]
-            token_lists = None
-        elif isinstance(p, list) and p and all(isinstance(x, str) for x in p):
-            texts, token_lists = list(p), None
-        elif isinstance(p, list) and p and all(is_int(x) for x in p):
-            texts, token_lists = None, [list(p)]
-        elif isinstance(p, list) and p and all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in p):
-            texts, token_lists = None, [list(x) for x in p]
-        else:
-            raise BadRequest(
-                "'prompt' must be a string, an array of strings, or an array (of arrays) of token ids",
-                "prompt",
-                "invalid_value",
-            )
+        texts, token_lists = openai_params.prompt_tokens(body, self.runner.n_vocab)
         if token_lists is not None:
-            for toks in token_lists:
-                if not all(0 <= t < self.runner.n_vocab for t in toks):
-                    raise BadRequest("'prompt' holds a token id outside the vocabulary", "prompt", "invalid_value")
             echo = [
                 b"".join(self.runner.piece(t) for t in toks).decode("utf-8", errors="replace") for toks in token_lists
             ]

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from freight.backends.llama_cpp.interface import CHAT, COMPLETIONS, BadRequest
-from freight.backends.llama_cpp.params import is_int
+from freight.backends.openai_params import is_int
 from freight.backends.vllm.engine import Outcome, Submission, VllmEngine, pooling_params, sampling_params
 from freight.backends.vllm.responses import build_embeddings, build_generation, embedding_vector
 from freight.backends.vllm.translate import EMBEDDINGS, EmbeddingPlan, GenerationPlan, Plan, Translator, refusal

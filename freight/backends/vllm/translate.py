@@ -18,16 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from freight.backends import openai_params
 from freight.backends.llama_cpp.interface import CHAT, COMPLETIONS, BadRequest
 from freight.backends.llama_cpp.params import (
     COMPLETIONS_DEFAULT_MAX_TOKENS,
     MAX_CHOICES,
     MAX_LOGPROBS_COMPLETION,
-    MAX_STOP,
     MAX_TOP_LOGPROBS_CHAT,
-    is_int,
-    is_num,
 )
+from freight.backends.openai_params import is_int
 from freight.domain.ids import new_request_id
 from freight.domain.requests import Result
 from freight.wire.jsonx import dumps
@@ -133,21 +132,11 @@ def refusal(e: BadRequest) -> Result:
 
 
 def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
-    v = body.get(key)
-    if v is None:
-        return default
-    if not is_num(v) or not lo <= v <= hi:
-        raise BadRequest(f"'{key}' must be a number between {lo:g} and {hi:g}", key, "invalid_value")
-    return float(v)
+    return openai_params.number(body, key, default, lo, hi)
 
 
 def _integer(body: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
-    v = body.get(key)
-    if v is None:
-        return None
-    if not is_int(v) or not lo <= v <= hi:
-        raise BadRequest(f"'{key}' must be an integer between {lo} and {hi}", key, "invalid_value")
-    return int(v)
+    return openai_params.integer(body, key, None, lo, hi)
 
 
 class Translator:
@@ -186,44 +175,14 @@ class Translator:
 
     # ---- shared ---------------------------------------------------------------------------------------------------
     def _check_keys(self, body: dict[str, Any], allowed: frozenset[str]) -> None:
-        for key, value in body.items():
-            if value is not None and key not in allowed:
-                raise BadRequest(f"Unsupported parameter: '{key}' is not supported by the model '{self.model_id}'.",
-                                 key, "unsupported_parameter")
-        if body.get("stream"):
-            raise BadRequest("'stream' is not supported in a batch", "stream", "unsupported_parameter")
-        modalities = body.get("modalities")
-        if modalities is not None and modalities != ["text"]:
-            raise BadRequest("only the 'text' modality is supported", "modalities", "unsupported_value")
+        openai_params.check_keys(body, allowed, f"the model '{self.model_id}'")
 
     @staticmethod
     def _stops(body: dict[str, Any]) -> list[str]:
-        stop = body.get("stop")
-        if stop is None:
-            return []
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise BadRequest("'stop' must be a string or a list of strings", "stop", "invalid_type")
-        if len(stops) > MAX_STOP:
-            raise BadRequest(f"'stop' may hold at most {MAX_STOP} sequences", "stop", "invalid_value")
-        return list(dict.fromkeys(s for s in stops if s))
+        return openai_params.stops(body)
 
     def _logit_bias(self, body: dict[str, Any]) -> dict[int, float]:
-        lb = body.get("logit_bias")
-        if lb is None:
-            return {}
-        if not isinstance(lb, dict):
-            raise BadRequest("'logit_bias' must be an object mapping token ids to biases", "logit_bias", "invalid_type")
-        out: dict[int, float] = {}
-        for k, v in lb.items():
-            try:
-                tok = int(k)
-            except (TypeError, ValueError):
-                raise BadRequest(f"invalid token id {k!r} in 'logit_bias'", "logit_bias", "invalid_value") from None
-            if not 0 <= tok < self.model.vocab_size or not is_num(v) or not -100 <= v <= 100:
-                raise BadRequest(f"invalid 'logit_bias' entry {k!r}: {v!r}", "logit_bias", "invalid_value")
-            out[tok] = float(v)
-        return out
+        return dict(openai_params.logit_bias(body, self.model.vocab_size))
 
     def _sampling(self, body: dict[str, Any], n: int) -> dict[str, Any]:
         """``SamplingParams`` keywords every endpoint shares (``max_tokens`` and ``logprobs`` are added later)."""
@@ -253,22 +212,8 @@ class Translator:
         return kw
 
     def _max_tokens(self, body: dict[str, Any], prompt_len: int, default: int | None, param: str, key: str) -> int:
-        limit = self.model.max_model_len
-        max_tokens = _integer(body, key, 1, 1 << 31)
-        if prompt_len == 0:
-            raise BadRequest("the prompt is empty", param, "invalid_value")
-        wanted = max_tokens if max_tokens is not None else (default or 0)
-        if prompt_len >= limit or prompt_len + wanted > limit:
-            raise BadRequest(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_len + max(wanted, 1)} tokens ({prompt_len} in the {param}, {max(wanted, 1)} in the "
-                "completion). Please reduce the length of the prompt or completion.",
-                param, "context_length_exceeded")
-        if max_tokens is None:
-            return default if default is not None else limit - prompt_len
-        return max_tokens
+        return openai_params.max_tokens(body, prompt_len, default, param, key, self.model.max_model_len)
 
-    # ---- chat -----------------------------------------------------------------------------------------------------
     @staticmethod
     def _guided(body: dict[str, Any]) -> Guided | None:
         rf = body.get("response_format")
@@ -326,21 +271,10 @@ class Translator:
 
     # ---- completions ----------------------------------------------------------------------------------------------
     def _prompts(self, body: dict[str, Any]) -> tuple[list[list[int]], list[str]]:
-        p = body.get("prompt")
-        if isinstance(p, str):
-            return [self.model.encode(p)], [p]
-        if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
-            return [self.model.encode(x) for x in p], list(p)
-        if isinstance(p, list) and p and all(is_int(x) for x in p):
-            token_lists = [list(p)]
-        elif isinstance(p, list) and p and all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in p):
-            token_lists = [list(x) for x in p]
-        else:
-            raise BadRequest("'prompt' must be a string, an array of strings, or an array (of arrays) of token ids",
-                             "prompt", "invalid_value")
-        for toks in token_lists:
-            if not all(0 <= t < self.model.vocab_size for t in toks):
-                raise BadRequest("'prompt' holds a token id outside the vocabulary", "prompt", "invalid_value")
+        texts, token_lists = openai_params.prompt_tokens(body, self.model.vocab_size)
+        if token_lists is None:
+            assert texts is not None
+            return [self.model.encode(x) for x in texts], texts
         return token_lists, [self.model.decode(t) for t in token_lists]
 
     def plan_completion(self, body: dict[str, Any]) -> GenerationPlan:
