@@ -12,12 +12,12 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import FreightServer, config_text, jsonl_bytes, parse_jsonl, request_line
+from servers import FreightServer, jsonl_bytes, parse_jsonl, request_line
 
 DAG_FILE = '''
 import os
@@ -50,19 +50,6 @@ with DAG("freight_expiring", schedule=None) as expiring:
         poll_interval_s=0.2,
     )
 '''
-
-
-#: A scripted model with a price, so that a batch can carry a cost cap (max_cost_usd) and show a cost.
-PRICED = """
-[models."freight-priced"]
-backend = "scripted"
-price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
-"""
-
-
-@pytest.fixture(scope="module")
-def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    return make_server(config_text(extra=PRICED))
 
 
 @pytest.fixture(scope="module")

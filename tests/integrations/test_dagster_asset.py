@@ -5,27 +5,14 @@ Runs in .venv-pipelines (Makefile: test-integrations).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
-import pytest
 from dagster import asset, materialize
-from servers import FreightServer, config_text
+from servers import FreightServer
 
 from freight.integrations.batches import BatchNotCompleted
 from freight.integrations.dagster import FreightResource, freight_batch_asset
-
-PRICED = """
-[models."freight-priced"]
-backend = "scripted"
-price = { input_per_mtok = 1.0, output_per_mtok = 2.0 }
-"""
-
-
-@pytest.fixture(scope="module")
-def server(make_server: Callable[..., FreightServer]) -> FreightServer:
-    return make_server(config_text(extra=PRICED))
 
 
 @asset
