@@ -19,6 +19,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,13 @@ def test_a_really_full_disk(small_disk: Path) -> None:
                 assert len(uploaded) < 40
             assert response.status_code == 507 and response.json()["error"]["code"] == "insufficient_storage"
             assert len(uploaded) >= 3
+            # The store's checkpoint thread empties the WAL file once writes stop (store/sqlite/database.py):
+            # wait for that, so that the delete below must grow it rather than reuse its pages.
+            wal = small_disk / "data" / "freight.db-wal"
+            deadline = time.monotonic() + 10
+            while wal.exists() and wal.stat().st_size and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not wal.exists() or wal.stat().st_size == 0, "the WAL was never truncated"
             # Whatever room is left goes too: now the store cannot grow its log by a single page.
             with open(small_disk / "filler", "wb", buffering=0) as fh, pytest.raises(OSError):
                 while True:

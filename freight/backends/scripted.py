@@ -68,7 +68,9 @@ class ScriptedBackend:
             scripts = [_script(body) for body in bodies]
             if not any(script.get("sleep_s") for script in scripts):
                 self.executed += len(bodies)
-                return [self._answer(endpoint, body, script) for body, script in zip(bodies, scripts, strict=True)]
+                request_ids = ids.new_request_ids(len(bodies))  # one read of the random source per chunk
+                return [self._answer(endpoint, body, script, rid)
+                        for body, script, rid in zip(bodies, scripts, request_ids, strict=True)]
         return list(await asyncio.gather(*(self._slot(endpoint, body) for body in bodies)))
 
     async def _slot(self, endpoint: str, body: dict[str, Any]) -> Result | Failure:
@@ -93,7 +95,9 @@ class ScriptedBackend:
             await asyncio.sleep(float(script["sleep_s"]))
         return self._answer(endpoint, body, script)
 
-    def _answer(self, endpoint: str, body: dict[str, Any], script: dict[str, Any]) -> Result | Failure:
+    def _answer(self, endpoint: str, body: dict[str, Any], script: dict[str, Any],
+                request_id: str | None = None) -> Result | Failure:
+        request_id = request_id or ids.new_request_id()
         key = str(script.get("key", ""))
         attempt = self.calls[key] = self.calls[key] + 1
         status = int(script.get("status", 200))
@@ -105,12 +109,12 @@ class ScriptedBackend:
         if status >= 400:
             error = {"error": {"message": f"scripted failure {status}", "type": "invalid_request_error"
                                if status < 500 else "server_error", "param": None, "code": None}}
-            return Result(status_code=status, body=jsonx.dumps(error), request_id=ids.new_request_id())
+            return Result(status_code=status, body=jsonx.dumps(error), request_id=request_id)
         response: dict[str, Any] = {"object": "scripted", "endpoint": endpoint, "echo": body, "attempt": attempt}
         input_tokens, output_tokens = len(jsonx.dumps(body)) // 4, 1
         if endpoint == CHAT:
-            output_tokens = _chat_completion(response, body, script, input_tokens)
-        return Result(status_code=200, body=jsonx.dumps(response), request_id=ids.new_request_id(),
+            output_tokens = _chat_completion(response, body, script, input_tokens, "chatcmpl-" + request_id[4:20])
+        return Result(status_code=200, body=jsonx.dumps(response), request_id=request_id,
                       input_tokens=input_tokens, output_tokens=output_tokens)
 
 
@@ -143,7 +147,8 @@ def _message_script(body: dict[str, Any]) -> dict[str, Any] | None:
     return script if isinstance(script, dict) else None
 
 
-def _chat_completion(response: dict[str, Any], body: dict[str, Any], script: dict[str, Any], prompt: int) -> int:
+def _chat_completion(response: dict[str, Any], body: dict[str, Any], script: dict[str, Any], prompt: int,
+                     completion_id: str) -> int:
     """Add a chat completion's fields to ``response``; the number of completion tokens (words)."""
     reply = str(script.get("reply", f"echo: {_last_text(body)}"))
     finish, matched = str(script.get("finish_reason", "stop")), None
@@ -161,7 +166,7 @@ def _chat_completion(response: dict[str, Any], body: dict[str, Any], script: dic
     if matched is not None:
         choice["stop_reason"] = matched
     response.update({
-        "id": "chatcmpl-" + ids.new_attempt_id(),
+        "id": completion_id,
         "created": 0,
         "model": body.get("model"),
         "choices": [choice],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from freight.domain.records import quick_init
+
 
 class RequestState(enum.IntEnum):
     #: Waiting to be claimed (possibly not before a backoff deadline).
@@ -37,6 +39,7 @@ NEVER_RAN_MESSAGES = {
 }
 
 
+@quick_init
 @dataclass(frozen=True)
 class ClaimedRequest:
     """A request a worker holds: only ``attempt_id`` may store its result."""
@@ -49,6 +52,7 @@ class ClaimedRequest:
     attempts: int
 
 
+@quick_init
 @dataclass(frozen=True)
 class Result:
     """The final result of one request.
@@ -81,6 +85,7 @@ class Result:
         return cls(error_code=code, error_message=message)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Failure:
     """No response at all (connection error, timeout, a crashed model call): always retried.

@@ -13,12 +13,14 @@ Two sources:
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -135,33 +137,85 @@ class StoreCollector(Collector):
         yield from (batches, finished, tokens, cost, queued, running, durations)
 
 
+class _Histogram:
+    """A labelled histogram that takes ``n`` observations of one value in one call: a backend call
+    answers a whole chunk at once, and every request in it counts that call's time (prometheus_client's
+    ``Histogram`` takes one observation per call, which cost more than the scripted backend's answers)."""
+
+    def __init__(self, buckets: Sequence[float]):
+        self.buckets = tuple(buckets)
+        self._series: dict[str, list[float]] = {}  # label -> per-bucket counts (not cumulative), then the sum
+        self._lock = threading.Lock()
+
+    def observe(self, label: str, value: float, n: int = 1) -> None:
+        i = bisect.bisect_left(self.buckets, value)  # the first bucket whose upper bound is >= value
+        with self._lock:
+            series = self._series.get(label)
+            if series is None:
+                series = self._series[label] = [0.0] * (len(self.buckets) + 2)
+            series[i] += n
+            series[-1] += value * n
+
+    def family(self, spec: MetricSpec) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+        with self._lock:
+            series = {label: list(counts) for label, counts in self._series.items()}
+        for label, counts in sorted(series.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*map(repr, self.buckets), "+Inf"), counts[:-1], strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            family.add_metric([label], buckets, sum_value=counts[-1])
+        return family
+
+
+class _Counter:
+    """A labelled counter incremented by ``n`` at a time (one call per chunk)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, label: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[label] = self._values.get(label, 0.0) + n
+
+    def family(self, spec: MetricSpec) -> CounterMetricFamily:
+        family = CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=list(spec.labels))
+        with self._lock:
+            values = dict(self._values)
+        for label, value in sorted(values.items()):
+            family.add_metric([label], value)
+        return family
+
+
 class ProcessMeter(Collector):
     """The ``process`` series of this process."""
 
     def __init__(self) -> None:
-        def spec(name: str) -> MetricSpec:
-            return SPECS[name]
-
-        d = spec("freight_request_duration_seconds")
-        self.duration = Histogram(d.name, d.help, d.labels, registry=None, buckets=REQUEST_DURATION_BUCKETS)
-        r = spec("freight_upstream_rate_limited_total")
-        self.rate_limited = Counter(r.name, r.help, r.labels, registry=None)
-        t = spec("freight_request_retries_total")
-        self.retries = Counter(t.name, t.help, t.labels, registry=None)
+        self.duration = _Histogram(REQUEST_DURATION_BUCKETS)
+        self.rate_limited = _Counter()
+        self.retries = _Counter()
 
     def observe(self, bodies: Sequence[dict[str, Any]], results: Sequence[Result | Failure], seconds: float) -> None:
+        models: dict[str, int] = {}
         for body, result in zip(bodies, results, strict=False):
             model = str(body.get("model", "")) if isinstance(body, dict) else ""
-            self.duration.labels(model).observe(seconds)
+            models[model] = models.get(model, 0) + 1
+            if type(result) is Result and (result.status_code is None or result.status_code < 400):
+                continue  # the common case: an answer that is neither a rate limit nor retryable
             status = result.status_code if isinstance(result, Result) else None
             if status == 429:
-                self.rate_limited.labels(model).inc()
+                self.rate_limited.inc(model)
             if isinstance(result, Failure) or (status is not None and is_transient_status(status)):
-                self.retries.labels(model).inc()
+                self.retries.inc(model)
+        for model, n in models.items():
+            self.duration.observe(model, seconds, n)
 
     def collect(self) -> Iterator[Metric]:
-        for metric in (self.duration, self.rate_limited, self.retries):
-            yield from metric.collect()
+        yield self.duration.family(SPECS["freight_request_duration_seconds"])
+        yield self.rate_limited.family(SPECS["freight_upstream_rate_limited_total"])
+        yield self.retries.family(SPECS["freight_request_retries_total"])
 
 
 class MeteredBackend:

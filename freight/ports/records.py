@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from freight.domain.records import quick_init
 from freight.domain.requests import Result
 
 
+@quick_init
 @dataclass(frozen=True)
 class NewRequest:
     idx: int
@@ -16,6 +18,7 @@ class NewRequest:
     body: bytes
 
 
+@quick_init
 @dataclass(frozen=True)
 class Completion:
     idx: int
@@ -23,6 +26,7 @@ class Completion:
     result: Result
 
 
+@quick_init
 @dataclass(frozen=True)
 class Retry:
     idx: int
@@ -33,6 +37,7 @@ class Retry:
     refund: bool = False
 
 
+@quick_init
 @dataclass(frozen=True)
 class StoredResult:
     idx: int
