@@ -11,8 +11,8 @@ Each side is a whole process, timed from start to exit (imports and model load i
 sides). Sides alternate (baseline, freight, freight, baseline, ...) and the figure is the ratio of
 the median throughputs, freight / baseline (target: >= 0.9). Absolute numbers on a shared machine
 are noise; the ratio is the figure to read. The requests-per-CPU-second row (user + system time of
-each process) is less sensitive to other load, but not like for like: the baseline keeps
-onnxruntime's default of threads that spin while they wait, freight's do not.
+each process) is less sensitive to other load; both sides keep onnxruntime's threads spinning between
+operators (its default, and freight's ``spin = true``).
 
     python -m bench.bench_embeddings -n 5000 --reps 3
     python -m bench.bench_embeddings -n 20000 --reps 3

@@ -12,6 +12,7 @@ import pytest
 from reference_minilm import ReferenceMiniLM, pool, single_threaded_blas
 
 from freight.backends.local_embeddings import MAX_INPUTS, LocalEmbeddingBackend, plan_batches
+from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.wire import jsonx
 
@@ -191,9 +192,18 @@ def test_a_chunk_is_sorted_as_a_whole_into_small_padded_batches(backend: LocalEm
     assert sum(rows for rows, _ in recording.shapes) == 600
 
 
-def test_onnxruntime_threads_do_not_spin(backend: LocalEmbeddingBackend) -> None:
+def test_onnxruntime_threads_spin_unless_told_not_to(backend: LocalEmbeddingBackend) -> None:
     options = backend._session.get_session_options()
-    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    quiet = LocalEmbeddingBackend(model_id=MODEL, spin=False)
+    asyncio.run(quiet.start())
+    try:
+        assert quiet._session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") == "0"
+    finally:
+        asyncio.run(quiet.close())
+    with pytest.raises(ConfigError, match="spin must be true or false"):
+        LocalEmbeddingBackend(model_id=MODEL, spin="no")  # type: ignore[arg-type]
 
 
 def test_start_is_idempotent(backend: LocalEmbeddingBackend) -> None:

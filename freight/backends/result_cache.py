@@ -38,7 +38,7 @@ from freight.ports import Backend, CachedAnswer, ModelInfo, ResultCache, answeri
 #: Options of a model's table that do not change its answers (left out of its identity).
 _OPERATIONAL = frozenset({
     "max_concurrency", "chunk_size", "timeout_s", "rpm", "tpm", "env", "api_key_env", "n_threads", "n_slots",
-    "price", "machine_cost_per_hour", "cache", "endpoints", "cache_dir", "threads",
+    "price", "machine_cost_per_hour", "cache", "endpoints", "cache_dir", "threads", "spin",
 })
 #: Options naming a model file, whose content (not its name) is the model's identity.
 _FILE_OPTIONS = ("model_path", "path")
