@@ -341,7 +341,8 @@ class CountingBackend(ScriptedBackend):
             raise RuntimeError("model not loadable yet")
 
 
-def test_backends_start_when_their_first_work_arrives_and_a_failed_start_is_retried(world: World) -> None:
+def test_backends_start_when_their_first_work_arrives_and_a_failed_start_is_retried(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
     busy = CountingBackend(MODEL, fail_starts=2)
     idle = CountingBackend("never-used")
     world.engine = Engine(world.store, world.blobs, ModelCatalog([busy, idle]), world.clock, world.engine.settings)
@@ -350,9 +351,68 @@ def test_backends_start_when_their_first_work_arrives_and_a_failed_start_is_retr
     done = world.run_until_done(batch.id)
     assert done.status is BatchStatus.COMPLETED
     one_line_per_custom_id(world, done, 6)
-    assert busy.starts == 3  # two failures (no request claimed meanwhile, none charged an attempt), then loaded
+    # Two failures (no request claimed meanwhile, none charged an attempt), then loaded: the first start
+    # is the ingest's warm-up as it read the batch's model, the others the dispatcher's.
+    assert busy.starts == 3
     assert idle.starts == 0  # a model nobody asked for is never loaded
-    assert world.engine.errors == 2
+    assert world.engine.errors == 1  # the dispatcher's failed start; the warm-up's is logged
+    assert [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "backend_start_failed"
+            ].count("backend failed to start: RuntimeError: model not loadable yet") == 2
     with sqlite3.connect(world.store.path) as db:
         attempts = [row[0] for row in db.execute("SELECT attempts FROM requests WHERE batch_id=?", (batch.id,))]
     assert attempts == [1] * 6
+
+
+class GatedBackend(ScriptedBackend):
+    """A scripted backend whose start waits until the test lets it finish, recording each call."""
+
+    def __init__(self) -> None:
+        super().__init__(MODEL, chunk_size=4, max_concurrency=2)
+        self.starts = 0
+        self.gate = asyncio.Event()
+
+    async def start(self) -> None:
+        self.starts += 1
+        await self.gate.wait()
+
+
+def test_an_ingest_starts_loading_its_model_before_it_ends_and_the_load_is_shared(world: World) -> None:
+    gated = GatedBackend()
+    world.engine = Engine(world.store, world.blobs, ModelCatalog([gated]), world.clock, world.engine.settings)
+    world.batches = BatchService(world.store, world.clock, on_change=world.engine.wake)
+    batch = world.submit([chat(i) for i in range(8)])
+    seen: list[BatchStatus] = []
+
+    async def during() -> None:
+        while gated.starts == 0:
+            await asyncio.sleep(0.001)
+        # The load began; the batch cannot have started running (nothing runs before the load ends).
+        b = world.store.get_batch("p", batch.id)
+        assert b is not None
+        seen.append(b.status)
+        await asyncio.sleep(0.2)  # the dispatcher wants the backend too meanwhile: it waits for the same load
+        gated.gate.set()
+
+    done = world.run_until_done(batch.id, during=during)
+    assert done.status is BatchStatus.COMPLETED
+    one_line_per_custom_id(world, done, 8)
+    assert seen and seen[0] in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
+    assert gated.starts == 1  # one load, shared by the warm-up and the dispatcher
+    assert gated.executed == 8
+
+
+def test_ingest_names_the_batch_model_once_before_it_stores_anything(world: World) -> None:
+    from freight.engine.ingest import ingest_batch
+    from freight.wire.batch_input import InputLimits
+
+    batch = world.submit([chat(i) for i in range(12)])
+    told: list[tuple[str, BatchStatus, int]] = []
+
+    def on_model(model: str) -> None:
+        b = world.store.get_batch("p", batch.id)
+        assert b is not None
+        told.append((model, b.status, world.store.open_counts(batch.id)[0]))
+
+    catalog = ModelCatalog([world.backend])
+    assert ingest_batch(batch, world.store, world.blobs, catalog, InputLimits(), world.clock, on_model)
+    assert told == [(MODEL, BatchStatus.VALIDATING, 0)]

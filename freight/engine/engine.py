@@ -45,6 +45,7 @@ from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
 from freight.engine.repeats import RepeatedFailures
 from freight.engine.settings import EngineSettings
+from freight.engine.starts import BackendStarts
 from freight.engine.step_failures import StepFailures
 from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns, claim_in_turn
@@ -100,6 +101,7 @@ class Engine:
                                  min(s.poll_interval_s, s.step_retry_max_s), s.step_retry_max_s)
         self._withdrawals = Withdrawals()  # of chunks in flight: set when their batch is cancelled or expires
         self._turns: dict[int, FairTurns] = {}  # by backend: the scheduling policy applied (engine/turns.py)
+        self.starts = BackendStarts(catalog)  # model loads, shared; an ingest warms its batch's model
 
     # ---- waking ------------------------------------------------------------------------
     def wake(self) -> None:
@@ -127,6 +129,7 @@ class Engine:
         """Run until ``stop`` is set or ``until()`` is true after a tick."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
+        self.starts.reopen()
         # Backends start lazily, when their first work arrives (see _dispatch): a model is not loaded
         # into memory by a process that never runs a request on it.
         for lane in self.catalog.lanes:
@@ -160,6 +163,7 @@ class Engine:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*dispatchers, *tasks, return_exceptions=True)
+            await self.starts.close()
             for lane in self.catalog.lanes:
                 await lane.close()
             for turns in self._turns.values():
@@ -279,14 +283,20 @@ class Engine:
 
     # ---- batch steps -------------------------------------------------------------------
     async def _ingest(self, batch: Batch) -> None:
+        loop = asyncio.get_running_loop()
+
+        def seen(model: str) -> None:  # from the ingest's thread
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: nothing to warm
+                loop.call_soon_threadsafe(self.starts.warm, model)
+
         if batch.endpoint == MESSAGES_ENDPOINT and await asyncio.to_thread(self.store.is_message_batch, batch.id):
             # A Message Batch: a bad request is that request's error, not the batch's (ingest_messages.py).
             await asyncio.to_thread(
                 ingest_message_batch, batch, self.store, self.blobs, self.catalog, self.clock)
         else:
             await asyncio.to_thread(
-                ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock
-            )
+                ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock,
+                seen)
         await self._transitioned(batch.status, batch.id)
 
     async def _finish(self, batch: Batch) -> None:
@@ -340,7 +350,7 @@ class Engine:
             if candidates and not started:
                 # Load the model before claiming anything, so that its load time does not eat the leases.
                 try:
-                    await backend.start()
+                    await self.starts.start(backend)
                     started = True
                 except Exception:
                     self.errors += 1
@@ -481,3 +491,4 @@ class Engine:
                 final = result
             completions.append(Completion(request.idx, request.attempt_id, final))
         return completions, retries
+

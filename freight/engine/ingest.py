@@ -6,6 +6,8 @@ next engine clears what was written and starts again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from freight.domain.batches import Batch, BatchError
 from freight.domain.clock import Clock
 from freight.ports import BlobStore, NewRequest, Store
@@ -17,9 +19,11 @@ INSERT_CHUNK = 5000
 
 
 def ingest_batch(
-    batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog, limits: InputLimits, clock: Clock
+    batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog, limits: InputLimits, clock: Clock,
+    on_model: Callable[[str], None] | None = None,
 ) -> bool:
-    """Validate and persist a batch's requests. True when the batch went on to in_progress."""
+    """Validate and persist a batch's requests. True when the batch went on to in_progress.
+    ``on_model`` is told the batch's model once, at its first valid request (to start loading it)."""
     store.clear_requests(batch.id)
     key = store.file_blob_key(batch.input_file_id)
     if key is None or not blobs.exists(key):
@@ -44,6 +48,8 @@ def ingest_batch(
                 body = with_batch_schema(body, batch.output_schema)
             if not batch.use_cache and catalog.lane_for(request.model) is None:
                 body = without_cache(body)  # honoured by backends/result_cache.py
+            if idx == 0 and on_model is not None and request.model:
+                on_model(request.model)
             rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=body))
             idx += 1
             if len(rows) >= INSERT_CHUNK:
