@@ -91,7 +91,7 @@ SELECT * FROM unnest(CAST(:batch_id AS text[]), CAST(:idx AS integer[]), CAST(:l
                      CAST(:custom_id AS text[]), CAST(:body AS bytea[]));
 
 -- name: refresh_stats
--- After a big ingest (common/batches.py start_batch).
+-- After a big ingest (common/batches.py start_batch), and when a big batch starts finalizing (set_status).
 ANALYZE requests;
 
 -- name: insert_finished_request

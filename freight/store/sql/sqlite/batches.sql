@@ -88,7 +88,7 @@ DELETE FROM requests WHERE batch_id = :batch_id;
 INSERT INTO requests (batch_id, idx, line, custom_id, body) VALUES (:batch_id, :idx, :line, :custom_id, :body);
 
 -- name: refresh_stats
--- After a big ingest (common/batches.py start_batch).
+-- After a big ingest (common/batches.py start_batch), and when a big batch starts finalizing (set_status).
 PRAGMA optimize;
 
 -- name: insert_finished_request
