@@ -64,7 +64,8 @@ WHERE batch_id = :batch_id AND idx = :idx AND state = {request.running} AND atte
 UPDATE requests r SET lease_until = v.until
 FROM unnest(CAST(:batch_id AS text[]), CAST(:idx AS integer[]), CAST(:attempt_id AS text[]),
             CAST(:until AS double precision[])) AS v(batch_id, idx, attempt_id, until)
-WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id AND r.state = {request.running};
+WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id
+  AND r.state + 0 = {request.running};  -- by primary key, never by requests_running (see complete_all)
 
 -- name: complete
 UPDATE requests SET state = {request.done}, status_code = :status_code, response_body = :response_body,
@@ -75,6 +76,10 @@ WHERE batch_id = :batch_id AND idx = :idx AND attempt_id = :attempt_id AND state
 
 -- name: complete_all
 -- Every result of a chunk in one statement (``Tx.bulk``: each parameter is an array of the rows' values).
+-- The rows are found by primary key: ``state + 0`` keeps the planner off the ``requests_running`` partial
+-- index, which it preferred on statistics that saw few running rows and which then read every running
+-- row of every worker and every dead entry left since the last vacuum, for each chunk (a cost that grew
+-- as a big batch ran).
 UPDATE requests r SET state = {request.done}, status_code = v.status_code, response_body = v.response_body,
     request_id = v.request_id, error_code = v.error_code, error_message = v.error_message,
     input_tokens = v.input_tokens, output_tokens = v.output_tokens, attempt_id = NULL, lease_owner = NULL,
@@ -85,7 +90,7 @@ FROM unnest(CAST(:batch_id AS text[]), CAST(:idx AS integer[]), CAST(:attempt_id
             CAST(:output_tokens AS integer[]))
      AS v(batch_id, idx, attempt_id, status_code, response_body, request_id, error_code, error_message,
           input_tokens, output_tokens)
-WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id AND r.state = {request.running};
+WHERE r.batch_id = v.batch_id AND r.idx = v.idx AND r.attempt_id = v.attempt_id AND r.state + 0 = {request.running};
 
 -- name: retry_later
 UPDATE requests SET state = {request.pending}, not_before = :not_before, last_error = :last_error,
