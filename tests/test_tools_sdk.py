@@ -227,8 +227,10 @@ def test_anthropic_batch_with_tools(anthropic_client: Anthropic) -> None:
         return {"custom_id": custom_id, "params": {"model": CHAT_MODEL, "max_tokens": 200, "tools": ANTHROPIC_TOOLS,
                                                    "messages": [{"role": "user", "content": question}], **extra}}
 
-    # (sampled at 0.7, the model now and then writes a long argument: room for it, so that the call is whole)
-    requests = [req(f"any-{i}", q, tool_choice={"type": "any"}, temperature=0.7, max_tokens=400)
+    # (sampled at 0.7, the model now and then writes a long argument or several calls: room for them, so that the
+    # answer is whole; 400 once cut one off. 576 is what the 1,024 tokens of a request leave after its ~443-token
+    # prompt.)
+    requests = [req(f"any-{i}", q, tool_choice={"type": "any"}, temperature=0.7, max_tokens=576)
                 for i, q in enumerate(QUESTIONS[2:])]
     requests += [req("tool", QUESTIONS[1], tool_choice={"type": "tool", "name": "book_flight",
                                                         "disable_parallel_tool_use": True}),
