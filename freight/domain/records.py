@@ -21,8 +21,9 @@ def quick_init(cls: type[T]) -> type[T]:
     if params is None or not params.frozen or hasattr(cls, "__slots__") or hasattr(cls, "__post_init__"):
         raise TypeError(f"quick_init needs a frozen dataclass without slots or __post_init__: {cls!r}")
     env: dict[str, Any] = {}
-    args, body = [], []
+    args, body, names = [], [], []
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        names.append(f.name)
         if not f.init:
             raise TypeError(f"quick_init does not handle init=False fields: {cls.__name__}.{f.name}")
         if f.default is not dataclasses.MISSING:
@@ -35,7 +36,6 @@ def quick_init(cls: type[T]) -> type[T]:
             body.append(f"    if {f.name} is _MISSING: {f.name} = _f_{f.name}()")
         else:
             args.append(f.name)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     items = ", ".join(f"{n!r}: {n}" for n in names)
     source = (f"def __init__(self, {', '.join(args)}):\n" + "\n".join(body) + ("\n" if body else "")
               + f"    self.__dict__.update({{{items}}})\n")

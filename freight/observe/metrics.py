@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -169,33 +169,15 @@ class _Histogram:
         return family
 
 
-class _Counter:
-    """A labelled counter incremented by ``n`` at a time (one call per chunk)."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, label: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[label] = self._values.get(label, 0.0) + n
-
-    def family(self, spec: MetricSpec) -> CounterMetricFamily:
-        family = CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=list(spec.labels))
-        with self._lock:
-            values = dict(self._values)
-        for label, value in sorted(values.items()):
-            family.add_metric([label], value)
-        return family
-
-
 class ProcessMeter(Collector):
     """The ``process`` series of this process."""
 
     def __init__(self) -> None:
         self.duration = _Histogram(REQUEST_DURATION_BUCKETS)
-        self.rate_limited = _Counter()
-        self.retries = _Counter()
+        r = SPECS["freight_upstream_rate_limited_total"]
+        self.rate_limited = Counter(r.name, r.help, r.labels, registry=None)
+        t = SPECS["freight_request_retries_total"]
+        self.retries = Counter(t.name, t.help, t.labels, registry=None)
 
     def observe(self, bodies: Sequence[dict[str, Any]], results: Sequence[Result | Failure], seconds: float) -> None:
         models: dict[str, int] = {}
@@ -206,16 +188,16 @@ class ProcessMeter(Collector):
                 continue  # the common case: an answer that is neither a rate limit nor retryable
             status = result.status_code if isinstance(result, Result) else None
             if status == 429:
-                self.rate_limited.inc(model)
+                self.rate_limited.labels(model).inc()
             if isinstance(result, Failure) or (status is not None and is_transient_status(status)):
-                self.retries.inc(model)
+                self.retries.labels(model).inc()
         for model, n in models.items():
             self.duration.observe(model, seconds, n)
 
     def collect(self) -> Iterator[Metric]:
         yield self.duration.family(SPECS["freight_request_duration_seconds"])
-        yield self.rate_limited.family(SPECS["freight_upstream_rate_limited_total"])
-        yield self.retries.family(SPECS["freight_request_retries_total"])
+        for metric in (self.rate_limited, self.retries):
+            yield from metric.collect()
 
 
 class MeteredBackend:
