@@ -69,6 +69,10 @@ class BudgetedQueue:
     def _allowance(self, batch_id: str, now: float, limit: int) -> int:
         """How many of ``batch_id``'s requests one claim may start (``budget.affordable``); 0 once its
         spending reached its cap, and then its unstarted requests are closed and it is cancelled."""
+        # Running requests first, the cost stored second: a chunk that finishes in between is then counted
+        # both as running and in the cost (a claim too small, for once). The other order counted it in
+        # neither, and each such chunk let a claim start its size again past the cap.
+        running = self._store.open_counts(batch_id)[1]
         batch = self._store.get_batch(None, batch_id)
         if batch is None:
             return limit
@@ -81,7 +85,6 @@ class BudgetedQueue:
         spent = self._cost.cost(batch).cost_usd
         c = batch.request_counts
         if not budget.reached(spent, cap):
-            running = self._store.open_counts(batch_id)[1]
             return budget.affordable(spent, cap, c.completed + c.failed, limit, running)
         if batch.status is not BatchStatus.IN_PROGRESS:
             return limit  # (nothing is claimed from it anyway)
