@@ -39,6 +39,8 @@ from freight.runtime import Runtime, build_runtime
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 EMB, CHAT, PINNED, SCALED = "emb-ray", "chat-ray", "emb-pinned", "emb-scaled"
+#: A vLLM model placed on the cluster, whose nodes have no vLLM (nor GPU): no replica can load it.
+GPU = "vllm-ray"
 #: The second node's own resource: the "pinned" model runs only there (so that removing it hits its replica).
 NODE2 = "freight_node2"
 
@@ -79,6 +81,14 @@ num_cpus = 0.25
 chunk_size = 4
 threads = 1
 scale_interval_s = 0.2
+
+[models."{GPU}"]
+backend = "vllm"
+model = "Qwen/Qwen2.5-0.5B-Instruct"
+placement = "ray"
+replicas = {{ min = 0, max = 1 }}
+num_cpus = 0.25
+chunk_size = 4
 
 [engine]
 poll_interval_s = 0.05
@@ -357,3 +367,26 @@ def test_replicas_grow_with_the_queue_and_shrink_when_it_drains(world: World) ->
     assert max(sizes) <= 3, sizes
     assert sizes[-1] == 1
     assert len(world.pool(SCALED).live) == 1
+
+
+def test_a_model_no_replica_can_load_fails_its_requests_instead_of_waiting(world: World) -> None:
+    # A vLLM model on a cluster whose nodes lack vLLM: the replica's load fails, twice, and the slot gives up;
+    # the chunks get MODEL_UNAVAILABLE (retried, then error lines naming the cause), the batch ends.
+    from freight.backends.ray import MODEL_UNAVAILABLE
+    from freight.backends.vllm import INSTALL_HINT
+
+    n = 6
+    started = time.monotonic()
+    done = world.run(world.submit(GPU, "/v1/chat/completions",
+                                  [{"messages": [{"role": "user", "content": f"hi {i}"}]} for i in range(n)]).id)
+    assert done.status == BatchStatus.COMPLETED, done
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, n)
+    errors = world.lines(done.error_file_id)
+    assert sorted(line["custom_id"] for line in errors) == sorted(f"r{i}" for i in range(n))
+    for line in errors:
+        assert line["response"] is None
+        assert line["error"]["code"] == MODEL_UNAVAILABLE
+        assert "could load it" in line["error"]["message"] and INSTALL_HINT in line["error"]["message"]
+    pool = world.pool(GPU)
+    assert not pool.live and pool.load_error is not None
+    assert time.monotonic() - started < 60  # one failed load per slot, then every attempt fails at once

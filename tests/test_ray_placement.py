@@ -61,6 +61,7 @@ def test_placement_is_parsed_with_its_defaults() -> None:
 @pytest.mark.parametrize(("table", "message"), [
     ({"backend": "local-embeddings", "placement": "cloud"}, "placement must be one of"),
     ({"backend": "openai", "placement": "ray"}, "is for local models"),
+    ({"backend": "vllm", "placement": "ray", "task": "draw"}, "task must be one of"),
     ({"backend": "local-embeddings", "replicas": 2}, "only apply with placement"),
     ({"backend": "local-embeddings", "placement": "ray", "replicas": {"min": 3, "max": 2}}, "min <= max"),
     ({"backend": "local-embeddings", "placement": "ray", "replicas": {"min": 1, "most": 2}}, "replicas must be"),
@@ -89,6 +90,50 @@ def test_a_ray_model_is_built_without_touching_ray(tmp_path: Path) -> None:
     # The engine may keep every replica busy: max replicas x the local backend's chunks in flight.
     assert (backend.chunk_size, backend.max_concurrency) == (16, 3 * backend.local.max_concurrency)
     assert backend.pool is None  # nothing connects before work arrives
+
+
+def test_a_vllm_model_is_placed_on_ray_without_vllm_in_this_process() -> None:
+    # The freight worker that dispatches to GPU actors needs no vLLM (nor a GPU): the replicas load it.
+    from freight.backends.vllm import vllm_missing
+
+    assert vllm_missing("g") is not None, "this test is about a process without vLLM"
+    with pytest.raises(ConfigError, match="vllm"):
+        build_backend("g", {"backend": "vllm", "model": "Qwen/Qwen2.5-0.5B-Instruct"})  # in process: said at once
+    backend = build_backend("g", {"backend": "vllm", "model": "Qwen/Qwen2.5-0.5B-Instruct", "placement": "ray",
+                                  "num_gpus": 1, "replicas": {"min": 1, "max": 2}, "chunk_size": 128})
+    assert isinstance(backend, RayBackend)
+    assert (backend.kind, backend.placement.num_gpus, backend.chunk_size) == ("vllm", 1.0, 128)
+    assert [m.id for m in backend.models()] == ["g"]
+    assert backend.options == {"model": "Qwen/Qwen2.5-0.5B-Instruct", "chunk_size": 128}
+
+
+def test_vllm_tensor_parallelism_needs_as_many_gpus_per_replica() -> None:
+    table = {"backend": "vllm", "model": "m", "placement": "ray", "tensor_parallel_size": 2}
+    with pytest.raises(ConfigError, match="tensor_parallel_size = 2 needs num_gpus >= 2"):
+        parse_placement("g", {**table, "num_gpus": 1})
+    placed = parse_placement("g", {**table, "num_gpus": 2})
+    assert placed is not None and placed.num_gpus == 2.0
+
+
+def test_replicas_are_named_by_their_weights(tmp_path: Path) -> None:
+    from freight.backends.ray.placement import weights_identity
+
+    # A Hugging Face id names itself; a local directory by its files (never read whole: they can be huge).
+    assert weights_identity("vllm", "g", {"model": "org/a"}) != weights_identity("vllm", "g", {"model": "org/b"})
+    assert weights_identity("vllm", "org/a", {}) == weights_identity("vllm", "g", {"model": "org/a"})
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    before = weights_identity("vllm", "g", {"model": str(d)})
+    assert weights_identity("vllm", "g", {"model": str(d)}) == before
+    (d / "model.safetensors").write_bytes(b"x" * 10)
+    assert weights_identity("vllm", "g", {"model": str(d)}) != before
+    # A single weights file: its content.
+    f = tmp_path / "w.gguf"
+    f.write_bytes(b"one")
+    first = weights_identity("llama-cpp", "c", {"model_path": str(f)})
+    f.write_bytes(b"two")
+    assert weights_identity("llama-cpp", "c", {"model_path": str(f)}) != first
 
 
 @pytest.mark.parametrize(("text", "env", "expected"), [

@@ -16,11 +16,12 @@ KINDS = ("local-embeddings", "llama-cpp", "openai", "scripted", "vllm")
 
 
 def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None, *, ray_address: str | None = None,
-                  queue_depth: Callable[[str], int] | None = None) -> Backend:
+                  queue_depth: Callable[[str], int] | None = None, runs_here: bool = True) -> Backend:
     """The backend for one ``[models."name"]`` table of freight.toml. ``redis_url``: remote upstreams'
     rate limits are shared there by every process (freight/backends/shared_limit.py). A local model with
     ``placement = "ray"`` runs on Ray actors (freight/backends/ray/) at ``ray_address``, scaled by
-    ``queue_depth(model)``."""
+    ``queue_depth(model)``. ``runs_here=False``: the backend only checks options in this process (its model
+    runs on Ray actors), so an engine it imports at load time (vLLM) need not be installed here."""
     from freight.backends.ray.placement import PLACEMENT_KEYS, parse_placement
 
     placement = parse_placement(name, table)
@@ -28,7 +29,7 @@ def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None
         from freight.backends.ray.backend import RayBackend
 
         local_table = {k: v for k, v in table.items() if k not in PLACEMENT_KEYS}
-        local = build_backend(name, local_table)
+        local = build_backend(name, local_table, runs_here=False)
         options = {k: v for k, v in local_table.items() if k not in ("backend", "cache")}
         return RayBackend(table["backend"], name, options, local, placement, ray_address, queue_depth)
     options = {k: v for k, v in table.items() if k not in ("backend", "cache", "placement")}
@@ -54,7 +55,8 @@ def build_backend(name: str, table: dict[str, Any], redis_url: str | None = None
         if kind == "vllm":
             from freight.backends.vllm import VllmBackend, vllm_missing
 
-            missing = vllm_missing(name)  # said at startup, not at the first request's model load
+            # Said at startup, not at the first request's model load (a replica on Ray says it when it loads).
+            missing = vllm_missing(name) if runs_here else None
             if missing is not None:
                 raise ConfigError(missing, param="backend")
             return VllmBackend(model_id=name, **options)

@@ -10,7 +10,7 @@ Ray is imported only when a model placed on Ray starts (``pip install 'freight[r
 
 from freight.backends.ray.backend import RayBackend
 from freight.backends.ray.placement import PLACEMENT_KEYS, RayPlacement, check_address, parse_placement
-from freight.backends.ray.pool import REPLICA_LOST, ReplicaPool
+from freight.backends.ray.pool import MODEL_UNAVAILABLE, REPLICA_LOST, ReplicaPool
 
-__all__ = ["PLACEMENT_KEYS", "REPLICA_LOST", "RayBackend", "RayPlacement", "ReplicaPool", "check_address",
-           "parse_placement"]
+__all__ = ["MODEL_UNAVAILABLE", "PLACEMENT_KEYS", "REPLICA_LOST", "RayBackend", "RayPlacement", "ReplicaPool",
+           "check_address", "parse_placement"]

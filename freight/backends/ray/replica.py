@@ -19,13 +19,23 @@ from typing import Any
 from freight.domain.requests import Failure, Result
 
 
+class ModelLoadError(RuntimeError):
+    """The replica could not build its backend or load its model (raised by ``ready`` inside the actor)."""
+
+
 class ModelReplica:
     """One replica: ``ready`` (load once), ``execute`` (one chunk), ``info``. Runs inside a Ray actor."""
 
     def __init__(self, kind: str, model_id: str, options: dict[str, Any]) -> None:
         from freight.backends import build_backend
 
-        self._backend = build_backend(model_id, {"backend": kind, **options})
+        #: Why this node cannot build the backend (its engine is not installed here, say): ``ready`` says it.
+        #: Not raised here: an actor whose constructor raises is indistinguishable from one that was killed.
+        self._unusable: str | None = None
+        try:
+            self._backend = build_backend(model_id, {"backend": kind, **options})
+        except Exception as exc:
+            self._unusable = str(exc) or type(exc).__name__
         self._model_id = model_id
         self._loads = 0
         self._chunks = 0
@@ -38,6 +48,8 @@ class ModelReplica:
         """Load the model unless this actor already holds it; then ``info()``."""
         if self._loading is None:
             self._loading = asyncio.Lock()
+        if self._unusable is not None:
+            raise ModelLoadError(self._unusable)
         async with self._loading:
             if not self._loaded:
                 await self._backend.start()
