@@ -108,6 +108,18 @@ def sentences(i: int, n: int) -> list[str]:
     return [" ".join(WORDS[(i + j + k) % len(WORDS)] for k in range(24)) + f" {i}-{j}" for j in range(n)]
 
 
+#: The port of the Ray Client server on the module's cluster's head node.
+CLIENT_PORT: dict[str, int] = {}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR",)}
@@ -118,7 +130,8 @@ def cluster() -> Iterator[Cluster]:
     (temp / "ray").mkdir()
     c = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "resources": {"freight_head": 1}, "temp_dir": str(temp), "include_dashboard": False,
-        "object_store_memory": 100 * 1024 * 1024})
+        "object_store_memory": 100 * 1024 * 1024,
+        "ray_client_server_port": CLIENT_PORT.setdefault("port", free_port())})
     c.add_node(num_cpus=2, resources={NODE2: 1}, object_store_memory=100 * 1024 * 1024)
     c.wait_for_nodes()
     ray.init(address=c.address, namespace="freight", log_to_driver=False)
@@ -329,6 +342,42 @@ def test_a_restarted_freight_finds_its_models_warm(cluster: Cluster, tmp_path: P
     assert after["pid"] == before["pid"]
     assert after["loads"] == before["loads"] == 1  # the model was not loaded again
     assert after["chunks"] > before["chunks"]
+
+
+def test_freight_drives_the_cluster_through_ray_client(cluster: Cluster, tmp_path: Path) -> None:
+    # `[ray] address = "ray://host:port"`: freight as a Ray Client of the head's client server (the driver is not
+    # a cluster node); its chunks run on the same named actors.
+    port = CLIENT_PORT["port"]
+    root = tmp_path / "client"
+    root.mkdir()
+    (root / "freight.toml").write_text(CONFIG + f'\n[ray]\naddress = "ray://127.0.0.1:{port}"\n')
+    n = 20
+    (root / "in.jsonl").write_text("".join(
+        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
+                    "body": {"model": EMB, "input": f"client line {i}"}}) + "\n" for i in range(n)))
+    chunks_before = sum(i["chunks"] for i in emb_actor_infos())
+    done = subprocess.run([*freight_command(), "run", "in.jsonl", "-o", "out.jsonl", "--data-dir", "data",
+                           "--config", "freight.toml"], cwd=root, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = [json.loads(line) for line in (root / "out.jsonl").read_text().splitlines()]
+    assert sorted(line["custom_id"] for line in out) == sorted(f"r{i}" for i in range(n))
+    assert all(line["response"]["status_code"] == 200 for line in out)
+    infos = emb_actor_infos()
+    assert len(infos) == 1  # the model's one replica (adopted if an earlier test started it)
+    assert sum(i["chunks"] for i in infos) >= chunks_before + n // 8  # chunks of 8 ran on the cluster's actor
+
+
+def emb_actor_infos() -> list[dict[str, Any]]:
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "freight" and a["name"].startswith(f"{EMB}:")]
+    infos = []
+    for name in names:
+        try:
+            infos.append(ray.get(ray.get_actor(name, namespace="freight").info.remote(), timeout=30))
+        except (ray.exceptions.RayActorError, ValueError):
+            continue  # a dead one (killed by an earlier test)
+    return infos
 
 
 def before_name(w: World) -> str:
