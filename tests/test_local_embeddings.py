@@ -148,7 +148,7 @@ def test_models_and_settings() -> None:
     assert (info.id, info.endpoints, info.owned_by) == ("mini", frozenset({ENDPOINT}), "freight")
     assert (b.chunk_size, b.max_concurrency) == (32, 2)
     default = LocalEmbeddingBackend()
-    assert (default.chunk_size, default.max_concurrency) == (1024, 2)
+    assert (default.chunk_size, default.max_concurrency) == (1024, 1)
     assert (default.batch_size, default.batch_tokens) == (32, 2048)
 
 

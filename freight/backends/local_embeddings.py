@@ -207,8 +207,10 @@ class _Job:
 class LocalEmbeddingBackend:
     """all-MiniLM-L6-v2 embeddings on onnxruntime; see the module docstring for what it accepts.
 
-    ``max_concurrency`` 2 keeps two chunks in flight: model calls take turns (each uses every core),
-    so one chunk is tokenised or its results stored while the other runs on the model.
+    ``max_concurrency`` 1: one chunk in flight. A second one (tokenised, its results encoded, while the
+    first runs on the model) took the cores from onnxruntime's spinning threads, whose every operator then
+    waits for the slowest of them: 20,000 requests took 61.4-63.8 s with two chunks, 58.6-60.8 s with one,
+    against 55.5-56.8 s for the plain script (2 cores, alternated, docs/embeddings.md).
     """
 
     def __init__(
@@ -219,7 +221,7 @@ class LocalEmbeddingBackend:
         batch_tokens: int = 2048,
         chunk_size: int = 1024,
         threads: int | None = None,
-        max_concurrency: int = 2,
+        max_concurrency: int = 1,
         spin: bool = True,
     ) -> None:
         if not isinstance(spin, bool):
