@@ -34,6 +34,7 @@ from freight.backends.ray import RayBackend
 from freight.backends.ray.pool import ReplicaPool
 from freight.config import load_settings
 from freight.domain.batches import TERMINAL, Batch, BatchStatus
+from freight.domain.requests import Result
 from freight.runtime import Runtime, build_runtime
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -439,3 +440,42 @@ def test_a_model_no_replica_can_load_fails_its_requests_instead_of_waiting(world
     pool = world.pool(GPU)
     assert not pool.live and pool.load_error is not None
     assert time.monotonic() - started < 60  # one failed load per slot, then every attempt fails at once
+
+
+def test_scaling_down_lets_other_workers_chunks_finish(world: World) -> None:
+    # Two freight workers share a cluster: worker A runs chunks on replicas 0 and 1; worker B (its own pool
+    # over the same actors) scales down to one replica, retiring slot 1, which is idle as far as B knows. A's
+    # chunk there still ends with its results (no replica_lost, so no attempt spent), A's next chunk runs on
+    # slot 0, and the retired actor is gone once it has drained.
+    backend = world.backend(SCALED)
+    bodies = [{"model": SCALED, "input": sentences(i, 12)} for i in range(16)]
+
+    async def main() -> None:
+        a = ReplicaPool(backend._spec())  # without the backend's autoscaler, which would shrink it meanwhile
+        await a.adopt()
+        await a.scale(2)
+        await a.wait_ready(2, timeout_s=120)
+        retired_name = a.spec.name(1)
+        b = ReplicaPool(a.spec)
+        assert await b.adopt() == 2
+        chunks = [asyncio.create_task(a.execute("/v1/embeddings", bodies)) for _ in range(2)]
+        deadline = time.monotonic() + 30
+        while not all(r.inflight for r in a.live.values()):  # one chunk on each replica
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await b.scale(1)
+        assert set(b.live) == {0} and set(b.retiring) == {1}
+        await a.scale(1)  # A's autoscaler agrees (same queue); both its replicas are busy, so it retires none
+        assert set(a.live) == {0, 1} and not a.retiring
+        for results in await asyncio.gather(*chunks):
+            assert all(isinstance(r, Result) and r.status_code == 200 for r in results), results
+        # Two more chunks at once: the one sent to slot 1 (drained, within its grace) is answered "retiring"
+        # and runs on slot 0.
+        for results in await asyncio.gather(*(a.execute("/v1/embeddings", bodies[:4]) for _ in range(2))):
+            assert all(isinstance(r, Result) and r.status_code == 200 for r in results), results
+        assert set(a.live) == {0} and a.lost == 0 and not a.starting
+        await asyncio.wait_for(asyncio.gather(*b.retiring.values()), 60)
+        with pytest.raises(ValueError):
+            ray.get_actor(retired_name, namespace="freight")
+
+    asyncio.run(main())

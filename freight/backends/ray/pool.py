@@ -37,6 +37,10 @@ MODEL_UNAVAILABLE = "model_unavailable"
 LOAD_TRIES = 2
 #: After a slot gave up, no replica is started for this long, and chunks with no live replica fail at once.
 LOAD_RETRY_S = 30.0
+#: The longest a retired replica is left to finish chunks that other freight workers run on it.
+RETIRE_DRAIN_S = 600.0
+#: How long a drained retired replica still answers "retiring" to chunks sent to it, before it is killed.
+RETIRE_GRACE_S = 5.0
 
 
 class ModelUnavailable(Exception):
@@ -73,6 +77,8 @@ class ReplicaPool:
         self.live: dict[int, Replica] = {}
         #: Slots whose actor is being created or loaded.
         self.starting: dict[int, asyncio.Task[None]] = {}
+        #: Slots whose actor this pool retired and is waiting to drain before it is killed.
+        self.retiring: dict[int, asyncio.Task[None]] = {}
         #: The replica count the pool keeps (dead ones are replaced up to it).
         self.target = spec.placement.bounds.min
         #: Replicas dropped because their actor died.
@@ -92,6 +98,7 @@ class ReplicaPool:
             # A new event loop (the engine ran again): tasks of the old one are gone.
             self._changed, self._loop = asyncio.Condition(), loop
             self.starting = {s: t for s, t in self.starting.items() if not t.done() and t.get_loop() is loop}
+            self.retiring = {s: t for s, t in self.retiring.items() if not t.done() and t.get_loop() is loop}
         return self._changed
 
     async def _notify(self) -> None:
@@ -146,6 +153,10 @@ class ReplicaPool:
                 info = await handle.ready.remote()
             except ray.exceptions.RayActorError:
                 continue  # dead: its slot is free
+            if info.get("retiring"):
+                # Retired by a freight process that is gone (its kill after the drain never came).
+                await self._kill(Replica(slot, handle, info))
+                continue
             self.live[slot] = Replica(slot, handle, info)
             adopted += 1
             log.info("replica %s adopted, already loaded (pid %s, loads %s)", self.spec.name(slot), info.get("pid"),
@@ -181,6 +192,10 @@ class ReplicaPool:
                         return
                     await asyncio.sleep(1.0)
                     continue
+                if info.get("retiring"):
+                    # Another worker retired this slot's actor and kills it once its chunks end: wait for that.
+                    await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
+                    continue
                 self.load_error = None
                 self.live[slot] = Replica(slot, handle, info)
                 log.info("replica %s ready (pid %s, loads %s)", self.spec.name(slot), info.get("pid"),
@@ -193,10 +208,10 @@ class ReplicaPool:
             await self._notify()
 
     def _free_slot(self) -> int | None:
-        for slot in range(self.spec.placement.bounds.max):
-            if slot not in self.live and slot not in self.starting:
-                return slot
-        return None
+        free = [slot for slot in range(self.spec.placement.bounds.max)
+                if slot not in self.live and slot not in self.starting]
+        # A slot being retired takes a new actor only once the old one is gone: prefer the others.
+        return min(free, key=lambda slot: (slot in self.retiring, slot)) if free else None
 
     def load_failed_recently(self) -> bool:
         return self.load_error is not None and time.monotonic() - self.load_failed_at < LOAD_RETRY_S
@@ -225,8 +240,23 @@ class ReplicaPool:
                 replica = self.live[slot]
                 if replica.inflight == 0:
                     del self.live[slot]
-                    await self._kill(replica)
+                    self.retiring[slot] = asyncio.create_task(self._retire(replica))
                     log.info("replica %s retired", self.spec.name(slot), extra={"event": "ray_replica_retired"})
+
+    async def _retire(self, replica: Replica) -> None:
+        """Stop a replica this pool no longer needs without failing chunks that other freight workers sharing
+        the cluster run on it: the actor takes no new chunk (they go to another replica) and is killed once
+        the running ones end."""
+        import ray
+
+        try:
+            await asyncio.wait_for(replica.handle.retire.remote(RETIRE_GRACE_S), RETIRE_DRAIN_S + RETIRE_GRACE_S)
+        except (ray.exceptions.RayError, TimeoutError):
+            pass  # dead already, or a chunk that never ends: killed all the same
+        finally:
+            await self._kill(replica)
+            if self.retiring.get(replica.slot) is asyncio.current_task():
+                del self.retiring[replica.slot]
 
     async def _kill(self, replica: Replica) -> None:
         import ray
@@ -268,23 +298,29 @@ class ReplicaPool:
         """Run one chunk on a live replica. A dead replica fails the chunk (retryable) and is replaced."""
         import ray
 
-        try:
-            replica = await self._acquire()
-        except ModelUnavailable as exc:
-            return [Failure(MODEL_UNAVAILABLE, f"no Ray replica of model {self.spec.model_id!r} could load it: {exc}")
-                    ] * len(bodies)
-        try:
-            results: list[Result | Failure] = await replica.handle.execute.remote(endpoint, list(bodies))
-            return results
-        except ray.exceptions.RayActorError as exc:
-            await self._drop(replica, exc)
-            return [Failure(REPLICA_LOST, f"the Ray actor running this request was lost: {type(exc).__name__}")
-                    ] * len(bodies)
-        except ray.exceptions.RayError as exc:
-            return [Failure("backend_error", f"Ray could not run this request: {type(exc).__name__}: {exc}")
-                    ] * len(bodies)
-        finally:
-            await self._release(replica)
+        while True:
+            try:
+                replica = await self._acquire()
+            except ModelUnavailable as exc:
+                return [Failure(MODEL_UNAVAILABLE,
+                                f"no Ray replica of model {self.spec.model_id!r} could load it: {exc}")] * len(bodies)
+            try:
+                results: list[Result | Failure] | None = await replica.handle.execute.remote(endpoint, list(bodies))
+            except ray.exceptions.RayActorError as exc:
+                await self._drop(replica, exc)
+                return [Failure(REPLICA_LOST, f"the Ray actor running this request was lost: {type(exc).__name__}")
+                        ] * len(bodies)
+            except ray.exceptions.RayError as exc:
+                return [Failure("backend_error", f"Ray could not run this request: {type(exc).__name__}: {exc}")
+                        ] * len(bodies)
+            finally:
+                await self._release(replica)
+            if results is not None:
+                return results
+            # Another freight worker retired this replica (it ran nothing): forget it, run the chunk elsewhere.
+            if self.live.get(replica.slot) is replica:
+                del self.live[replica.slot]
+                await self._fill()
 
     async def _drop(self, replica: Replica, exc: BaseException) -> None:
         """Take a dead replica out of the pool at once and start another in its slot."""

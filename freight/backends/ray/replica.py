@@ -43,6 +43,10 @@ class ModelReplica:
         self._busy_s = 0.0
         self._loading: asyncio.Lock | None = None
         self._loaded = False
+        #: Chunks running now (from every freight worker), and set once a worker retired this replica.
+        self._running = 0
+        self._retiring = False
+        self._drained: asyncio.Event | None = None
 
     async def ready(self) -> dict[str, Any]:
         """Load the model unless this actor already holds it; then ``info()``."""
@@ -61,15 +65,36 @@ class ModelReplica:
         import ray
 
         return {"pid": os.getpid(), "loads": self._loads, "chunks": self._chunks, "busy_s": self._busy_s,
-                "model": self._model_id,
+                "model": self._model_id, "retiring": self._retiring,
                 "node_id": ray.get_runtime_context().get_node_id()}
 
-    async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure]:
-        if not self._loaded:
-            await self.ready()
-        self._chunks += 1
-        started = time.perf_counter()
+    async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure] | None:
+        """The chunk's results; None, having run nothing, once the replica is retiring (run it elsewhere)."""
+        if self._retiring:
+            return None
+        self._running += 1
         try:
-            return await self._backend.execute(endpoint, bodies)
+            if not self._loaded:
+                await self.ready()
+            self._chunks += 1
+            started = time.perf_counter()
+            try:
+                return await self._backend.execute(endpoint, bodies)
+            finally:
+                self._busy_s += time.perf_counter() - started
         finally:
-            self._busy_s += time.perf_counter() - started
+            self._running -= 1
+            if self._running == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def retire(self, grace_s: float = 0.0) -> int:
+        """Take no new chunk; return once the chunks running (any worker's) have ended, and ``grace_s`` later
+        (chunks sent meanwhile are answered None, so their workers learn to run them elsewhere): how many
+        were running. The freight process that retired the replica kills it then."""
+        self._retiring = True
+        running = self._running
+        if running:
+            self._drained = self._drained or asyncio.Event()
+            await self._drained.wait()
+        await asyncio.sleep(grace_s)
+        return running
