@@ -159,3 +159,14 @@ def test_wrong_ray_section_is_a_config_error(tmp_path: Path, text: str, message:
     config.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings(config, data_dir=tmp_path, env={})
+
+
+def test_a_retiring_replica_is_orphaned_only_after_its_retirers_longest_wait() -> None:
+    # Another worker's retired replica is left to that worker (it kills it after the drain), unless it has been
+    # retiring longer than that worker could have waited: then whoever finds it kills it.
+    from freight.backends.ray.pool import RETIRE_DRAIN_S, RETIRE_GRACE_S, orphaned
+
+    assert not orphaned({"retiring": True, "retiring_for_s": 5.0})
+    assert not orphaned({"retiring": True, "retiring_for_s": RETIRE_DRAIN_S + RETIRE_GRACE_S})
+    assert orphaned({"retiring": True, "retiring_for_s": RETIRE_DRAIN_S + RETIRE_GRACE_S + 61})
+    assert not orphaned({"retiring": False})  # an older replica's info has no such key either

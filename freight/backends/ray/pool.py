@@ -154,9 +154,9 @@ class ReplicaPool:
             except ray.exceptions.RayActorError:
                 continue  # dead: its slot is free
             if info.get("retiring"):
-                # Retired by a freight process that is gone (its kill after the drain never came).
-                await self._kill(Replica(slot, handle, info))
-                continue
+                if orphaned(info):  # its retiring freight process is gone: the kill after the drain never came
+                    await self._kill(Replica(slot, handle, info))
+                continue  # another worker is draining it and kills it then
             self.live[slot] = Replica(slot, handle, info)
             adopted += 1
             log.info("replica %s adopted, already loaded (pid %s, loads %s)", self.spec.name(slot), info.get("pid"),
@@ -193,7 +193,10 @@ class ReplicaPool:
                     await asyncio.sleep(1.0)
                     continue
                 if info.get("retiring"):
-                    # Another worker retired this slot's actor and kills it once its chunks end: wait for that.
+                    # Another worker retired this slot's actor and kills it once its chunks end: wait for that
+                    # (or kill it here, if that worker is gone).
+                    if orphaned(info):
+                        await asyncio.to_thread(ray.kill, handle, no_restart=True)
                     await asyncio.sleep(min(2.0, 0.1 * 2 ** attempt))
                     continue
                 self.load_error = None
@@ -340,6 +343,11 @@ class ReplicaPool:
             info = await self.live[slot].handle.info.remote()
             out.append({"slot": slot, **info})
         return out
+
+
+def orphaned(info: dict[str, Any]) -> bool:
+    """A retiring replica that has outlived the longest wait of the process that retired it: nobody kills it."""
+    return float(info.get("retiring_for_s") or 0.0) > RETIRE_DRAIN_S + RETIRE_GRACE_S + 60
 
 
 def load_failure(exc: BaseException) -> str:

@@ -46,6 +46,7 @@ class ModelReplica:
         #: Chunks running now (from every freight worker), and set once a worker retired this replica.
         self._running = 0
         self._retiring = False
+        self._retiring_since = 0.0
         self._drained: asyncio.Event | None = None
 
     async def ready(self) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class ModelReplica:
 
         return {"pid": os.getpid(), "loads": self._loads, "chunks": self._chunks, "busy_s": self._busy_s,
                 "model": self._model_id, "retiring": self._retiring,
+                "retiring_for_s": time.monotonic() - self._retiring_since if self._retiring else 0.0,
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     async def execute(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result | Failure] | None:
@@ -91,7 +93,8 @@ class ModelReplica:
         """Take no new chunk; return once the chunks running (any worker's) have ended, and ``grace_s`` later
         (chunks sent meanwhile are answered None, so their workers learn to run them elsewhere): how many
         were running. The freight process that retired the replica kills it then."""
-        self._retiring = True
+        if not self._retiring:
+            self._retiring, self._retiring_since = True, time.monotonic()
         running = self._running
         if running:
             self._drained = self._drained or asyncio.Event()
