@@ -124,7 +124,7 @@ def weights_identity(kind: str, model_id: str, options: dict[str, Any]) -> str:
         return digest.hexdigest()
     if kind == "llama-cpp":
         if options.get("model_path"):
-            return file_hash(os.fspath(Path(os.fspath(options["model_path"])).expanduser()))
+            return file_hash(str(Path(os.fspath(options["model_path"])).expanduser()))
         from freight.backends.llama_cpp.weights import smollm2_path
 
         return file_hash(str(smollm2_path()))
