@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import ray
 from ray.cluster_utils import Cluster
-from servers import done_requests, freight_command, subprocess_env
+from servers import done_requests, free_port, freight_command, subprocess_env
 
 from freight.backends.ray import RayBackend
 from freight.backends.ray.pool import ReplicaPool
@@ -111,14 +111,6 @@ def sentences(i: int, n: int) -> list[str]:
 
 #: The port of the Ray Client server on the module's cluster's head node.
 CLIENT_PORT: dict[str, int] = {}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
