@@ -35,6 +35,7 @@ from servers import (
 )
 
 from freight.cli.logs import JsonFormatter, TextFormatter
+from freight.domain.keys import parse_token
 
 WRONG_KEY = "frk_000000000000_" + "W" * 43
 QUERY_SECRET = "sk-query-secret-0123456789"
@@ -152,8 +153,10 @@ def text_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
 
 
 def no_key_material(session: Session) -> None:
-    secret = session.key.rsplit("_", 1)[1]
-    for needle in (session.key, secret, WRONG_KEY, WRONG_KEY.rsplit("_", 1)[1], QUERY_SECRET, "Bearer"):
+    # The secret is everything after the id: it may hold "_" itself (urlsafe base64).
+    parsed, wrong = parse_token(session.key), parse_token(WRONG_KEY)
+    assert parsed is not None and wrong is not None
+    for needle in (session.key, parsed[1], WRONG_KEY, wrong[1], QUERY_SECRET, "Bearer"):
         assert needle not in session.log, f"{needle[:12]}… appears in the log"
 
 
