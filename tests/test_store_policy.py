@@ -115,6 +115,19 @@ def test_every_dialect_has_the_same_named_queries_and_no_macro_left(dialect: str
         assert "{" not in sql, name
 
 
+def test_named_parameters_become_numbered_ones_for_rows_passed_as_tuples() -> None:
+    sql, order = queries.positional("UPDATE t SET a = :a, b = :b || ':x' WHERE id = :id AND a <> :a AND c::text = 'y'")
+    assert order == ("a", "b", "id")
+    assert sql == "UPDATE t SET a = ?1, b = ?2 || ':x' WHERE id = ?3 AND a <> ?1 AND c::text = 'y'"
+
+
+@given(st.lists(st.sampled_from(["alpha", "beta", "gamma_1", "d"]), min_size=1, max_size=8))
+def test_positional_numbers_each_name_once_in_order_of_first_use(names: list[str]) -> None:
+    sql, order = queries.positional(" ".join(f":{n}" for n in names))
+    assert order == tuple(dict.fromkeys(names))
+    assert sql.split() == [f"?{order.index(n) + 1}" for n in names]
+
+
 def test_every_sql_file_is_package_data() -> None:
     import fnmatch
     import tomllib

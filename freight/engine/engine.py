@@ -445,12 +445,10 @@ class Engine:
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
             took = self.clock.now() - began  # the model time, without storing the results
             completions, retries = self._decide(claimed, results, withdrawal.is_set())
-            # Retrying is safe: each write is one transaction, and fencing makes a repeat a no-op.
-            if completions:
-                await self._store_with_retries("storing results", self.store.complete, batch.id, completions)
-            if retries:
-                await self._store_with_retries("scheduling retries", self.store.retry_later, batch.id, retries)
-            await asyncio.to_thread(self._turns[id(backend)].used, batch, took, len(claimed))
+            # One trip to a thread for all of it. Retrying is safe: each write is one transaction, and
+            # fencing makes a repeat of one that was stored a no-op.
+            await self._store_with_retries("storing results", self._store_chunk, self._turns[id(backend)], batch,
+                                           completions, retries, took, len(claimed))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -460,6 +458,14 @@ class Engine:
         finally:
             renewer.cancel()
         self.wake()
+
+    def _store_chunk(self, turns: FairTurns, batch: Batch, completions: list[Completion], retries: list[Retry],
+                     took: float, claimed: int) -> None:
+        if completions:
+            self.store.complete(batch.id, completions)
+        if retries:
+            self.store.retry_later(batch.id, retries)
+        turns.used(batch, took, claimed)  # (last: a repeat after a failed write must not count it twice)
 
     def _decide(
         self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure], withdrawn: bool = False

@@ -39,6 +39,7 @@ LANE_SUB_COLUMNS = (
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _MACRO = re.compile(r"\{(\w+)\.(\w+)\}")
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+_PARAM_OR_LITERAL = re.compile(r"'(?:[^']|'')*'|(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
 def _quoted(e: enum.Enum) -> str:
@@ -89,6 +90,24 @@ def parse(text: str) -> dict[str, str]:
 
 
 @functools.cache
+@functools.lru_cache(maxsize=256)
+def positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """A query with named parameters (``:name``) as one with numbered ones (``?1``, a name used twice
+    keeps its number), and the names in number order: for rows passed as tuples, which SQLite binds
+    without looking each name up in a dict per row."""
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)  # a string literal, left as it is
+        if name not in order:
+            order.append(name)
+        return f"?{order.index(name) + 1}"
+
+    return _PARAM_OR_LITERAL.sub(number, sql), tuple(order)
+
+
 def queries(dialect: str) -> dict[str, str]:
     """Every named query of a dialect ("sqlite" or "postgres"), in the driver's parameter style."""
     out: dict[str, str] = {}

@@ -120,8 +120,9 @@ class BatchesMixin(Base):
 
     def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None:
         with self._db.write() as tx:
-            tx.bulk("insert_requests", [{"batch_id": batch_id, "idx": r.idx, "line": r.line, "custom_id": r.custom_id,
-                                        "body": r.body} for r in rows])
+            tx.bulk("insert_requests", {"batch_id": [batch_id] * len(rows), "idx": [r.idx for r in rows],
+                                        "line": [r.line for r in rows], "custom_id": [r.custom_id for r in rows],
+                                        "body": [r.body for r in rows]})
 
     def insert_finished_requests(self, batch_id: str, rows: Sequence[tuple[NewRequest, Result]]) -> None:
         with self._db.write() as tx:

@@ -24,11 +24,15 @@ class CacheMixin(Base):
     def put_cached(self, entries: Mapping[str, CachedAnswer], now: float, expires_at: float) -> None:
         if not entries:
             return
-        rows = [{"key": key, "status_code": a.status_code, "body": a.body, "input_tokens": a.input_tokens,
-                 "output_tokens": a.output_tokens, "bytes": len(a.body), "now": now, "expires_at": expires_at}
-                for key, a in sorted(entries.items())]  # one order for every writer: no deadlock between two
+        ordered = sorted(entries.items())  # one order for every writer: no deadlock between two
+        answers = [a for _, a in ordered]
+        columns: dict[str, Sequence[object]] = {
+            "key": [key for key, _ in ordered], "status_code": [a.status_code for a in answers],
+            "body": [a.body for a in answers], "input_tokens": [a.input_tokens for a in answers],
+            "output_tokens": [a.output_tokens for a in answers], "bytes": [len(a.body) for a in answers],
+            "now": [now] * len(answers), "expires_at": [expires_at] * len(answers)}
         with self._db.write() as tx:
-            tx.bulk("put_cached", rows)
+            tx.bulk("put_cached", columns)
 
     def evict_cache(self, now: float, max_bytes: int | None) -> int:
         with self._db.write() as tx:

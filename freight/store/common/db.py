@@ -9,6 +9,8 @@ from typing import Any, Protocol
 #: A result row: its columns by name (``sqlite3.Row``, psycopg's ``dict_row``).
 Row = Any
 Params = Mapping[str, Any]
+#: Many rows' parameters by column: each name maps to a sequence of the rows' values, all of one length.
+Columns = Mapping[str, Sequence[Any]]
 
 
 class Tx(Protocol):
@@ -24,9 +26,10 @@ class Tx(Protocol):
         """Execute once per parameter set; how many rows they changed together."""
         ...
 
-    def bulk(self, name: str, rows: Sequence[Params]) -> int:
-        """Every parameter set in one go; how many rows they changed together. SQLite: an executemany;
-        PostgreSQL: one statement, each parameter an array of the rows' values (``unnest`` in the SQL)."""
+    def bulk(self, name: str, columns: Columns) -> int:
+        """Many rows in one go, their parameters by column (a chunk is built column by column, not as a
+        dict per row); how many rows they changed together. SQLite: an executemany of positional rows
+        zipped from the columns; PostgreSQL: one statement, each parameter an array (``unnest`` in the SQL)."""
         ...
 
     def each(self, name: str, rows: Sequence[Params]) -> list[int]:

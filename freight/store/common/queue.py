@@ -13,7 +13,7 @@ from freight.ports.records import Completion, Retry
 
 from .base import Base
 from .db import Row, Tx
-from .rows import result_params
+from .rows import result_columns, result_params
 
 
 class _Fenced(Exception):
@@ -72,22 +72,27 @@ class QueueMixin(Base):
 
     def renew(self, batch_id: str, leases: Sequence[tuple[int, str]], until: float) -> int:
         with self._db.write(durable=False) as tx:
-            return tx.bulk("renew", [{"batch_id": batch_id, "idx": idx, "attempt_id": attempt_id, "until": until}
-                                     for idx, attempt_id in leases])
+            return tx.bulk("renew", {"batch_id": [batch_id] * len(leases), "idx": [idx for idx, _ in leases],
+                                     "attempt_id": [attempt_id for _, attempt_id in leases],
+                                     "until": [until] * len(leases)})
 
     def complete(self, batch_id: str, items: Sequence[Completion]) -> int:
-        params = [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
-                   **result_params(item.result)} for item in items]
+        results = [item.result for item in items]
+        columns: dict[str, Sequence[object]] = {
+            "batch_id": [batch_id] * len(items), "idx": [item.idx for item in items],
+            "attempt_id": [item.attempt_id for item in items], **result_columns(results)}
         try:
             with self._db.write() as tx:
                 # The common case in one go: every attempt still holds its claim. If any does not
                 # (fenced off), the transaction is rolled back and done row by row below.
-                if tx.bulk("complete_all", params) != len(items):
+                if tx.bulk("complete_all", columns) != len(items):
                     raise _Fenced
-                self._add_counts(tx, batch_id, Tally.of([item.result for item in items]))
+                self._add_counts(tx, batch_id, Tally.of(results))
                 return len(items)
         except _Fenced:
             pass
+        params = [{"batch_id": batch_id, "idx": item.idx, "attempt_id": item.attempt_id,
+                   **result_params(item.result)} for item in items]
         with self._db.write() as tx:
             counts = tx.each("complete", params)
             stored = [item.result for item, n in zip(items, counts, strict=True) if n == 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from freight.domain.batches import Batch, BatchError, BatchStatus, RequestCounts, Usage
@@ -112,6 +113,14 @@ def result_params(r: Result) -> dict[str, Any]:
     return {"status_code": r.status_code, "response_body": r.body, "request_id": r.request_id,
             "error_code": r.error_code, "error_message": r.error_message, "input_tokens": r.input_tokens,
             "output_tokens": r.output_tokens}
+
+
+def result_columns(results: Sequence[Result]) -> dict[str, list[Any]]:
+    """``result_params`` of many results, by column (``Tx.bulk``)."""
+    return {"status_code": [r.status_code for r in results], "response_body": [r.body for r in results],
+            "request_id": [r.request_id for r in results], "error_code": [r.error_code for r in results],
+            "error_message": [r.error_message for r in results],
+            "input_tokens": [r.input_tokens for r in results], "output_tokens": [r.output_tokens for r in results]}
 
 
 def lane_sub_from_row(row: Row) -> LaneSub:

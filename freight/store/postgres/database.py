@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from freight.domain.errors import InsufficientStorage, StoreError
-from freight.store.common.db import Params, Row
+from freight.store.common.db import Columns, Params, Row
 from freight.store.queries import queries
 
 
@@ -61,10 +61,9 @@ class PostgresTx:
             cur.executemany(self._q[name], rows)
             return cur.rowcount
 
-    def bulk(self, name: str, rows: Sequence[Params]) -> int:
-        if not rows:
+    def bulk(self, name: str, columns: Columns) -> int:
+        if not columns or not len(next(iter(columns.values()))):
             return 0
-        columns = {key: [row[key] for row in rows] for key in rows[0]}
         # Arrays sent in binary: the text format quotes every element (a regular expression each).
         return self._c.execute(_BINARY_PARAM.sub(r"%(\1)b", self._q[name]), columns).rowcount
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from freight.domain.errors import InsufficientStorage, StoreError
-from freight.store.common.db import Params, Row
-from freight.store.queries import queries
+from freight.store.common.db import Columns, Params, Row
+from freight.store.queries import positional, queries
 
 
 def store_error(what: str, exc: sqlite3.Error) -> StoreError:
@@ -44,8 +44,11 @@ class SqliteTx:
             return 0
         return self._c.executemany(self._q[name], rows).rowcount
 
-    def bulk(self, name: str, rows: Sequence[Params]) -> int:
-        return self.many(name, rows)
+    def bulk(self, name: str, columns: Columns) -> int:
+        sql, order = positional(self._q[name])
+        if not order or not len(columns[order[0]]):
+            return 0
+        return self._c.executemany(sql, zip(*(columns[key] for key in order), strict=True)).rowcount
 
     def each(self, name: str, rows: Sequence[Params]) -> list[int]:
         sql = self._q[name]
