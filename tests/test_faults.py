@@ -28,6 +28,7 @@ from freight.domain.batches import TERMINAL, Batch, BatchStatus
 from freight.domain.clock import FixedClock
 from freight.domain.errors import InsufficientStorage, StoreError
 from freight.domain.retry import RetryPolicy
+from freight.engine import finalize, ingest
 from freight.engine.engine import Engine, EngineSettings
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
@@ -247,6 +248,24 @@ def test_a_store_call_that_fails_is_retried(world: World, method: str, error: st
     if method in ("complete", "retry_later"):
         # results held in memory were stored on a retry, not lost: nothing ran twice
         assert world.backend.executed == 12 + 2
+
+
+@pytest.mark.parametrize("method", ["insert_requests", "results"])
+def test_a_failing_call_made_beside_a_batch_step_is_retried(
+    world: World, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on PostgreSQL: inserts while the next lines are checked, the next page of results while one is
+    written, each on a thread of its own; the second and third calls (made there) fail."""
+    monkeypatch.setattr(ingest, "INSERT_CHUNK", 4)
+    monkeypatch.setattr(finalize, "READ_CHUNK", 4)
+    world.store.out_of_process = True  # type: ignore[attr-defined]
+    batch = world.submit(mixed(12))
+    world.store.fail = {method: {2, 3}}
+    done = world.run_until_done(batch.id)
+    assert world.store.raised == 2 and world.store.calls[method] > 4
+    assert done.status is BatchStatus.COMPLETED
+    out, err = world.check(done, 12)
+    assert [line["custom_id"] for line in err] == ["r1"] and len(out) == 11
 
 
 def test_fail_validation_that_fails_is_retried(world: World) -> None:

@@ -7,6 +7,7 @@ next engine clears what was written and starts again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from freight.domain.batches import Batch, BatchError
 from freight.domain.clock import Clock
@@ -37,7 +38,20 @@ def ingest_batch(
     validator = BatchInputValidator(endpoint=batch.endpoint, model_check=catalog.check, limits=limits)
     rows: list[NewRequest] = []
     idx = 0
-    with blobs.open(key) as fh:
+    # A store whose work runs in a server is given the rows by a thread of its own while the next ones are
+    # read and checked, one insert in flight at a time; a failed insert comes out at the next one or at the end.
+    with blobs.open(key) as fh, ThreadPoolExecutor(1, thread_name_prefix="freight-ingest") as inserts:
+        storing: Future[None] | None = None
+
+        def store_rows(chunk: list[NewRequest]) -> None:
+            nonlocal storing
+            if storing is not None:
+                storing.result()
+            if store.out_of_process:
+                storing = inserts.submit(store.insert_requests, batch.id, chunk)
+            else:
+                store.insert_requests(batch.id, chunk)
+
         for raw in iter_lines(fh, limits.max_line_bytes):
             request = validator.feed(raw)
             if request is None or validator.problem_count:
@@ -53,8 +67,10 @@ def ingest_batch(
             rows.append(NewRequest(idx=idx, line=request.line, custom_id=request.custom_id, body=body))
             idx += 1
             if len(rows) >= INSERT_CHUNK:
-                store.insert_requests(batch.id, rows)
+                store_rows(rows)
                 rows = []
+        if storing is not None:
+            storing.result()
     problems = validator.finish()
     now = int(clock.now())
     if problems:

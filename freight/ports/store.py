@@ -26,4 +26,9 @@ class Store(FileStore, BatchStore, RequestQueue, KeyStore, MessageBatchStore, La
     that need one concern only should ask for its port (``FileStore``, ``RequestQueue``, …).
     """
 
+    #: Whether the store's work runs outside this process (a database server). Then the batch steps overlap
+    #: their own Python with it (engine/ingest.py, engine/finalize.py); SQLite's runs in this process, under
+    #: the interpreter's lock, and overlapping it measured no faster (docs/benchmarks.md#engine).
+    out_of_process: bool
+
     def close(self) -> None: ...

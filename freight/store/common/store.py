@@ -19,6 +19,8 @@ from .stats import StatsMixin
 
 class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMixin, LanesMixin,
                LeasesMixin, EventsMixin, StatsMixin, SchedulingMixin, IntakeMixin, CacheMixin):
+    out_of_process = False
+
     def __init__(self, db: Database):
         self._db = db
 

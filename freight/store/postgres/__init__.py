@@ -24,6 +24,7 @@ __all__ = ["PostgresStore"]
 
 class PostgresStore(SqlStore):
     _hints = True
+    out_of_process = True
 
     def __init__(self, url: str, *, pool_size: int = 10, check: bool = True):
         self.url = url
