@@ -99,6 +99,8 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
             loop.add_signal_handler(sig, stop.set)
 
     def finished() -> bool:  # after each engine tick: the engine stops as soon as the batch is done
+        if batch_id in rt.engine.active_ids:
+            return False  # (what the tick just read: no store call on the event loop while the batch runs)
         done = rt.store.get_batch(PROJECT, batch_id)
         return done is None or done.status in TERMINAL
 

@@ -35,8 +35,8 @@ from freight.domain.requests import (
     Failure,
     Result,
 )
-from freight.domain.retry import is_transient_status
 from freight.domain.steps import StepPolicy
+from freight.engine.decide import decide
 from freight.engine.finalize import finalize_batch
 from freight.engine.give_up import give_up_validation
 from freight.engine.housekeeping import Housekeeping
@@ -50,7 +50,7 @@ from freight.engine.step_failures import StepFailures
 from freight.engine.step_lease import StepHolder
 from freight.engine.turns import FairTurns, claim_in_turn
 from freight.engine.withdrawals import Withdrawals
-from freight.ports import WITHDRAWN, Backend, BlobStore, Completion, Retry, StepLeases, Store, on_behalf_of
+from freight.ports import Backend, BlobStore, Completion, Retry, StepLeases, Store, on_behalf_of
 from freight.services.catalog import ModelCatalog
 from freight.services.files import purge_files, sweep_orphan_blobs
 from freight.services.transitions import log_transition
@@ -86,6 +86,7 @@ class Engine:
         self._work: dict[int, asyncio.Event] = {}
         self._runnable: dict[int, list[Batch]] = {}
         self._busy: set[str] = set()
+        self._dry: set[int] = set()  # backends whose last claim found nothing: their finished chunks wake the engine
         self._tasks: set[asyncio.Task[None]] = set()
         self.errors: int = 0
         self._stopping = False
@@ -95,7 +96,8 @@ class Engine:
         self.failing = StepFailures(store)
         self.repeats = RepeatedFailures(log)
         self.housekeeping = Housekeeping(store, blobs, clock, self.settings, self.repeats, self.failing)
-        self._active_ids: set[str] = set()
+        #: The batches the last tick of the batch-steps holder found active (``freight run`` stops on it).
+        self.active_ids: set[str] = set()
         s = self.settings
         self._steps = StepPolicy(s.step_max_tries, s.step_tries_past_window,
                                  min(s.poll_interval_s, s.step_retry_max_s), s.step_retry_max_s)
@@ -187,9 +189,9 @@ class Engine:
             return
         await self.failing.load(self.steps.terms)
         batches = await asyncio.to_thread(self.store.active_batches)
-        ended = bool(self._active_ids - {b.id for b in batches})  # files only they read can go now
-        self._active_ids = {b.id for b in batches}
-        await self.housekeeping.run(self._active_ids, ended=ended)
+        ended = bool(self.active_ids - {b.id for b in batches})  # files only they read can go now
+        self.active_ids = {b.id for b in batches}
+        await self.housekeeping.run(self.active_ids, ended=ended)
         runnable = {}
         for batch in batches:
             self._withdrawals.look(batch, now)
@@ -370,8 +372,12 @@ class Engine:
             if not got:
                 slots.release()
                 work.clear()
+                if key not in self._dry:  # ran dry: a batch may be done; from now on each finished chunk says so
+                    self._dry.add(key)
+                    self.wake()
                 await self._sleep_until(work, self.settings.poll_interval_s)
                 continue
+            self._dry.discard(key)
             # The slot is freed once the results are stored (not when the backend answers): a spending cap
             # is checked at the next claim against the cost stored so far (services/budget_guard.py).
             task = asyncio.create_task(self._run_chunk(backend, *got[0]) if len(got) == 1 else
@@ -444,7 +450,8 @@ class Engine:
                                     exc, level=logging.WARNING, extra={"batch_id": batch.id})
                 results = [Failure("backend_error", f"{type(exc).__name__}: {exc}")] * len(bodies)
             took = self.clock.now() - began  # the model time, without storing the results
-            completions, retries = self._decide(claimed, results, withdrawal.is_set())
+            completions, retries = decide(claimed, results, self.settings.retry, self._random, self.clock.now(),
+                                          withdrawal.is_set())
             # One trip to a thread for all of it. Retrying is safe: each write is one transaction, and
             # fencing makes a repeat of one that was stored a no-op.
             await self._store_with_retries("storing results", self._store_chunk, self._turns[id(backend)], batch,
@@ -457,7 +464,8 @@ class Engine:
             self.repeats.failed("store_failed", "storing results failed", exc, extra={"batch_id": batch.id})
         finally:
             renewer.cancel()
-        self.wake()
+        if id(backend) in self._dry:  # (while claims find work, the ticks every poll_interval_s suffice)
+            self.wake()
 
     def _store_chunk(self, turns: FairTurns, batch: Batch, completions: list[Completion], retries: list[Retry],
                      took: float, claimed: int) -> None:
@@ -466,35 +474,3 @@ class Engine:
         if retries:
             self.store.retry_later(batch.id, retries)
         turns.used(batch, took, claimed)  # (last: a repeat after a failed write must not count it twice)
-
-    def _decide(
-        self, claimed: Sequence[ClaimedRequest], results: Sequence[Result | Failure], withdrawn: bool = False
-    ) -> tuple[list[Completion], list[Retry]]:
-        completions: list[Completion] = []
-        retries: list[Retry] = []
-        now = self.clock.now()
-        for request, result in zip(claimed, results, strict=True):
-            if withdrawn and isinstance(result, Failure) and result.code == WITHDRAWN:
-                # never started: back to pending, its attempt not counted
-                retries.append(Retry(request.idx, request.attempt_id, now, result.message, refund=True))
-                continue
-            transient = isinstance(result, Failure) or (
-                result.status_code is not None and is_transient_status(result.status_code))
-            if not transient:
-                assert isinstance(result, Result)
-                completions.append(Completion(request.idx, request.attempt_id, result))
-                continue
-            decision = self.settings.retry.decide(request.attempts, self._random)
-            why = (f"{result.code}: {result.message}" if isinstance(result, Failure)
-                   else f"HTTP {result.status_code}")
-            if decision is not None:
-                retries.append(Retry(request.idx, request.attempt_id, now + decision.delay_s, why))
-                continue
-            if isinstance(result, Failure):
-                final = Result.never_ran(
-                    result.code, f"{result.message} (gave up after {request.attempts} attempts)")
-            else:
-                final = result
-            completions.append(Completion(request.idx, request.attempt_id, final))
-        return completions, retries
-
