@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import BIN, WORK, Row
+from bench.common import BIN, WORK, Row, wait_with_peak
 
 BATCH = 32
 TARGET = 0.9
@@ -99,12 +99,12 @@ def run_timed(cmd: list[str]) -> tuple[float, float, float]:
     """Run a command to completion: (wall seconds, CPU seconds (user + system), peak RSS in MB) of that child."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    status, usage, peak_mb = wait_with_peak(proc.pid)
     elapsed = time.perf_counter() - started
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{cmd[:3]} exited {os.waitstatus_to_exitcode(status)}: {stderr[-2000:]}")
-    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return elapsed, usage.ru_utime + usage.ru_stime, peak_mb
 
 
 def _lines(path: Path) -> int:

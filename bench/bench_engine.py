@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Row
+from bench.common import Row, vm_hwm_mb
 
 CHAT = "/v1/chat/completions"
 PG_ADMIN = os.environ.get("FREIGHT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -141,7 +140,7 @@ def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY, poll_
         lines = sum(1 for _ in open(root / "out.jsonl", "rb"))
         assert lines == n, f"{lines} output lines for {n} requests ({batch.status})"
     figures = {"wall": wall, "rps": n / wall, "upload_us": (uploaded - started) / n * 1e6, "cpu_us": cpu / n * 1e6,
-               "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # this process's peak so far
+               "rss_mb": vm_hwm_mb()}  # this process's peak so far
     figures.update({f"{k}_us": v / n * 1e6 for k, v in stages.seconds.items()})
     figures.update(_phases(seen, wall, n, uploaded - started))
     return figures
@@ -198,7 +197,7 @@ def as_worker(root: Path, url: str, chunk: int, concurrency: int, slots: int | N
         asyncio.run(work())
     finally:
         rt.close()
-    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    print(json.dumps({"rss_mb": vm_hwm_mb(),  # (ru_maxrss would carry this bench's own peak across exec)
                       "executed": backend.executed, "cpu_s": time.process_time() - cpu[0]}), flush=True)
 
 

@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +28,55 @@ class Row:
 
 
 def run_child(cmd: list[str], *, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run a command to completion; (wall seconds, peak RSS in MB of that child).
-
-    The peak RSS is read from wait4()'s rusage of this very child, not RUSAGE_CHILDREN (which
-    keeps the maximum over every child this process ever had).
-    """
+    """Run a command to completion; (wall seconds, peak RSS in MB of that child, ``wait_with_peak``)."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    status, _, peak_mb = wait_with_peak(proc.pid)
     elapsed = time.perf_counter() - started
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(f"{cmd[:3]} exited {code}: {stderr[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    return elapsed, peak_mb
+
+
+def wait_with_peak(pid: int, every_s: float = 0.02) -> tuple[int, resource.struct_rusage, float]:
+    """Wait for a child: (wait status, its rusage, its peak RSS in MB).
+
+    The peak is the child's own ``VmHWM``, read from /proc every ``every_s`` until it exits, not the
+    rusage's ``ru_maxrss``: Linux carries a process's peak across ``execve``, so a child spawned by a
+    process bigger than it reports the parent's size (a worker started by this bench after a 1,000,000
+    request run in it reported 262 MB, its own peak being a fraction of that).
+    """
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], vm_hwm_mb(pid))
+            done.wait(every_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        _, status, usage = os.wait4(pid, 0)
+    finally:
+        done.set()
+        sampler.join()
+    return status, usage, peak[0]
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float:
+    """A live process's peak RSS (``VmHWM``) in MB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def fmt_s(seconds: float) -> str:
@@ -49,4 +84,4 @@ def fmt_s(seconds: float) -> str:
 
 
 def self_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return vm_hwm_mb()
