@@ -230,3 +230,20 @@ def test_a_completion_with_some_fenced_results_stores_the_others(store: Store) -
     batch = store.get_batch("p", b.id)
     assert batch is not None and batch.request_counts.completed == 2
     assert store.complete(b.id, [Completion(again.idx, again.attempt_id, ok())]) == 1
+
+
+def test_a_request_put_back_behind_the_claims_is_still_claimed(store: Store) -> None:
+    """Claims of a batch start after the last request this process claimed from it (PostgreSQL's
+    ClaimHints); a request put back for a retry behind that point is found by a later claim."""
+    b = make_batch(store, 10)
+    first = store.claim_runnable(["m"], "w", NOW, 30, 4, 5, [b.id])
+    assert [c.idx for c in first] == [0, 1, 2, 3]
+    store.complete(b.id, [Completion(c.idx, c.attempt_id, ok()) for c in first if c.idx != 1])
+    (one,) = [c for c in first if c.idx == 1]
+    assert store.retry_later(b.id, [Retry(one.idx, one.attempt_id, NOW, "HTTP 503")]) == 1
+    seen: list[int] = []
+    while claimed := store.claim_runnable(["m"], "w", NOW, 30, 3, 5, [b.id]):
+        seen += [c.idx for c in claimed]
+        store.complete(b.id, [Completion(c.idx, c.attempt_id, ok()) for c in claimed])
+    assert sorted(seen) == [1, 4, 5, 6, 7, 8, 9], "each open request claimed once"
+    assert store.open_counts(b.id) == (0, 0)

@@ -3,8 +3,10 @@ attempt id that holds the claim."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from freight.domain import ids
 from freight.domain.claims import Tally, is_lost, worker_lost
@@ -16,11 +18,57 @@ from .db import Row, Tx
 from .rows import result_columns, result_params
 
 
+class ClaimHints:
+    """Where this process's next claim of each batch starts reading its pending requests (PostgreSQL).
+
+    Every claimed and every finished request leaves a dead entry at the front of PostgreSQL's open-requests
+    index until a vacuum removes it, and a claim that starts at the front walks past all of them: with
+    500,000 of 1,000,000 requests done, 3,586 index pages for 256 rows (11 ms), a claim's cost growing
+    with the batch. So a claim starts just after the last pending request this process claimed from the
+    batch. A request waiting behind that point (put back for a retry, or left in its backoff) is found by
+    a scan from the front: at once when a claim from the hints comes back short of its limit (in the same
+    claim), and at least every ``FULL_SCAN_EVERY_S``. Only a hint: a process without one (a new worker) reads from the
+    front, and the running requests (expired leases) are always read whole.
+    """
+
+    FULL_SCAN_EVERY_S = 5.0
+    MAX_BATCHES = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._from: dict[str, tuple[int, float]] = {}  # batch -> (the idx to start at, its last scan from 0)
+
+    def starts(self, batches: Sequence[str]) -> list[int]:
+        now = self._clock()
+        with self._lock:
+            hints = [self._from.get(b) for b in batches]
+        return [h[0] if h is not None and now - h[1] < self.FULL_SCAN_EVERY_S else 0 for h in hints]
+
+    def claimed(self, batches: Sequence[str], starts: Sequence[int], rows: Sequence[Row], limit: int) -> None:
+        now = self._clock()
+        last: dict[str, int] = {}
+        for row in rows:
+            if row["state"] == RequestState.PENDING:
+                last[row["batch_id"]] = row["idx"]  # (in idx order within a batch)
+        with self._lock:
+            if len(self._from) > self.MAX_BATCHES:
+                self._from.clear()
+            for batch, start in zip(batches, starts, strict=True):
+                if len(rows) < limit:
+                    self._from.pop(batch, None)  # came back short: the next claim reads from the front
+                elif batch in last:
+                    scanned = now if start == 0 else self._from.get(batch, (0, now))[1]
+                    self._from[batch] = (last[batch] + 1, scanned)
+
+
 class _Fenced(Exception):
     """Some results of a completion no longer hold their claim: store them one by one."""
 
 
 class QueueMixin(Base):
+    _claim_hints: ClaimHints
+
     def claim(
         self, batch_id: str, owner: str, now: float, lease_s: float, limit: int, max_attempts: int
     ) -> list[ClaimedRequest]:
@@ -37,10 +85,24 @@ class QueueMixin(Base):
         with self._db.write(durable=False) as tx:
             if batches is None:
                 rows = tx.all("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
-            else:
-                rows = tx.all("claim_candidates_in", {"batches": tx.array(list(batches)),
-                                                      "models": tx.array(list(models)), "now": now, "limit": limit})
-            return self._lease(tx, rows, owner, now + lease_s, max_attempts)
+                return self._lease(tx, rows, owner, now + lease_s, max_attempts)
+            starts = self._claim_hints.starts(batches)
+            claimed = self._claim_in(tx, batches, starts, models, owner, now, lease_s, limit, max_attempts)
+            if len(claimed) < limit and any(starts):
+                # Short from where the hints start: what waits behind them (retries) is read now, in this
+                # claim (the rows just leased no longer qualify, so none comes back twice).
+                claimed += self._claim_in(tx, batches, [0] * len(batches), models, owner, now, lease_s,
+                                          limit - len(claimed), max_attempts)
+            return claimed
+
+    def _claim_in(
+        self, tx: Tx, batches: Sequence[str], starts: list[int], models: Sequence[str], owner: str, now: float,
+        lease_s: float, limit: int, max_attempts: int,
+    ) -> list[ClaimedRequest]:
+        rows = tx.all("claim_candidates_in", {"batches": tx.array(list(batches)), "from_idx": tx.array(starts),
+                                              "models": tx.array(list(models)), "now": now, "limit": limit})
+        self._claim_hints.claimed(batches, starts, rows, limit)
+        return self._lease(tx, rows, owner, now + lease_s, max_attempts)
 
     @classmethod
     def _lease(cls, tx: Tx, rows: list[Row], owner: str, until: float, max_attempts: int) -> list[ClaimedRequest]:

@@ -12,7 +12,7 @@ from .keys import KeysMixin
 from .lanes import LanesMixin
 from .leases import LeasesMixin
 from .message_batches import MessageBatchesMixin
-from .queue import QueueMixin
+from .queue import ClaimHints, QueueMixin
 from .scheduling import SchedulingMixin
 from .stats import StatsMixin
 
@@ -23,6 +23,7 @@ class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMi
 
     def __init__(self, db: Database):
         self._db = db
+        self._claim_hints = ClaimHints()
 
     def close(self) -> None:
         self._db.close()

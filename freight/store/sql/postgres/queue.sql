@@ -30,12 +30,14 @@ FOR UPDATE OF r SKIP LOCKED;
 -- batch's requests in the order of claim_candidates, :limit in all: one statement, one round trip. The
 -- array is the outer loop of a nested loop (LATERAL) and the outer LIMIT stops it as soon as it has
 -- :limit rows, so later batches are not even read, and no row past those returned is locked.
+-- :from_idx (one per batch, common/queue.py ClaimHints): the pending requests are read from that idx on
+-- (the row comparison is a condition of the index scan: it starts there), the running ones all.
 SELECT c.batch_id, c.idx, c.state, c.attempts, c.attempt_id, c.custom_id, c.body
-FROM unnest(CAST(:batches AS text[])) WITH ORDINALITY AS o(id, pos)
+FROM unnest(CAST(:batches AS text[]), CAST(:from_idx AS integer[])) WITH ORDINALITY AS o(id, from_idx, pos)
 CROSS JOIN LATERAL (
     SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
     FROM requests r
-    WHERE r.batch_id = o.id AND r.state < {request.done}
+    WHERE r.batch_id = o.id AND r.state < {request.done} AND (r.state, r.idx) >= ({request.pending}, o.from_idx)
       AND CASE WHEN r.state = {request.pending} THEN r.not_before <= :now ELSE r.lease_until < :now END
       AND EXISTS (SELECT 1 FROM batches b WHERE b.id = o.id AND b.status = {batch.in_progress}
                   AND b.model = ANY(:models))

@@ -26,7 +26,9 @@ ORDER BY b.seq, r.state, r.idx LIMIT :limit;
 -- engine/turns.py), each batch's requests in the order of claim_candidates, :limit in all, in one
 -- statement. No ORDER BY on purpose: the CROSS JOIN makes the array the outer loop and INDEXED BY walks
 -- each batch's open requests in (state, idx) order, so the rows come out in the wanted order and the
--- LIMIT stops the walk (an ORDER BY would sort every open request of every batch first).
+-- LIMIT stops the walk (an ORDER BY would sort every open request of every batch first). (:from_idx,
+-- where PostgreSQL starts reading each batch's pending requests, is not used: SQLite updates rows in
+-- place and leaves no dead index entries for a claim to walk past.)
 SELECT r.batch_id, r.idx, r.state, r.attempts, r.attempt_id, r.custom_id, r.body
 FROM json_each(:batches) o CROSS JOIN requests r INDEXED BY requests_open
 WHERE r.batch_id = o.value AND r.state < {request.done}
