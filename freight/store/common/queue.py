@@ -27,8 +27,9 @@ class ClaimHints:
     with the batch. So a claim starts just after the last pending request this process claimed from the
     batch. A request waiting behind that point (put back for a retry, or left in its backoff) is found by
     a scan from the front: at once when a claim from the hints comes back short of its limit (in the same
-    claim), and at least every ``FULL_SCAN_EVERY_S``. Only a hint: a process without one (a new worker) reads from the
-    front, and the running requests (expired leases) are always read whole.
+    claim), and at least every ``FULL_SCAN_EVERY_S``. Only a hint: a process without one (a new worker)
+    reads from the front, and the running requests (expired leases) are always read whole. (SQLite ignores
+    the hints: it updates rows in place and leaves no dead entries.)
     """
 
     FULL_SCAN_EVERY_S = 5.0
