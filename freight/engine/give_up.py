@@ -7,6 +7,7 @@ that error, and the engine's next look closes it as ``cancelled`` (no file, noth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from freight.domain.batches import Batch
@@ -29,4 +30,8 @@ def give_up_validation(batch: Batch, store: Store, clock: Clock, failures: int, 
         return False
     log.error("batch validation failed %d times in a row; the batch ends %s", failures,
               give_up_status(batch.status), exc_info=exc, extra={"event": "batch_given_up", "batch_id": batch.id})
+    # Its count goes with it, here in the same thread: a process that stops as soon as it sees the batch
+    # ended (``freight run``) may cancel the step's task before that task could clear it.
+    with contextlib.suppress(Exception):  # (a stale count is cleared by housekeeping's next look)
+        store.clear_step_failures(batch.id)
     return True
