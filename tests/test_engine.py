@@ -416,3 +416,30 @@ def test_ingest_names_the_batch_model_once_before_it_stores_anything(world: Worl
     catalog = ModelCatalog([world.backend])
     assert ingest_batch(batch, world.store, world.blobs, catalog, InputLimits(), world.clock, on_model)
     assert told == [(MODEL, BatchStatus.VALIDATING, 0)]
+
+
+def test_finished_chunks_wake_the_engine_only_once_the_claims_run_dry(tmp_path: Path) -> None:
+    """While claims find work, a finished chunk does not make the engine look at every batch (a tick);
+    once they run dry, each finished chunk does, so the batch ends at once rather than at the next
+    ``poll_interval_s`` (an hour here)."""
+    store = SqliteStore(tmp_path / "db.sqlite", synchronous="OFF")
+    blobs, clock = LocalBlobStore(tmp_path / "blobs", fsync=False), FixedClock()
+    backend = ScriptedBackend(chunk_size=4, max_concurrency=2)
+    engine = Engine(store, blobs, ModelCatalog([backend]), clock, EngineSettings(poll_interval_s=3600))
+    w = World(store, blobs, clock, backend, engine, FileService(store, blobs, clock),
+              BatchService(store, clock, on_change=engine.wake))
+    batch = w.submit([chat(i) for i in range(200)])  # 50 chunks
+    ticks = 0
+    tick = engine.tick
+
+    async def counted() -> None:
+        nonlocal ticks
+        ticks += 1
+        await tick()
+
+    engine.tick = counted  # type: ignore[method-assign]
+    done = w.run_until_done(batch.id, timeout_s=30)
+    assert done.status is BatchStatus.COMPLETED and backend.executed == 200
+    one_line_per_custom_id(w, done, 200)
+    assert ticks < 20, f"{ticks} ticks for 50 chunks"
+    store.close()
