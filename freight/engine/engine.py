@@ -348,6 +348,7 @@ class Engine:
         while not self._stopping:
             await slots.acquire()
             got: list[tuple[Batch, list[ClaimedRequest]]] = []
+            work.clear()  # before reading the candidates: a tick that sets it while this claim runs is not lost
             candidates = self._runnable.get(key, [])
             if candidates and not started:
                 # Load the model before claiming anything, so that its load time does not eat the leases.
@@ -371,7 +372,6 @@ class Engine:
                 self.repeats.failed(f"claim_failed:{models}", f"claim failed (model {models})", exc)
             if not got:
                 slots.release()
-                work.clear()
                 if key not in self._dry:  # ran dry: a batch may be done; from now on each finished chunk says so
                     self._dry.add(key)
                     self.wake()
