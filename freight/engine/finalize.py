@@ -7,8 +7,6 @@ with the status in one store transaction, so a crash before that leaves only unr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 from freight.domain import ids
 from freight.domain.batches import Batch, BatchStatus
@@ -16,6 +14,7 @@ from freight.domain.clock import Clock
 from freight.domain.files import File, FileStatus
 from freight.domain.requests import BATCH_EXPIRED, Outcome, Result
 from freight.domain.steps import STEP_FAILED_CODE, ending_status
+from freight.engine.beside import beside
 from freight.ports import BlobStore, BlobWriter, Store, StoredResult
 from freight.wire.batch_output import result_line
 
@@ -51,10 +50,8 @@ def finalize_batch(
     out, err = _Sink(blobs.writer(out_id)), _Sink(blobs.writer(err_id))
     never_ran = 0
     try:
-        # From a store whose work runs in a server, the next page is read by a thread of its own while this
-        # one is written (the results no longer change).
-        with ThreadPoolExecutor(1, thread_name_prefix="freight-finalize") as reads:
-            fetch = reads.submit if store.out_of_process else _at_once
+        # The next page is read beside the writing of this one (engine/beside.py; the results no longer change).
+        with beside(store, "finalize") as fetch:
             page = fetch(store.results, batch.id, -1, READ_CHUNK)
             while chunk := page.result():
                 page = fetch(store.results, batch.id, chunk[-1].idx, READ_CHUNK)
@@ -96,12 +93,6 @@ def finalize_batch(
         for pair in files:
             if pair is not None:
                 blobs.delete(pair[1])
-    return done
-
-
-def _at_once(fn: Any, *args: Any) -> Future[Any]:
-    done: Future[Any] = Future()
-    done.set_result(fn(*args))
     return done
 
 

@@ -7,10 +7,11 @@ next engine clears what was written and starts again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from freight.domain.batches import Batch, BatchError
 from freight.domain.clock import Clock
+from freight.engine.beside import beside
 from freight.ports import BlobStore, NewRequest, Store
 from freight.services.catalog import ModelCatalog
 from freight.services.outputs import with_batch_schema, without_cache
@@ -38,19 +39,16 @@ def ingest_batch(
     validator = BatchInputValidator(endpoint=batch.endpoint, model_check=catalog.check, limits=limits)
     rows: list[NewRequest] = []
     idx = 0
-    # A store whose work runs in a server is given the rows by a thread of its own while the next ones are
-    # read and checked, one insert in flight at a time; a failed insert comes out at the next one or at the end.
-    with blobs.open(key) as fh, ThreadPoolExecutor(1, thread_name_prefix="freight-ingest") as inserts:
+    # Each 5,000 rows are stored beside the checking of the next ones (engine/beside.py), one insert at a
+    # time; a failed insert comes out at the next one or at the end.
+    with blobs.open(key) as fh, beside(store, "ingest") as run:
         storing: Future[None] | None = None
 
         def store_rows(chunk: list[NewRequest]) -> None:
             nonlocal storing
             if storing is not None:
                 storing.result()
-            if store.out_of_process:
-                storing = inserts.submit(store.insert_requests, batch.id, chunk)
-            else:
-                store.insert_requests(batch.id, chunk)
+            storing = run(store.insert_requests, batch.id, chunk)
 
         for raw in iter_lines(fh, limits.max_line_bytes):
             request = validator.feed(raw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 import re
+from collections.abc import Callable
 from importlib import resources
 
 from freight.domain.batches import TERMINAL, BatchStatus
@@ -38,7 +39,6 @@ LANE_SUB_COLUMNS = (
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 _MACRO = re.compile(r"\{(\w+)\.(\w+)\}")
-_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _PARAM_OR_LITERAL = re.compile(r"'(?:[^']|'')*'|(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
@@ -89,25 +89,22 @@ def parse(text: str) -> dict[str, str]:
     return out
 
 
+def _rename_params(sql: str, rename: Callable[[str], str]) -> str:
+    """``sql`` with each named parameter (``:name``) replaced by ``rename(name)``; string literals as they are."""
+    return _PARAM_OR_LITERAL.sub(lambda m: m.group(0) if m.group(1) is None else rename(m.group(1)), sql)
+
+
 @functools.cache
-@functools.lru_cache(maxsize=256)
 def positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """A query with named parameters (``:name``) as one with numbered ones (``?1``, a name used twice
     keeps its number), and the names in number order: for rows passed as tuples, which SQLite binds
     without looking each name up in a dict per row."""
-    order: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return match.group(0)  # a string literal, left as it is
-        if name not in order:
-            order.append(name)
-        return f"?{order.index(name) + 1}"
-
-    return _PARAM_OR_LITERAL.sub(number, sql), tuple(order)
+    order: dict[str, int] = {}
+    numbered = _rename_params(sql, lambda name: f"?{order.setdefault(name, len(order) + 1)}")
+    return numbered, tuple(order)
 
 
+@functools.cache
 def queries(dialect: str) -> dict[str, str]:
     """Every named query of a dialect ("sqlite" or "postgres"), in the driver's parameter style."""
     out: dict[str, str] = {}
@@ -118,5 +115,5 @@ def queries(dialect: str) -> dict[str, str]:
         for name, sql in parse(entry.read_text()).items():
             if name in out:
                 raise ValueError(f"query {name} is defined twice ({entry.name})")
-            out[name] = _PARAM.sub(r"%(\1)s", sql.replace("%", "%%")) if dialect == "postgres" else sql
+            out[name] = _rename_params(sql.replace("%", "%%"), "%({})s".format) if dialect == "postgres" else sql
     return out

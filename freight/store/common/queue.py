@@ -28,8 +28,8 @@ class ClaimHints:
     batch. A request waiting behind that point (put back for a retry, or left in its backoff) is found by
     a scan from the front: at once when a claim from the hints comes back short of its limit (in the same
     claim), and at least every ``FULL_SCAN_EVERY_S``. Only a hint: a process without one (a new worker)
-    reads from the front, and the running requests (expired leases) are always read whole. (SQLite ignores
-    the hints: it updates rows in place and leaves no dead entries.)
+    reads from the front, and the running requests (expired leases) are always read whole. (SQLite has no
+    hints: it updates rows in place and leaves no dead entries.)
     """
 
     FULL_SCAN_EVERY_S = 5.0
@@ -68,7 +68,8 @@ class _Fenced(Exception):
 
 
 class QueueMixin(Base):
-    _claim_hints: ClaimHints
+    #: Where claims start reading each batch's pending requests; only where a store needs it (PostgreSQL).
+    _claim_hints: ClaimHints | None = None
 
     def claim(
         self, batch_id: str, owner: str, now: float, lease_s: float, limit: int, max_attempts: int
@@ -87,7 +88,8 @@ class QueueMixin(Base):
             if batches is None:
                 rows = tx.all("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
                 return self._lease(tx, rows, owner, now + lease_s, max_attempts)
-            starts = self._claim_hints.starts(batches)
+            hints = self._claim_hints
+            starts = hints.starts(batches) if hints is not None else [0] * len(batches)
             claimed = self._claim_in(tx, batches, starts, models, owner, now, lease_s, limit, max_attempts)
             if len(claimed) < limit and any(starts):
                 # Short from where the hints start: what waits behind them (retries) is read now, in this
@@ -102,7 +104,8 @@ class QueueMixin(Base):
     ) -> list[ClaimedRequest]:
         rows = tx.all("claim_candidates_in", {"batches": tx.array(list(batches)), "from_idx": tx.array(starts),
                                               "models": tx.array(list(models)), "now": now, "limit": limit})
-        self._claim_hints.claimed(batches, starts, rows, limit)
+        if self._claim_hints is not None:
+            self._claim_hints.claimed(batches, starts, rows, limit)
         return self._lease(tx, rows, owner, now + lease_s, max_attempts)
 
     @classmethod

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from freight.domain.batches import Batch, BatchError, BatchStatus, RequestCounts, Usage
@@ -109,18 +110,21 @@ def result_from_row(row: Row) -> Result:
     )
 
 
+#: A result's columns in the requests table, each with what reads it from a ``Result``.
+RESULT_COLUMNS: dict[str, Callable[[Result], Any]] = {
+    "status_code": attrgetter("status_code"), "response_body": attrgetter("body"),
+    "request_id": attrgetter("request_id"), "error_code": attrgetter("error_code"),
+    "error_message": attrgetter("error_message"), "input_tokens": attrgetter("input_tokens"),
+    "output_tokens": attrgetter("output_tokens")}
+
+
 def result_params(r: Result) -> dict[str, Any]:
-    return {"status_code": r.status_code, "response_body": r.body, "request_id": r.request_id,
-            "error_code": r.error_code, "error_message": r.error_message, "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens}
+    return {column: get(r) for column, get in RESULT_COLUMNS.items()}
 
 
 def result_columns(results: Sequence[Result]) -> dict[str, list[Any]]:
     """``result_params`` of many results, by column (``Tx.bulk``)."""
-    return {"status_code": [r.status_code for r in results], "response_body": [r.body for r in results],
-            "request_id": [r.request_id for r in results], "error_code": [r.error_code for r in results],
-            "error_message": [r.error_message for r in results],
-            "input_tokens": [r.input_tokens for r in results], "output_tokens": [r.output_tokens for r in results]}
+    return {column: list(map(get, results)) for column, get in RESULT_COLUMNS.items()}
 
 
 def lane_sub_from_row(row: Row) -> LaneSub:

@@ -12,7 +12,7 @@ from .keys import KeysMixin
 from .lanes import LanesMixin
 from .leases import LeasesMixin
 from .message_batches import MessageBatchesMixin
-from .queue import ClaimHints, QueueMixin
+from .queue import QueueMixin
 from .scheduling import SchedulingMixin
 from .stats import StatsMixin
 
@@ -23,7 +23,6 @@ class SqlStore(FilesMixin, BatchesMixin, QueueMixin, KeysMixin, MessageBatchesMi
 
     def __init__(self, db: Database):
         self._db = db
-        self._claim_hints = ClaimHints()
 
     def close(self) -> None:
         self._db.close()

@@ -15,6 +15,7 @@ import psycopg
 
 from freight.domain.errors import StoreError
 from freight.store.common import SqlStore
+from freight.store.common.queue import ClaimHints
 from freight.store.postgres.database import PostgresDatabase, describe
 from freight.store.postgres.hints import Listener
 from freight.store.postgres.migrate import check_schema
@@ -41,6 +42,7 @@ class PostgresStore(SqlStore):
                 db.close()
                 raise
         super().__init__(db)
+        self._claim_hints = ClaimHints()  # (its open-requests index keeps dead entries until a vacuum)
 
     def listen_for_work(self, wake: Callable[[], None]) -> None:
         self._listeners.append(Listener(self.url, wake))
