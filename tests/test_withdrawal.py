@@ -31,6 +31,9 @@ from freight.store.sqlite import SqliteStore
 
 N = 12
 SLOTS = 2
+#: How long each request runs: the time a cancel or an expiry has to reach the requests waiting for a slot
+#: (0.3 s was once too short in a full-suite run on 2 loaded cores: two more requests got slots first).
+RUN_S = 1.5
 
 
 class World:
@@ -48,7 +51,7 @@ class World:
 
     def submit(self, window: str = "24h") -> Batch:
         bodies = [{"model": "freight-scripted", "messages": [{"role": "user", "content": f"q{i}"}],
-                   "script": {"sleep_s": 0.3}} for i in range(N)]
+                   "script": {"sleep_s": RUN_S}} for i in range(N)]
         data = "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                                    "body": b}) + "\n" for i, b in enumerate(bodies)).encode()
         file_id, writer = self.files.new_upload()
