@@ -114,7 +114,8 @@ async def run_batch(rt: Runtime, batch_id: str, on_progress: object = None, poll
                 on_progress(batch)
             if batch.status in TERMINAL or stop.is_set() or engine_task.done():
                 break
-            await asyncio.wait({stopped, engine_task}, timeout=poll_s)  # whichever comes first
+            await asyncio.wait({stopped, engine_task}, timeout=poll_s,  # whichever comes first
+                               return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped.cancel()
         stop.set()
