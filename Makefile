@@ -21,7 +21,7 @@ LLAMA_SERVER_DIR := $(HOME)/.cache/freight/llama-server-$(LLAMA_KEY)
 LLAMA_SERVER := $(LLAMA_SERVER_DIR)/llama-server
 LLAMA_JOBS ?= 2
 
-.PHONY: install demo test lint bench chaos clean llama-server test-integrations
+.PHONY: install bytecode demo test lint bench chaos clean llama-server test-integrations
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Byte-compile freight's own modules (an editable install leaves them uncompiled). Where
+# PYTHONDONTWRITEBYTECODE is set, as on these machines, Python writes no .pyc itself, so every process
+# (each `freight` command, each server a test starts) compiled ~150 modules from source: 0.25 s of a
+# one-request `freight run`, `freight --help` 0.42-0.63 s against 0.33-0.40 s. Quick when nothing changed.
+bytecode: $(STAMP)
+	$(BIN)/python -m compileall -q freight bench
+
 # The pipeline adapters (freight/integrations, docs/pipelines.md) are tested with the real Airflow,
 # Dagster and dbt, which are heavy and pin things the main environment does not need (protobuf 6,
 # python-dateutil 2 for dbt-core): they get their own virtualenv. It holds what a pipeline's worker
@@ -65,12 +72,12 @@ $(PIPELINES_STAMP): $(STAMP)
 	rm -f $(PIPELINES_VENV)/.installed-*
 	touch $@
 
-demo: install
+demo: install bytecode
 	rm -rf .freight-demo demo-output
 	$(BIN)/freight run examples/embeddings.jsonl -o demo-output/embeddings.jsonl --data-dir .freight-demo
 	$(BIN)/freight run examples/chat.jsonl -o demo-output/chat.jsonl --data-dir .freight-demo
 
-lint: install
+lint: install bytecode
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -101,11 +108,11 @@ llama-server: $(LLAMA_SERVER)
 
 # The chat-peer row runs llama-server when it is built (FREIGHT_LLAMA_SERVER names the binary); a failed build
 # (no cmake or C++ compiler) only skips that row.
-bench: install
+bench: install bytecode
 	$(MAKE) llama-server || echo "llama-server could not be built: the chat-peer row is skipped"
 	FREIGHT_LLAMA_SERVER=$(LLAMA_SERVER) $(BIN)/python bench/run.py
 
-chaos: install
+chaos: install bytecode
 	$(BIN)/python -m tests.chaos --kills 100
 	$(BIN)/python -m tests.chaos_postgres --kills 60
 

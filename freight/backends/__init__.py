@@ -105,13 +105,13 @@ LANE_KINDS = ("openai-batch", "anthropic-batch")
 
 def build_lanes(tables: dict[str, dict[str, Any]]) -> list[BatchLane]:
     """The batch lanes of the ``[models."name"]`` tables whose backend is one of ``LANE_KINDS``."""
-    from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane
-
     lanes: list[BatchLane] = []
     for name, table in tables.items():
         kind = table.get("backend")
         if kind not in LANE_KINDS:
             continue
+        from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane  # (only with a lane)
+
         options = {k: v for k, v in table.items() if k != "backend"}
         try:
             lanes.append(OpenAIBatchLane(name, **options) if kind == "openai-batch"

@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from freight.cli.client import key_option, url_option
-from freight.client import Client, FreightError
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
@@ -97,6 +96,8 @@ def results(batch_id: str, join_path: Path | None, on: str, fmt: str | None, out
         fmt = fmt if fmt in ("jsonl", "csv", "parquet") else "jsonl"
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs -o FILE")
+    from freight.client import Client, FreightError  # (here: its HTTP client is not needed by other commands)
+
     try:
         with Client(url, api_key) as client:
             rows = client.results(batch_id)
