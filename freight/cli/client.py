@@ -28,7 +28,7 @@ class ApiError(click.ClickException):
 
 
 def _client(url: str | None, api_key: str | None) -> httpx.Client:
-    import httpx  # (here: `freight run` and `serve` need no HTTP client, and it takes ~0.1 s to import)
+    import httpx  # (here: the other commands need no HTTP client of their own, and it takes ~0.1 s to import)
 
     base = (url or os.environ.get("FREIGHT_URL") or DEFAULT_URL).rstrip("/")
     if not base.endswith("/v1"):
