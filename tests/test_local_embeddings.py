@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -204,6 +205,22 @@ def test_onnxruntime_threads_spin_unless_told_not_to(backend: LocalEmbeddingBack
         asyncio.run(quiet.close())
     with pytest.raises(ConfigError, match="spin must be true or false"):
         LocalEmbeddingBackend(model_id=MODEL, spin="no")  # type: ignore[arg-type]
+
+
+def test_the_tokenizer_has_no_thread_pool_unless_the_environment_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its pool's threads, woken between model calls, took cores from onnxruntime's (local_embeddings.py)."""
+    for preset, expected in ((None, "false"), ("true", "true")):
+        if preset is None:
+            monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+        else:
+            monkeypatch.setenv("TOKENIZERS_PARALLELISM", preset)
+        b = LocalEmbeddingBackend(model_id=MODEL)
+        asyncio.run(b.start())
+        try:
+            assert os.environ["TOKENIZERS_PARALLELISM"] == expected
+            assert ok(run(b, [{"model": MODEL, "input": "still embeds"}])[0])["data"][0]["embedding"]
+        finally:
+            asyncio.run(b.close())
 
 
 def test_start_is_idempotent(backend: LocalEmbeddingBackend) -> None:
