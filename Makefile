@@ -81,6 +81,11 @@ lint: install bytecode
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python -m freight.config.docs --check
+
+# The settings tables in docs/*.md, written from freight/config/registry.py (`make lint` checks them).
+docs: install
+	$(BIN)/python -m freight.config.docs
 
 # Two pytest workers (pytest-xdist, a module's tests kept on one worker: their servers are per module);
 # the API fuzzer runs on its own after them (schemathesis gives its generated tests one node id, which

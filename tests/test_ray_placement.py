@@ -151,7 +151,7 @@ def test_ray_address_from_config_else_environment(tmp_path: Path, text: str, env
 
 @pytest.mark.parametrize(("text", "message"), [
     ('[ray]\naddress = "head"\n', r"\[ray\].address must be"),
-    ('[ray]\naddress = 3\n', r"\[ray\].address must be"),
+    ('[ray]\naddress = 3\n', r"ray.address in .* must be a string, got 3"),
     ('[ray]\nnamespace = "x"\n', r"unknown key\(s\) in \[ray\]"),
 ])
 def test_wrong_ray_section_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:

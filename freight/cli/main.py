@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from freight.cli.options import blobs_option, config_option, data_dir_option, da
 from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.cli.results import results
+from freight.cli.show_config import config_command
 from freight.domain.batches import BatchStatus
 from freight.domain.errors import ConfigError, FreightError
 from freight.domain.keys import DEFAULT_PROJECT
@@ -209,8 +209,9 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     if errors_path is None:
         name = output_path.name.removesuffix(".jsonl")
         errors_path = output_path.with_name(name + ".errors.jsonl")
-    settings = _settings(config, data_dir or Path(os.environ.get("FREIGHT_DATA_DIR") or default_data_dir() / "run"),
-                         blobs=blobs, database_url=database_url)
+    # Its own data dir unless one is configured, so that a run does not wait on a server's engine.lock.
+    settings = _settings(config, data_dir, blobs=blobs, database_url=database_url,
+                         default_dir=default_data_dir() / "run")
     endpoint = endpoint or local_run.infer_endpoint(input_path)
     started = time.monotonic()
     runtime = build_runtime(settings, exclusive=True)  # a local run is alone on its data dir
@@ -342,6 +343,7 @@ def migrate(data_dir: Path | None, database_url: str | None, config: Path | None
 for command in client_commands:
     cli.add_command(command)
 cli.add_command(keys)
+cli.add_command(config_command)
 cli.add_command(results)
 
 

@@ -1,0 +1,63 @@
+"""``freight config``: every setting's value and where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+
+from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option, redis_url_option
+from freight.cli.options import load as _settings
+from freight.wire import jsonx
+
+
+def without_password(url: str) -> str:
+    """A URL with the password of its user part masked (database and broker URLs may carry one)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str) and "://" in value:
+        return without_password(value)
+    return value
+
+
+@click.command(name="config")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: each setting's value and source.")
+@data_dir_option
+@database_url_option
+@redis_url_option
+@blobs_option
+@config_option
+def config_command(as_json: bool, data_dir: Path | None, database_url: str | None, redis_url: str | None,
+                   blobs: str | None, config: Path | None) -> None:
+    """Print every setting's value and where it came from: a flag, a variable, freight.toml or the default
+    (docs/configuration.md). Passwords in URLs are masked."""
+    settings = _settings(config, data_dir, database_url=database_url, redis_url=redis_url, blobs=blobs)
+    given = {name: {"value": _shown(value), "source": source} for name, (value, source) in settings.given.items()}
+    if as_json:
+        out = {"config_file": str(settings.config_path) if settings.config_path else None, "settings": given,
+               "models": {name: table.get("backend") for name, table in settings.model_tables().items()}}
+        click.echo(jsonx.dumps(out).decode())
+        return
+    click.echo(f"# config file: {settings.config_path or '(none)'}")
+    width = max(len(name) for name in given)
+    for name, item in given.items():
+        value = "(none)" if item["value"] is None else jsonx.dumps(item["value"]).decode()
+        click.echo(f"{name:<{width}} = {value}  # {item['source']}")
+    for name, table in settings.model_tables().items():
+        click.echo(f'models."{name}".backend = "{table.get("backend")}"')
