@@ -21,7 +21,7 @@ LLAMA_SERVER_DIR := $(HOME)/.cache/freight/llama-server-$(LLAMA_KEY)
 LLAMA_SERVER := $(LLAMA_SERVER_DIR)/llama-server
 LLAMA_JOBS ?= 2
 
-.PHONY: install bytecode demo test lint bench chaos clean llama-server test-integrations
+.PHONY: install bytecode demo test lint docs bench chaos clean llama-server test-integrations
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
