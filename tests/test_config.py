@@ -257,3 +257,13 @@ def test_the_docs_have_a_table_for_every_backend() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text()
     for backend in MODEL_BACKENDS:
         assert f'### `backend = "{backend}"`' in page
+
+
+def test_a_misspelt_freight_variable_is_named_and_a_users_own_is_not(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    env = {"FREIGHT_ENGINE_LEESE_S": "5", "FREIGHT_MY_UPSTREAM_KEY": "sk-1", "FREIGHT_PORT": "9000"}
+    with caplog.at_level("WARNING", logger="freight.config"):
+        s = load(tmp_path, "", env=env)
+    assert s.engine.lease_s == 120 and s.port == 9000
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignored the environment variable FREIGHT_ENGINE_LEESE_S (did you mean FREIGHT_ENGINE_LEASE_S?)"]

@@ -140,5 +140,5 @@ def test_freight_toml_intake_tables_load_and_bad_ones_are_a_config_error(tmp_pat
     settings = load_settings(path, env={})
     assert settings.intake["q"].queue == "in" and settings.intake["q"].policy.flush_age_s == 1.5
     path.write_text('[intake."q"]\nkind = "sqs"\n')
-    with pytest.raises(ConfigError, match="kind in .* must be one of 'redis', 'amqp', 'http', got 'sqs'"):
+    with pytest.raises(ConfigError, match=r"kind in .* must be one of 'redis', 'amqp', 'http', got 'sqs'"):
         load_settings(path, env={})

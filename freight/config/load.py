@@ -8,13 +8,14 @@ config (``api_key_env``), never written in the file.
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from freight.config.models import check_models
-from freight.config.read import Resolved, resolve
+from freight.config.read import Resolved, misspelt_variables, resolve
 from freight.config.settings import CacheSettings, ProjectSettings, Settings, default_data_dir
 from freight.domain import windows
 from freight.domain.errors import ConfigError
@@ -29,6 +30,8 @@ from freight.services.files import UploadLimits
 from freight.services.message_batches import MessageBatchLimits
 from freight.services.prices import PriceBook, backend_options
 from freight.wire.batch_input import InputLimits
+
+log = logging.getLogger("freight.config")
 
 
 def find_config(explicit: Path | None, env: dict[str, str]) -> Path | None:
@@ -71,6 +74,8 @@ def load_settings(
     flags = {"server.data_dir": data_dir, "server.host": host, "server.port": port, "server.blobs": blobs,
              "server.database_url": database_url, "server.redis_url": redis_url}
     r = resolve(data, env, flags, path)
+    for name in misspelt_variables(env):
+        log.warning("ignored the environment variable %s", name)
     models = data.get("models", {})
     if not isinstance(models, dict):
         raise ConfigError("[models] must be a table")

@@ -36,6 +36,21 @@ class Resolved:
         return self.values[name]
 
 
+def misspelt_variables(env: Mapping[str, str]) -> list[str]:
+    """``FREIGHT_*`` variables that are not freight's but nearly one of its names (a typo is otherwise
+    silently ignored): "NAME (did you mean OTHER?)". Others (a user's own key variable) are not named."""
+    from freight.config.registry import ENV_ONLY
+
+    known = [s.env_var for s in SETTINGS if s.env_var] + [n.strip() for e in ENV_ONLY for n in e.name.split(",")]
+    out = []
+    for name in sorted(env):
+        if name.startswith("FREIGHT_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                out.append(f"{name} (did you mean {close[0]}?)")
+    return out
+
+
 def _unknown(given: set[str], known: list[str], where: str) -> ConfigError:
     hints = []
     for name in sorted(given):
