@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from freight.cli.main import cli
 from freight.cli.show_config import without_password
 from freight.config import CacheSettings, load_settings
 from freight.config.docs import regenerate, render
@@ -186,12 +184,16 @@ def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     (tmp_path / "freight.toml").write_text("[engine]\nlease_s = 45\n")
     env = {"FREIGHT_CONFIG": str(tmp_path / "freight.toml"), "FREIGHT_WEBHOOKS_TIMEOUT_S": "3",
            "FREIGHT_DATABASE_URL": "postgresql://freight:hunter2@db:5432/freight"}
-    out = CliRunner().invoke(cli, ["config"], env=env)
-    assert out.exit_code == 0, out.output
-    lines = {line.split(" = ")[0].strip(): line for line in out.output.splitlines() if " = " in line}
+    # In a process of its own: the command sets up logging for the whole process.
+    import os
+
+    done = subprocess.run([sys.executable, "-m", "freight", "config"], env={**os.environ, **env}, capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split(" = ")[0].strip(): line for line in done.stdout.splitlines() if " = " in line}
     assert lines["engine.lease_s"].endswith(f"= 45.0  # {tmp_path / 'freight.toml'}")
     assert lines["webhooks.timeout_s"].endswith("= 3.0  # FREIGHT_WEBHOOKS_TIMEOUT_S")
-    assert "hunter2" not in out.output
+    assert "hunter2" not in done.stdout + done.stderr
     assert '"postgresql://freight:***@db:5432/freight"' in lines["server.database_url"]
     assert lines["engine.poll_interval_s"].endswith("# default")
 

@@ -41,8 +41,8 @@ COMMON = (
        "(docs/cost.md)."),
     _o("*", "tokens_per_s", "float", None, "With `machine_cost_per_hour`: the machine's throughput, to share its "
        "cost by tokens."),
-    _o("*", "price_windows", "list", None, "Prices that apply in some hours: `[{ window = \"00:00-06:00\", "
-       "input_per_mtok = …, output_per_mtok = … }]` (docs/scheduling.md)."),
+    _o("*", "price_windows", "any", None, "Prices that apply in some hours: `[{ window = \"00:00-06:00\", "
+       "input_per_mtok = …, output_per_mtok = … }]` (docs/scheduling.md).", shown_type="list of tables"),
     _o("*", "windows", "hours", None, "The hours the model may run, like `[\"00:00-06:00\"]` "
        "(docs/scheduling.md); default: always."),
     _o("*", "timezone", "str", None, "The time zone of `windows` and `price_windows` (an IANA name; default UTC)."),
