@@ -123,7 +123,7 @@ def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY, poll_
     with tempfile.TemporaryDirectory(prefix="freight-bench-engine-") as tmp:
         root = Path(tmp)
         write_input(root / "in.jsonl", n)
-        rt = build_runtime(_settings(root), backends=[_backend(chunk, concurrency)])
+        rt = build_runtime(_settings(root), backends=[_backend(chunk, concurrency)], exclusive=True)  # as `freight run`
         tune_gc()  # as `freight run` does
         stages = Stages(rt.store)
         try:

@@ -7,6 +7,7 @@ Used by the API (``create_app`` takes a ``Runtime``), by every CLI command (``se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import time
@@ -209,8 +210,11 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         # Several processes may share the store (a data dir's SQLite, or PostgreSQL): the batch steps
         # run in the holder of a lease in it. Without the lock (tests), this engine is alone.
         shared = data_lock is not None or settings.database_url is not None
+        engine_settings = settings.engine
+        if exclusive and alone and not store.out_of_process:  # freight run on SQLite: no thread for chunk calls
+            engine_settings = dataclasses.replace(engine_settings, inline_chunk_calls=True)
         # Claims go through the budget check (services/budget_guard.py): a capped batch stops starting work.
-        engine = Engine(cast(Store, BudgetedQueue(store, cost)), blobs, catalog, clock, settings.engine,
+        engine = Engine(cast(Store, BudgetedQueue(store, cost)), blobs, catalog, clock, engine_settings,
                         owner=owner, steps=store if shared else None)
         if isinstance(store, WorkHints):  # a shared store: other processes' batches wake this engine
             store.listen_for_work(engine.wake)

@@ -363,7 +363,7 @@ class Engine:
                     await asyncio.sleep(min(60.0, self.settings.poll_interval_s * 2 ** min(start_failures, 10)))
                     continue
             try:
-                got = await asyncio.to_thread(
+                got = await self._chunk_call(
                     claim_in_turn, self.store, turns, candidates, self.owner, self.clock.now(), self.settings.lease_s,
                     backend.chunk_size, self.settings.retry.max_attempts)
                 self.repeats.ok(f"claim_failed:{models}")
@@ -415,13 +415,19 @@ class Engine:
                 log.warning("renewing leases failed", exc_info=True, extra={"event": "renew_failed",
                                                                              "batch_id": batch_id})
 
+    async def _chunk_call(self, fn: Callable[..., T], *args: object) -> T:
+        """A claim, or a chunk's results stored: on a thread, or here (``EngineSettings.inline_chunk_calls``)."""
+        if self.settings.inline_chunk_calls:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
+
     async def _store_with_retries(self, what: str, fn: Callable[..., T], *args: object) -> T:
         """A store write of results held only in memory: retried through a locked or full store."""
         delay = self.settings.store_retry_base_s
         attempts = max(1, self.settings.store_retry_attempts)
         for attempt in range(1, attempts + 1):
             try:
-                done = await asyncio.to_thread(fn, *args)
+                done = await self._chunk_call(fn, *args)
                 self.repeats.ok("store_retry", "store_failed")
                 return done
             except Exception as exc:

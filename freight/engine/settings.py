@@ -59,3 +59,10 @@ class EngineSettings:
     #: process that dies holding it delays the batch steps by at most this.
     step_lease_s: float = 15.0
     scheduling: SchedulingSettings = field(default_factory=SchedulingSettings)
+    #: Claims and a chunk's results are stored on the event loop's own thread instead of a worker
+    #: thread's. Only for a store in this process (SQLite) that no other process uses (``freight run``,
+    #: set by the composition root): there a thread adds only hand-offs and contention for the
+    #: interpreter's lock, and the call cannot wait on another process's write lock. A call blocks the
+    #: loop for its few milliseconds; the batch steps (ingest, finalize) still run on threads.
+    #: 100,000 requests: the run phase 72-83 -> 64-65 us per request, the whole run +4-13%.
+    inline_chunk_calls: bool = False
