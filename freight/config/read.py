@@ -154,11 +154,11 @@ def _bounded(s: Setting, value: Any, where: str) -> Any:
         return None
     if s.min is not None and value < s.min:
         floor = f"0 ({s.zero}) or more" if s.zero is not None else f"at least {_number(s.min)}"
-        raise ConfigError(f"{where} must be {floor}, got {value}")
+        raise ConfigError(f"{where} must be {floor}, got {_number(value)}")
     if s.above is not None and value <= s.above:
-        raise ConfigError(f"{where} must be more than {_number(s.above)}, got {value}")
+        raise ConfigError(f"{where} must be more than {_number(s.above)}, got {_number(value)}")
     if s.max is not None and value > s.max:
-        raise ConfigError(f"{where} must be at most {_number(s.max)}, got {value}")
+        raise ConfigError(f"{where} must be at most {_number(s.max)}, got {_number(value)}")
     return value
 
 
