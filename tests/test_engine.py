@@ -443,3 +443,29 @@ def test_finished_chunks_wake_the_engine_only_once_the_claims_run_dry(tmp_path: 
     one_line_per_custom_id(w, done, 200)
     assert ticks < 20, f"{ticks} ticks for 50 chunks"
     store.close()
+
+
+def test_a_step_cancelled_before_it_starts_leaves_no_unawaited_coroutine(world: World) -> None:
+    # The engine stopping cancels its batch steps; one spawned just before never started, and its
+    # coroutine used to be left unawaited (Python's "coroutine 'Engine._finish' was never awaited").
+    import gc
+    import warnings
+
+    ran: list[str] = []
+
+    async def step() -> None:
+        ran.append("ran")
+
+    async def main() -> None:
+        world.engine._spawn("b", step(), wake=False)
+        for task in list(world.engine._tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(main())
+        gc.collect()
+    assert ran == []
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]

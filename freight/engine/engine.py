@@ -268,6 +268,9 @@ class Engine:
         task = asyncio.create_task(guarded())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step (the engine stopping) never awaits ``coro``: close it,
+        # or Python warns that it was never awaited. (Closing a finished coroutine does nothing.)
+        task.add_done_callback(lambda _: getattr(coro, "close", lambda: None)())
 
     # ---- housekeeping ------------------------------------------------------------------
     def purge_files(self) -> int:
