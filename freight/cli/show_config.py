@@ -4,28 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option, redis_url_option
 from freight.cli.options import load as _settings
+from freight.domain.secrets import redact_url
 from freight.wire import jsonx
 
 
 def without_password(url: str) -> str:
     """A URL with the password of its user part masked (database and broker URLs may carry one)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(url, keep_user=True)
 
 
 def _shown(value: Any) -> Any:

@@ -102,7 +102,7 @@ def models_tables(backends: tuple[str, ...] = BACKENDS) -> str:
 
 def env_table() -> str:
     rows = ["### Other variables", "", "| variable | meaning |", "|---|---|"]
-    rows += [f"| {', '.join(_code(n.strip()) for n in e.name.split(','))} | {e.help} |" for e in ENV_ONLY]
+    rows += [f"| {', '.join(_code(n) for n in e.names)} | {e.help} |" for e in ENV_ONLY]
     return "\n".join(rows) + "\n"
 
 

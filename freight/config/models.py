@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from freight.config.read import check_table, parse
 from freight.config.registry import Kind, Setting
 from freight.domain.errors import ConfigError
 
@@ -174,8 +175,6 @@ def _keys(backend: str) -> tuple[Setting, ...]:
 
 def check_models(models: Mapping[str, Any], file: str) -> None:
     """Every ``[models."name"]`` table: a known backend, only keys it takes, each of the declared type."""
-    from freight.config.read import check_table, parse  # (read imports the registry, as this module does)
-
     for name, table in models.items():
         where = f'[models."{name}"] of {file}'
         if not isinstance(table, dict):

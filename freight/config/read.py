@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from freight.config.registry import OTHER_SECTIONS, SECTIONS, SETTINGS, Setting, section_settings
+from freight.config.registry import OTHER_SECTIONS, SECTIONS, SETTINGS, Setting, known_variables, section_settings
 from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 
@@ -39,9 +39,7 @@ class Resolved:
 def misspelt_variables(env: Mapping[str, str]) -> list[str]:
     """``FREIGHT_*`` variables that are not freight's but nearly one of its names (a typo is otherwise
     silently ignored): "NAME (did you mean OTHER?)". Others (a user's own key variable) are not named."""
-    from freight.config.registry import ENV_ONLY
-
-    known = [s.env_var for s in SETTINGS if s.env_var] + [n.strip() for e in ENV_ONLY for n in e.name.split(",")]
+    known = known_variables()
     out = []
     for name in sorted(env):
         if name.startswith("FREIGHT_") and name not in known:
@@ -59,18 +57,17 @@ def _unknown(given: set[str], known: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown key(s) in {where}: {', '.join(hints)}")
 
 
-def check_table(table: Mapping[str, Any], settings: tuple[Setting, ...], where: str,
-                also: tuple[str, ...] = ()) -> None:
-    known = [s.key for s in settings] + list(also)
+def check_table(table: Mapping[str, Any], settings: tuple[Setting, ...], where: str) -> None:
+    known = [s.key for s in settings]
     unknown = set(table) - set(known)
     if unknown:
         raise _unknown(unknown, known, where)
 
 
-def _table(data: Mapping[str, Any], name: str, where: str = "") -> dict[str, Any]:
+def _table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
     value = data.get(name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{where or f'[{name}]'} must be a table")
+        raise ConfigError(f"[{name}] must be a table")
     return value
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from freight.config.settings import CacheSettings
+from freight.config.settings import DEFAULT_QUOTA, CacheSettings, Settings
 from freight.domain.cache_key import SCOPES
 from freight.domain.intake import FlushPolicy
 from freight.domain.webhooks import WebhookPolicy
@@ -86,9 +86,9 @@ _IN, _FP = IntakeSettings(name="", kind=""), FlushPolicy()
 
 SETTINGS: tuple[Setting, ...] = (
     # [server]
-    Setting("server", "host", "str", "127.0.0.1", "The address `freight serve` listens on.",
+    Setting("server", "host", "str", Settings.host, "The address `freight serve` listens on.",
             env="FREIGHT_HOST", flag="--host"),
-    Setting("server", "port", "int", 8080, "The port `freight serve` listens on.",
+    Setting("server", "port", "int", Settings.port, "The port `freight serve` listens on.",
             env="FREIGHT_PORT", flag="--port", min=0, max=65535),
     Setting("server", "data_dir", "path", None, "Where freight keeps its SQLite database and, without `blobs`, "
             "its files (default: the platform's user data directory; `freight run`: its `run` subdirectory).",
@@ -99,12 +99,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server", "blobs", "str", None, "Where file bytes live: a directory every process shares, or "
             "`s3://bucket/prefix` (docs/deployment.md); default `DATA_DIR/blobs`.",
             env="FREIGHT_BLOBS", flag="--blobs", example="s3://bucket/prefix"),
-    Setting("server", "sqlite_synchronous", "choice", "FULL", "SQLite's durability: FULL survives power loss, "
-            "NORMAL a process crash only.", choices=("FULL", "NORMAL", "EXTRA")),
+    Setting("server", "sqlite_synchronous", "choice", Settings.sqlite_synchronous,
+            "SQLite's durability: FULL survives power loss, NORMAL a process crash only.",
+            choices=("FULL", "NORMAL", "EXTRA")),
     Setting("server", "database_url", "str", None, "PostgreSQL shared by every freight process (run "
             "`freight migrate` first); default: SQLite in the data dir.",
             env="FREIGHT_DATABASE_URL", flag="--database-url", example="postgresql://freight@db:5432/freight"),
-    Setting("server", "database_pool_size", "int", 10, "Connections each process keeps to PostgreSQL at most.",
+    Setting("server", "database_pool_size", "int", Settings.database_pool_size,
+            "Connections each process keeps to PostgreSQL at most.",
             min=1),
     Setting("server", "redis_url", "str", None, "Redis where every process shares remote upstreams' rpm/tpm "
             "limits; default: each process keeps to the limits alone.",
@@ -122,9 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
             min=1),
     Setting("limits", "completion_window_max", "duration", _WL.max_s, "The longest `completion_window` accepted.",
             min=1),
-    Setting("limits", "max_active_batches_per_project", "int", 100, "Batches a project may have running; over it, "
-            "429 `too_many_active_batches`.", min=0, zero="no limit"),
-    Setting("limits", "max_queued_requests_per_project", "int", 1_000_000, "Requests a project may have waiting; "
+    Setting("limits", "max_active_batches_per_project", "int", DEFAULT_QUOTA.max_active_batches,
+            "Batches a project may have running; over it, 429 `too_many_active_batches`.", min=0, zero="no limit"),
+    Setting("limits", "max_queued_requests_per_project", "int",
+            DEFAULT_QUOTA.max_queued_requests, "Requests a project may have waiting; "
             "over it, 429 `too_many_queued_requests`.", min=0, zero="no limit"),
     # [engine]
     Setting("engine", "max_attempts", "int", _ES.retry.max_attempts, "Tries per request (transient failures "
@@ -177,8 +180,8 @@ SETTINGS: tuple[Setting, ...] = (
             "events.", above=0),
     Setting("webhooks", "allow_http", "bool", _WH.allow_http, "Plain http to hosts other than loopback."),
     # [metrics]
-    Setting("metrics", "project_label", "bool", False, "Label per-project series of `GET /metrics` with the "
-            "project (off: bounded cardinality)."),
+    Setting("metrics", "project_label", "bool", Settings.metrics_project_label,
+            "Label per-project series of `GET /metrics` with the project (off: bounded cardinality)."),
     # [cache]
     Setting("cache", "enabled", "bool", _CS.enabled, "The result cache (docs/cache.md); off: every request runs."),
     Setting("cache", "ttl", "duration", _CS.ttl_s, "How long an answer is reused.", min=1),
@@ -228,6 +231,11 @@ class EnvOnly:
     name: str
     help: str
 
+    @property
+    def names(self) -> list[str]:
+        """The variables (``name`` may list several, comma-separated)."""
+        return [n.strip() for n in self.name.split(",")]
+
 
 ENV_ONLY: tuple[EnvOnly, ...] = (
     EnvOnly("FREIGHT_CONFIG", "The freight.toml to read (flag `--config`; default `./freight.toml` if present)."),
@@ -239,6 +247,11 @@ ENV_ONLY: tuple[EnvOnly, ...] = (
     EnvOnly("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL",
             "The S3 credentials and endpoint, as the AWS SDKs read them."),
 )
+
+
+def known_variables() -> list[str]:
+    """Every variable freight reads for its settings, and those it reads elsewhere."""
+    return [s.env_var for s in SETTINGS if s.env_var] + [n for e in ENV_ONLY for n in e.names]
 
 
 def section_settings(section: str) -> tuple[Setting, ...]:

@@ -21,6 +21,8 @@ from freight.wire.batch_input import InputLimits
 
 DEFAULT_EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
+#: Per-project limits by default (0 in freight.toml: no limit).
+DEFAULT_QUOTA = Quota(max_active_batches=100, max_queued_requests=1_000_000)
 
 
 def default_data_dir() -> Path:
@@ -61,7 +63,7 @@ class Settings:
     upload: UploadLimits = field(default_factory=UploadLimits)
     window: WindowLimits = field(default_factory=WindowLimits)
     engine: EngineSettings = field(default_factory=EngineSettings)
-    quota: Quota = field(default_factory=lambda: Quota(max_active_batches=100, max_queued_requests=1_000_000))
+    quota: Quota = DEFAULT_QUOTA
     anthropic: MessageBatchLimits = field(default_factory=MessageBatchLimits)
     sqlite_synchronous: str = "FULL"
     database_url: str | None = None

@@ -18,10 +18,28 @@ import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from freight.domain.errors import ConfigError
 
 MASK = "***"
+
+
+def redact_url(url: str, *, keep_user: bool = False) -> str:
+    """A URL without its credentials, for logs, reprs and messages: ``user:password@`` dropped, or with
+    ``keep_user`` the password alone masked (``user:***@``). A URL that does not parse is masked whole."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return MASK
+    if parts.password is None and (keep_user or parts.username is None):
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    user = f"{parts.username or ''}:{MASK}@" if keep_user else ""
+    return parts._replace(netloc=user + host + (f":{port}" if port is not None else "")).geturl()
 
 
 def _hex_class(text: str) -> str:

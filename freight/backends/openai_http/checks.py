@@ -6,9 +6,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from freight.domain.errors import ConfigError
+from freight.domain.secrets import redact_url
 from freight.wire.token_estimate import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES
 
 ENDPOINTS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES})
+__all__ = ["ENDPOINTS", "endpoint_url", "missing_fields", "normalize_base_url", "redact_url"]
 
 
 def missing_fields(endpoint: str, body: Any) -> str | None:
@@ -40,17 +42,6 @@ def missing_fields(endpoint: str, body: Any) -> str | None:
             return "no 'output'"
         return None
     return None
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password@ (for logs and reprs)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def normalize_base_url(base_url: str) -> str:
