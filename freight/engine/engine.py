@@ -21,7 +21,7 @@ import contextlib
 import logging
 import random as _random
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from freight.domain import ids
 from freight.domain.batches import Batch, BatchStatus
@@ -149,9 +149,9 @@ class Engine:
                     self.repeats.failed("tick_failed", "engine tick failed; retrying", exc)
                 if until is not None and until():
                     break
-                waits: list[asyncio.Task[object]] = [asyncio.create_task(self._wake.wait())]
+                waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
                 if stop_wait is not None:
-                    waits.append(stop_wait)  # type: ignore[arg-type]
+                    waits.append(stop_wait)
                 done, _ = await asyncio.wait(waits, timeout=self.settings.poll_interval_s,
                                              return_when=asyncio.FIRST_COMPLETED)
                 waits[0].cancel()
