@@ -24,8 +24,9 @@ class Clock:
         return self.t
 
 
-def rows(batch: str, idxs: list[int], state: int = PENDING) -> list[dict[str, Any]]:
-    return [{"batch_id": batch, "idx": i, "state": state} for i in idxs]
+def rows(batch: str, idxs: list[int], state: int = PENDING) -> list[tuple[Any, ...]]:
+    """Rows as the claim statements return them (store/common/queue.py: BATCH_ID, IDX, STATE, ...)."""
+    return [(batch, i, state, 0, None, f"c{i}", b"{}") for i in idxs]
 
 
 def test_a_full_claim_moves_the_start_past_its_last_pending_request() -> None:

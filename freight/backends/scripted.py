@@ -65,12 +65,13 @@ class ScriptedBackend:
         if self._slots is None:
             # A request that neither sleeps nor waits for a slot is answered inline: a task each (what
             # gather makes of coroutines) cost more than the answer itself.
-            scripts = [_script(body) for body in bodies]
+            texts = [_last_text(body) for body in bodies]
+            scripts = [_script(body, text) for body, text in zip(bodies, texts, strict=True)]
             if not any(script.get("sleep_s") for script in scripts):
                 self.executed += len(bodies)
                 request_ids = ids.new_request_ids(len(bodies))  # one read of the random source per chunk
-                return [self._answer(endpoint, body, script, rid)
-                        for body, script, rid in zip(bodies, scripts, request_ids, strict=True)]
+                return [self._answer(endpoint, body, script, rid, text)
+                        for body, script, rid, text in zip(bodies, scripts, request_ids, texts, strict=True)]
         return list(await asyncio.gather(*(self._slot(endpoint, body) for body in bodies)))
 
     async def _slot(self, endpoint: str, body: dict[str, Any]) -> Result | Failure:
@@ -96,24 +97,32 @@ class ScriptedBackend:
         return self._answer(endpoint, body, script)
 
     def _answer(self, endpoint: str, body: dict[str, Any], script: dict[str, Any],
-                request_id: str | None = None) -> Result | Failure:
+                request_id: str | None = None, text: str | None = None) -> Result | Failure:
         request_id = request_id or ids.new_request_id()
-        key = str(script.get("key", ""))
-        attempt = self.calls[key] = self.calls[key] + 1
-        status = int(script.get("status", 200))
-        fail_times = script.get("fail_times")
-        if fail_times is not None and attempt > int(fail_times):
-            status = 200
+        status = 200
+        if script:
+            key = str(script.get("key", ""))
+            attempt = self.calls[key] = self.calls[key] + 1
+            status = int(script.get("status", 200))
+            fail_times = script.get("fail_times")
+            if fail_times is not None and attempt > int(fail_times):
+                status = 200
+        else:  # (the common case, without a dictionary's worth of lookups)
+            calls = self.calls
+            attempt = calls[""] = calls[""] + 1
         if status == 0:
             return Failure("connection_error", "scripted connection failure")
         if status >= 400:
             error = {"error": {"message": f"scripted failure {status}", "type": "invalid_request_error"
                                if status < 500 else "server_error", "param": None, "code": None}}
             return Result(status_code=status, body=jsonx.dumps(error), request_id=request_id)
-        response: dict[str, Any] = {"object": "scripted", "endpoint": endpoint, "echo": body, "attempt": attempt}
-        input_tokens, output_tokens = len(jsonx.dumps(body)) // 4, 1
+        echo = jsonx.dumps(body)  # written once: measured for the token count and placed in the answer as it is
+        response: dict[str, Any] = {"object": "scripted", "endpoint": endpoint, "echo": jsonx.encoded(echo),
+                                    "attempt": attempt}
+        input_tokens, output_tokens = len(echo) // 4, 1
         if endpoint == CHAT:
-            output_tokens = _chat_completion(response, body, script, input_tokens, "chatcmpl-" + request_id[4:20])
+            output_tokens = _chat_completion(response, body, script, input_tokens, "chatcmpl-" + request_id[4:20],
+                                             _last_text(body) if text is None else text)
         return Result(status_code=200, body=jsonx.dumps(response), request_id=request_id,
                       input_tokens=input_tokens, output_tokens=output_tokens)
 
@@ -121,8 +130,8 @@ class ScriptedBackend:
 SCRIPT_PREFIX = "#script "
 
 
-def _script(body: dict[str, Any]) -> dict[str, Any]:
-    script: dict[str, Any] = body.get("script") or _message_script(body) or {}
+def _script(body: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+    script: dict[str, Any] = body.get("script") or _message_script(body, text) or {}
     return script
 
 
@@ -136,8 +145,9 @@ def _last_text(body: dict[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _message_script(body: dict[str, Any]) -> dict[str, Any] | None:
-    text = _last_text(body)
+def _message_script(body: dict[str, Any], text: str | None = None) -> dict[str, Any] | None:
+    if text is None:
+        text = _last_text(body)
     if not text.startswith(SCRIPT_PREFIX):
         return None
     try:
@@ -148,14 +158,19 @@ def _message_script(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _chat_completion(response: dict[str, Any], body: dict[str, Any], script: dict[str, Any], prompt: int,
-                     completion_id: str) -> int:
-    """Add a chat completion's fields to ``response``; the number of completion tokens (words)."""
-    reply = str(script.get("reply", f"echo: {_last_text(body)}"))
-    finish, matched = str(script.get("finish_reason", "stop")), None
+                     completion_id: str, text: str) -> int:
+    """Add a chat completion's fields to ``response``; the number of completion tokens (words); ``text`` is the
+    last message's."""
+    if script:
+        reply, finish = str(script.get("reply", f"echo: {text}")), str(script.get("finish_reason", "stop"))
+    else:
+        reply, finish = "echo: " + text, "stop"
+    matched = None
     stops = body.get("stop")
-    for stop in [stops] if isinstance(stops, str) else stops if isinstance(stops, list) else []:
-        if isinstance(stop, str) and stop and stop in reply:
-            reply, finish, matched = reply[: reply.index(stop)], "stop", stop
+    if stops is not None:
+        for stop in [stops] if isinstance(stops, str) else stops if isinstance(stops, list) else []:
+            if isinstance(stop, str) and stop and stop in reply:
+                reply, finish, matched = reply[: reply.index(stop)], "stop", stop
     words = reply.split(" ") if reply else []
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(limit, int) and len(words) > limit:

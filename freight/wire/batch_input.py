@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
+from freight.domain.records import quick_init
 from freight.wire import jsonx
 from freight.wire.json_stream import nests_deeper_than
 
@@ -41,6 +42,7 @@ class LineProblem:
     param: str | None = None
 
 
+@quick_init
 @dataclass(frozen=True)
 class ValidRequest:
     line: int
@@ -49,6 +51,7 @@ class ValidRequest:
     model: str | None
 
 
+@quick_init
 @dataclass(frozen=True)
 class RawLine:
     line: int
@@ -258,13 +261,14 @@ class BatchInputValidator:
         if required is not None and required[0] not in body:
             self._problem(line, "invalid_request", required[1], f"body.{required[0]}")
             return None
-        not_served = self.model_check(model, self.endpoint)
-        if not_served is not None:
+        if model == self.model:
+            pass  # (checked at its first line: served for this endpoint)
+        elif (not_served := self.model_check(model, self.endpoint)) is not None:
             self._problem(line, "model_not_found", not_served, "body.model")
             return None
-        if self.model is None:
+        elif self.model is None:
             self.model = model
-        elif model != self.model:
+        else:
             self._problem(
                 line,
                 "mismatched_model",

@@ -26,6 +26,12 @@ def dumps(obj: Any) -> bytes:
     return ascii_escape(data)
 
 
+def encoded(data: bytes) -> Any:
+    """JSON text already written by ``dumps``, to be placed as it is inside another value given to ``dumps``
+    (the text is not parsed nor written again)."""
+    return orjson.Fragment(data)
+
+
 def ascii_escape(data: bytes) -> bytes:
     """Re-encode UTF-8 JSON text with every non-ASCII character as a \\u escape."""
     return json.dumps(orjson.loads(data), ensure_ascii=True, separators=(",", ":")).encode("ascii")

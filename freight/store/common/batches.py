@@ -20,7 +20,7 @@ from freight.wire import jsonx
 from .base import Base
 from .db import Tx
 from .events import record_event
-from .rows import batch_from_row, batch_params, result_from_row, result_params, stamps_of
+from .rows import batch_from_row, batch_params, result_params, stamps_of, stored_results
 
 #: A batch of at least this many requests refreshes the planner's statistics before it starts.
 REFRESH_STATS_AT = 5000
@@ -169,13 +169,13 @@ class BatchesMixin(Base):
     # ---- the end -----------------------------------------------------------------------
     def results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]:
         with self._db.read() as tx:
-            rows = tx.all("results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
-        return [StoredResult(row["idx"], row["custom_id"], result_from_row(row)) for row in rows]
+            rows = tx.tuples("results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
+        return stored_results(rows)
 
     def failed_results(self, batch_id: str, after_idx: int, limit: int) -> list[StoredResult]:
         with self._db.read() as tx:
-            rows = tx.all("failed_results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
-        return [StoredResult(row["idx"], row["custom_id"], result_from_row(row)) for row in rows]
+            rows = tx.tuples("failed_results", {"batch_id": batch_id, "after_idx": after_idx, "limit": limit})
+        return stored_results(rows)
 
     def finish_batch(
         self,

@@ -7,6 +7,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from freight.domain import ids
 from freight.domain.claims import Tally, is_lost, worker_lost
@@ -14,8 +15,12 @@ from freight.domain.requests import ClaimedRequest, RequestState, Result
 from freight.ports.records import Completion, Retry
 
 from .base import Base
-from .db import Row, Tx
+from .db import Tx
 from .rows import result_columns, result_params
+
+#: The columns of every claim statement (queue.sql), in their order: the rows are read as plain tuples.
+BATCH_ID, IDX, STATE, ATTEMPTS, ATTEMPT_ID, CUSTOM_ID, BODY = range(7)
+ClaimRow = tuple[Any, ...]
 
 
 class ClaimHints:
@@ -46,12 +51,12 @@ class ClaimHints:
             hints = [self._from.get(b) for b in batches]
         return [h[0] if h is not None and now - h[1] < self.FULL_SCAN_EVERY_S else 0 for h in hints]
 
-    def claimed(self, batches: Sequence[str], starts: Sequence[int], rows: Sequence[Row], limit: int) -> None:
+    def claimed(self, batches: Sequence[str], starts: Sequence[int], rows: Sequence[ClaimRow], limit: int) -> None:
         now = self._clock()
         last: dict[str, int] = {}
         for row in rows:
-            if row["state"] == RequestState.PENDING:
-                last[row["batch_id"]] = row["idx"]  # (in idx order within a batch)
+            if row[STATE] == RequestState.PENDING:
+                last[row[BATCH_ID]] = row[IDX]  # (in idx order within a batch)
         with self._lock:
             if len(self._from) > self.MAX_BATCHES:
                 self._from.clear()
@@ -75,7 +80,7 @@ class QueueMixin(Base):
         self, batch_id: str, owner: str, now: float, lease_s: float, limit: int, max_attempts: int
     ) -> list[ClaimedRequest]:
         with self._db.write(durable=False) as tx:  # a lease lost with the database costs a rerun at most
-            rows = tx.all("claim_candidates", {"batch_id": batch_id, "now": now, "limit": limit})
+            rows = tx.tuples("claim_candidates", {"batch_id": batch_id, "now": now, "limit": limit})
             return self._lease(tx, rows, owner, now + lease_s, max_attempts)
 
     def claim_runnable(
@@ -86,7 +91,7 @@ class QueueMixin(Base):
             return []
         with self._db.write(durable=False) as tx:
             if batches is None:
-                rows = tx.all("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
+                rows = tx.tuples("claim_candidates_any", {"models": tx.array(list(models)), "now": now, "limit": limit})
                 return self._lease(tx, rows, owner, now + lease_s, max_attempts)
             hints = self._claim_hints
             starts = hints.starts(batches) if hints is not None else [0] * len(batches)
@@ -102,33 +107,30 @@ class QueueMixin(Base):
         self, tx: Tx, batches: Sequence[str], starts: list[int], models: Sequence[str], owner: str, now: float,
         lease_s: float, limit: int, max_attempts: int,
     ) -> list[ClaimedRequest]:
-        rows = tx.all("claim_candidates_in", {"batches": tx.array(list(batches)), "from_idx": tx.array(starts),
+        rows = tx.tuples("claim_candidates_in", {"batches": tx.array(list(batches)), "from_idx": tx.array(starts),
                                               "models": tx.array(list(models)), "now": now, "limit": limit})
         if self._claim_hints is not None:
             self._claim_hints.claimed(batches, starts, rows, limit)
         return self._lease(tx, rows, owner, now + lease_s, max_attempts)
 
     @classmethod
-    def _lease(cls, tx: Tx, rows: list[Row], owner: str, until: float, max_attempts: int) -> list[ClaimedRequest]:
+    def _lease(cls, tx: Tx, rows: list[ClaimRow], owner: str, until: float, max_attempts: int) -> list[ClaimedRequest]:
         claimed: list[ClaimedRequest] = []
         # One random stem per claim and the idx after it: unique attempt ids without reading the
         # system's random source once per request (that cost more than the lease update itself).
         stem = ids.new_attempt_id()
         leases: dict[str, list[int]] = defaultdict(list)
         lost: dict[str, list[Result]] = defaultdict(list)
-        for row in rows:
-            batch_id = row["batch_id"]
-            if is_lost(row["state"], row["attempts"], max_attempts):
-                result = worker_lost(row["attempts"], max_attempts)
-                if tx.run("close_lost", {"batch_id": batch_id, "idx": row["idx"], "attempt_id": row["attempt_id"],
+        prefix = stem + "."  # each attempt id is what the lease statement writes: the stem, a dot, the idx
+        for batch_id, idx, state, attempts, held_by, custom_id, body in rows:
+            if is_lost(state, attempts, max_attempts):
+                result = worker_lost(attempts, max_attempts)
+                if tx.run("close_lost", {"batch_id": batch_id, "idx": idx, "attempt_id": held_by,
                                          **result_params(result)}):
                     lost[batch_id].append(result)
                 continue
-            attempt_id = f"{stem}.{row['idx']}"  # what the lease statement writes: the stem, a dot, the idx
-            leases[batch_id].append(row["idx"])
-            claimed.append(ClaimedRequest(batch_id=batch_id, idx=row["idx"], custom_id=row["custom_id"],
-                                          body=bytes(row["body"]), attempt_id=attempt_id,
-                                          attempts=row["attempts"] + 1))
+            leases[batch_id].append(idx)
+            claimed.append(ClaimedRequest(batch_id, idx, custom_id, bytes(body), prefix + str(idx), attempts + 1))
         for batch_id, idxs in leases.items():
             tx.run("lease", {"batch_id": batch_id, "idxs": tx.array(idxs), "stem": stem, "owner": owner,
                              "until": until})

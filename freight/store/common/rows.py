@@ -12,6 +12,7 @@ from freight.domain.lanes import LaneSub, SubState
 from freight.domain.message_batches import EndedCounts, MessageBatch
 from freight.domain.requests import Result
 from freight.domain.status_changes import STAMP_FIELDS
+from freight.ports.records import StoredResult
 from freight.wire import jsonx
 
 from .db import Row
@@ -97,17 +98,13 @@ def file_params(f: File, blob_key: str, idempotency_key: str | None = None) -> d
             "idempotency_key": idempotency_key}
 
 
-def result_from_row(row: Row) -> Result:
-    body = row["response_body"]
-    return Result(
-        status_code=row["status_code"],
-        body=bytes(body) if body is not None else None,
-        request_id=row["request_id"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-    )
+def stored_results(rows: Sequence[tuple[Any, ...]]) -> list[StoredResult]:
+    """The rows of the ``results`` statements (batches.sql), read as tuples: idx, custom_id, then a result's
+    columns in ``RESULT_COLUMNS``' order."""
+    return [StoredResult(idx, custom_id, Result(status_code, bytes(body) if body is not None else None, request_id,
+                                                error_code, error_message, input_tokens, output_tokens))
+            for idx, custom_id, status_code, body, request_id, error_code, error_message, input_tokens, output_tokens
+            in rows]
 
 
 #: A result's columns in the requests table, each with what reads it from a ``Result``.

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from freight.domain.errors import InsufficientStorage, StoreError
@@ -50,6 +50,10 @@ class PostgresTx:
 
     def all(self, name: str, params: Params | None = None) -> list[Row]:
         return self._c.execute(self._q[name], params or {}).fetchall()
+
+    def tuples(self, name: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        with self._c.cursor(row_factory=tuple_row) as cur:
+            return cur.execute(self._q[name], params or {}).fetchall()
 
     def run(self, name: str, params: Params | None = None) -> int:
         return self._c.execute(self._q[name], params or {}).rowcount

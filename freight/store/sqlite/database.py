@@ -36,6 +36,12 @@ class SqliteTx:
     def all(self, name: str, params: Params | None = None) -> list[Row]:
         return self._c.execute(self._q[name], params or {}).fetchall()
 
+    def tuples(self, name: str, params: Params | None = None) -> list[tuple[Any, ...]]:
+        cursor = self._c.cursor()
+        cursor.row_factory = None
+        rows: list[tuple[Any, ...]] = cursor.execute(self._q[name], params or {}).fetchall()
+        return rows
+
     def run(self, name: str, params: Params | None = None) -> int:
         return self._c.execute(self._q[name], params or {}).rowcount
 

@@ -101,6 +101,7 @@ VALUES (:batch_id, :idx, :line, :custom_id, :body, {request.done}, :status_code,
 SELECT 1 FROM requests WHERE batch_id = :batch_id AND state < {request.done} LIMIT 1;
 
 -- name: results
+-- (results and failed_results return these columns in this order: common/rows.py stored_results reads them by position.)
 SELECT idx, custom_id, status_code, response_body, request_id, error_code, error_message, input_tokens, output_tokens
 FROM requests WHERE batch_id = :batch_id AND idx > :after_idx AND state = {request.done}
 ORDER BY idx LIMIT :limit;

@@ -3,6 +3,7 @@
 -- SQLite: every write runs under BEGIN IMMEDIATE, so a claim's select and updates are atomic.
 
 -- name: claim_candidates
+-- (Every claim statement returns these seven columns in this order: common/queue.py reads them by position.)
 -- Pending requests first, then running ones whose lease ran out, each in input order: the order of
 -- the open-requests index (batch_id, state, idx), so a claim reads only what it takes and never
 -- walks past the batch's finished requests (ORDER BY idx alone did: a claim cost grew with the batch).
