@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from freight.backends.local_embeddings import (
-    FIRST_CUT_CHARS,
-    MAX_INPUT_CHARS,
-    MAX_TOKENS,
-    LocalEmbeddingBackend,
-    bounded_text,
-    load_tokenizer,
-)
+from freight.backends.embedding_text import FIRST_CUT_CHARS, MAX_INPUT_CHARS, MAX_TOKENS, bounded_text, load_tokenizer
+from freight.backends.local_embeddings import LocalEmbeddingBackend
 from freight.domain.requests import Failure, Result
 from freight.wire import jsonx
 

@@ -78,7 +78,7 @@ def test_duration_at_the_configured_tpm(tmp_path: Path) -> None:
 
 
 def test_local_embeddings_use_their_own_tokenizer_and_the_machine_cost(tmp_path: Path) -> None:
-    from freight.backends.local_embeddings import load_tokenizer
+    from freight.backends.embedding_text import load_tokenizer
 
     tokenizer = load_tokenizer(max_tokens=1 << 20)
     lines = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",

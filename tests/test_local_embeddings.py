@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,7 +14,8 @@ import numpy as np
 import pytest
 from reference_minilm import ReferenceMiniLM, pool, single_threaded_blas
 
-from freight.backends.local_embeddings import MAX_INPUTS, LocalEmbeddingBackend, plan_batches
+from freight.backends.embedding_text import MAX_INPUTS, plan_batches
+from freight.backends.local_embeddings import LocalEmbeddingBackend
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
 from freight.wire import jsonx
@@ -174,8 +177,8 @@ class RecordingSession:
 
 
 def test_a_chunk_is_sorted_as_a_whole_into_small_padded_batches(backend: LocalEmbeddingBackend) -> None:
-    """600 inputs of 1 to 120 words in one chunk: one sort over all of them (the model batches come in
-    order of width), so padding stays under 5% of the real tokens."""
+    """600 inputs of 1 to 120 words in one chunk: one sort over all of them, so padding stays under 5% of
+    the real tokens."""
     b = LocalEmbeddingBackend(model_id=MODEL)
     b._tokenizer, b._probe = backend._tokenizer, backend._probe
     b._session = recording = RecordingSession(backend._session)
@@ -187,8 +190,6 @@ def test_a_chunk_is_sorted_as_a_whole_into_small_padded_batches(backend: LocalEm
     real = sum(ok(r)["usage"]["prompt_tokens"] for r in results)
     padded = sum(rows * width for rows, width in recording.shapes)
     assert padded <= 1.05 * real, (padded, real)
-    widths = [width for _, width in recording.shapes]
-    assert widths == sorted(widths)
     assert all(rows <= 32 and (rows == 1 or rows * width <= 2048) for rows, width in recording.shapes)
     assert sum(rows for rows, _ in recording.shapes) == 600
 
@@ -363,3 +364,52 @@ def test_execute_does_not_block_the_event_loop(backend: LocalEmbeddingBackend) -
         return ticks
 
     assert asyncio.run(main()) >= 5
+
+
+class OverlapSession(RecordingSession):
+    """Records how many model calls run at once (each held a moment, so that overlaps show)."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(real)
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> Any:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)
+            return super().run(names, feeds)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize(("threads", "calls"), [(1, 2), (2, 1)])
+def test_model_batches_run_side_by_side_as_many_at_once_as_the_cores_hold(
+    backend: LocalEmbeddingBackend, monkeypatch: pytest.MonkeyPatch, threads: int, calls: int
+) -> None:
+    """On 2 cores: single-threaded model calls two at a time; two-threaded ones one at a time. The vectors
+    are those of one call at a time."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    b = LocalEmbeddingBackend(model_id=MODEL, threads=threads, batch_size=8)
+    assert b.calls == calls
+    b._tokenizer, b._probe = backend._tokenizer, backend._probe
+    b._session = overlap = OverlapSession(backend._session)
+    bodies = [{"model": MODEL, "input": f"sentence number {i} " + "word " * (i % 7)} for i in range(64)]
+    try:
+        results = run(b, bodies)
+    finally:
+        asyncio.run(b.close())
+    assert overlap.most == calls
+    assert len(overlap.shapes) == 8
+    alone = run(backend, bodies)
+    for mine, theirs in zip(results, alone, strict=True):
+        np.testing.assert_allclose(ok(mine)["data"][0]["embedding"], ok(theirs)["data"][0]["embedding"], atol=1e-5)
+
+
+def test_a_model_call_uses_one_thread_unless_told_otherwise(backend: LocalEmbeddingBackend) -> None:
+    assert backend.threads is None
+    assert backend._session.get_session_options().intra_op_num_threads == 1
+    assert backend.calls == max(1, os.cpu_count() or 1)

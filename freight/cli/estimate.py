@@ -47,7 +47,7 @@ def counter_for(model: str, table: dict[str, Any]) -> tuple[Counter | None, str]
     kind = table.get("backend")
     try:
         if kind == "local-embeddings":
-            from freight.backends.local_embeddings import load_tokenizer
+            from freight.backends.embedding_text import load_tokenizer
 
             tokenizer = load_tokenizer(max_tokens=1 << 20)
             return (lambda text: len(tokenizer.encode(text).ids)), "the model's tokenizer (WordPiece)"

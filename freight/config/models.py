@@ -95,7 +95,8 @@ BACKEND_OPTIONS: dict[str, tuple[Setting, ...]] = {
         ("batch_size", "int", 32, "Inputs per model call, at most (docs/embeddings.md)."),
         ("batch_tokens", "int", 2048, "Padded tokens per model call, at most."),
         ("chunk_size", "int", 1024, "Requests claimed per engine call (sorted by length within it)."),
-        ("threads", "int", None, "onnxruntime's intra-op threads.", {"shown_default": "all cores"}),
+        ("threads", "int", None, "onnxruntime's intra-op threads of one model call; as many calls run at once as the "
+                                   "cores hold.", {"shown_default": "1"}),
         ("max_concurrency", "int", 1, "Chunks in flight at once."),
         ("spin", "bool", True, "onnxruntime's threads spin between operators."),
     )),
