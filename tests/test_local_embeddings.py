@@ -147,12 +147,12 @@ def test_batching_does_not_change_results(backend: LocalEmbeddingBackend) -> Non
 
 
 def test_models_and_settings() -> None:
-    b = LocalEmbeddingBackend(model_id="mini", chunk_size=32, max_concurrency=2, batch_size=8, threads=1)
+    b = LocalEmbeddingBackend(model_id="mini", chunk_size=32, max_concurrency=3, batch_size=8, threads=1)
     (info,) = b.models()
     assert (info.id, info.endpoints, info.owned_by) == ("mini", frozenset({ENDPOINT}), "freight")
-    assert (b.chunk_size, b.max_concurrency) == (32, 2)
+    assert (b.chunk_size, b.max_concurrency) == (32, 3)
     default = LocalEmbeddingBackend()
-    assert (default.chunk_size, default.max_concurrency) == (1024, 1)
+    assert (default.chunk_size, default.max_concurrency) == (1024, 2)
     assert (default.batch_size, default.batch_tokens) == (32, 2048)
 
 

@@ -123,8 +123,10 @@ class LocalEmbeddingBackend:
     as many at once as that leaves cores for (``calls``): a chunk's model batches are spread over them.
     Two single-threaded calls at once on 2 cores embedded 5,000 requests in 11.3-11.8 s where one call
     at a time on both cores took 13.8-14.7 s: a model this small spends much of a two-thread call
-    handing its operators' halves between the threads. ``max_concurrency`` 1: one chunk in flight; its
-    batches already fill the cores.
+    handing its operators' halves between the threads. ``max_concurrency`` 2: a second chunk is claimed,
+    tokenized and queued for the model while the first one's last batches run and its results are stored,
+    so that the cores do not wait for that (5,000 requests, three alternated runs each against the plain
+    script: 0.96 of its throughput with two chunks, 0.87 with one).
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class LocalEmbeddingBackend:
         batch_tokens: int = 2048,
         chunk_size: int = 1024,
         threads: int | None = None,
-        max_concurrency: int = 1,
+        max_concurrency: int = 2,
         spin: bool = True,
     ) -> None:
         if not isinstance(spin, bool):

@@ -97,7 +97,7 @@ BACKEND_OPTIONS: dict[str, tuple[Setting, ...]] = {
         ("chunk_size", "int", 1024, "Requests claimed per engine call (sorted by length within it)."),
         ("threads", "int", None, "onnxruntime's intra-op threads of one model call; as many calls run at once as the "
                                    "cores hold.", {"shown_default": "1"}),
-        ("max_concurrency", "int", 1, "Chunks in flight at once."),
+        ("max_concurrency", "int", 2, "Chunks in flight at once."),
         ("spin", "bool", True, "onnxruntime's threads spin between operators."),
     )),
     "llama-cpp": _opts("llama-cpp", (
