@@ -239,6 +239,7 @@ def test_embeddings_batch_runs_on_ray_actors(world: World) -> None:
     assert all(len(line["response"]["body"]["data"]) == 2 for line in out)
     (info,) = actor_info(world.pool(EMB))
     assert info["pid"] != os.getpid() and info["chunks"] >= n // 8 and info["loads"] == 1
+    assert info["calls"] == 1  # the replica reserves half a CPU: one model call at a time, whatever the cores
 
 
 def test_chat_batch_runs_on_ray_actors(world: World) -> None:

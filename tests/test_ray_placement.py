@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from freight.backends import build_backend
 from freight.backends.ray import RayBackend, parse_placement
+from freight.backends.ray.replica import fit_to_reserved_cores
 from freight.config import load_settings
 from freight.domain.errors import ConfigError
 from freight.domain.replicas import ReplicaBounds, desired_replicas
@@ -170,3 +172,16 @@ def test_a_retiring_replica_is_orphaned_only_after_its_retirers_longest_wait() -
     assert not orphaned({"retiring": True, "retiring_for_s": RETIRE_DRAIN_S + RETIRE_GRACE_S})
     assert orphaned({"retiring": True, "retiring_for_s": RETIRE_DRAIN_S + RETIRE_GRACE_S + 61})
     assert not orphaned({"retiring": False})  # an older replica's info has no such key either
+
+
+@pytest.mark.parametrize(("cpus", "threads", "calls"), [(None, None, 8), (0.5, None, 1), (1, None, 1), (2, None, 2),
+                                                         (3.5, None, 3), (4, 2, 2), (1, 2, 1)])
+def test_a_replica_runs_as_many_model_calls_as_its_reserved_cores_hold(
+    cpus: float | None, threads: int | None, calls: int
+) -> None:
+    backend = SimpleNamespace(calls=8, threads=threads)
+    fit_to_reserved_cores(backend, cpus)
+    assert backend.calls == calls
+    other = SimpleNamespace()  # a backend without parallel model calls is left as it is
+    fit_to_reserved_cores(other, 2)
+    assert not hasattr(other, "calls")

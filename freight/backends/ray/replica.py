@@ -23,6 +23,28 @@ class ModelLoadError(RuntimeError):
     """The replica could not build its backend or load its model (raised by ``ready`` inside the actor)."""
 
 
+def _reserved_cpus() -> float | None:
+    """The CPUs Ray reserved for this actor (``num_cpus``); None outside an actor."""
+    import ray
+
+    try:
+        context: Any = ray.get_runtime_context()  # (Any: Ray leaves this method untyped)
+        cpus = context.get_assigned_resources().get("CPU")
+    except Exception:  # not inside a Ray worker
+        return None
+    return float(cpus) if cpus is not None else None
+
+
+def fit_to_reserved_cores(backend: Any, cpus: float | None) -> None:
+    """A backend that runs several model calls at once (``calls``: the embeddings backend, as many as the
+    machine has cores) runs as many as the cores Ray reserved for this replica hold (at least one): two
+    replicas with ``num_cpus = 1`` on a 2-core node then fill it, one call each, instead of two each."""
+    if cpus is None or not hasattr(backend, "calls"):
+        return
+    threads = getattr(backend, "threads", None) or 1
+    backend.calls = max(1, int(cpus) // threads)
+
+
 class ModelReplica:
     """One replica: ``ready`` (load once), ``execute`` (one chunk), ``info``. Runs inside a Ray actor."""
 
@@ -36,6 +58,8 @@ class ModelReplica:
             self._backend = build_backend(model_id, {"backend": kind, **options})
         except Exception as exc:
             self._unusable = str(exc) or type(exc).__name__
+        else:
+            fit_to_reserved_cores(self._backend, _reserved_cpus())
         self._model_id = model_id
         self._loads = 0
         self._chunks = 0
@@ -66,7 +90,7 @@ class ModelReplica:
         import ray
 
         return {"pid": os.getpid(), "loads": self._loads, "chunks": self._chunks, "busy_s": self._busy_s,
-                "model": self._model_id, "retiring": self._retiring,
+                "model": self._model_id, "retiring": self._retiring, "calls": getattr(self._backend, "calls", None),
                 "retiring_for_s": time.monotonic() - self._retiring_since if self._retiring else 0.0,
                 "node_id": ray.get_runtime_context().get_node_id()}
 
