@@ -118,7 +118,9 @@ def test_pause_withdraws_queued_requests_and_nothing_starts_until_resume(alpha: 
 
 
 def test_reprioritise_and_project_isolation(alpha: OpenAI, beta: OpenAI) -> None:
-    batch = create(alpha, 0)
+    # Held for an hour, so that it is still active when reprioritised (a finished batch keeps its priority:
+    # with nothing holding it, its 12 instant requests could finish before the first call here).
+    batch = create(alpha, 0, not_before=int(time.time()) + 3600)
     assert post(alpha, f"/batches/{batch.id}/priority", {"priority": -4})["freight"]["priority"] == -4
     with pytest.raises(openai.BadRequestError):
         post(alpha, f"/batches/{batch.id}/priority", {"priority": "top"})
