@@ -53,6 +53,8 @@ def make_input(path: Path, n: int) -> None:
 
 def direct(input_path: str, output_path: str, batch: int = BATCH) -> None:
     """The plain script: same model file and tokenizer, every input sorted by length, batches of 32."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import onnxruntime as ort
     import orjson
@@ -64,8 +66,6 @@ def direct(input_path: str, output_path: str, batch: int = BATCH) -> None:
     tok = tokenizers.Tokenizer.from_file(str(tokenizer_path()))
     tok.enable_truncation(MAX_TOKENS)
     tok.no_padding()  # the shipped tokenizer.json pads every input to 128 tokens
-    from concurrent.futures import ThreadPoolExecutor
-
     opts = ort.SessionOptions()  # the same session options as freight's backend
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1

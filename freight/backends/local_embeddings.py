@@ -43,9 +43,9 @@ over the attention mask and L2-normalised, in numpy. The model batches run side 
 single-threaded model call per core (``threads``, see ``LocalEmbeddingBackend``). With ``threads``
 above 1, onnxruntime's intra-op threads spin between the model's operators (``spin``, on by default):
 waking a sleeping thread for each of the hundreds of small operators of a model call cost 7% of the
-wall time on 2 cores. The tokenizer runs on the calling
-thread only (``TOKENIZERS_PARALLELISM=false`` unless the environment sets it): its own thread pool,
-woken for each chunk between model calls, took cores from onnxruntime's spinning threads.
+wall time on 2 cores. The tokenizer runs on the calling thread only (``TOKENIZERS_PARALLELISM=false``
+unless the environment sets it): its own thread pool, woken for each chunk between model calls, took
+cores from onnxruntime's spinning threads.
 """
 
 from __future__ import annotations

@@ -99,17 +99,14 @@ class ScriptedBackend:
     def _answer(self, endpoint: str, body: dict[str, Any], script: dict[str, Any],
                 request_id: str | None = None, text: str | None = None) -> Result | Failure:
         request_id = request_id or ids.new_request_id()
+        key = str(script.get("key", "")) if script else ""
+        attempt = self.calls[key] = self.calls[key] + 1
         status = 200
-        if script:
-            key = str(script.get("key", ""))
-            attempt = self.calls[key] = self.calls[key] + 1
+        if script:  # (the usual request has none: no lookups for it)
             status = int(script.get("status", 200))
             fail_times = script.get("fail_times")
             if fail_times is not None and attempt > int(fail_times):
                 status = 200
-        else:  # (the common case, without a dictionary's worth of lookups)
-            calls = self.calls
-            attempt = calls[""] = calls[""] + 1
         if status == 0:
             return Failure("connection_error", "scripted connection failure")
         if status >= 400:
@@ -161,16 +158,12 @@ def _chat_completion(response: dict[str, Any], body: dict[str, Any], script: dic
                      completion_id: str, text: str) -> int:
     """Add a chat completion's fields to ``response``; the number of completion tokens (words); ``text`` is the
     last message's."""
-    if script:
-        reply, finish = str(script.get("reply", f"echo: {text}")), str(script.get("finish_reason", "stop"))
-    else:
-        reply, finish = "echo: " + text, "stop"
-    matched = None
+    reply = str(script.get("reply", f"echo: {text}"))
+    finish, matched = str(script.get("finish_reason", "stop")), None
     stops = body.get("stop")
-    if stops is not None:
-        for stop in [stops] if isinstance(stops, str) else stops if isinstance(stops, list) else []:
-            if isinstance(stop, str) and stop and stop in reply:
-                reply, finish, matched = reply[: reply.index(stop)], "stop", stop
+    for stop in [stops] if isinstance(stops, str) else stops if isinstance(stops, list) else []:
+        if isinstance(stop, str) and stop and stop in reply:
+            reply, finish, matched = reply[: reply.index(stop)], "stop", stop
     words = reply.split(" ") if reply else []
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
     if isinstance(limit, int) and len(words) > limit:
