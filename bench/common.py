@@ -85,3 +85,31 @@ def fmt_s(seconds: float) -> str:
 
 def self_rss_mb() -> float:
     return vm_hwm_mb()
+
+
+#: Seconds for ``machine_loop_s``'s loop on the machine where session 20 measured the engine at 19,903
+#: requests/s on SQLite (docs/benchmarks.md, fourth round): a yardstick for this machine's figures.
+REFERENCE_LOOP_S = 0.18
+
+
+def machine_loop_s(steps: int = 10_000_000, repeat: int = 3) -> float:
+    """The fastest of ``repeat`` runs of an empty ``steps``-step Python loop at module level, in seconds: how fast this
+    machine runs the interpreter now. Absolute figures (requests/s) move with it; same-run ratios do not."""
+    # At module level, as ``python3 -c 'for i in range(10_000_000): pass'`` runs it (the loop variable a
+    # global): that is how the reference machine was timed, and a function's local is about 3x faster.
+    loop = compile("for i in range(steps): pass", "<machine_loop>", "exec")
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        exec(loop, {"steps": steps})
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def machine_row(when: str) -> Row:
+    """A table row for the machine's speed ``when`` ("start", "end"): the loop's seconds against the reference
+    machine's and the load average, so that absolute targets can be read on a slower or busier machine."""
+    seconds = machine_loop_s()
+    load = os.getloadavg()[0]
+    return Row("machine", f"10M-step Python loop, s ({when}; load {load:.1f})", f"{seconds:.2f}",
+               f"{REFERENCE_LOOP_S:.2f}", f"{REFERENCE_LOOP_S / seconds:.2f}x", "(speed of this machine)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Row
+from bench.common import Row, machine_row
 
 BENCHES = {
     "validate": ("bench.bench_validate", {}),
@@ -36,13 +36,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("only", nargs="*", help=f"benchmarks to run (default: all of {', '.join(BENCHES)})")
     args = parser.parse_args()
-    rows: list[Row] = []
+    rows: list[Row] = [machine_row("start")]
     for name in args.only or list(BENCHES):
         module, kwargs = BENCHES[name]
         started = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
         rows.extend(importlib.import_module(module).run(**kwargs))
         print(f"  {name} took {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    rows.append(machine_row("end"))
     headers = ("benchmark", "measure", "freight", "baseline", "ratio", "target", "")
     table = [headers] + [(r.bench, r.measure, r.freight, r.baseline, r.ratio, r.target,
                           "" if r.ok is None else ("ok" if r.ok else "MISSED")) for r in rows]
