@@ -170,7 +170,8 @@ def test_status_list_cancel_download(tmp_path: Path, server: FreightServer, clie
 
     r = freight("status", batch_id, "--url", server.url, cwd=tmp_path)
     assert r.returncode == 0, r
-    assert batch_id in r.stderr and "/v1/chat/completions" in r.stderr and "cancel" in r.stderr, r.stderr
+    # What was asked for goes to stdout (so that it pipes), and a pipe gets whole ids, never cut to 80 columns.
+    assert batch_id in r.stdout and "/v1/chat/completions" in r.stdout and "cancel" in r.stdout, r.stdout
     r = freight("status", batch_id, "--json", "--url", server.url, cwd=tmp_path)
     assert r.returncode == 0, r
     shown = json.loads(r.stdout)
@@ -178,7 +179,8 @@ def test_status_list_cancel_download(tmp_path: Path, server: FreightServer, clie
     assert shown["status"] in ("cancelling", "cancelled") and shown["request_counts"]["total"] == 64
 
     r = freight("list", "--url", server.url, cwd=tmp_path)
-    assert r.returncode == 0 and batch_id in r.stderr, r
+    assert r.returncode == 0 and batch_id in r.stdout and "…" not in r.stdout, r
+    assert [line.split()[1] for line in r.stdout.splitlines() if batch_id in line] == [batch_id], r.stdout
     r = freight("list", "--json", "--limit", "1", "--url", server.url, cwd=tmp_path)
     assert r.returncode == 0, r
     page = json.loads(r.stdout)
@@ -252,6 +254,19 @@ def test_run_of_an_invalid_file_exits_1_and_lists_the_lines(tmp_path: Path, conf
     assert r.returncode == 1, r
     assert "line 2: duplicate_custom_id" in r.stderr and "line 3: model_not_found" in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_run_refuses_an_output_it_cannot_write_before_running_anything(tmp_path: Path, config: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [request_line("a")])
+    (tmp_path / "a-file").write_text("")
+    for args, option in ((["-o", tmp_path / "a-file" / "o.jsonl"], "-o/--output"),
+                         (["-o", tmp_path / "o.jsonl", "--errors", tmp_path / "a-file" / "e.jsonl"], "--errors")):
+        r = freight("run", path, *args, "--data-dir", tmp_path / "data", "--config", config, cwd=tmp_path)
+        assert r.returncode == 2, r
+        assert f"Invalid value for {option}: cannot write {tmp_path / 'a-file'}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and "completed batch" not in r.stderr, r.stderr
+    assert not (tmp_path / "o.jsonl").exists() and not (tmp_path / "o.jsonl.tmp").exists()
+    assert not (tmp_path / "data").exists()  # nothing was run (the data dir is made when a batch starts)
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:

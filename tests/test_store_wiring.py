@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from servers import (
     config_text,
+    free_port,
     freight_command,
     jsonl_bytes,
     parse_jsonl,
@@ -59,6 +60,22 @@ def test_migrate_on_a_data_dir_makes_the_sqlite_schema_once(tmp_path: Path) -> N
     again = freight("migrate", "--data-dir", tmp_path / "data", cwd=tmp_path)
     assert again.returncode == 0 and f"up to date (schema version {top})" in again.stderr, again
     assert (tmp_path / "data" / "freight.db").exists()
+
+
+def test_a_database_that_does_not_answer_is_one_clear_line_at_once(tmp_path: Path) -> None:
+    """Not a driver's exception class, nor a pool's 30 s of retries, each logged as a warning, first."""
+    port = free_port()
+    url = f"postgresql://someone:secret@127.0.0.1:{port}/nowhere"
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_bytes(jsonl_bytes([request_line("a")]))
+    for args in (("migrate",), ("run", inputs, "-o", tmp_path / "o.jsonl")):
+        r = freight(*args, "--database-url", url, cwd=tmp_path)
+        assert r.returncode == 1, r
+        shown = " ".join(r.stderr.split())
+        where = f"postgresql://127.0.0.1:{port}/nowhere"
+        assert shown.startswith(f"error: cannot connect to {where}: connection failed:"), shown
+        assert "Connection refused" in shown and "secret" not in shown and "WARNING" not in shown, shown
+        assert "OperationalError" not in shown and "Traceback" not in shown, shown
 
 
 @pytest.mark.postgres

@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.table import Table
+from rich.table import Column, Table
 
 from freight.cli.figures import freight_rows, live_note
-from freight.cli.progress import BatchProgress, console
+from freight.cli.progress import BatchProgress, console, stdout_console
 from freight.wire import jsonx
 
 if TYPE_CHECKING:
     import httpx
+    from rich.console import Console
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -102,11 +103,26 @@ def _summary(batch: dict[str, Any]) -> str:
     return f"{batch['id']} {batch['status']}: {c['completed']} succeeded, {c['failed']} failed of {c['total']}"
 
 
+def parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str] | None:
+    """``--metadata K=V`` (repeatable) as a dict; None when not given. A value may be empty or hold '='."""
+    meta: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx, param)
+        if key in meta:
+            raise click.BadParameter(f"key {key!r} given twice ({meta[key]!r} and {value!r})", ctx, param)
+        meta[key] = value
+    return meta or None
+
+
 @click.command()
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--endpoint", default=None, help="Batch endpoint (default: the url of the input's lines).")
 @click.option("--completion-window", default="24h", show_default=True)
-@click.option("--metadata", "metadata", multiple=True, help="KEY=VALUE, repeatable.")
+@click.option("--metadata", "metadata", multiple=True, callback=parse_metadata,
+              help="KEY=VALUE, repeatable (the server checks OpenAI's limits: 16 pairs, keys up to 64 "
+                   "characters, values up to 512).")
 @click.option("--wait", is_flag=True, help="Show a live progress bar, then download the results.")
 @click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Spending cap: no request starts once the batch has cost this much (docs/cost.md).")
@@ -114,18 +130,17 @@ def _summary(batch: dict[str, Any]) -> str:
               show_default=True, help="Where --wait puts the output and error files.")
 @url_option
 @key_option
-def submit(input_path: Path, endpoint: str | None, completion_window: str, metadata: tuple[str, ...], wait: bool,
+def submit(input_path: Path, endpoint: str | None, completion_window: str, metadata: dict[str, str] | None, wait: bool,
            max_cost_usd: float | None, output_dir: Path, url: str | None, api_key: str | None) -> None:
     """Upload INPUT.jsonl and create a batch; print its id."""
     from freight.cli.local_run import infer_endpoint
 
     endpoint = endpoint or infer_endpoint(input_path)
-    meta = dict(item.split("=", 1) for item in metadata if "=" in item) or None
     with _client(url, api_key) as client, open(input_path, "rb") as fh:
         f = _call(client.post, "/files", files={"file": (input_path.name, fh, "application/jsonl")},
                   data={"purpose": "batch"})
         body = {"input_file_id": f["id"], "endpoint": endpoint, "completion_window": completion_window,
-                "metadata": meta}
+                "metadata": metadata}
         if max_cost_usd is not None:
             body["max_cost_usd"] = max_cost_usd
         batch = _call(client.post, "/batches", json=body)
@@ -152,10 +167,10 @@ def submit(input_path: Path, endpoint: str | None, completion_window: str, metad
             sys.exit(3)
 
 
-def _report_errors(batch: dict[str, Any]) -> None:
+def _report_errors(batch: dict[str, Any], to: Console = console) -> None:
     for e in (batch.get("errors") or {}).get("data", []):
         where = f"line {e['line']}" if e.get("line") else "file"
-        console.print(f"  {where}: {e['code']}" + (f" ({e['param']})" if e.get("param") else "") + f": {e['message']}")
+        to.print(f"  {where}: {e['code']}" + (f" ({e['param']})" if e.get("param") else "") + f": {e['message']}")
 
 
 @click.command()
@@ -181,8 +196,9 @@ def status(batch_id: str, url: str | None, api_key: str | None, as_json: bool) -
         *freight_rows(batch),
     ):
         table.add_row(f"[bold]{key}[/bold]", str(value))
-    console.print(table)
-    _report_errors(batch)
+    out = stdout_console()
+    out.print(table)
+    _report_errors(batch, out)
 
 
 @click.command(name="list")
@@ -197,12 +213,13 @@ def list_(limit: int, url: str | None, api_key: str | None, as_json: bool) -> No
     if as_json:
         click.echo(jsonx.dumps(page).decode())
         return
-    table = Table("id", "status", "endpoint", "done", "failed", "total", "created")
+    # (The id never wraps: it is what a user copies from the list.)
+    table = Table(Column("id", no_wrap=True), "status", "endpoint", "done", "failed", "total", "created")
     for b in page["data"]:
         c = b["request_counts"]
         table.add_row(b["id"], b["status"], b["endpoint"], str(c["completed"]), str(c["failed"]), str(c["total"]),
                       _ts(b["created_at"]))
-    console.print(table)
+    stdout_console().print(table)
 
 
 @click.command()

@@ -56,6 +56,20 @@ def infer_endpoint(path: Path) -> str:
     raise InvalidInput("Cannot tell the endpoint from the input (no line has a 'url'); pass --endpoint.")
 
 
+def unwritable(dest: Path) -> str | None:
+    """Why a result file could not be written at ``dest`` (None: it can), asked before the batch runs rather
+    than found after it (``_copy_blob`` writes ``dest.tmp`` and renames it)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb"):
+            pass
+        tmp.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def _copy_blob(rt: Runtime, file_id: str | None, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")

@@ -209,6 +209,9 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     if errors_path is None:
         name = output_path.name.removesuffix(".jsonl")
         errors_path = output_path.with_name(name + ".errors.jsonl")
+    for path, option in ((output_path, "-o/--output"), (errors_path, "--errors")):
+        if (why := local_run.unwritable(path)) is not None:
+            raise click.BadParameter(f"cannot write {path}: {why}.", param_hint=option)
     # Its own data dir unless one is configured, so that a run does not wait on a server's engine.lock.
     settings = _settings(config, data_dir, blobs=blobs, database_url=database_url,
                          default_dir=default_data_dir() / "run")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -13,7 +15,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+#: Progress, summaries and notes: stderr, so that stdout carries only what a command was asked for.
 console = Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    """For what a command was asked to show (``status``'s and ``list``'s tables): stdout, so that it pipes
+    (``freight list | grep``). Not on a terminal there is no width to fit, so a table is never cut to 80
+    columns (a batch id shortened to ``batch_c59a…`` could not be copied from it)."""
+    return Console() if sys.stdout.isatty() else Console(width=10_000)
 
 
 class BatchProgress:

@@ -87,10 +87,21 @@ class PostgresTx:
         return list(values)
 
 
+def connect(url: str, *, timeout_s: float = 10.0, **kwargs: Any) -> psycopg.Connection[Any]:
+    """One connection, or a ``StoreError`` that says where and why in one line (a database that is down or
+    unreachable fails in ``timeout_s``, not after a pool's retries)."""
+    try:
+        return psycopg.connect(url, connect_timeout=max(1, round(timeout_s)), **kwargs)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to {describe(url)}: {' '.join(str(exc).split())}") from exc
+
+
 class PostgresDatabase:
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10, timeout_s: float = 30.0):
         self.url = url
         self._named = queries("postgres")
+        with connect(url, timeout_s=min(timeout_s, 10.0), autocommit=True):
+            pass  # (the pool below would retry a database that is down for timeout_s, logging every try)
         self.pool = ConnectionPool(url, min_size=min(min_size, max_size), max_size=max_size, timeout=timeout_s,
                                    kwargs={"row_factory": dict_row, "autocommit": False}, open=False,
                                    name="freight")

@@ -11,7 +11,7 @@ from psycopg.rows import tuple_row
 
 from freight.domain.errors import ConfigError
 from freight.store.migrations import MIGRATIONS_TABLE, latest, pending
-from freight.store.postgres.database import describe
+from freight.store.postgres.database import connect, describe
 
 _LOCK = "SELECT pg_advisory_lock(hashtext('freight.migrate'))"
 _UNLOCK = "SELECT pg_advisory_unlock(hashtext('freight.migrate'))"
@@ -31,7 +31,7 @@ def applied(conn: psycopg.Connection[Any]) -> set[int] | None:
 def migrate(url: str) -> list[int]:
     """Apply the migrations a database lacks, each in its own transaction; the versions applied now."""
     done: list[int] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect(url, autocommit=True) as conn:
         conn.execute(_LOCK)
         try:
             conn.execute(_TABLE)
