@@ -111,3 +111,18 @@ def test_the_texts_each_endpoint_reads() -> None:
     assert (est.input_tokens, est.output_tokens) == (1 + 1 + 4 + 3, 5)
     est = estimate_lines("/v1/embeddings", [{"model": "m", "input": [[1, 2, 3], "abcd"]}])
     assert (est.input_tokens, est.output_tokens) == (3 + 1, 0)
+
+
+@pytest.mark.parametrize(("table", "hint"), [
+    ('backend = "local-embeddings"', "set machine_cost_per_hour and tokens_per_s in [models.\"all-MiniLM-L6-v2\"]"),
+    ('backend = "openai"\nbase_url = "http://127.0.0.1:9/v1"', "set rpm and/or tpm in [models.\"all-MiniLM-L6-v2\"]"),
+])
+def test_no_duration_says_which_keys_give_one_for_that_kind_of_model(tmp_path: Path, table: str, hint: str) -> None:
+    (tmp_path / "freight.toml").write_text(f'[models."all-MiniLM-L6-v2"]\n{table}\n')
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"custom_id": "e0", "method": "POST", "url": "/v1/embeddings",
+                                "body": {"model": "all-MiniLM-L6-v2", "input": "hello"}}) + "\n")
+    r = subprocess.run([*freight_command(), "validate", str(path), "--estimate"], capture_output=True,
+                       text=True, cwd=tmp_path, env=subprocess_env(), stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"duration: unknown at no configured rate ({hint})" in r.stdout

@@ -79,3 +79,14 @@ def test_random_picks_run_nothing_on_a_file_with_a_late_problem(tmp_path: Path) 
     lines = [line(i) for i in range(30)] + ["{not json"]
     r = preview(tmp_path, lines, "-n", "3", "--pick", "random", "--seed", "1")
     assert r.returncode == 1 and "line 31" in r.stderr and "nothing was run" in r.stderr and not r.stdout
+
+
+def test_a_line_the_model_answers_with_an_error_shows_that_error(tmp_path: Path) -> None:
+    r = preview(tmp_path, [line(0), line(1, script={"status": 400})], "-n", "2", "--json")
+    assert r.returncode == 1
+    failed = json.loads(r.stdout)["lines"][1]
+    assert failed["error_code"] == "invalid_request_error" and failed["error_message"] == "scripted failure 400"
+    assert failed["check"] == "failed: HTTP 400: invalid_request_error: scripted failure 400"
+    assert "line 2: failed: HTTP 400: invalid_request_error: scripted failure 400" in r.stderr
+    r = preview(tmp_path, [line(0), line(1, script={"status": 400})], "-n", "2")
+    assert r.returncode == 1 and "scripted failure 400" in r.stdout + r.stderr

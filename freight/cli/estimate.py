@@ -21,6 +21,7 @@ import click
 
 from freight.cli.figures import usd
 from freight.config import Settings
+from freight.config.models import BACKEND_OPTIONS
 from freight.services.estimate import Counter, Estimate, estimate_lines
 from freight.wire import jsonx
 from freight.wire.batch_input import iter_lines
@@ -83,7 +84,21 @@ def _bodies(path: Path, max_line_bytes: int) -> Iterable[dict[str, Any]]:
                 yield body
 
 
-def duration_s(est: Estimate, table: dict[str, Any]) -> tuple[float | None, str]:
+def no_rate(model: str | None, table: dict[str, Any]) -> str:
+    """Why there is no duration, and the keys that give one for this model's backend (freight/config/models.py:
+    ``rpm``/``tpm`` where the backend takes them, else ``tokens_per_s``, which only counts with
+    ``machine_cost_per_hour``); a batch lane's pace is the provider's."""
+    kind = str(table.get("backend"))
+    if kind.endswith("-batch"):
+        return "the provider's pace (its batch API runs it, within the completion window)"
+    where = f'[models."{model}"]'
+    takes = {s.key for s in BACKEND_OPTIONS.get(kind, ())}
+    if {"rpm", "tpm"} <= takes:
+        return f"no configured rate (set rpm and/or tpm in {where})"
+    return f"no configured rate (set machine_cost_per_hour and tokens_per_s in {where})"
+
+
+def duration_s(est: Estimate, table: dict[str, Any], model: str | None = None) -> tuple[float | None, str]:
     """How long at the configured rate: ``tokens_per_s`` (a local model), else ``tpm``/``rpm`` limits."""
     rate = table.get("tokens_per_s")
     if isinstance(rate, int | float) and rate > 0:
@@ -96,7 +111,7 @@ def duration_s(est: Estimate, table: dict[str, Any]) -> tuple[float | None, str]
         times.append(est.requests / rpm * 60)
     if times:
         return max(times), "the model's configured rpm/tpm limits"
-    return None, "no configured rate (set tokens_per_s, or rpm/tpm)"
+    return None, no_rate(model, table)
 
 
 def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | None, *, schedule: str | None = None,
@@ -112,7 +127,7 @@ def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | No
         table["tokens_per_s"] = pricing.machine.tokens_per_s
     counter, counted_by = counter_for(model or "", table)
     est = estimate_lines(endpoint, _bodies(path, settings.input_limits.max_line_bytes), counter)
-    seconds, rate_note = duration_s(est, table)
+    seconds, rate_note = duration_s(est, table, model)
     cost = pricing.cost_usd(est.tokens, busy_s=seconds)
     return {
         "model": model, "endpoint": endpoint, "requests": est.requests,

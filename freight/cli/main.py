@@ -272,8 +272,11 @@ def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bo
     Needs no API key: models whose key is not in the environment are still known by name.
     """
     from freight.cli import local_run
+    from freight.cli.preview import endpoint_refusal
     from freight.runtime import build_catalog
 
+    if as_json and not estimate:
+        raise click.UsageError("--json needs --estimate (it prints the estimate as one JSON object)")
     settings = _settings(config, None)
     catalog = build_catalog(settings, offline=True)
     try:
@@ -282,13 +285,16 @@ def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bo
         endpoint = "/v1/chat/completions"
     limits = settings.input_limits
     validator = BatchInputValidator(endpoint=endpoint, model_check=catalog.check, limits=limits)
-    with open(input_path, "rb") as fh:
-        for raw in iter_lines(fh, limits.max_line_bytes):
-            validator.feed(raw)
+    refused = endpoint_refusal(input_path, endpoint, limits.max_line_bytes)
+    if refused is not None:  # the batch is refused before its lines are read
+        validator.refuse(refused)
+    else:
+        with open(input_path, "rb") as fh:
+            for raw in iter_lines(fh, limits.max_line_bytes):
+                validator.feed(raw)
     problems = validator.finish()
     for p in problems:
-        where = f"line {p.line}" if p.line else "file"
-        click.echo(f"{input_path}:{where}: {p.code}" + (f" ({p.param})" if p.param else "") + f": {p.message}")
+        click.echo(p.describe(input_path))
     if validator.problem_count > len(problems):
         click.echo(f"... and {validator.problem_count - len(problems)} more problems")
     if problems:

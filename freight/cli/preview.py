@@ -26,12 +26,14 @@ from freight.cli.figures import usd
 from freight.cli.progress import console
 from freight.config import Settings
 from freight.domain import pricing
+from freight.domain.errors import InvalidInput
 from freight.domain.requests import Failure, Outcome, Result
+from freight.services.batches import check_endpoint
 from freight.services.catalog import ModelCatalog
 from freight.services.outputs import requested_check
 from freight.wire import jsonx
-from freight.wire.batch_input import BatchInputValidator, ValidRequest, iter_lines
-from freight.wire.results_table import answer_of
+from freight.wire.batch_input import BatchInputValidator, LineProblem, ValidRequest, iter_lines
+from freight.wire.results_table import answer_of, row_of
 
 
 @dataclass
@@ -45,22 +47,38 @@ class Previewed:
     def ok(self) -> bool:
         return isinstance(self.result, Result) and self.result.outcome is Outcome.SUCCEEDED
 
+    def error(self) -> tuple[str | None, str | None]:
+        """The failure's code and message: as ``freight results`` reads them from the error file's line."""
+        r = self.result
+        if isinstance(r, Failure):
+            return r.code, r.message
+        if r.error_code is not None or self.ok:
+            return r.error_code, r.error_message
+        try:
+            body = jsonx.loads(r.body) if r.body else None
+        except jsonx.JSONDecodeError:
+            body = None
+        row = row_of({"response": {"status_code": r.status_code, "body": body}}, self.body, None)
+        code = row["error_code"] if row["error_code"] != f"http_{r.status_code}" else None
+        return code, row["error_message"] if isinstance(row["error_message"], str) else None
+
     def check(self, endpoint: str) -> str:
-        if isinstance(self.result, Failure):
-            return f"failed: {self.result.code}: {self.result.message}"
-        if self.result.error_code is not None:
-            return f"failed: {self.result.error_code}: {self.result.error_message}"
-        if not self.ok:
-            return f"failed: HTTP {self.result.status_code}"
-        return "schema ok" if requested_check(endpoint, self.body, None) is not None else "ok"
+        if self.ok:
+            return "schema ok" if requested_check(endpoint, self.body, None) is not None else "ok"
+        code, message = self.error()
+        status = self.result.status_code if isinstance(self.result, Result) else None
+        parts = ["failed", *([f"HTTP {status}"] if status is not None else []), code, message]
+        return ": ".join(p for p in parts if p)
 
     def row(self, endpoint: str) -> dict[str, Any]:
         r = self.result
         answer = None
         if isinstance(r, Result) and self.ok and r.body:
             answer = answer_of(jsonx.loads(r.body), self.body)
+        error_code, error_message = self.error()
         return {"line": self.request.line, "custom_id": self.request.custom_id, "input": self.body,
                 "answer": answer, "ok": self.ok, "check": self.check(endpoint),
+                "error_code": error_code, "error_message": error_message,
                 "input_tokens": r.input_tokens if isinstance(r, Result) else 0,
                 "output_tokens": r.output_tokens if isinstance(r, Result) else 0,
                 "latency_s": round(self.latency_s, 4)}
@@ -77,6 +95,29 @@ def preview_settings(settings: Settings, n: int) -> Settings:
             table["max_concurrency"] = min(current, n) if isinstance(current, int) else n
             table["initial_concurrency"] = table["max_concurrency"]
     return settings
+
+
+def endpoint_refusal(path: Path, endpoint: str, max_line_bytes: int) -> LineProblem | None:
+    """What creating the batch answers when freight has no batch endpoint ``endpoint``, before its lines
+    are read (``check_endpoint``, the check creating the batch makes: its code and message). The problem of the
+    file's first line with a url when the endpoint is that url (freight/cli/local_run.py's
+    ``infer_endpoint``); else, as ``freight run --endpoint`` and ``submit``, an error. None when served."""
+    try:
+        check_endpoint(endpoint)
+        return None
+    except InvalidInput as refused:
+        problem = refused
+    with open(path, "rb") as fh:
+        for raw in iter_lines(fh, max_line_bytes):
+            try:
+                obj = jsonx.loads(raw.data) if raw.data and raw.data.strip() else None
+            except jsonx.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("url"), str):
+                if obj["url"] == endpoint:
+                    return LineProblem(raw.line, problem.code or "invalid_value", problem.message, "url")
+                break
+    raise problem
 
 
 def pick(requests: list[ValidRequest], n: int, how: str, seed: int | None) -> list[ValidRequest]:
@@ -138,12 +179,19 @@ def _input_text(body: dict[str, Any]) -> Any:
 def preview(settings: Settings, catalog: ModelCatalog, path: Path, endpoint: str, n: int, how: str,
             seed: int | None, as_json: bool) -> None:
     validator = BatchInputValidator(endpoint=endpoint, model_check=catalog.check, limits=settings.input_limits)
-    requests, done, wall_s = asyncio.run(_validate_and_run(settings, validator, catalog, path, endpoint,
-                                                           n, how, seed))
+    refused = endpoint_refusal(path, endpoint, settings.input_limits.max_line_bytes)
+    if refused is not None:
+        validator.refuse(refused)
+        requests: list[ValidRequest] = []
+        done: list[Previewed] | None = None
+        wall_s = 0.0
+    else:
+        requests, done, wall_s = asyncio.run(_validate_and_run(settings, validator, catalog, path, endpoint,
+                                                               n, how, seed))
     problems = validator.finish()
     if problems or done is None:
         for p in problems:
-            click.echo(f"{path}:line {p.line}: {p.code}: {p.message}", err=True)
+            click.echo(p.describe(path), err=True)
         ran = "nothing was run" if done is None else f"the {len(done)} previewed lines below ran"
         click.echo(f"the file would fail validation ({validator.problem_count} problem(s)); {ran}", err=True)
         if done is None:

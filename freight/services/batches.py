@@ -22,6 +22,15 @@ from freight.services.transitions import log_transition
 #: Endpoints a freight batch can target (each model says which of them it serves).
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
 
+
+def check_endpoint(endpoint: str) -> None:
+    """A batch's endpoint must be one freight serves: else the ``invalid_value`` error creating the batch
+    answers (``freight validate`` and ``preview`` report the same before any line is checked)."""
+    if endpoint not in BATCH_ENDPOINTS:
+        supported = ", ".join(f"'{e}'" for e in BATCH_ENDPOINTS)
+        raise InvalidInput(f"Invalid value: {endpoint!r}. Supported values are: {supported}.", param="endpoint",
+                           code="invalid_value")
+
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY_CHARS = 64
 METADATA_MAX_VALUE_CHARS = 512
@@ -145,10 +154,7 @@ class BatchService:
         input_file_id = _required_str(body, "input_file_id")
         endpoint = _required_str(body, "endpoint")
         window_text = _required_str(body, "completion_window")
-        if endpoint not in BATCH_ENDPOINTS:
-            supported = ", ".join(f"'{e}'" for e in BATCH_ENDPOINTS)
-            raise InvalidInput(f"Invalid value: {endpoint!r}. Supported values are: {supported}.", param="endpoint",
-                               code="invalid_value")
+        check_endpoint(endpoint)
         window_s = completion_window_s(window_text, min_s=self.window.min_s, max_s=self.window.max_s)
         metadata = check_metadata(body.get("metadata"))
         output_expires_after_s = check_output_expires_after(body.get("output_expires_after"))

@@ -41,6 +41,12 @@ class LineProblem:
     message: str
     param: str | None = None
 
+    def describe(self, source: object = None) -> str:
+        """``SOURCE:line N: code (param): message`` (docs/cli.md; ``file`` for a problem of the whole file)."""
+        where = f"line {self.line}" if self.line else "file"
+        text = f"{where}: {self.code}" + (f" ({self.param})" if self.param else "") + f": {self.message}"
+        return text if source is None else f"{source}:{text}"
+
 
 @quick_init
 @dataclass(frozen=True)
@@ -162,6 +168,10 @@ class BatchInputValidator:
         self.problem_count += 1
         if len(self.problems) < self.limits.max_reported_errors:
             self.problems.append(LineProblem(line, code, message, param))
+
+    def refuse(self, problem: LineProblem) -> None:
+        """A problem of the whole batch found before any line is read (an endpoint freight does not serve)."""
+        self._problem(problem.line, problem.code, problem.message, problem.param)
 
     def feed(self, raw: RawLine) -> ValidRequest | None:
         self._lines_seen = raw.line
