@@ -235,6 +235,23 @@ def test_run_prints_a_summary_and_writes_the_outputs(tmp_path: Path, config: Pat
     assert errors.exists() and errors.read_bytes() == b""
 
 
+def test_run_again_after_it_finished_runs_nothing_and_says_so(tmp_path: Path, config: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [request_line(c) for c in ("a", "b")])
+    out = tmp_path / "o.jsonl"
+    args = ("run", path, "-o", out, "--data-dir", tmp_path / "data", "--config", config)
+    first = freight(*args, cwd=tmp_path)
+    assert first.returncode == 0 and "ran: 2" in first.stderr, first
+    written = out.read_bytes()
+    out.unlink()
+    again = freight(*args, cwd=tmp_path)
+    assert again.returncode == 0, again
+    shown = " ".join(again.stderr.split())
+    assert "finished in an earlier run of this command (completed): nothing runs now" in shown, shown
+    assert "ran:" not in shown and "requests/s" not in shown, shown
+    assert re.search(r"completed batch_[0-9a-f]+: 2 requests, 2 succeeded, 0 failed", shown), shown
+    assert out.read_bytes() == written
+
+
 def test_run_with_failed_requests_exits_3(tmp_path: Path, config: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [request_line("a"), request_line("b", status=400), request_line("c")])
     out = tmp_path / "o.jsonl"

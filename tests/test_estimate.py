@@ -126,3 +126,25 @@ def test_no_duration_says_which_keys_give_one_for_that_kind_of_model(tmp_path: P
                        text=True, cwd=tmp_path, env=subprocess_env(), stdin=subprocess.DEVNULL, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"duration: unknown at no configured rate ({hint})" in r.stdout
+
+
+def test_a_gguf_model_is_counted_by_its_vocabulary_alone_and_quietly(tmp_path: Path) -> None:
+    """Its vocabulary, no weights and no context: llama-cpp-python's ``Llama(vocab_only=True)`` (what the
+    estimate used) made a context too, and llama.cpp warned about it on the command's stderr."""
+    import llama_cpp
+
+    from freight.backends.llama_cpp import smollm2_path
+    from freight.cli.estimate import _gguf_counter
+
+    count = _gguf_counter(smollm2_path())
+    reference = llama_cpp.Llama(model_path=str(smollm2_path()), vocab_only=True, verbose=False)
+    for text in [*TEXTS[:3], "", "x" * 3000, "emoji 🔥 and <|im_start|> as text"]:
+        assert count(text) == len(reference.tokenize(text.encode(), add_bos=False, special=False)), text
+    (tmp_path / "freight.toml").write_text('[models."SmolLM2-135M-Instruct"]\nbackend = "llama-cpp"\n')
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in chat_lines("SmolLM2-135M-Instruct")))
+    r = subprocess.run([*freight_command(), "validate", str(path), "--estimate"], capture_output=True, text=True,
+                       cwd=tmp_path, env=subprocess_env(), stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "input (the model's tokenizer (GGUF vocabulary))" in r.stdout, r.stdout
+    assert r.stderr == "", r.stderr

@@ -13,7 +13,8 @@ import datetime as dt
 import importlib.util
 import math
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,7 @@ def counter_for(model: str, table: dict[str, Any]) -> tuple[Counter | None, str]
 
             path = Path(str(table.get("model_path") or smollm2_path()))
             if path.suffix == ".gguf":
-                import llama_cpp
-
-                llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-                return (lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=False))), \
-                    "the model's tokenizer (GGUF vocabulary)"
+                return _gguf_counter(path), "the model's tokenizer (GGUF vocabulary)"
     except (ImportError, OSError, RuntimeError, ValueError):
         return None, "estimate (4 characters a token; the model's tokenizer could not be loaded)"
     if kind in OPENAI_KINDS:
@@ -154,3 +151,28 @@ def show_estimate(e: dict[str, Any]) -> None:
     seconds = e["duration_s"]
     when = "unknown" if seconds is None else f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
     click.echo(f"duration: {when} at {e['rate']}")
+
+
+def _gguf_counter(path: Path) -> Callable[[str], int]:
+    """Tokens of a text by a GGUF's vocabulary alone: no weights and no context (llama-cpp-python's
+    ``Llama(vocab_only=True)`` still makes a context, and llama.cpp warns about it on stderr)."""
+    from freight.backends.llama_cpp.weights import import_llama_cpp
+
+    lc = import_llama_cpp()  # (llama.cpp's log goes through logging)
+    params = lc.llama_model_default_params()
+    params.vocab_only = True
+    model = lc.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise OSError(f"cannot read the vocabulary of {path}")
+    vocab = lc.llama_model_get_vocab(model)
+
+    def count(text: str) -> int:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        n = lc.llama_tokenize(vocab, data, len(data), (lc.llama_token * cap)(), cap, False, False)
+        if n < 0:  # (-n: the tokens it needs room for)
+            n = lc.llama_tokenize(vocab, data, len(data), (lc.llama_token * -n)(), -n, False, False)
+        return int(n)
+
+    weakref.finalize(count, lc.llama_model_free, model)
+    return count

@@ -27,7 +27,7 @@ from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.cli.results import results
 from freight.cli.show_config import config_command
-from freight.domain.batches import BatchStatus
+from freight.domain.batches import TERMINAL, BatchStatus
 from freight.domain.errors import ConfigError, FreightError
 from freight.domain.keys import DEFAULT_PROJECT
 from freight.wire import jsonx, openai
@@ -221,7 +221,11 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     tune_gc()
     try:
         batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
-        if resumed:
+        finished_before = resumed and batch.status in TERMINAL
+        if finished_before:
+            console.print(f"{batch.id} finished in an earlier run of this command ({batch.status}): nothing runs "
+                          "now; its files are written again")
+        elif resumed:
             counts = batch.request_counts
             done = counts.completed + counts.failed
             console.print(f"resuming {batch.id} ({batch.status}, {done}/{counts.total} done)")
@@ -237,7 +241,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
         runtime.close()
     elapsed = time.monotonic() - started
     counts = batch.request_counts
-    if batch.status not in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED):
+    if batch.status not in TERMINAL:
         console.print(f"interrupted: {batch.id} is {batch.status}; run the same command again to resume.")
         sys.exit(130)
     if batch.status is BatchStatus.FAILED:
@@ -247,9 +251,13 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
             console.print(f"  {where}: {e.code}" + (f" ({e.param})" if e.param else "") + f": {e.message}")
         sys.exit(1)
     rate = counts.total / elapsed if elapsed > 0 else 0.0
-    console.print(f"[bold]{batch.status}[/bold] {batch.id} in {elapsed:.1f}s: {counts.total} requests, "
-                  f"{counts.completed} succeeded, {counts.failed} failed ({rate:.0f} requests/s)", soft_wrap=True)
-    console.print(f"  reused: {batch.cached} from the result cache, ran: {counts.total - batch.cached}", soft_wrap=True)
+    took = "" if finished_before else f" in {elapsed:.1f}s"
+    pace = "" if finished_before else f" ({rate:.0f} requests/s)"
+    console.print(f"[bold]{batch.status}[/bold] {batch.id}{took}: {counts.total} requests, "
+                  f"{counts.completed} succeeded, {counts.failed} failed{pace}", soft_wrap=True)
+    if not finished_before:
+        console.print(f"  reused: {batch.cached} from the result cache, ran: {counts.total - batch.cached}",
+                      soft_wrap=True)
     console.print(f"  output: {output_path}", soft_wrap=True)
     console.print(f"  errors: {errors_path}", soft_wrap=True)
     print(output_path)  # stdout: the one machine-readable line (the summary above goes to stderr)
