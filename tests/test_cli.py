@@ -286,6 +286,18 @@ def test_run_refuses_an_output_it_cannot_write_before_running_anything(tmp_path:
     assert not (tmp_path / "data").exists()  # nothing was run (the data dir is made when a batch starts)
 
 
+def test_run_of_a_file_that_is_not_jsonl_lists_its_lines_and_points_to_validate(tmp_path: Path, config: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(jsonl_bytes([request_line("a")]) + b'{"custom_id": broken\n' + jsonl_bytes([request_line("b")])
+                     + b"[1]\n")
+    r = freight("run", path, "-o", tmp_path / "o.jsonl", "--data-dir", tmp_path / "data", "--config", config,
+                cwd=tmp_path)
+    assert r.returncode == 1, r
+    shown = " ".join(r.stderr.split())
+    assert "line 2: not valid JSON; line 4: not a JSON object." in shown, shown
+    assert f"`freight validate {path}` lists every problem of the file." in shown, shown
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [request_line("a")])
     assert freight("run", path, cwd=tmp_path).returncode == 2  # -o is required

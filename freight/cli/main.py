@@ -28,7 +28,7 @@ from freight.cli.progress import BatchProgress, console
 from freight.cli.results import results
 from freight.cli.show_config import config_command
 from freight.domain.batches import TERMINAL, BatchStatus
-from freight.domain.errors import ConfigError, FreightError
+from freight.domain.errors import ConfigError, FreightError, InvalidInput
 from freight.domain.keys import DEFAULT_PROJECT
 from freight.wire import jsonx, openai
 from freight.wire.batch_input import BatchInputValidator, iter_lines
@@ -220,7 +220,12 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     runtime = build_runtime(settings, exclusive=True)  # a local run is alone on its data dir
     tune_gc()
     try:
-        batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
+        try:
+            batch, resumed = local_run.prepare(runtime, input_path, output_path, endpoint, completion_window)
+        except InvalidInput as exc:
+            if exc.code == "invalid_file_format":  # (the upload's check; the batch's own checks come later)
+                exc.message += f" `freight validate {input_path}` lists every problem of the file."
+            raise
         finished_before = resumed and batch.status in TERMINAL
         if finished_before:
             console.print(f"{batch.id} finished in an earlier run of this command ({batch.status}): nothing runs "
