@@ -119,3 +119,16 @@ def test_preview_shows_why_the_model_refused_a_line(tmp_path: Path) -> None:
     assert not first["ok"] and first["error_message"] == why
     assert first["check"] == f"failed: HTTP 400: {first['error_code']}: {why}"
     assert f"line 1: failed: HTTP 400: {first['error_code']}: {why}" in r.stderr
+
+
+def test_schedule_is_checked_as_creating_the_batch_would_and_needs_estimate(tmp_path: Path) -> None:
+    path = write(tmp_path, [emb_line(0)])
+    r = freight(tmp_path, "validate", path, "--estimate", "--schedule", "off_peak")
+    assert r.returncode == 2, r
+    assert "this server has no off-peak hours configured ([scheduling] off_peak)" in flat(r.stderr), r.stderr
+    r = freight(tmp_path, "validate", path, "--schedule", "off_peak")
+    assert r.returncode == 2 and "--schedule needs --estimate" in r.stderr, r
+    (tmp_path / "freight.toml").write_text(CONFIG + '\n[scheduling]\noff_peak = ["00:00-06:00"]\n')
+    r = freight(tmp_path, "validate", path, "--estimate", "--schedule", "off_peak", "--json")
+    assert r.returncode == 0, r
+    assert json.loads(r.stdout.splitlines()[-1])["requests"] == 1

@@ -30,6 +30,7 @@ from freight.cli.show_config import config_command
 from freight.domain.batches import TERMINAL, BatchStatus
 from freight.domain.errors import ConfigError, FreightError, InvalidInput
 from freight.domain.keys import DEFAULT_PROJECT
+from freight.domain.windows import check_schedule
 from freight.wire import jsonx, openai
 from freight.wire.batch_input import BatchInputValidator, iter_lines
 
@@ -290,7 +291,13 @@ def validate(input_path: Path, endpoint: str | None, estimate: bool, as_json: bo
 
     if as_json and not estimate:
         raise click.UsageError("--json needs --estimate (it prints the estimate as one JSON object)")
+    if schedule is not None and not estimate:
+        raise click.UsageError("--schedule needs --estimate (it prices the batch as one with that schedule)")
     settings = _settings(config, None)
+    try:  # (what creating the batch with that schedule would answer)
+        check_schedule(schedule, settings.engine.scheduling.calendar.off_peak)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--schedule") from None
     catalog = build_catalog(settings, offline=True)
     try:
         endpoint = endpoint or local_run.infer_endpoint(input_path)
