@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -630,6 +631,13 @@ def test_create_time_errors_are_400s_and_create_nothing(client: OpenAI) -> None:
     e = create(**ok, output_expires_after={"anchor": "created_at", "seconds": 60})
     assert e.param == "output_expires_after.seconds"
 
+    for value, code in (("high", "invalid_type"), (1.5, "invalid_type"), (True, "invalid_type"),
+                        (10_000, "invalid_value")):
+        e = create(**ok, priority=value)
+        assert (e.code, e.param) == (code, "priority"), e.body
+    e = create(**ok, not_before="soon")
+    assert (e.code, e.param) == ("invalid_type", "not_before"), e.body
+
     with pytest.raises(openai.BadRequestError) as bad_json:
         client.post("/batches", cast_to=Batch, content=b"{not json",
                     options={"headers": {"Content-Type": "application/json"}})
@@ -710,3 +718,15 @@ def test_zz_every_response_had_a_request_id_and_none_was_a_5xx(responses: Respon
     assert not missing, missing
     ids = [e[3] for e in responses.entries]
     assert len(ids) == len(set(ids)), "request ids are unique"
+
+
+def test_every_answer_that_asking_again_cannot_change_says_so(server: FreightServer) -> None:
+    """``x-should-retry: false`` on routing errors and on a model's own 4xx answer on the real-time endpoints
+    too (the batch API's errors are checked above): the SDKs retry 409 by default, and the header settles it."""
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        r = http.put("/v1/batches")
+        assert r.status_code == 405 and r.headers.get("x-should-retry") == "false", r.text
+        r = http.post("/v1/chat/completions", json=request_line("a", status=400)["body"])
+        assert r.status_code == 400 and r.headers.get("x-should-retry") == "false", r.text
+        r = http.post("/v1/chat/completions", json=request_line("b")["body"])
+        assert r.status_code == 200 and "x-should-retry" not in r.headers, r.text

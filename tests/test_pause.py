@@ -72,7 +72,10 @@ def test_controls_are_project_isolated_and_check_priority(world: World) -> None:
         control.set_priority("other", batch.id, {"priority": 1})
     with pytest.raises(NotFound):
         control.resume("p", "batch_nope")
-    for bad in ({"priority": "high"}, {"priority": 10_000}, {"priority": True}, {}, []):
-        with pytest.raises(InvalidInput):
+    for bad, code in (({"priority": "high"}, "invalid_type"), ({"priority": 1.5}, "invalid_type"),
+                      ({"priority": 10_000}, "invalid_value"), ({"priority": True}, "invalid_type"),
+                      ({}, "missing_required_parameter"), ([], "invalid_request")):
+        with pytest.raises(InvalidInput) as refused:
             control.set_priority("p", batch.id, bad)
+        assert refused.value.code == code, (bad, refused.value.code)
     assert control.set_priority("p", batch.id, {"priority": -7}).priority == -7

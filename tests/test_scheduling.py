@@ -75,8 +75,9 @@ def test_scaling_every_weight_alike_changes_nothing(
 def test_priority_is_an_integer_in_range(value: object) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and -1000 <= value <= 1000:
         assert check_priority(value) == value
-    else:
-        with pytest.raises(ValueError, match="priority"):
+    else:  # (a wrong type is a TypeError: the API answers invalid_type, an integer out of range invalid_value)
+        wrong_type = isinstance(value, bool) or not isinstance(value, int)
+        with pytest.raises(TypeError if wrong_type else ValueError, match="priority"):
             check_priority(value)
 
 

@@ -179,13 +179,15 @@ def test_calendar_holds_and_checks() -> None:
     assert cal.held_until(noon, model=None, schedule=None, not_before=None) is None
     assert cal.starts_at(noon, model="other", schedule=None, not_before=None) == noon
     assert check_schedule("off_peak", cal.off_peak) == "off_peak" and check_schedule(None, None) is None
-    for bad, off_peak in (("peak", cal.off_peak), (3, cal.off_peak), ("off_peak", None)):
-        with pytest.raises(ValueError, match="schedule"):
+    for bad, off_peak, error in (("peak", cal.off_peak, ValueError), (3, cal.off_peak, TypeError),
+                                 ("off_peak", None, ValueError)):
+        with pytest.raises(error, match="schedule"):
             check_schedule(bad, off_peak)
     n = int(noon)
     assert check_not_before(n + 5, n + 100) == n + 5 and check_not_before(None, n) is None
-    for bad in (n + 100, -1, 1.5, "soon", True):
-        with pytest.raises(ValueError, match="not_before"):
+    for bad, error in ((n + 100, ValueError), (-1, ValueError), (1.5, TypeError), ("soon", TypeError),
+                       (True, TypeError)):
+        with pytest.raises(error, match="not_before"):
             check_not_before(bad, n + 100)
 
 

@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from freight.api.errors import retry_headers
 from freight.api.params import int_param, json_body, str_param
 from freight.domain import ids
 from freight.domain.errors import FreightError, PayloadTooLarge
@@ -52,8 +53,7 @@ def error_response(request: Request | None, status: int, message: str, error_typ
     request_id = getattr(request.state, "request_id", None) if request is not None else None
     body = anthropic.error_envelope(error_type or anthropic.error_type_for(status), message,
                                     request_id or ids.new_request_id())
-    headers = {"x-should-retry": "false"} if status in (400, 404, 405, 409, 413, 415, 422) else {}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=retry_headers(status))
 
 
 def from_freight_error(request: Request | None, exc: FreightError) -> JSONResponse:

@@ -32,12 +32,19 @@ _STATUS_TYPES = {
 }
 
 
+#: Answers that asking again will not change (a client's mistake, a missing key, a conflict): the official
+#: SDKs read ``x-should-retry: false`` and give up at once (they retry 409, and 408, 429 and 5xx, by default).
+DETERMINISTIC = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422})
+
+
+def retry_headers(status: int) -> dict[str, str]:
+    """``x-should-retry: false`` for a ``DETERMINISTIC`` status, else nothing (the SDKs' own rules)."""
+    return {"x-should-retry": "false"} if status in DETERMINISTIC else {}
+
+
 def error_response(status: int, message: str, error_type: str | None = None, param: str | None = None,
                    code: str | None = None) -> JSONResponse:
-    headers = {}
-    if status in (400, 404, 409, 413, 415, 422):
-        # Deterministic: tell the SDKs (which retry 409) that asking again will not help.
-        headers["x-should-retry"] = "false"
+    headers = retry_headers(status)
     body = error_envelope(message, error_type or _STATUS_TYPES.get(status, "server_error"), param, code)
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from freight.api import openapi_docs
-from freight.api.errors import error_response
+from freight.api.errors import error_response, retry_headers
 from freight.api.openai_files import _runtime
 from freight.api.params import json_body
 from freight.domain.requests import Failure
@@ -65,7 +65,8 @@ async def _realtime(request: Request, endpoint: str) -> Response:
     if result.status_code is None:  # no answer to show: an answer that failed its schema check (output_invalid)
         return error_response(502, result.error_message or "The model gave no usable answer.", "server_error",
                               code=result.error_code)
-    return Response(result.body or b"{}", status_code=result.status_code, media_type="application/json")
+    return Response(result.body or b"{}", status_code=result.status_code, media_type="application/json",
+                    headers=retry_headers(result.status_code))
 
 
 @router.post("/v1/embeddings", openapi_extra=openapi_docs.REALTIME)

@@ -139,9 +139,9 @@ def window_start(now: float, window_s: float = DEFAULT_USAGE_WINDOW_S) -> int:
 
 
 def check_priority(value: object, param: str = "priority") -> int:
-    """A valid ``priority`` or ValueError with the message to send back."""
+    """A valid ``priority``, or TypeError (not an integer) or ValueError (out of range) with the message."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"Invalid type for '{param}': expected an integer.")
+        raise TypeError(f"Invalid type for '{param}': expected an integer.")
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:
         raise ValueError(f"Invalid '{param}': must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {value}.")
     return value

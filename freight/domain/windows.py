@@ -210,11 +210,11 @@ ALWAYS = Hours()
 
 
 def check_schedule(value: object, off_peak: Hours | None) -> str | None:
-    """A valid ``schedule`` (None: as soon as it can), or ValueError with the message to send back."""
+    """A valid ``schedule`` (None: as soon as it can), or TypeError / ValueError with the message to send back."""
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ValueError("Invalid type for 'schedule': expected a string.")
+        raise TypeError("Invalid type for 'schedule': expected a string.")
     if value not in SCHEDULES:
         raise ValueError(f"Invalid 'schedule': {value!r}; supported values are: "
                          + ", ".join(repr(s) for s in SCHEDULES) + " (or null).")
@@ -225,11 +225,11 @@ def check_schedule(value: object, off_peak: Hours | None) -> str | None:
 
 
 def check_not_before(value: object, expires_at: float) -> int | None:
-    """A valid ``not_before`` (unix seconds, before the batch expires), or ValueError with the message."""
+    """A valid ``not_before`` (unix seconds, before the batch expires), or TypeError / ValueError with the message."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("Invalid type for 'not_before': expected an integer (unix seconds).")
+        raise TypeError("Invalid type for 'not_before': expected an integer (unix seconds).")
     if value < 0:
         raise ValueError(f"Invalid 'not_before': must be unix seconds (0 or more), got {value}.")
     if value >= expires_at:

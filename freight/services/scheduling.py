@@ -19,6 +19,8 @@ def priority_of(value: object, param: str = "priority") -> int:
         return 0
     try:
         return scheduling.check_priority(value, param)
+    except TypeError as exc:
+        raise InvalidInput(str(exc), param=param, code="invalid_type") from None
     except ValueError as exc:
         raise InvalidInput(str(exc), param=param, code="invalid_value") from None
 
@@ -38,6 +40,8 @@ def schedule_of(value: object, calendar: windows.Calendar) -> str | None:
     """``schedule`` from a create body (None: run when it can), or a 400 saying why not."""
     try:
         return windows.check_schedule(value, calendar.off_peak)
+    except TypeError as exc:
+        raise InvalidInput(str(exc), param="schedule", code="invalid_type") from None
     except ValueError as exc:
         raise InvalidInput(str(exc), param="schedule", code="invalid_value") from None
 
@@ -46,6 +50,8 @@ def not_before_of(value: object, expires_at: float) -> int | None:
     """``not_before`` from a create body (unix seconds), or a 400 saying why not."""
     try:
         return windows.check_not_before(value, expires_at)
+    except TypeError as exc:
+        raise InvalidInput(str(exc), param="not_before", code="invalid_type") from None
     except ValueError as exc:
         raise InvalidInput(str(exc), param="not_before", code="invalid_value") from None
 
