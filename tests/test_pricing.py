@@ -176,16 +176,21 @@ def test_a_claim_never_commits_a_capped_batch_to_much_more_than_its_cap(spent: f
     else:
         per_request = spent / done
         in_flight = n + running
-        assert in_flight == 1 or n == 0 or spent + in_flight * per_request <= cap * (1 + 1e-9), "within the cap"
+        assert n == 0 or spent + in_flight * per_request <= cap * (1 + 1e-9), "within the cap"
         if running == 0:
-            assert n >= 1, "below the cap, one more can always start"
+            # one more can start exactly while what is left pays for one at the mean; else the batch has spent
+            # its cap (spent_out) and ends, instead of waiting with nothing running
+            assert (n >= 1) == (not budget.spent_out(spent, cap, done, running))
 
 
 def test_affordable_examples() -> None:
     assert budget.affordable(1.0, 2.0, 100, 1024) == 100  # $0.01 a request, $1 left
     assert budget.affordable(1.0, 2.0, 100, 1024, running=40) == 60
-    assert budget.affordable(1.99, 2.0, 100, 1024) == 1  # less than one request left: one more (then it stops)
-    assert budget.affordable(1.99, 2.0, 100, 1024, running=1) == 0  # ... unless one is running already
+    assert budget.affordable(1.98, 2.0, 100, 1024) == 1  # one request's mean cost left ($0.0198 of $0.02)
+    assert budget.affordable(1.99, 2.0, 100, 1024) == 0  # half of one: starting it would pass the cap...
+    assert budget.spent_out(1.99, 2.0, 100, 0) and not budget.spent_out(1.99, 2.0, 100, 1)  # ...so it has spent it
+    assert not budget.spent_out(1.98, 2.0, 100, 0) and budget.spent_out(2.0, 2.0, 100, 1)
+    assert budget.affordable(1.99, 2.0, 100, 1024, running=1) == 0  # one running already: wait for it
     assert budget.affordable(None, 2.0, 0, 1024) == budget.PROBE
     assert budget.affordable(0.0, 2.0, 500, 1024, running=3) == budget.PROBE - 3  # free hits tell nothing
     # a mean cost that underflows to 0, or a room too large for an int: the whole limit (found by hypothesis)

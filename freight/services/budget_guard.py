@@ -67,8 +67,8 @@ class BudgetedQueue:
         return self._store.claim_runnable(models, owner, now, lease_s, limit, max_attempts, batches)
 
     def _allowance(self, batch_id: str, now: float, limit: int) -> int:
-        """How many of ``batch_id``'s requests one claim may start (``budget.affordable``); 0 once its
-        spending reached its cap, and then its unstarted requests are closed and it is cancelled."""
+        """How many of ``batch_id``'s requests one claim may start (``budget.affordable``); 0 once it has
+        spent its cap (``budget.spent_out``), and then its unstarted requests are closed and it is cancelled."""
         # Running requests first, the cost stored second: a chunk that finishes in between is then counted
         # both as running and in the cost (a claim too small, for once). The other order counted it in
         # neither, and each such chunk let a claim start its size again past the cap.
@@ -84,13 +84,15 @@ class BudgetedQueue:
             return limit
         spent = self._cost.cost(batch).cost_usd
         c = batch.request_counts
-        if not budget.reached(spent, cap):
-            return budget.affordable(spent, cap, c.completed + c.failed, limit, running)
+        done = c.completed + c.failed
+        if not budget.spent_out(spent, cap, done, running):
+            return budget.affordable(spent, cap, done, limit, running)
         if batch.status is not BatchStatus.IN_PROGRESS:
             return limit  # (nothing is claimed from it anyway)
         assert spent is not None
         closed = self._store.close_unstarted(
-            batch_id, Result.never_ran(budget.BUDGET_EXCEEDED, budget.budget_message(spent, cap)), False)
+            batch_id, Result.never_ran(budget.BUDGET_EXCEEDED, budget.budget_message(spent, cap, done)),
+            False)
         moved = self._store.set_status(batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.CANCELLING, int(now))
         if moved is not None:
             log_transition(BatchStatus.IN_PROGRESS, moved, reason=budget.BUDGET_EXCEEDED, cost_usd=spent,
