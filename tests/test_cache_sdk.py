@@ -136,6 +136,8 @@ def test_a_batch_can_opt_out(client: OpenAI, upstream: Upstream) -> None:
         client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
                               extra_body={"cache": "no"})
     assert err.value.body is not None and "'cache'" in str(err.value.body)
+    batch, _ = run(client, rows, cache=None)  # null: the default (cached), as on the Message Batches API
+    assert sent(upstream) == 8 and ext(batch)["cached"] == 4
 
 
 def test_a_project_does_not_reuse_another_projects_answers(server: FreightServer, client: OpenAI,

@@ -164,8 +164,10 @@ class BatchService:
         schedule = schedule_of(body.get("schedule"), self.calendar)
         now = int(self.clock.now())
         not_before = not_before_of(body.get("not_before"), now + window_s)
-        use_cache = body.get("cache", True)
-        if not isinstance(use_cache, bool):
+        use_cache = body.get("cache")
+        if use_cache is None:  # (absent or null: the default, as for every optional parameter)
+            use_cache = True
+        elif not isinstance(use_cache, bool):
             raise InvalidInput("Invalid type for 'cache': expected a boolean.", param="cache", code="invalid_type")
         f = self.store.get_file(project, input_file_id) if ids.is_file_id(input_file_id) else None
         if f is None:
