@@ -63,6 +63,18 @@ def test_nothing_configured_gives_the_defaults_of_the_objects_that_use_them(tmp_
     ("[limits]\ncompletion_window_min = \"2d\"\ncompletion_window_max = \"1d\"",
      "completion_window_min .* is more than"),
     ("[engine]\nretry_base_delay_s = 10\nretry_max_delay_s = 5", "retry_base_delay_s must be at most"),
+    # nan passes every bound (a nan poll interval hung the engine), inf is no setting
+    ("[engine]\npoll_interval_s = nan", "engine.poll_interval_s in .* must be a finite number, got nan"),
+    ("[engine]\nlease_s = inf", "engine.lease_s in .* must be a finite number, got inf"),
+    ("[models.\"m\"]\nbackend = \"openai\"\nbase_url = \"http://x/v1\"\ntimeout_s = nan",
+     "models.\"m\".timeout_s in .* must be a finite number"),
+    # a URL with a scheme its client cannot use (a bad Redis URL left every remote batch stuck, retrying)
+    ("[server]\nredis_url = \"notaurl\"", "server.redis_url in .* must be a URL starting redis://, rediss:// or "
+     "unix://, got 'notaurl'"),
+    ("[server]\nblobs = \"ftp://x/y\"", "server.blobs in .* must be a directory or a URL starting s3://"),
+    # a required key, when the config loads (not a constructor's missing-argument error at start)
+    *[(f"[models.\"m\"]\nbackend = \"{b}\"", rf"\[models.\"m\"\] of .* needs a 'base_url' key \(backend '{b}'\)")
+      for b in ("openai", "openai-batch", "anthropic-batch")],
 ])
 def test_a_bad_value_is_an_error_naming_where_it_came_from(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -105,6 +117,11 @@ def test_variables_are_parsed_by_the_settings_type(tmp_path: Path) -> None:
         load(tmp_path, "", env={"FREIGHT_ENGINE_LEASE_S": "soon"})
     with pytest.raises(ConfigError, match="FREIGHT_METRICS_PROJECT_LABEL must be true or false"):
         load(tmp_path, "", env={"FREIGHT_METRICS_PROJECT_LABEL": "maybe"})
+    with pytest.raises(ConfigError, match="FREIGHT_ENGINE_LEASE_S must be a finite number, got nan"):
+        load(tmp_path, "", env={"FREIGHT_ENGINE_LEASE_S": "nan"})
+    with pytest.raises(ConfigError, match="FREIGHT_REDIS_URL must be a URL starting redis://"):
+        load(tmp_path, "", env={"FREIGHT_REDIS_URL": "http://x"})
+    assert load(tmp_path, "", env={"FREIGHT_BLOBS": "s3://b/p"}).blobs == "s3://b/p"
 
 
 def test_a_configured_data_dir_wins_over_a_commands_own_default(tmp_path: Path) -> None:

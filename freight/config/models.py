@@ -63,7 +63,7 @@ PLACEMENT = (
 _REMOTE = (
     ("base_url", "str", None, "The URL you would give the OpenAI SDK, `/v1` included (`https://api.openai.com/v1`, "
      "`http://gpu-box:8000/v1`): a request for `/v1/chat/completions` goes to `base_url + \"/chat/completions\"`; "
-     "required."),
+     "required.", {"required": True}),
     ("api_key_env", "str", None, "The environment variable holding the API key, sent as `Authorization: Bearer …`. "
      "Read once at start-up; freight refuses to start when it is unset. An `api_key` in the file is refused."),
     ("upstream_model", "str", None, "The `model` sent upstream; every request body's `model` is replaced by it.",
@@ -152,12 +152,13 @@ BACKEND_OPTIONS: dict[str, tuple[Setting, ...]] = {
     )),
     "openai-batch": _opts("openai-batch", (
         ("base_url", "str", None, "An OpenAI-compatible server's URL, `/v1` included (its `/files` and `/batches`); "
-         "required (docs/batch-lanes.md)."),
+         "required (docs/batch-lanes.md).", {"required": True}),
         *_lane("50,000", "200 MB"),
         ("completion_window", "str", "24h", "The window of the upstream batches (docs/batch-lanes.md)."),
     )),
     "anthropic-batch": _opts("anthropic-batch", (
-        ("base_url", "str", None, "The host, like `https://api.anthropic.com`; required (docs/batch-lanes.md)."),
+        ("base_url", "str", None, "The host, like `https://api.anthropic.com`; required (docs/batch-lanes.md).",
+         {"required": True}),
         *_lane("100,000", "256 MB"),
     )),
     "scripted": _opts("scripted", (
@@ -188,6 +189,9 @@ def check_models(models: Mapping[str, Any], file: str) -> None:
                               "an api_key in the file is refused")
         keys = _keys(table["backend"])
         check_table(table, keys, where)
+        for s in keys:
+            if s.required and s.key not in table:
+                raise ConfigError(f"{where} needs a {s.key!r} key (backend {table['backend']!r}): {s.help}")
         for s in keys:
             if s.key in table:
                 parse(s, table[s.key], f'models."{name}".{s.key} in {file}')

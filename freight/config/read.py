@@ -9,6 +9,7 @@ limit" only where the setting says so), never quietly replaced by the default.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,6 +104,8 @@ def _typed(s: Setting, value: Any, where: str) -> Any:
     elif kind == "float":
         bad = isinstance(value, bool) or not isinstance(value, int | float)
         value = value if bad else float(value)
+        if not bad and not math.isfinite(value):  # (nan passes every bound, and inf is no setting)
+            raise ConfigError(f"{where} must be a finite number, got {value}")
     elif kind == "bool":
         bad = not isinstance(value, bool)
     elif kind == "duration":
@@ -159,6 +162,18 @@ def _bounded(s: Setting, value: Any, where: str) -> Any:
     return value
 
 
+def _url(s: Setting, value: Any, where: str) -> Any:
+    """A URL setting (``schemes``) with one of its schemes, or, where ``paths``, a path without one."""
+    if not s.schemes or not isinstance(value, str):
+        return value
+    scheme, sep, _ = value.partition("://")
+    if (sep and scheme in s.schemes) or (not sep and s.paths and value):
+        return value
+    starts = [f"{x}://" for x in s.schemes]
+    wanted = "a URL starting " + (", ".join(starts[:-1]) + " or " + starts[-1] if len(starts) > 1 else starts[0])
+    raise ConfigError(f"{where} must be {'a directory or ' if s.paths else ''}{wanted}, got {value!r}")
+
+
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -166,7 +181,7 @@ def _number(x: float) -> str:
 def parse(s: Setting, raw: Any, where: str, *, text: bool = False) -> Any:
     """``raw`` (from freight.toml or a flag; with ``text``, an environment variable) as the setting's
     value; ConfigError naming ``where`` when it is not one."""
-    return _bounded(s, _typed(s, _from_text(s, raw, where) if text else raw, where), where)
+    return _url(s, _bounded(s, _typed(s, _from_text(s, raw, where) if text else raw, where), where), where)
 
 
 def resolve(data: Mapping[str, Any], env: Mapping[str, str], flags: Mapping[str, Any],

@@ -65,6 +65,11 @@ class Setting:
     #: of an ``any``.
     shown_default: str | None = None
     shown_type: str | None = None
+    #: For a URL: the schemes it may have (``redis`` for ``redis://…``); ``paths``: a plain path too.
+    schemes: tuple[str, ...] = ()
+    paths: bool = False
+    #: A model table's key that must be given (``check_models``).
+    required: bool = False
 
     @property
     def name(self) -> str:
@@ -98,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
             env="FREIGHT_PUBLIC_URL", example="https://batch.example.com"),
     Setting("server", "blobs", "str", None, "Where file bytes live: a directory every process shares, or "
             "`s3://bucket/prefix` (docs/deployment.md); default `DATA_DIR/blobs`.",
-            env="FREIGHT_BLOBS", flag="--blobs", example="s3://bucket/prefix"),
+            env="FREIGHT_BLOBS", flag="--blobs", example="s3://bucket/prefix", schemes=("s3",), paths=True),
     Setting("server", "sqlite_synchronous", "choice", Settings.sqlite_synchronous,
             "SQLite's durability: FULL survives power loss, NORMAL a process crash only.",
             choices=("FULL", "NORMAL", "EXTRA")),
@@ -110,7 +115,8 @@ SETTINGS: tuple[Setting, ...] = (
             min=1),
     Setting("server", "redis_url", "str", None, "Redis where every process shares remote upstreams' rpm/tpm "
             "limits; default: each process keeps to the limits alone.",
-            env="FREIGHT_REDIS_URL", flag="--redis-url", example="redis://127.0.0.1:6379/0"),
+            env="FREIGHT_REDIS_URL", flag="--redis-url", example="redis://127.0.0.1:6379/0",
+            schemes=("redis", "rediss", "unix")),
     # [limits]
     Setting("limits", "max_lines", "int", _IL.max_lines, "Requests per batch file.", min=1),
     Setting("limits", "max_input_bytes", "int", _IL.max_bytes, "Bytes per batch file.", min=1),
