@@ -19,6 +19,7 @@ from typing import IO, Any, cast
 from freight.backends import build_backends, build_lanes
 from freight.backends.result_cache import CacheSetup
 from freight.config import Settings
+from freight.domain.errors import ConfigError
 from freight.domain.files import File
 from freight.engine.engine import Engine
 from freight.engine.step_lease import BATCH_STEPS
@@ -128,8 +129,12 @@ def open_blobs(settings: Settings) -> BlobStore:
         s3 = S3BlobStore(location)
         s3.check()
         return s3
-    return LocalBlobStore(Path(location).expanduser() if location else settings.data_dir / "blobs",
-                          reserve=settings.data_dir / "disk-reserve")
+    root = Path(location).expanduser() if location else settings.data_dir / "blobs"
+    try:
+        return LocalBlobStore(root, reserve=settings.data_dir / "disk-reserve")
+    except OSError as exc:  # (a directory that cannot be made or written: the setting's mistake, not a crash)
+        what = f"--blobs {location}" if location else f"the data dir's blobs ({root})"
+        raise ConfigError(f"{what}: cannot keep files there: {exc.strerror or exc}") from None
 
 
 def _open_file(store: Store, blobs: BlobStore, f: File) -> IO[bytes] | None:

@@ -149,3 +149,12 @@ def test_the_engine_id_of_a_data_dir_is_kept_across_restarts(tmp_path: Path) -> 
     assert re.fullmatch(r"engine-[0-9a-f]{32}", first)
     assert DataDirLock(tmp_path / "a").engine_id() == first
     assert DataDirLock(tmp_path / "b").engine_id() != first
+
+
+def test_blobs_that_cannot_be_a_directory_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    r = freight("worker", "--blobs", tmp_path / "a-file" / "blobs", "--data-dir", tmp_path / "d", cwd=tmp_path)
+    assert r.returncode == 1, r
+    shown = " ".join(r.stderr.split())
+    assert f"error: --blobs {tmp_path / 'a-file' / 'blobs'}: cannot keep files there: Not a directory" in shown, shown
+    assert "NotADirectoryError" not in shown and "Traceback" not in shown, shown
