@@ -198,7 +198,7 @@ def test_every_variable_freight_reads_is_documented() -> None:
 
 
 def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
-    (tmp_path / "freight.toml").write_text("[engine]\nlease_s = 45\n")
+    (tmp_path / "freight.toml").write_text("[engine]\nlease_s = 45\n[limits]\nmax_active_batches_per_project = 0\n")
     env = {"FREIGHT_CONFIG": str(tmp_path / "freight.toml"), "FREIGHT_WEBHOOKS_TIMEOUT_S": "3",
            "FREIGHT_DATABASE_URL": "postgresql://freight:hunter2@db:5432/freight"}
     # In a process of its own: the command sets up logging for the whole process.
@@ -213,6 +213,8 @@ def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     assert "hunter2" not in done.stdout + done.stderr
     assert '"postgresql://freight:***@db:5432/freight"' in lines["server.database_url"]
     assert lines["engine.poll_interval_s"].endswith("# default")
+    # an explicit 0 that turns a limit off is shown as given, with what it means (not as "(none)")
+    assert lines["limits.max_active_batches_per_project"].endswith(f"= 0 (no limit)  # {tmp_path / 'freight.toml'}")
 
 
 def test_a_password_in_a_url_is_masked() -> None:

@@ -9,6 +9,7 @@ import click
 
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option, redis_url_option
 from freight.cli.options import load as _settings
+from freight.config.registry import BY_NAME
 from freight.domain.secrets import redact_url
 from freight.wire import jsonx
 
@@ -26,6 +27,19 @@ def _shown(value: Any) -> Any:
     return value
 
 
+def _zero(name: str) -> str | None:
+    """What an explicit 0 means for this setting ("no limit"), where 0 turns it off."""
+    s = BY_NAME.get(name)
+    return s.zero if s is not None else None
+
+
+def _given(name: str, value: Any, source: str) -> Any:
+    """The value as shown: an explicit 0 that turns a limit off reads as None inside freight, and as 0 here."""
+    if value is None and source != "default" and _zero(name) is not None:
+        return 0
+    return _shown(value)
+
+
 @click.command(name="config")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: each setting's value and source.")
 @data_dir_option
@@ -38,7 +52,8 @@ def config_command(as_json: bool, data_dir: Path | None, database_url: str | Non
     """Print every setting's value and where it came from: a flag, a variable, freight.toml or the default
     (docs/configuration.md). Passwords in URLs are masked."""
     settings = _settings(config, data_dir, database_url=database_url, redis_url=redis_url, blobs=blobs)
-    given = {name: {"value": _shown(value), "source": source} for name, (value, source) in settings.given.items()}
+    given = {name: {"value": _given(name, value, source), "source": source}
+             for name, (value, source) in settings.given.items()}
     if as_json:
         out = {"config_file": str(settings.config_path) if settings.config_path else None, "settings": given,
                "models": {name: table.get("backend") for name, table in settings.model_tables().items()}}
@@ -48,6 +63,8 @@ def config_command(as_json: bool, data_dir: Path | None, database_url: str | Non
     width = max(len(name) for name in given)
     for name, item in given.items():
         value = "(none)" if item["value"] is None else jsonx.dumps(item["value"]).decode()
+        if item["value"] == 0 and (zero := _zero(name)) is not None:
+            value += f" ({zero})"
         click.echo(f"{name:<{width}} = {value}  # {item['source']}")
     for name, table in settings.model_tables().items():
         click.echo(f'models."{name}".backend = "{table.get("backend")}"')
