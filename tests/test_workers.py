@@ -96,6 +96,7 @@ class Worker:
     def __init__(self, fleet: Fleet, name: str):
         root = fleet.root
         self.log_path = root / f"worker-{name}.log"
+        self.database_url = fleet.database_url
         cmd = [*freight_command(), "worker", *fleet.args(name), "--config", str(root / "freight.toml")]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -105,8 +106,15 @@ class Worker:
     def _owner(self) -> str | None:
         if self.proc.poll() is not None:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-        found = re.search(r"worker (\S+) \(data", self.log_path.read_text(errors="replace"))
-        return found.group(1) if found else None
+        text = self.log_path.read_text(errors="replace")
+        found = re.search(r"worker (\S+) \((data|database): (\S+?);", text)
+        if found is None:
+            return None
+        # the start-up line says where the batches are: the shared database (its password masked), else the data dir
+        shared = self.database_url is not None
+        assert found.group(2) == ("database" if shared else "data"), text
+        assert ("; files: " in text) == shared, text  # (--blobs is given with the database only)
+        return found.group(1)
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -30,6 +30,7 @@ from freight.cli.show_config import config_command
 from freight.domain.batches import TERMINAL, BatchStatus
 from freight.domain.errors import ConfigError, FreightError, InvalidInput
 from freight.domain.keys import DEFAULT_PROJECT
+from freight.domain.secrets import redact_url
 from freight.domain.windows import check_schedule
 from freight.wire import jsonx, openai
 from freight.wire.batch_input import BatchInputValidator, iter_lines
@@ -119,7 +120,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
     app = create_app(runtime, run_engine=not no_worker)
     models = ", ".join(m.id for m in runtime.catalog.models())
     say(f"freight {__version__} serving http://{settings.host}:{settings.port}/v1 "
-        f"(data: {settings.data_dir}; models: {models}" + ("; no worker)" if no_worker else ")"))
+        f"({_where(settings)}; models: {models}" + ("; no worker)" if no_worker else ")"))
     say(f"dashboard: http://{settings.host}:{settings.port}/dashboard")
     if with_keys:
         projects = sorted({k.project for k in runtime.keys.list() if k.revoked_at is None})
@@ -160,7 +161,7 @@ def worker(ctx: click.Context, log_format: str | None, log_level: str | None, da
     runtime = build_runtime(settings)
     tune_gc()
     models = ", ".join(m.id for m in runtime.catalog.models())
-    say(f"freight {__version__} worker {runtime.engine.owner} (data: {settings.data_dir}; models: {models})")
+    say(f"freight {__version__} worker {runtime.engine.owner} ({_where(settings)}; models: {models})")
     try:
         asyncio.run(_work(runtime))
     finally:
@@ -185,6 +186,12 @@ async def _work(runtime: Any) -> None:
             await intakes
         for backend in runtime.catalog.backends:
             await backend.close()
+
+
+def _where(settings: Any) -> str:
+    """Where a process keeps its batches, for its start-up line (a URL's password masked)."""
+    store = f"database: {redact_url(settings.database_url)}" if settings.database_url else f"data: {settings.data_dir}"
+    return store + (f"; files: {redact_url(settings.blobs)}" if settings.blobs else "")
 
 
 @cli.command()
