@@ -23,6 +23,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 from servers import SCRIPTED, SCRIPTED_SLOW, TERMINAL, FreightServer, config_text, jsonl_bytes, request_line, wait_for
 
+from freight.domain.pricing import usd_text
+
 CHROMIUM = "/usr/bin/chromium"
 HOSTILE_ID = '<img src=x onerror="document.body.dataset.pwned=1">'
 HOSTILE_MODEL = "<b>bold</b><script>document.body.dataset.pwned=2</script>"
@@ -130,12 +132,26 @@ def test_index_lists_every_batch_of_the_project(server: FreightServer, alpha: op
     row.wait_for()
     assert "completed" in row.inner_text() and "4 / 4 (3 ok, 1 failed)" in row.inner_text()
     assert row.locator("progress").get_attribute("value") in ("1", "1.0")
-    assert f"${done.model_extra['freight']['cost_usd']:,.4f}" in row.inner_text()
+    assert usd_text(done.model_extra["freight"]["cost_usd"]) in row.inner_text()
     mrow = page.locator("#batches tr", has_text=mb.id)
     mrow.wait_for()
     assert "anthropic" in mrow.inner_text()
     shot(page, "index", tmp_path)
     page.context.close()
+
+
+def test_the_index_lists_batches_in_the_apis_order(server: FreightServer, alpha: openai.OpenAI) -> None:
+    """Newest first, and batches made within one second as the API lists them (it sorted by random id)."""
+    made = [batch_of(alpha, [request_line(f"o{i}")]).id for i in range(4)]
+    listed = [b.id for b in alpha.batches.list(limit=100) if b.id in made]
+    with session(server, "alpha") as c:
+        shown = [row["id"] for row in c.get("/dashboard/api/batches").json()["batches"] if row["id"] in made]
+    assert listed == made[::-1] and shown == listed, (made, listed, shown)
+
+
+def test_a_cost_too_small_for_four_decimals_is_not_shown_as_free() -> None:
+    assert usd_text(2.4e-05) == "<$0.0001" and usd_text(0.0) == "$0.0000" and usd_text(None, "—") == "—"
+    assert usd_text(0.00005) == "$0.0001" and usd_text(123.456) == "$123.46" and usd_text(-2e-6) == "-<$0.0001"
 
 
 def test_a_batch_page_updates_live_until_it_completes(server: FreightServer, alpha: openai.OpenAI, browser: Any,

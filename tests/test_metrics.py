@@ -85,6 +85,11 @@ def test_counters_match_a_real_batch(make_server: Callable[..., FreightServer]) 
         assert cost > 0
         assert value(m, "freight_cost_usd_total", model=batch.model) == pytest.approx(cost, abs=1e-8)
     assert ("freight_cost_usd_total", (("model", SCRIPTED),)) not in m
+    # a batch that fails validation has no model: it adds no model="" series
+    invalid = run_batch(client, [request_line("x", model="no-such-model")])
+    assert invalid.status == "failed"
+    m = scrape(server)
+    assert not [key for key in m if dict(key[1]).get("model") == ""], [key for key in m if ("model", "") in key[1]]
     names = {name for name, _ in m}
     for spec in METRICS:  # every declared series is exposed
         assert any(n.startswith(spec.name) for n in names), spec.name

@@ -6,11 +6,11 @@ import datetime as dt
 import time
 from typing import Any
 
+from freight.domain.pricing import usd_text
+
 
 def usd(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"
+    return usd_text(value)
 
 
 def eta(at: int | None, now: float | None = None) -> str:

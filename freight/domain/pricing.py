@@ -203,3 +203,14 @@ def progress(*, started_at: int | None, ended_at: int | None, now: float, done: 
 def round_usd(value: float | None) -> float | None:
     """Dollars to a millionth of a cent: stable in JSON, exact enough to add up."""
     return None if value is None else round(value, 8)
+
+
+def usd_text(value: float | None, missing: str = "-") -> str:
+    """Dollars for people (the CLI's and the dashboard's one form): 4 decimals under $100, cents above;
+    a cost too small for 4 decimals reads "<$0.0001", not "$0.0000" (which says free); ``missing`` for
+    an unknown one (no price)."""
+    if value is None:
+        return missing
+    if 0 < abs(value) < 0.00005:
+        return "<$0.0001" if value > 0 else "-<$0.0001"
+    return f"${value:,.4f}" if abs(value) < 100 else f"${value:,.2f}"

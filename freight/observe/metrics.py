@@ -110,12 +110,15 @@ class StoreCollector(Collector):
         batches = _family("freight_batches", p)
         for (project, status), n in sorted(s.batches.items()):
             batches.add_metric(key(project, status), n)
+        # (A batch that failed validation has no model and nothing finished: it adds no model="" series.)
         finished = _family("freight_requests_finished_total", p)
         for (project, model, endpoint, outcome), n in sorted(s.finished.items()):
-            finished.add_metric(key(project, model, endpoint, outcome), n)
+            if model or n:
+                finished.add_metric(key(project, model, endpoint, outcome), n)
         tokens = _family("freight_tokens_total", p)
         for (project, model, kind), n in sorted(s.tokens.items()):
-            tokens.add_metric(key(project, model, kind), n)
+            if model or n:
+                tokens.add_metric(key(project, model, kind), n)
         cost = _family("freight_cost_usd_total", p)
         now = self.now()
         for (project, model), spend in sorted(s.spend.items()):

@@ -12,6 +12,7 @@ from typing import Any
 from freight.domain.batches import Batch, BatchStatus, CancelAction, cancel_action
 from freight.domain.errors import Conflict
 from freight.domain.message_batches import MESSAGES_ENDPOINT, message_batch_id
+from freight.domain.pricing import usd_text
 from freight.runtime import Runtime
 from freight.services import watch
 from freight.wire import openai
@@ -36,9 +37,7 @@ def span(seconds: float) -> str:
 
 
 def usd(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+    return usd_text(value, missing="—")
 
 
 def cancellable(batch: Batch) -> bool:
@@ -93,10 +92,12 @@ def batch_row(rt: Runtime, batch: Batch, *, is_message_batch: bool | None = None
 
 def index(rt: Runtime, project: str) -> dict[str, Any]:
     batches = rt.batches.list(project, after=None, limit=INDEX_LIMIT).items
-    rows = [batch_row(rt, b, is_message_batch=False) for b in batches]
     message_batches, _ = rt.message_batches.list(project, after_id=None, before_id=None, limit=INDEX_LIMIT)
-    rows += [batch_row(rt, mb.batch, is_message_batch=True) for mb in message_batches]
-    rows.sort(key=lambda r: (r["created"], r["id"]), reverse=True)
+    # Newest first; batches of the same second in the order the API lists them (a stable sort, each list
+    # already newest first), not by their random ids.
+    entries = [(b, False) for b in batches] + [(mb.batch, True) for mb in message_batches]
+    entries.sort(key=lambda e: e[0].created_at, reverse=True)
+    rows = [batch_row(rt, b, is_message_batch=is_mb) for b, is_mb in entries]
     return {"project": project, "batches": rows, "models": models(rt, project)}
 
 
