@@ -57,6 +57,24 @@ def test_a_redelivered_message_is_kept_once_and_poison_gets_its_line_at_once(run
     assert intake.ready() == []
 
 
+def test_poison_that_parses_gets_its_line_at_once_and_never_blocks_a_flush(runtime: Runtime) -> None:
+    """Messages that read as requests but cannot be a batch's line (found by an audit: each one made every
+    flush of its intake fail, or its consumer crash, for ever): an error line at once; the rest flow on."""
+    intake = _intake(runtime, Clock(), size=1)
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    limit = runtime.files.limits.input.max_line_bytes
+    intake.accept("huge", json.dumps({"body": {"messages": [{"role": "user", "content": "x" * limit}]}}).encode())
+    intake.accept("surrogate", b'{"body": {"messages": [{"role": "user", "content": "\\ud800"}]}}')
+    intake.accept("deep", b'{"body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    intake.accept("far-deadline", json.dumps({"body": body, "deadline": 10**400}).encode())
+    intake.accept("fine", json.dumps({"body": body}).encode())
+    codes = {m.message_id: json.loads(line)["error"]["code"] for m, line in intake.ready()}
+    assert codes == {"huge": "line_too_large", "surrogate": "invalid_json", "deep": "invalid_json"}, codes
+    made = intake.flush()
+    assert len(made) == 2, "the two good messages made batches (flush_size 1); no flush failed"
+    assert intake.store.intake_pending("q") == []
+
+
 def test_flush_waits_for_age_then_makes_one_ordinary_batch(runtime: Runtime,
                                                           caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock()
@@ -126,7 +144,8 @@ def test_intake_tables_are_checked() -> None:
     got = intake_settings({"a": {"kind": "amqp", "queue": "q", "flush_size": 5}})
     assert got["a"].policy.flush_size == 5
     for bad in ({"kind": "kafka"}, {"kind": "redis"}, {"kind": "amqp", "queue": "q", "flush_size": 0},
-                {"kind": "http", "colour": 1}):
+                {"kind": "http", "colour": 1}, {"kind": "http", "completion_window": "banana"},
+                {"kind": "http", "completion_window": 24}):
         with pytest.raises(ValueError, match=r'intake\."a"'):
             intake_settings({"a": bad})
 

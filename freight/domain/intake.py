@@ -97,8 +97,12 @@ class Rejected:
 def _deadline(value: object) -> float | None:
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
+    if isinstance(value, int | float):
+        try:
+            number = float(value)
+        except OverflowError:  # (an integer too large for a float: no deadline anyone meant)
+            return None
+        return number if math.isfinite(number) else None
     if isinstance(value, str):
         try:
             number = float(value)
@@ -119,6 +123,8 @@ def parse_message(payload: bytes | str | dict[str, Any], *, message_id: str, mod
             fields = json.loads(payload)
         except (UnicodeDecodeError, ValueError):
             return Rejected(message_id, "invalid_json", "The message is not valid JSON.")
+        except RecursionError:
+            return Rejected(message_id, "invalid_json", "The message's JSON nests too deeply.")
     if not isinstance(fields, dict):
         return Rejected(message_id, "invalid_request", "The message must be a JSON object with a 'body'.")
     raw_custom_id = fields.get("custom_id")
@@ -129,6 +135,8 @@ def parse_message(payload: bytes | str | dict[str, Any], *, message_id: str, mod
             body = json.loads(body)
         except ValueError:
             return Rejected(custom_id, "invalid_json", "The message's 'body' is not valid JSON.")
+        except RecursionError:
+            return Rejected(custom_id, "invalid_json", "The message's 'body' nests too deeply.")
     if body is None:
         return Rejected(custom_id, "missing_required_parameter", "The message has no 'body'.")
     if not isinstance(body, dict):

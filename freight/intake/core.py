@@ -39,6 +39,17 @@ log = logging.getLogger("freight.intake")
 LINE_PREFIX = "intake-"
 
 
+#: What a batch line adds around a message's body: its custom_id, method and url keys (the url's length apart).
+LINE_OVERHEAD = 100
+
+
+@dataclass(frozen=True)
+class _Storable(IntakeRequest):
+    """A request whose body is written as JSON (``body_text``) and fits a batch line."""
+
+    body_text: str = ""
+
+
 @dataclass(frozen=True)
 class Incoming:
     """A message as a source received it."""
@@ -64,9 +75,11 @@ class Intake:
         self.clock = clock
         self.models = models
 
-    def parse(self, message_id: str, payload: bytes | str | dict[str, object]) -> IntakeRequest | Rejected:
-        return parse_message(payload, message_id=message_id, model=self.settings.model,
-                             endpoint=self.settings.endpoint, models=self.models(), endpoints=BATCH_ENDPOINTS)
+    def parse(self, message_id: str, payload: bytes | str | dict[str, object]) -> _Storable | Rejected:
+        """The request a message asks for, ready to store; or why not (its error line; a 400 over HTTP)."""
+        parsed = parse_message(payload, message_id=message_id, model=self.settings.model,
+                               endpoint=self.settings.endpoint, models=self.models(), endpoints=BATCH_ENDPOINTS)
+        return self._storable(parsed) if isinstance(parsed, IntakeRequest) else parsed
 
     def accept(self, message_id: str, payload: bytes | str | dict[str, object], *, reply_to: str | None = None,
                correlation_id: str | None = None) -> IntakeMessage:
@@ -85,9 +98,9 @@ class Intake:
         messages = []
         for item in incoming:
             parsed = self.parse(item.message_id, item.payload)
-            if isinstance(parsed, IntakeRequest):
+            if isinstance(parsed, _Storable):
                 messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, parsed.url,
-                                              jsonx.dumps(parsed.body).decode(), item.reply_to, item.correlation_id,
+                                              parsed.body_text, item.reply_to, item.correlation_id,
                                               now, parsed.deadline))
             else:
                 line = result_line(_rejected_line_id(self.name, item.message_id), parsed.custom_id,
@@ -97,6 +110,22 @@ class Intake:
         new = self.store.add_intakes(messages)
         if new < len(messages):
             log.info("intake %s: %d message(s) delivered again; kept once", self.name, len(messages) - new)
+
+    def _storable(self, parsed: IntakeRequest) -> _Storable | Rejected:
+        """A request that can become a line of a batch file: its body written as JSON (a lone surrogate
+        cannot be), and the line within the batch line limit. Else its error line now, never a flush that
+        fails for ever (poison never blocks)."""
+        try:
+            text = jsonx.dumps(parsed.body).decode()
+        except (TypeError, ValueError) as exc:
+            return Rejected(parsed.custom_id, "invalid_json", f"The message's body cannot be stored as JSON: {exc}.")
+        limit = self.files.limits.input.max_line_bytes
+        size = len(text.encode()) + LINE_OVERHEAD + len(parsed.url)
+        if size > limit:
+            return Rejected(parsed.custom_id, "line_too_large",
+                            f"The message's request is about {size} bytes as a batch line; the limit is {limit} "
+                            "bytes.")
+        return _Storable(parsed.custom_id, parsed.url, parsed.body, parsed.deadline, text)
 
     def flush(self) -> list[str]:
         """Finish flushes a crash interrupted, then flush if the policy says so. The batches made."""

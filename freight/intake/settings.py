@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from freight.domain.durations import parse_duration_s
 from freight.domain.intake import FlushPolicy
 
 KINDS = ("redis", "amqp", "http")
@@ -54,6 +55,11 @@ def intake_settings(tables: dict[str, Any]) -> dict[str, IntakeSettings]:
                                  deadline_margin_s=float(table.get("deadline_margin_s", 30.0)))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
+        window = table.get("completion_window", "24h")
+        try:  # (a window no batch can take would fail every flush of the intake, for ever)
+            parse_duration_s(window if isinstance(window, str) else "")
+        except ValueError:
+            raise ValueError(f"{where}: completion_window must be a duration like \"24h\", got {window!r}") from None
         out[str(name)] = IntakeSettings(
             name=str(name), kind=kind, url=table.get("url"), queue=str(queue), group=str(table.get("group", "freight")),
             consumer=table.get("consumer"), model=table.get("model"),
