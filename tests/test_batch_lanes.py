@@ -71,6 +71,7 @@ def forwarder(make_server: Callable[..., FreightServer], upstream: FreightServer
         + lane("fwd-expiring", "openai-batch", v1, "upstream-expiring", completion_window="2s", max_rounds=5)
         + lane("fwd-tight", "openai-batch", v1, SCRIPTED, key="LANE_TIGHT_KEY")
         + lane("fwd-claude", "anthropic-batch", upstream.url, SCRIPTED, max_requests_per_batch=30)
+        + lane("fwd-refused", "openai-batch", upstream.url + "/nope/v1", SCRIPTED)
         + "[engine]\npoll_interval_s = 0.05\n"
     )
     return make_server(config)
@@ -320,6 +321,16 @@ def test_a_partly_expired_upstream_batch_is_resubmitted(client: openai.OpenAI, f
     assert len(subs) >= 2 and subs[0]["upstream_status"] == "expired", subs
     assert [s["round"] for s in subs] == list(range(1, len(subs) + 1))
     assert sum(s["requests"] for s in subs[1:]) < 12 * (len(subs) - 1), "only what had not run went again"
+
+
+def test_an_upload_the_upstream_refuses_fails_its_requests_at_once(client: openai.OpenAI) -> None:
+    """A 4xx on upload is for good, as on create (it was tried again for ever, the batch never ending)."""
+    done = wait_done(client, submit(client, "fwd-refused", 2, "nope"))
+    assert done.status == "completed" and done.request_counts is not None, done
+    assert (done.request_counts.completed, done.request_counts.failed) == (0, 2)
+    errors = lines_of(client, done.error_file_id)
+    assert {e["error"]["code"] for e in errors} == {"upstream_refused"}, errors
+    assert "HTTP 404" in errors[0]["error"]["message"]
 
 
 def test_lane_models_are_listed_and_validated(client: openai.OpenAI) -> None:

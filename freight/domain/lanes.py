@@ -23,7 +23,7 @@ from freight.domain.requests import Result
 
 
 class LaneRefused(Exception):
-    """The upstream refused a sub for good (a 4xx on create): its requests fail with this message."""
+    """The upstream refused a sub for good (a 4xx on upload or create): its requests fail with this message."""
 
 
 class SubState(enum.StrEnum):

@@ -235,8 +235,12 @@ class LaneRunner:
             state = SubState.PLANNED
         if state is SubState.PLANNED:
             await asyncio.to_thread(update, sub.id, state=SubState.UPLOADING)
-            with self._lines(batch, sub) as fh:
-                upload_id = await lane.upload(sub.id, batch.endpoint, fh)
+            try:
+                with self._lines(batch, sub) as fh:
+                    upload_id = await lane.upload(sub.id, batch.endpoint, fh)
+            except LaneRefused as exc:  # (a 4xx on upload, as on create: for good, not tried again for ever)
+                await self._fail_sub(batch, sub, "upstream_refused", str(exc))
+                return True
             await asyncio.to_thread(update, sub.id, state=SubState.UPLOADED, upload_id=upload_id)
             log.info("lane sub uploaded", extra={"event": "lane_uploaded", "batch_id": batch.id, "sub": sub.id,
                                                  "upload_id": upload_id, "requests": sub.requests})
