@@ -68,26 +68,30 @@ def test_a_parquet_join_file_without_the_on_column_and_an_empty_file(tmp_path: P
     assert r.returncode == 1 and "empty.csv has no column 'custom_id'" in shown(r) and "empty" in shown(r), r
 
 
-def test_a_broken_jsonl_join_file_names_its_file_and_line(tmp_path: Path) -> None:
-    (tmp_path / "join.jsonl").write_text('{"custom_id": "r0"}\nnot json\n')
-    r = results(tmp_path, "--join", "join.jsonl")
+def join_refusal(tmp_path: Path, name: str, text: str) -> str:
+    """``results --join NAME`` of a file holding ``text``: refused (exit 1); what it says, on one line."""
+    (tmp_path / name).write_text(text)
+    r = results(tmp_path, "--join", name)
     assert r.returncode == 1, r
-    assert shown(r).startswith("error: join.jsonl line 2: not valid JSON ("), r.stderr
-    (tmp_path / "list.jsonl").write_text('{"custom_id": "r0"}\n\n[1, 2]\n')
-    r = results(tmp_path, "--join", "list.jsonl")
-    assert r.returncode == 1 and "error: list.jsonl line 3: not a JSON object" in shown(r), r
+    return shown(r)
 
 
-def test_join_rows_without_an_id_with_the_same_id_or_with_extra_fields(tmp_path: Path) -> None:
-    (tmp_path / "some.jsonl").write_text('{"custom_id": "r0"}\n{"title": "x"}\n')
-    r = results(tmp_path, "--join", "some.jsonl")
-    assert r.returncode == 1 and "error: some.jsonl line 2: no 'custom_id'" in shown(r), r
-    (tmp_path / "dup.csv").write_text("custom_id,t\nr0,a\nr1,b\nr0,c\n")
-    r = results(tmp_path, "--join", "dup.csv")
-    assert r.returncode == 1 and "error: dup.csv line 4: custom_id 'r0' again (first on line 2)" in shown(r), r
-    (tmp_path / "long.csv").write_text("custom_id,t\nr0,a,extra\n")
-    r = results(tmp_path, "--join", "long.csv")
-    assert r.returncode == 1 and "error: long.csv line 2: more fields than the header" in shown(r), r
+def test_a_broken_jsonl_join_file_names_its_file_and_line(tmp_path: Path) -> None:
+    said = join_refusal(tmp_path, "join.jsonl", '{"custom_id": "r0"}\nnot json\n')
+    assert said.startswith("error: join.jsonl line 2: not valid JSON ("), said
+    said = join_refusal(tmp_path, "list.jsonl", '{"custom_id": "r0"}\n\n[1, 2]\n')
+    assert "error: list.jsonl line 3: not a JSON object" in said, said
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("some.jsonl", '{"custom_id": "r0"}\n{"title": "x"}\n', "error: some.jsonl line 2: no 'custom_id'"),
+    ("dup.csv", "custom_id,t\nr0,a\nr1,b\nr0,c\n", "error: dup.csv line 4: custom_id 'r0' again (first on line 2)"),
+    ("long.csv", "custom_id,t\nr0,a,extra\n", "error: long.csv line 2: more fields than the header"),
+])
+def test_join_rows_without_an_id_with_the_same_id_or_with_extra_fields(tmp_path: Path, name: str, text: str,
+                                                                        expected: str) -> None:
+    said = join_refusal(tmp_path, name, text)
+    assert expected in said, said
 
 
 def test_a_join_file_of_an_unknown_extension_is_a_usage_error(tmp_path: Path) -> None:

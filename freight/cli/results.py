@@ -224,7 +224,7 @@ def results(batch_id: str, join_path: Path | None, on: str, fmt: str | None, out
         sys.exit(1)
     except httpx.HTTPError as exc:
         raise ApiError(f"cannot reach the server: {exc}") from None
-    if join_path is not None and by_id is not None:
+    if by_id is not None:
         rows, matched = join(rows, by_id, on)
         if rows and not matched:
             click.echo(f"warning: no row of {join_path} matched a request (by its {on!r} column): "

@@ -3,7 +3,8 @@ Anthropic Message Batches, project-isolated (another project's batch is not foun
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 from freight.domain import ids, scheduling, windows
 from freight.domain.batches import Batch
@@ -13,16 +14,24 @@ from freight.ports import Store
 from freight.wire import jsonx
 
 
-def priority_of(value: object, param: str = "priority") -> int:
-    """``priority`` from a create or ``POST …/priority`` body (default 0), or a 400 saying why not."""
-    if value is None:
-        return 0
+@contextlib.contextmanager
+def _refused(param: str) -> Iterator[None]:
+    """A domain check's refusal as the 400 to send back: a TypeError is ``invalid_type``, a ValueError
+    ``invalid_value``, each with the check's own message."""
     try:
-        return scheduling.check_priority(value, param)
+        yield
     except TypeError as exc:
         raise InvalidInput(str(exc), param=param, code="invalid_type") from None
     except ValueError as exc:
         raise InvalidInput(str(exc), param=param, code="invalid_value") from None
+
+
+def priority_of(value: object, param: str = "priority") -> int:
+    """``priority`` from a create or ``POST …/priority`` body (default 0), or a 400 saying why not."""
+    if value is None:
+        return 0
+    with _refused(param):
+        return scheduling.check_priority(value, param)
 
 
 def priority_of_raw(raw: bytes | None) -> int:
@@ -38,22 +47,14 @@ def priority_of_raw(raw: bytes | None) -> int:
 
 def schedule_of(value: object, calendar: windows.Calendar) -> str | None:
     """``schedule`` from a create body (None: run when it can), or a 400 saying why not."""
-    try:
+    with _refused("schedule"):
         return windows.check_schedule(value, calendar.off_peak)
-    except TypeError as exc:
-        raise InvalidInput(str(exc), param="schedule", code="invalid_type") from None
-    except ValueError as exc:
-        raise InvalidInput(str(exc), param="schedule", code="invalid_value") from None
 
 
 def not_before_of(value: object, expires_at: float) -> int | None:
     """``not_before`` from a create body (unix seconds), or a 400 saying why not."""
-    try:
+    with _refused("not_before"):
         return windows.check_not_before(value, expires_at)
-    except TypeError as exc:
-        raise InvalidInput(str(exc), param="not_before", code="invalid_type") from None
-    except ValueError as exc:
-        raise InvalidInput(str(exc), param="not_before", code="invalid_value") from None
 
 
 def raw_value(raw: bytes | None, param: str) -> object:
