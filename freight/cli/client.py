@@ -14,6 +14,7 @@ from rich.table import Column, Table
 
 from freight.cli.figures import freight_rows, live_note
 from freight.cli.progress import BatchProgress, console, stdout_console
+from freight.domain.batches import describe_problem
 from freight.wire import jsonx
 
 if TYPE_CHECKING:
@@ -169,8 +170,8 @@ def submit(input_path: Path, endpoint: str | None, completion_window: str, metad
 
 def _report_errors(batch: dict[str, Any], to: Console = console) -> None:
     for e in (batch.get("errors") or {}).get("data", []):
-        where = f"line {e['line']}" if e.get("line") else "file"
-        to.print(f"  {where}: {e['code']}" + (f" ({e['param']})" if e.get("param") else "") + f": {e['message']}")
+        to.print("  " + describe_problem(e.get("line"), e["code"], e.get("param"), e["message"]), soft_wrap=True,
+                 markup=False, highlight=False)
 
 
 @click.command()

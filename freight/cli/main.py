@@ -260,8 +260,7 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     if batch.status is BatchStatus.FAILED:
         console.print(f"[red]batch {batch.id} failed validation:[/red]")
         for e in batch.errors or []:
-            where = f"line {e.line}" if e.line else "file"
-            console.print(f"  {where}: {e.code}" + (f" ({e.param})" if e.param else "") + f": {e.message}")
+            console.print(f"  {e.describe()}", soft_wrap=True, markup=False, highlight=False)
         sys.exit(1)
     rate = counts.total / elapsed if elapsed > 0 else 0.0
     took = "" if finished_before else f" in {elapsed:.1f}s"

@@ -110,12 +110,21 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
+def describe_problem(line: int | None, code: str, param: str | None, message: str) -> str:
+    """``line N: code (param): message``, or ``file: …`` for a problem of the whole file (docs/cli.md)."""
+    where = f"line {line}" if line else "file"
+    return f"{where}: {code}" + (f" ({param})" if param else "") + f": {message}"
+
+
 @dataclass
 class BatchError:
     code: str
     message: str
     param: str | None = None
     line: int | None = None
+
+    def describe(self) -> str:
+        return describe_problem(self.line, self.code, self.param, self.message)
 
 
 @dataclass

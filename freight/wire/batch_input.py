@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from freight.domain.batches import describe_problem
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.domain.records import quick_init
 from freight.wire import jsonx
@@ -43,8 +44,7 @@ class LineProblem:
 
     def describe(self, source: object = None) -> str:
         """``SOURCE:line N: code (param): message`` (docs/cli.md; ``file`` for a problem of the whole file)."""
-        where = f"line {self.line}" if self.line else "file"
-        text = f"{where}: {self.code}" + (f" ({self.param})" if self.param else "") + f": {self.message}"
+        text = describe_problem(self.line, self.code, self.param, self.message)
         return text if source is None else f"{source}:{text}"
 
 
