@@ -637,6 +637,8 @@ def test_create_time_errors_are_400s_and_create_nothing(client: OpenAI) -> None:
         assert (e.code, e.param) == (code, "priority"), e.body
     e = create(**ok, not_before="soon")
     assert (e.code, e.param) == ("invalid_type", "not_before"), e.body
+    e = create(**ok, priorty=5)  # a misspelt option is refused, not silently the default
+    assert (e.code, e.param) == ("unknown_parameter", "priorty") and "priorty" in e.message, e.body
 
     with pytest.raises(openai.BadRequestError) as bad_json:
         client.post("/batches", cast_to=Batch, content=b"{not json",

@@ -63,7 +63,14 @@ CREATE_BATCH: dict[str, Any] = {
                 "anchor": {"type": "string", "enum": ["created_at"]},
                 "seconds": {"type": "integer", "minimum": 3600, "maximum": 2592000},
             }},
+            "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "description": "freight's extension"},
+            "schedule": {"type": "string", "description": "freight's extension (docs/scheduling.md)"},
+            "not_before": {"type": "integer", "description": "freight's extension: unix seconds"},
+            "max_cost_usd": {"type": "number", "exclusiveMinimum": 0, "description": "freight's extension"},
+            "output_schema": {"type": "object", "description": "freight's extension: a JSON schema"},
+            "cache": {"type": ["boolean", "null"], "description": "freight's extension (docs/cache.md)"},
         },
+        "additionalProperties": False,
     }),
 }
 

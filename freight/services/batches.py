@@ -31,6 +31,18 @@ def check_endpoint(endpoint: str) -> None:
         raise InvalidInput(f"Invalid value: {endpoint!r}. Supported values are: {supported}.", param="endpoint",
                            code="invalid_value")
 
+#: The fields of a batch-create body: OpenAI's, then freight's extensions (docs/api.md). Any other is refused,
+#: as OpenAI does, so that a misspelt option (``priorty``) is not silently the default.
+CREATE_FIELDS = ("input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after",
+                 "max_cost_usd", "output_schema", "priority", "schedule", "not_before", "cache")
+
+
+def check_known_fields(body: dict[str, Any]) -> None:
+    for name in body:
+        if name not in CREATE_FIELDS:
+            raise InvalidInput(f"Unknown parameter: {name!r}.", param=str(name), code="unknown_parameter")
+
+
 METADATA_MAX_PAIRS = 16
 METADATA_MAX_KEY_CHARS = 64
 METADATA_MAX_VALUE_CHARS = 512
@@ -151,6 +163,7 @@ class BatchService:
                 return existing
         if not isinstance(body, dict):
             raise InvalidInput("The request body must be a JSON object.", code="invalid_request")
+        check_known_fields(body)
         input_file_id = _required_str(body, "input_file_id")
         endpoint = _required_str(body, "endpoint")
         window_text = _required_str(body, "completion_window")
