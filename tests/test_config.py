@@ -23,6 +23,7 @@ from freight.domain.errors import ConfigError
 from freight.domain.webhooks import WebhookPolicy
 from freight.engine.settings import EngineSettings
 from freight.services.message_batches import MessageBatchLimits
+from freight.wire import jsonx
 from freight.wire.batch_input import InputLimits
 
 ROOT = Path(__file__).parent.parent
@@ -198,7 +199,11 @@ def test_every_variable_freight_reads_is_documented() -> None:
 
 
 def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
-    (tmp_path / "freight.toml").write_text("[engine]\nlease_s = 45\n[limits]\nmax_active_batches_per_project = 0\n")
+    (tmp_path / "freight.toml").write_text(
+        "[engine]\nlease_s = 45\n[limits]\nmax_active_batches_per_project = 0\n"
+        '[models."gpt-x"]\nbackend = "openai"\nbase_url = "http://u:secret@127.0.0.1:9/v1"\nrpm = 60\n'
+        '[projects."team-a"]\nmax_cost_usd = 5.0\n'
+        '[intake."tickets"]\nkind = "redis"\nurl = "redis://127.0.0.1:6379/0"\nstream = "in"\nmodel = "gpt-x"\n')
     env = {"FREIGHT_CONFIG": str(tmp_path / "freight.toml"), "FREIGHT_WEBHOOKS_TIMEOUT_S": "3",
            "FREIGHT_DATABASE_URL": "postgresql://freight:hunter2@db:5432/freight"}
     # In a process of its own: the command sets up logging for the whole process.
@@ -215,6 +220,18 @@ def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     assert lines["engine.poll_interval_s"].endswith("# default")
     # an explicit 0 that turns a limit off is shown as given, with what it means (not as "(none)")
     assert lines["limits.max_active_batches_per_project"].endswith(f"= 0 (no limit)  # {tmp_path / 'freight.toml'}")
+    # the named tables too: each model's keys (passwords masked), each project's and each intake's
+    file = tmp_path / "freight.toml"
+    assert lines['models."gpt-x".rpm'] == f'models."gpt-x".rpm = 60  # {file}'
+    assert '"http://u:***@127.0.0.1:9/v1"' in lines['models."gpt-x".base_url'] and "secret" not in done.stdout
+    assert lines['projects."team-a".max_cost_usd'] == f'projects."team-a".max_cost_usd = 5.0  # {file}'
+    assert lines['intake."tickets".stream'] == f'intake."tickets".stream = "in"  # {file}'
+    assert lines['intake."tickets".flush_size'].startswith('intake."tickets".flush_size = 100')
+    as_json = jsonx.loads(subprocess.run([sys.executable, "-m", "freight", "config", "--json"], capture_output=True,
+                                         env={**os.environ, **env}, text=True, cwd=tmp_path, check=True).stdout)
+    assert as_json["models"]["gpt-x"]["backend"] == "openai"
+    assert as_json["projects"] == {"team-a": {"max_cost_usd": 5.0}}
+    assert as_json["intake"]["tickets"]["model"] == "gpt-x"
 
 
 def test_a_password_in_a_url_is_masked() -> None:

@@ -10,6 +10,7 @@ import click
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option, redis_url_option
 from freight.cli.options import load as _settings
 from freight.config.registry import BY_NAME
+from freight.config.settings import Settings
 from freight.domain.secrets import redact_url
 from freight.wire import jsonx
 
@@ -54,9 +55,12 @@ def config_command(as_json: bool, data_dir: Path | None, database_url: str | Non
     settings = _settings(config, data_dir, database_url=database_url, redis_url=redis_url, blobs=blobs)
     given = {name: {"value": _given(name, value, source), "source": source}
              for name, (value, source) in settings.given.items()}
+    tables = _tables(settings)
     if as_json:
-        out = {"config_file": str(settings.config_path) if settings.config_path else None, "settings": given,
-               "models": {name: table.get("backend") for name, table in settings.model_tables().items()}}
+        out: dict[str, Any] = {"config_file": str(settings.config_path) if settings.config_path else None,
+                               "settings": given}
+        for section, entries in tables.items():
+            out[section] = {name: {k: _shown(v) for k, v in table.items()} for name, table in entries.items()}
         click.echo(jsonx.dumps(out).decode())
         return
     click.echo(f"# config file: {settings.config_path or '(none)'}")
@@ -66,5 +70,17 @@ def config_command(as_json: bool, data_dir: Path | None, database_url: str | Non
         if item["value"] == 0 and (zero := _zero(name)) is not None:
             value += f" ({zero})"
         click.echo(f"{name:<{width}} = {value}  # {item['source']}")
-    for name, table in settings.model_tables().items():
-        click.echo(f'models."{name}".backend = "{table.get("backend")}"')
+    source = str(settings.config_path) if settings.config_path else "default"
+    for section, entries in tables.items():
+        where = "bundled default" if section == "models" and not settings.models else source
+        for name, table in entries.items():
+            for key, v in table.items():
+                if v is not None:
+                    click.echo(f'{section}."{name}".{key} = {jsonx.dumps(_shown(v)).decode()}  # {where}')
+
+
+def _tables(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
+    """The named tables of freight.toml: each model's, each project's and each intake's keys."""
+    return {"models": settings.model_tables(),
+            "projects": {name: {"max_cost_usd": p.max_cost_usd} for name, p in settings.projects.items()},
+            "intake": {name: i.as_table() for name, i in settings.intake.items()}}

@@ -33,6 +33,16 @@ class IntakeSettings:
     claim_idle_s: float = 30.0
 
 
+    def as_table(self) -> dict[str, Any]:
+        """The settings as ``[intake."name"]`` keys, defaults filled in (``freight config`` shows them)."""
+        return {"kind": self.kind, "url": self.url, "stream" if self.kind == "redis" else "queue": self.queue or None,
+                "group": self.group, "consumer": self.consumer, "model": self.model, "endpoint": self.endpoint,
+                "flush_size": self.policy.flush_size, "flush_age_s": self.policy.flush_age_s,
+                "deadline_margin_s": self.policy.deadline_margin_s, "results_stream": self.results_stream,
+                "project": self.project, "completion_window": self.completion_window,
+                "claim_idle_s": self.claim_idle_s}
+
+
 def intake_settings(tables: dict[str, Any]) -> dict[str, IntakeSettings]:
     """Parse the ``[intake]`` section; ValueError names the table and key at fault."""
     out: dict[str, IntakeSettings] = {}
