@@ -149,6 +149,15 @@ def test_the_index_lists_batches_in_the_apis_order(server: FreightServer, alpha:
     assert listed == made[::-1] and shown == listed, (made, listed, shown)
 
 
+def test_a_batch_that_failed_validation_shows_an_empty_bar(server: FreightServer, alpha: openai.OpenAI) -> None:
+    """No requests and not completed: nothing was done, so not a full bar."""
+    failed = finished(alpha, batch_of(alpha, [{"custom_id": "x", "method": "POST", "url": "/v1/nope", "body": {}}]).id)
+    assert failed.status == "failed" and failed.request_counts.total == 0
+    with session(server, "alpha") as c:
+        row = next(r for r in c.get("/dashboard/api/batches").json()["batches"] if r["id"] == failed.id)
+    assert row["progress"] == 0.0 and row["status"] == "failed"
+
+
 def test_a_cost_too_small_for_four_decimals_is_not_shown_as_free() -> None:
     assert usd_text(2.4e-05) == "<$0.0001" and usd_text(0.0) == "$0.0000" and usd_text(None, "—") == "—"
     assert usd_text(0.00005) == "$0.0001" and usd_text(123.456) == "$123.46" and usd_text(-2e-6) == "-<$0.0001"

@@ -76,7 +76,9 @@ def batch_row(rt: Runtime, batch: Batch, *, is_message_batch: bool | None = None
         "completed": c.completed,
         "failed": c.failed,
         "done": done,
-        "progress": round(done / c.total, 4) if c.total else (1.0 if batch.is_terminal else 0.0),
+        # (no requests: a full bar only for a batch that completed, not one that failed validation or was
+        # cancelled before it had any)
+        "progress": round(done / c.total, 4) if c.total else (1.0 if batch.status is BatchStatus.COMPLETED else 0.0),
         "counts_text": f"{done:,} / {c.total:,} ({c.completed:,} ok, {c.failed:,} failed)",
         "eta_at": eta_at,
         "eta_text": f"in {span(eta_at - now)} ({when(eta_at)})" if eta_at is not None else "—",
