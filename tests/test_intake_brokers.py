@@ -149,6 +149,48 @@ def test_amqp_queue_intake_survives_kill_9(tmp_path: Path) -> None:
     _check(got, lambda mid: replies[0] if mid in POISON else replies[int(mid[1:]) % 2])
 
 
+def test_an_amqp_result_whose_reply_queue_does_not_exist_goes_to_results_stream() -> None:
+    """Published mandatory: the broker returns what it cannot route, and the result goes to the intake's
+    ``results_stream`` instead of being lost; with no queue at all it is dropped with a warning, not
+    retried for ever (which would hold back every result behind it)."""
+    pika = pytest.importorskip("aio_pika")
+    import asyncio
+
+    from freight.intake.amqp_source import AmqpSource
+    from freight.intake.settings import IntakeSettings
+    from freight.ports import IntakeMessage
+
+    tag = uuid.uuid4().hex[:10]
+    fallback, missing = f"freight-results-{tag}", f"freight-nowhere-{tag}"
+
+    def message(mid: str, reply_to: str | None) -> IntakeMessage:
+        return IntakeMessage("q", mid, f"c-{mid}", "/v1/chat/completions", "{}", reply_to, mid, 0.0)
+
+    async def scenario() -> list[tuple[str | None, bytes]]:
+        connection = await pika.connect_robust("amqp://guest:guest@127.0.0.1:5672/")
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(fallback, auto_delete=True)
+            with_fallback = AmqpSource(IntakeSettings("q", "amqp", queue="in", results_stream=fallback))
+            without = AmqpSource(IntakeSettings("q", "amqp", queue="in"))
+            try:
+                await with_fallback.publish(message("m1", missing), b'{"id": 1}')   # to results_stream
+                await with_fallback.publish(message("m2", fallback), b'{"id": 2}')  # reply_to exists
+                await without.publish(message("m3", missing), b'{"id": 3}')         # nowhere: dropped, no raise
+            finally:
+                await with_fallback.close()
+                await without.close()
+            got = []
+            for _ in range(2):
+                m = await queue.get(timeout=5)
+                await m.ack()
+                got.append((m.correlation_id, m.body))
+            assert await queue.get(fail=False) is None
+            return got
+
+    assert asyncio.run(scenario()) == [("m1", b'{"id": 1}'), ("m2", b'{"id": 2}')]
+
+
 def test_freight_worker_runs_the_intakes_too(tmp_path: Path) -> None:
     import subprocess
 

@@ -2,8 +2,8 @@
 
 Each message's body is one request as JSON: ``body``, optional ``custom_id``, ``url``, ``deadline``.
 Its dedupe key is the message's ``message_id`` (else its ``correlation_id``, else a digest of its
-bytes). It is acknowledged once it is in the store; its result is published to its ``reply_to`` (else
-the ``results_stream`` queue) with its ``correlation_id``.
+bytes). It is acknowledged once it is in the store; its result is published to its ``reply_to`` (else, or
+when no such queue exists, the ``results_stream`` queue) with its ``correlation_id``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import aio_pika
+from pamqp.commands import Basic
 
 from freight.intake.core import Incoming, Intake, message_id_of
 from freight.intake.settings import IntakeSettings
@@ -78,16 +79,27 @@ class AmqpSource:
             await m.ack()
 
     async def publish(self, message: IntakeMessage, line: bytes) -> None:
-        to = message.reply_to or self.settings.results_stream
-        if not to:
+        """Publish mandatory, so that a queue that does not exist returns the result rather than the broker
+        dropping it: a returned result goes to ``results_stream`` instead, else it is logged as dropped (a
+        later try could not route it either, and it would hold back every result behind it)."""
+        targets = [t for t in dict.fromkeys((message.reply_to, self.settings.results_stream)) if t]
+        if not targets:
             log.warning("intake %s: message %s has no reply_to and no results_stream is set; result dropped",
                         self.settings.name, message.message_id)
             return
         channel = await self._open()
-        await channel.default_exchange.publish(
-            aio_pika.Message(line, correlation_id=message.correlation_id, message_id=message.message_id,
-                             content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=to)
+        for to in targets:
+            confirmed = await channel.default_exchange.publish(
+                aio_pika.Message(line, correlation_id=message.correlation_id, message_id=message.message_id,
+                                 content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=to, mandatory=True)
+            if isinstance(confirmed, Basic.Ack):
+                return
+            log.warning("intake %s: no queue %r to take the result of message %s (declare reply queues before "
+                        "sending)", self.settings.name, to, message.message_id,
+                        extra={"event": "intake_unroutable", "intake": self.settings.name, "queue": to})
+        log.warning("intake %s: result of message %s dropped: no queue could take it", self.settings.name,
+                    message.message_id)
 
     async def close(self) -> None:
         if self._connection is not None:
