@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from freight.config import Settings
+from freight.config.settings import ProjectSettings
 from freight.domain.intake import FlushPolicy
 from freight.intake.core import Intake
 from freight.intake.runner import pump_once
@@ -108,6 +109,27 @@ def test_a_flush_interrupted_after_its_claim_makes_the_same_batch_once(runtime: 
         "intake:q:flush_crashed:/v1/chat/completions"))
     assert again.id == made[0]
     assert len(runtime.batches.list("default", after=None, limit=10).items) == 1
+
+
+def test_a_flush_refused_as_it_is_gives_each_message_its_error_line_not_a_retry_for_ever(tmp_path: Path) -> None:
+    """A project's spending cap on a model without a price refuses every batch made of these messages:
+    each gets the refusal as its error line and the flush closes (it was tried again for ever)."""
+    settings = Settings(data_dir=tmp_path / "data", models={MODEL: {"backend": "scripted"}},
+                        projects={"default": ProjectSettings(max_cost_usd=1.0)})
+    rt = build_runtime(settings, lock=False)
+    try:
+        intake = _intake(rt, Clock(), size=2)
+        intake.accept("m1", _msg(1))
+        intake.accept("m2", _msg(2))
+        assert intake.flush() == []
+        lines = {m.message_id: json.loads(line) for m, line in intake.ready()}
+        assert set(lines) == {"m1", "m2"} and lines["m1"]["custom_id"] == "c1"
+        assert {(line["error"]["code"], "max_cost_usd" in line["error"]["message"]) for line in lines.values()} == {
+            ("invalid_value", True)}
+        assert rt.store.open_flushes("q") == [] and rt.store.intake_pending("q") == []
+        assert intake.flush() == [] and rt.batches.list("default", after=None, limit=10).items == []
+    finally:
+        rt.close()
 
 
 def test_the_pump_delivers_each_finished_result_once(runtime: Runtime) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from freight.domain.batches import TERMINAL
 from freight.domain.clock import Clock
-from freight.domain.errors import FreightError
+from freight.domain.errors import FreightError, InvalidInput, PayloadTooLarge
 from freight.domain.ids import batch_request_id
 from freight.domain.intake import IntakeRequest, Pending, Rejected, flush_reason, parse_message
 from freight.domain.requests import Result
@@ -148,26 +148,43 @@ class Intake:
     def _make_batches(self, flush_id: str) -> list[str]:
         groups: dict[str, list[IntakeMessage]] = defaultdict(list)
         for m in self.store.intake_flush(flush_id):
-            if m.batch_id is None and m.body is not None:
+            if m.batch_id is None and m.body is not None and m.result is None:
                 groups[m.url].append(m)
         made = []
-        project = self.settings.project
         for url, messages in groups.items():
-            key = f"intake:{self.name}:{flush_id}:{url}"
-            f = self.files.find(project, key)
-            if f is None:
-                file_id, writer = self.files.new_upload()
-                for m in messages:
-                    writer.write(b'{"custom_id":' + jsonx.dumps(f"{LINE_PREFIX}{m.seq}") + b',"method":"POST","url":'
-                                 + jsonx.dumps(url) + b',"body":' + (m.body or "null").encode() + b"}\n")
-                f = self.files.finish_upload(project, file_id, writer, filename=f"intake-{self.name}.jsonl",
-                                             purpose="batch", expires_after_s=None, idempotency_key=key)
-            batch = self.batches.create(project, {
-                "input_file_id": f.id, "endpoint": url, "completion_window": self.settings.completion_window,
-                "metadata": {"freight_intake": self.name, "flush": flush_id}}, idempotency_key=key)
-            self.store.set_intake_batch(flush_id, url, batch.id)
-            made.append(batch.id)
+            try:
+                made.append(self._make_batch(flush_id, url, messages))
+            except (InvalidInput, PayloadTooLarge) as exc:
+                # Refused as it is (a project's spending cap, a file over a limit): trying it again would
+                # be refused again and hold the flush open for ever, so each message gets the refusal as
+                # its error line. What may pass later (a quota: RateLimited) stays open and is retried.
+                self._refuse(messages, exc)
         return made
+
+    def _make_batch(self, flush_id: str, url: str, messages: Sequence[IntakeMessage]) -> str:
+        project = self.settings.project
+        key = f"intake:{self.name}:{flush_id}:{url}"
+        f = self.files.find(project, key)
+        if f is None:
+            file_id, writer = self.files.new_upload()
+            for m in messages:
+                writer.write(b'{"custom_id":' + jsonx.dumps(f"{LINE_PREFIX}{m.seq}") + b',"method":"POST","url":'
+                             + jsonx.dumps(url) + b',"body":' + (m.body or "null").encode() + b"}\n")
+            f = self.files.finish_upload(project, file_id, writer, filename=f"intake-{self.name}.jsonl",
+                                         purpose="batch", expires_after_s=None, idempotency_key=key)
+        batch = self.batches.create(project, {
+            "input_file_id": f.id, "endpoint": url, "completion_window": self.settings.completion_window,
+            "metadata": {"freight_intake": self.name, "flush": flush_id}}, idempotency_key=key)
+        self.store.set_intake_batch(flush_id, url, batch.id)
+        return batch.id
+
+    def _refuse(self, messages: Sequence[IntakeMessage], exc: FreightError) -> None:
+        code = exc.code or "invalid_request"
+        log.warning("intake %s: %d message(s) cannot become a batch: %s", self.name, len(messages), exc.message,
+                    extra={"event": "intake_flush_refused", "intake": self.name, "code": code})
+        self.store.set_intake_results(self.name, [
+            (m.message_id, result_line(_rejected_line_id(self.name, m.message_id), m.custom_id,
+                                       Result.never_ran(code, exc.message)).decode()) for m in messages])
 
     def ready(self, limit: int = 10_000) -> list[tuple[IntakeMessage, bytes]]:
         """Results to deliver: rejected messages' lines, and lines of finished requests."""

@@ -55,3 +55,18 @@ def test_many_messages_are_kept_in_one_go_each_once(store: Store) -> None:
     assert store.add_intakes([_msg("a"), _msg("b"), _msg("c"), _msg("b")]) == 2
     assert [m.message_id for m in store.intake_pending("src")] == ["a", "b", "c"]
     assert store.add_intakes([]) == 0
+
+
+def test_a_refused_flush_gives_its_messages_results_once(store: Store) -> None:
+    for mid in ("a", "b", "c"):
+        store.add_intake(_msg(mid))
+    store.claim_intake("src", "f", 3)
+    store.set_intake_batch("f", "/v1/embeddings", "batch_1")  # none of them: all are chat
+    assert store.set_intake_results("src", [("a", "line-a\n"), ("b", "line-b\n")]) == 2
+    assert store.set_intake_results("src", [("a", "again\n")]) == 0  # a result is set once
+    assert store.open_flushes("src") == ["f"]  # "c" still needs its batch
+    store.set_intake_batch("f", "/v1/chat/completions", "batch_2")
+    assert store.open_flushes("src") == []
+    assert store.set_intake_results("src", [("c", "late\n")]) == 0  # it has a batch
+    got = {m.message_id: (m.result, m.batch_id) for m in store.intake_undelivered("src", 10)}
+    assert got == {"a": ("line-a\n", None), "b": ("line-b\n", None), "c": (None, "batch_2")}

@@ -57,6 +57,11 @@ class IntakeMixin(Base):
         with self._db.write() as tx:
             return tx.run("set_intake_batch", {"flush_id": flush_id, "url": url, "batch_id": batch_id})
 
+    def set_intake_results(self, source: str, results: Sequence[tuple[str, str]]) -> int:
+        with self._db.write() as tx:
+            return tx.many("set_intake_result", [{"source": source, "message_id": m, "result": line}
+                                                 for m, line in results])
+
     def intake_undelivered(self, source: str, limit: int) -> list[IntakeMessage]:
         with self._db.read() as tx:
             return [_message(r) for r in tx.all("intake_undelivered", {"source": source, "limit": limit})]

@@ -20,13 +20,18 @@ WHERE seq IN (SELECT seq FROM intake_messages
 
 -- name: open_intake_flushes
 SELECT DISTINCT flush_id FROM intake_messages
-WHERE source = :source AND flush_id IS NOT NULL AND batch_id IS NULL;
+WHERE source = :source AND flush_id IS NOT NULL AND batch_id IS NULL AND result IS NULL;
 
 -- name: intake_flush
 SELECT seq, source, message_id, custom_id, url, body, reply_to, correlation_id, received_at, deadline, result, flush_id, batch_id, delivered FROM intake_messages WHERE flush_id = :flush_id ORDER BY seq;
 
 -- name: set_intake_batch
-UPDATE intake_messages SET batch_id = :batch_id WHERE flush_id = :flush_id AND url = :url AND batch_id IS NULL;
+UPDATE intake_messages SET batch_id = :batch_id
+WHERE flush_id = :flush_id AND url = :url AND batch_id IS NULL AND result IS NULL;
+
+-- name: set_intake_result
+UPDATE intake_messages SET result = :result
+WHERE source = :source AND message_id = :message_id AND batch_id IS NULL AND result IS NULL;
 
 -- name: intake_undelivered
 SELECT seq, source, message_id, custom_id, url, body, reply_to, correlation_id, received_at, deadline, result, flush_id, batch_id, delivered FROM intake_messages
