@@ -280,6 +280,12 @@ def test_each_backends_declared_keys_and_defaults_are_its_own(backend: str) -> N
     ('backend = "openai-batch"\nbase_url = "http://h/v1"\ncache = false', r"unknown key\(s\).*cache"),
     ('backend = "openai"\nbase_url = "http://h/v1"\nplacement = "ray"', r"unknown key\(s\).*placement"),
     ('backend = "llama-cpp"\nreplicas = "two"\nplacement = "ray"', None),  # its own parser says (at build)
+    # numeric keys' bounds, read with the file (so `freight config` catches them before a deploy)
+    ('backend = "openai"\nbase_url = "http://h/v1"\nrpm = -1', r'models."m".rpm in .* must be at least 1, got -1'),
+    ('backend = "scripted"\nchunk_size = 0', r'models."m".chunk_size in .* must be at least 1, got 0'),
+    ('backend = "openai-batch"\nbase_url = "http://h/v1"\npoll_interval_s = 0', r"poll_interval_s .* more than 0"),
+    ('backend = "vllm"\ngpu_memory_utilization = 1.5', r"gpu_memory_utilization .* at most 1, got 1.5"),
+    ('backend = "scripted"\nmachine_cost_per_hour = -1.0', r"machine_cost_per_hour .* at least 0"),
 ])
 def test_a_models_table_is_checked_when_the_config_loads(tmp_path: Path, table: str, message: str | None) -> None:
     text = f'[models."m"]\n{table}\n'

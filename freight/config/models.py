@@ -23,8 +23,27 @@ BACKENDS = ("local-embeddings", "llama-cpp", "vllm", "openai", "openai-batch", "
 RAY_BACKENDS = ("local-embeddings", "llama-cpp", "vllm")
 
 
+#: The bounds of a model table's numeric keys, by key (each key means the same on every backend that
+#: takes it), checked when freight.toml is read (so ``freight config`` refuses them, naming the file);
+#: a backend checks what depends on several keys (``n_ctx`` per slot) when it is built.
+_AT_LEAST_1 = {"min": 1}
+_POSITIVE = {"above": 0}
+_NOT_NEGATIVE = {"min": 0}
+BOUNDS: dict[str, dict[str, float]] = {
+    **{key: _AT_LEAST_1 for key in (
+        "chunk_size", "max_concurrency", "batch_size", "batch_tokens", "threads", "n_slots", "n_ctx", "n_batch",
+        "n_ubatch", "n_threads", "tensor_parallel_size", "max_model_len", "rpm", "tpm", "initial_concurrency",
+        "max_requests_per_batch", "max_bytes_per_batch", "max_rounds", "slots")},
+    **{key: _POSITIVE for key in ("timeout_s", "poll_interval_s", "max_poll_interval_s", "tokens_per_s",
+                                  "scale_interval_s")},
+    **{key: _NOT_NEGATIVE for key in ("machine_cost_per_hour", "cancel_timeout_s", "num_cpus", "num_gpus")},
+    "gpu_memory_utilization": {"above": 0, "max": 1},
+}
+
+
 def _o(section: str, key: str, kind: Kind, default: Any, help: str, **kw: Any) -> Setting:
-    return Setting(f"models.{section}", key, kind, default, help, env="", **kw)
+    bounds = BOUNDS.get(key, {}) if kind in ("int", "float") else {}
+    return Setting(f"models.{section}", key, kind, default, help, env="", **{**bounds, **kw})
 
 
 def _opts(backend: str, rows: tuple[tuple[Any, ...], ...]) -> tuple[Setting, ...]:
