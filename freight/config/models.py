@@ -26,9 +26,9 @@ RAY_BACKENDS = ("local-embeddings", "llama-cpp", "vllm")
 #: The bounds of a model table's numeric keys, by key (each key means the same on every backend that
 #: takes it), checked when freight.toml is read (so ``freight config`` refuses them, naming the file);
 #: a backend checks what depends on several keys (``n_ctx`` per slot) when it is built.
-_AT_LEAST_1 = {"min": 1}
-_POSITIVE = {"above": 0}
-_NOT_NEGATIVE = {"min": 0}
+_AT_LEAST_1: dict[str, float] = {"min": 1}
+_POSITIVE: dict[str, float] = {"above": 0}
+_NOT_NEGATIVE: dict[str, float] = {"min": 0}
 BOUNDS: dict[str, dict[str, float]] = {
     **{key: _AT_LEAST_1 for key in (
         "chunk_size", "max_concurrency", "batch_size", "batch_tokens", "threads", "n_slots", "n_ctx", "n_batch",
