@@ -395,7 +395,7 @@ def main() -> None:
     except FreightError as exc:
         if verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)  # (one line: greppable)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -403,5 +403,5 @@ def main() -> None:
     except Exception as exc:  # the CLI's last-resort handler: a message, the traceback only with -v
         if verbose:
             console.print_exception()
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}")
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
         sys.exit(1)
