@@ -46,6 +46,9 @@ def _base(url: str | None) -> str:
 
 def _headers(api_key: str | None) -> dict[str, str]:
     key = api_key or os.environ.get("FREIGHT_API_KEY")
+    if key and not key.isascii():  # (an HTTP header is ASCII; a pasted "…" placeholder is not)
+        raise ValueError("the API key has characters that are not ASCII; freight's keys are ASCII "
+                         "(is it a placeholder such as '…'?)")
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
@@ -54,12 +57,24 @@ def from_dataframe(df: Any, *, model: str, template: str, endpoint: str = "/v1/c
     """Batch lines from rows: ``template`` (``str.format`` with the row's columns) becomes the user
     message (chat), the input (embeddings, responses) or the prompt (completions); ``custom_id`` is
     ``id_column``'s value, else the row number; ``body`` adds fixed parameters (``max_tokens``…)."""
+    if not isinstance(template, str):
+        raise TypeError(f"template must be a str (a str.format pattern such as 'Summarize: {{text}}'), "
+                        f"got {type(template).__name__}")
+    if isinstance(df, str | Path | bytes):
+        raise TypeError("a template is filled from rows (a data frame or a list of dicts); a JSONL file of "
+                        "requests is submitted as it is, without a template")
     records = _records(df)
     lines = []
     for i, row in enumerate(records):
-        text = template.format(**row)
+        try:
+            text = template.format(**row)
+        except KeyError as exc:
+            raise ValueError(f"row {i}: the template names {{{exc.args[0]}}}, which is not one of its columns "
+                             f"({', '.join(map(str, row))})") from None
         target = _TEMPLATE_TARGET.get(endpoint)
         content: dict[str, Any] = ({target: text} if target else {"messages": [{"role": "user", "content": text}]})
+        if id_column is not None and id_column not in row:
+            raise ValueError(f"row {i}: no id_column {id_column!r} among its columns ({', '.join(map(str, row))})")
         custom_id = str(row[id_column]) if id_column is not None else str(i)
         lines.append({"custom_id": custom_id, "method": "POST", "url": endpoint,
                       "body": {"model": model, **content, **body}})
@@ -72,7 +87,11 @@ def _records(df: Any) -> list[dict[str, Any]]:
         return records
     if hasattr(df, "to_dict"):  # pandas
         return list(df.to_dict(orient="records"))
-    return [dict(r) for r in df]
+    try:
+        return [dict(r) for r in df]
+    except (TypeError, ValueError):
+        raise TypeError(f"rows must be a pandas or polars data frame or a list of dicts, got {type(df).__name__}") \
+            from None
 
 
 def _lines_bytes(source: Any) -> tuple[bytes, str | None]:

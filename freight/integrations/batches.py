@@ -12,8 +12,13 @@ from typing import Any
 
 from freight.client import TERMINAL, Client, from_dataframe
 
+CHAT = "/v1/chat/completions"
 #: How a batch can end without having run its requests.
 UNSUCCESSFUL = frozenset({"failed", "expired", "cancelled"})
+
+
+#: The distinct errors a BatchNotCompleted's message lists (its ``batch`` has them all).
+MESSAGES_SHOWN = 5
 
 
 class BatchNotCompleted(RuntimeError):
@@ -21,14 +26,17 @@ class BatchNotCompleted(RuntimeError):
 
     def __init__(self, batch: Mapping[str, Any]):
         errors = (batch.get("errors") or {}).get("data") or []
-        why = "; ".join(str(e.get("message")) for e in errors if isinstance(e, Mapping))
+        messages = list(dict.fromkeys(str(e.get("message")).rstrip(".") for e in errors if isinstance(e, Mapping)))
+        why = "; ".join(messages[:MESSAGES_SHOWN])  # (each once: one bad model repeats on every line)
+        if len(messages) > MESSAGES_SHOWN:
+            why += f"; and {len(messages) - MESSAGES_SHOWN} more"
         super().__init__(f"freight batch {batch.get('id')} ended {batch.get('status')}" + (f": {why}" if why else ""))
         self.batch = dict(batch)
 
 
 def fail_on_of(value: Iterable[str] | None) -> frozenset[str]:
     """The end states a pipeline step fails on (default: all three unsuccessful ones), checked."""
-    states = UNSUCCESSFUL if value is None else frozenset(value)
+    states = UNSUCCESSFUL if value is None else frozenset([value] if isinstance(value, str) else value)
     unknown = states - UNSUCCESSFUL
     if unknown:
         raise ValueError(f"fail_on takes {sorted(UNSUCCESSFUL)}, got {sorted(unknown)}")
@@ -43,17 +51,18 @@ def check_ended(batch: Mapping[str, Any], fail_on: frozenset[str]) -> None:
 
 
 def lines_of(rows: Any, *, model: str | None = None, template: str | None = None,
-             endpoint: str = "/v1/chat/completions", id_column: str | None = None,
+             endpoint: str | None = None, id_column: str | None = None,
              body: Mapping[str, Any] | None = None) -> Any:
     """What :meth:`freight.client.Client.submit` takes, from a pipeline's data.
 
     With ``template``: one request per row of a data frame or list of dicts (``from_dataframe``).
     Without: ``rows`` is a JSONL path, or a list of batch lines (dicts with ``body``) or of request
-    bodies; ``model`` and ``body`` fill in what a body lacks, ``endpoint`` is each line's URL."""
+    bodies; ``model`` and ``body`` fill in what a body lacks, ``endpoint`` is a bare body's URL (default
+    chat completions; batch lines and a JSONL file keep their own)."""
     if template is not None:
         if model is None:
             raise ValueError("a template needs a model")
-        return from_dataframe(rows, model=model, template=template, endpoint=endpoint, id_column=id_column,
+        return from_dataframe(rows, model=model, template=template, endpoint=endpoint or CHAT, id_column=id_column,
                               **dict(body or {}))
     if isinstance(rows, str | Path):
         return rows
@@ -63,7 +72,7 @@ def lines_of(rows: Any, *, model: str | None = None, template: str | None = None
         if not isinstance(item, Mapping):
             raise ValueError(f"request {i} is a {type(item).__name__}, not a dict")
         line: dict[str, Any] = dict(item) if "body" in item else {"custom_id": str(i), "method": "POST",
-                                                                   "url": endpoint, "body": dict(item)}
+                                                                   "url": endpoint or CHAT, "body": dict(item)}
         if not isinstance(line["body"], Mapping):
             raise ValueError(f"request {i}: body is a {type(line['body']).__name__}, not a dict")
         request = {**(body or {}), **line["body"]}
@@ -116,6 +125,10 @@ def enrich(frame: Any, *, model: str, template: str, url: str | None = None, api
         batch = client.wait(batch["id"], poll_s=poll_s, timeout_s=timeout_s)
         check_ended(batch, UNSUCCESSFUL)
         by_id = {row["custom_id"]: row for row in client.results(batch["id"])}
+    import pandas
+
     out = frame.copy()
-    out[column] = [by_id.get(str(i), {}).get("answer") for i in range(len(lines))]
+    # (object dtype: a failed request's answer stays None; pandas 3 would make a text column's None NaN)
+    out[column] = pandas.Series([by_id.get(str(i), {}).get("answer") for i in range(len(lines))], index=out.index,
+                                dtype=object)
     return out

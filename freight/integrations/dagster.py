@@ -52,7 +52,7 @@ class FreightResource(ConfigurableResource):  # type: ignore[misc]  # Dagster is
 
 def freight_batch_asset(name: str, *, requests_from: str | Iterable[str] | AssetKey | AssetsDefinition,
                         model: str | None = None, template: str | None = None,
-                        endpoint: str = "/v1/chat/completions", id_column: str | None = None,
+                        endpoint: str | None = None, id_column: str | None = None,
                         body: Mapping[str, Any] | None = None, completion_window: str = "24h",
                         extra_body: Mapping[str, Any] | None = None, timeout_s: float | None = None,
                         fail_on: Iterable[str] | None = None, resource_key: str = "freight",

@@ -30,11 +30,17 @@ from freight.integrations.airflow.triggers import FreightBatchTrigger
 from freight.integrations.batches import check_ended, fail_on_of, lines_of, summary
 
 
+def _count(lines: Any) -> str:
+    """The requests submitted, for the log (a batch still validating counts none yet)."""
+    return f"{len(lines)} requests" if isinstance(lines, list) else f"from {lines}"
+
+
 class FreightBatchOperator(BaseOperator):  # type: ignore[misc]  # Airflow is untyped where it is not installed
-    template_fields: Sequence[str] = ("requests", "input_file", "model", "extra_body", "metadata", "download_to")
+    template_fields: Sequence[str] = ("requests", "input_file", "model", "extra_body", "metadata", "download_to",
+                                      "freight_url", "api_key")
 
     def __init__(self, *, requests: list[dict[str, Any]] | None = None, input_file: str | None = None,
-                 model: str | None = None, endpoint: str = "/v1/chat/completions", completion_window: str = "24h",
+                 model: str | None = None, endpoint: str | None = None, completion_window: str = "24h",
                  extra_body: Mapping[str, Any] | None = None, metadata: Mapping[str, str] | None = None,
                  freight_url: str | None = None, api_key: str | None = None, poll_interval_s: float = 5.0,
                  wait_timeout: timedelta | None = None, fail_on: Iterable[str] | None = None,
@@ -66,8 +72,7 @@ class FreightBatchOperator(BaseOperator):  # type: ignore[misc]  # Airflow is un
         with self._client() as client:
             batch = client.submit(lines, endpoint=self.endpoint, completion_window=self.completion_window,
                                   metadata=self.metadata, extra_body=self.extra_body)
-            self.log.info("freight batch %s created (%s requests)", batch["id"],
-                          (batch.get("request_counts") or {}).get("total"))
+            self.log.info("freight batch %s created (%s)", batch["id"], _count(lines))
             if not self.deferrable:
                 timeout_s = None if self.wait_timeout is None else self.wait_timeout.total_seconds()
                 ended = client.wait(batch["id"], poll_s=self.poll_interval_s, timeout_s=timeout_s)
