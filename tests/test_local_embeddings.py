@@ -273,6 +273,7 @@ BAD_BODIES: list[tuple[dict[str, Any], str | None, str]] = [
     ({"model": MODEL, "input": 42}, "input", "string"),
     ({"model": MODEL, "input": {"text": "x"}}, "input", "string"),
     ({"model": MODEL, "input": ["ok", None]}, "input", "string"),
+    ({"model": MODEL, "input": ["hello", 5]}, "input", "'input[1]' must be a string, got int"),  # not "token arrays"
     ({"model": MODEL, "input": ["x"] * (MAX_INPUTS + 1)}, "input", "2048"),
     ({"model": MODEL, "input": "x", "encoding_format": "int8"}, "encoding_format", "encoding_format"),
     ({"model": MODEL, "input": "x", "dimensions": 256}, "dimensions", "dimensions"),

@@ -365,7 +365,7 @@ def _texts(value: Any) -> list[str]:
         raise Refused("'input' must be a string or an array of strings.", param="input", code="invalid_type")
     if not value:
         raise Refused("'input' cannot be an empty array.", param="input", code="invalid_value")
-    if any(_is_token_ids(item) for item in value):
+    if all(_is_token_ids(item) for item in value):  # (one token array, or an array of them; a mix is a type error)
         raise Refused("Token arrays are not supported by this model: send 'input' as a string or an array "
                       "of strings.", param="input", code="invalid_value")
     if len(value) > MAX_INPUTS:
