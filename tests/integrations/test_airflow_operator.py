@@ -31,7 +31,7 @@ with DAG("freight_batch", schedule=None) as dag:
     FreightBatchOperator(
         task_id="batch",
         input_file=os.environ["FREIGHT_TEST_INPUT"],
-        freight_url=os.environ["FREIGHT_TEST_URL"],
+        freight_url="{{ var.value.freight_url }}",  # a template, as docs/pipelines.md shows for api_key
         extra_body={"priority": 3, "max_cost_usd": 5.0},
         poll_interval_s=0.2,
         wait_timeout=timedelta(minutes=2),
@@ -63,7 +63,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, server: FreightServer)
     env = {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
            "FREIGHT_TEST_URL": server.url, "FREIGHT_TEST_INPUT": str(home / "input.jsonl"),
-           "FREIGHT_TEST_DOWNLOAD": str(home / "results")}
+           "FREIGHT_TEST_DOWNLOAD": str(home / "results"), "AIRFLOW_VAR_FREIGHT_URL": server.url}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     airflow = Path(sys.executable).parent / "airflow"
