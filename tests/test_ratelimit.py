@@ -194,6 +194,21 @@ def test_penalize_is_shared_and_backs_off_without_a_hint() -> None:
     assert limiter.cooling_down(6.5) == pytest.approx(0.5)
 
 
+def test_an_absurd_retry_after_or_usage_cannot_stop_the_upstream_for_long() -> None:
+    """Found by an audit: Retry-After 100,000 s held every request for 28 hours, and one response claiming
+    10**17 tokens pushed the next send out for ever. Both are bounded now: a cool-down lasts at most
+    ``max_cooldown_s``, and a request is charged at most the whole token budget."""
+    limiter = RateLimiter(max_cooldown_s=60.0)
+    assert limiter.penalize(100_000.0, 0.0) == 60.0
+    tokens = RateLimiter(None, 100_000, burst_s=0.0)
+    r = tokens.reserve(1_000, 0.0)
+    tokens.settle(r, 10**17, 0.1)
+    assert tokens.usage(0.1) == (0, 100_000)
+    later = tokens.reserve(1_000, 0.2)
+    assert not later.admitted and later.wait_s <= WINDOW_S + 1
+    assert tokens.reserve(1_000, WINDOW_S + 1.0).admitted
+
+
 def test_headers_announce_limits_and_lower_what_is_left() -> None:
     limiter = RateLimiter()
     limiter.observe_headers(59, 9_000, 1.0, 0.5, 0.0, limit_requests=60, limit_tokens=10_000)

@@ -19,7 +19,7 @@ import pytest
 from freight.backends.scripted import ScriptedBackend
 from freight.domain.batches import TERMINAL, Batch, BatchStatus
 from freight.domain.clock import FixedClock
-from freight.domain.requests import Failure
+from freight.domain.requests import NEVER_RAN_MESSAGES, Failure
 from freight.domain.retry import RetryPolicy
 from freight.engine.engine import Engine, EngineSettings
 from freight.ports import WITHDRAWN, Withdrawal, current_withdrawal
@@ -108,6 +108,8 @@ def test_cancel_ends_requests_waiting_in_the_backend_without_running_them(world:
     out, err = world.lines(done.output_file_id), world.lines(done.error_file_id)
     assert len(out) == SLOTS and all(line["response"]["status_code"] == 200 for line in out)
     assert len(err) == N - SLOTS and {line["error"]["code"] for line in err} == {"batch_cancelled"}
+    # they never ran: the plain message, not the one of a request abandoned while it ran (found by an audit)
+    assert {line["error"]["message"] for line in err} == {NEVER_RAN_MESSAGES["batch_cancelled"]}
     assert world.backend.executed == SLOTS and world.backend.withdrawn == N - SLOTS
     counts = done.request_counts
     assert (counts.total, counts.completed, counts.failed) == (N, SLOTS, N - SLOTS)
@@ -126,6 +128,7 @@ def test_expiry_ends_requests_waiting_in_the_backend_without_running_them(world:
     out, err = world.lines(done.output_file_id), world.lines(done.error_file_id)
     assert len(out) == SLOTS
     assert len(err) == N - SLOTS and {line["error"]["code"] for line in err} == {"batch_expired"}
+    assert {line["error"]["message"] for line in err} == {NEVER_RAN_MESSAGES["batch_expired"]}
     assert world.backend.executed == SLOTS and world.backend.withdrawn == N - SLOTS
 
 

@@ -161,7 +161,8 @@ BACKEND_OPTIONS: dict[str, tuple[Setting, ...]] = {
         ("max_concurrency", "int", 256, "Requests in flight to this upstream at once, at most (the AIMD window's "
          "ceiling)."),
         ("initial_concurrency", "int", 8, "The AIMD window's first value; slow start doubles it per round trip until "
-         "the first overload (`freight preview -n N` starts it at N)."),
+         "the first overload (`freight preview -n N` starts it, and caps `max_concurrency`, at N, or at "
+         "`max_concurrency` where that is less)."),
         ("timeout_s", "float", 600.0, "One HTTP request, from send to the last byte of the answer; past it the "
          "request is a `timeout` failure and is retried."),
         ("chunk_size", "int", 16, "Requests claimed per backend call; the engine runs `ceil(max_concurrency / "

@@ -342,19 +342,24 @@ class RateLimiter:
         if actual_tokens is None:
             return
         self.penalties_in_a_row = 0
-        delta = max(0, actual_tokens) - reservation.tokens
+        # (clamped to the budget: one request cannot have used more than a minute's tokens, and an absurd
+        # ``usage`` from the upstream would otherwise push every later send out for years)
+        delta = self.tokens.clamp(max(0, actual_tokens)) - reservation.tokens
         if delta:
             self.tokens.adjust(reservation._token_slot, delta)
 
     # ---- feedback from the upstream ----------------------------------------------------------------------------------
     def penalize(self, retry_after_s: float | None, now: float) -> float:
         """A 429/503: nobody sends for ``retry_after_s`` (else a default that doubles while the upstream
-        keeps refusing). Returns when the cool-down ends. Shared by every request of this limiter."""
+        keeps refusing), at most ``max_cooldown_s`` either way (as the OpenAI SDK honours a Retry-After
+        of at most 60 s: one absurd header must not stop an upstream for a day). Returns when the
+        cool-down ends. Shared by every request of this limiter."""
         now = self._clock(now)
         self.penalties_in_a_row += 1
         if retry_after_s is None or not math.isfinite(retry_after_s) or retry_after_s < 0:
             exponent = min(self.penalties_in_a_row - 1, 16)
-            retry_after_s = min(self.max_cooldown_s, self.cooldown_s * 2.0**exponent)
+            retry_after_s = self.cooldown_s * 2.0**exponent
+        retry_after_s = min(self.max_cooldown_s, retry_after_s)
         self.cooldown_until = max(self.cooldown_until, now + retry_after_s)
         return self.cooldown_until
 

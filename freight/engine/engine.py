@@ -328,7 +328,9 @@ class Engine:
         if running and self.clock.now() < since + self.settings.drain_timeout_s:
             return  # let in-flight requests finish; look again on the next tick
         if pending or running:
-            # Running past the drain timeout (abandoned), or put back for a retry since we looked.
+            # Put back since we looked (a backend withdrew it unsent, or it awaits a retry): it never ran.
+            await asyncio.to_thread(self.store.close_unstarted, batch.id, never_ran, False)
+            # Still running past the drain timeout: abandoned.
             abandoned = Result.never_ran(
                 code, NEVER_RAN_MESSAGES[code] + " It had not finished when the batch closed and its result, if "
                 "any, was discarded.")
