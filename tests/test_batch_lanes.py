@@ -344,3 +344,18 @@ def test_lane_models_are_listed_and_validated(client: openai.OpenAI) -> None:
     failed = wait_done(client, b.id)
     assert failed.status == "failed" and failed.errors is not None
     assert failed.errors.data[0].code == "model_not_found"
+
+
+def test_a_real_time_request_to_a_lane_model_says_it_is_batch_only(client: openai.OpenAI,
+                                                                   forwarder: FreightServer) -> None:
+    """Listed by /v1/models, so a real-time call to it is a client's natural mistake: a 400 that says what
+    to do (it was a 404 'unknown model')."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="fwd-openai", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "batch_only_model" and "only through batches" in e.value.message
+    import anthropic
+
+    with anthropic.Anthropic(base_url=forwarder.url, api_key="x", max_retries=0) as claude, \
+            pytest.raises(anthropic.BadRequestError) as a:
+        claude.messages.create(model="fwd-claude", max_tokens=3, messages=[{"role": "user", "content": "x"}])
+    assert "only through batches" in str(a.value)

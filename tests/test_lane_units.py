@@ -14,12 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane
+from freight.backends.provider_batches import AnthropicBatchLane, OpenAIBatchLane, _parsed
 from freight.domain.batches import Batch, BatchStatus
 from freight.domain.clock import FixedClock
+from freight.domain.errors import ConfigError
 from freight.domain.lanes import (
     LaneLimits,
     LaneOutcome,
+    LaneRefused,
     OutcomeKind,
     SubState,
     UpstreamProgress,
@@ -224,3 +226,87 @@ def test_a_paused_lane_batch_sends_nothing_new_upstream(tmp_path: Path,
     asyncio.run(runner.advance(paused))
     assert lane.calls.count("poll") == len(subs), "what runs upstream is still followed while paused"
 
+
+
+def test_a_bad_results_line_or_usage_loses_only_itself() -> None:
+    """Found by an audit: one line that is not JSON (or a usage that is not a number) made the whole
+    download fail and be retried until the batch expired, losing every answer of the file."""
+    assert _parsed(b"{not json", "m") is None
+    assert _parsed(b'{"custom_id": "k"}', "m") == {"custom_id": "k"}
+    odd = OpenAIBatchLane.outcome({"custom_id": "k", "response": {"status_code": 200, "body": {
+        "usage": {"prompt_tokens": "abc", "completion_tokens": 2}}}})
+    assert odd is not None and odd.result is not None and (odd.result.input_tokens, odd.result.output_tokens) == (0, 2)
+    assert odd.result.request_id and odd.result.request_id.startswith("req_"), "a request id, as everywhere else"
+    ok = AnthropicBatchLane.outcome({"custom_id": "k", "result": {"type": "succeeded", "message": {
+        "usage": {"input_tokens": True, "output_tokens": 1}}}})
+    assert ok is not None and ok.result is not None and ok.result.request_id and ok.result.input_tokens == 0
+
+
+class GoneLane(CountingLane):
+    """The upstream batch is not there for this key any more (a 404 on poll)."""
+
+    async def poll(self, upstream_id: str) -> UpstreamProgress:
+        raise LaneRefused("the upstream refused polling: HTTP 404: gone")
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_an_upstream_batch_that_is_gone_ends_its_requests_not_retried_until_expiry(
+        tmp_path: Path, world: tuple[SqliteStore, LaneRunner, FakeLane, Batch], closing: bool) -> None:
+    store, _, _, batch = world
+    lane = GoneLane()
+    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs2"), ModelCatalog([], [lane]), FixedClock())
+    running = dataclasses.replace(batch, status=BatchStatus.IN_PROGRESS, model="lane-model", expires_at=2**40)
+    runner._plan(running, lane)  # type: ignore[arg-type]
+    sub = store.lane_subs(batch.id)[0]
+    store.lane_update(sub.id, state=SubState.RUNNING, upstream_id="up-1", cancel_sent=True)
+    items = store.lane_items(sub.id)
+    assert asyncio.run(runner._step(running, lane, store.lane_subs(batch.id)[0], closing))  # type: ignore[arg-type]
+    assert sub.id not in {s.id for s in store.lane_subs(batch.id)}, "the sub is finished, not polled again"
+    results = {r.idx: r.result for r in store.results(batch.id, -1, 100)}
+    if closing:  # back to the pool, where the close gives them batch_cancelled/batch_expired
+        assert not set(items) & set(results)
+    else:
+        assert {results[i].error_code for i in items} == {"upstream_refused"}
+        assert "HTTP 404" in (results[items[0]].error_message or "")
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"completion_window": "banana"}, "completion_window must be a duration"),
+    ({"endpoints": ["/v1/bogus"]}, "endpoints must be among"),
+    ({"poll_interval_s": 400.0}, "poll_interval_s = 400.0 and max_poll_interval_s = 300.0"),
+    ({"max_rounds": 0}, "max_rounds must be at least 1, got 0"),
+])
+def test_a_lanes_options_are_checked_when_it_is_built(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        OpenAIBatchLane("m", base_url="http://127.0.0.1:9/v1", env={}, **options)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="endpoints must be among /v1/messages"):
+        AnthropicBatchLane("c", base_url="http://127.0.0.1:9", env={}, endpoints=["/v1/chat/completions"])
+
+
+class EndedLane(CountingLane):
+    """The upstream batch completed without a line for any request (one round only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_rounds = 1
+
+    async def poll(self, upstream_id: str) -> UpstreamProgress:
+        return UpstreamProgress(status="completed", completed=0, failed=0, ended=True)
+
+    async def outcomes(self, upstream_id: str) -> list[LaneOutcome]:
+        return []
+
+
+def test_upstream_not_run_names_the_status_the_upstream_batch_ended_with(
+        tmp_path: Path, world: tuple[SqliteStore, LaneRunner, FakeLane, Batch]) -> None:
+    store, _, _, batch = world
+    lane = EndedLane()
+    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs2"), ModelCatalog([], [lane]), FixedClock())
+    running = dataclasses.replace(batch, status=BatchStatus.IN_PROGRESS, model="lane-model", expires_at=2**40)
+    runner._plan(running, lane)  # type: ignore[arg-type]
+    sub = store.lane_subs(batch.id)[0]
+    store.lane_update(sub.id, state=SubState.RUNNING, upstream_id="up-1")
+    asyncio.run(runner._step(running, lane, store.lane_subs(batch.id)[0], False))  # type: ignore[arg-type]
+    messages = {r.result.error_message for r in store.results(batch.id, -1, 100) if r.idx in store.lane_items(sub.id)
+                or r.result.error_code == "upstream_not_run"}
+    assert messages and all("(its last status: completed)" in (m or "") for m in messages), messages

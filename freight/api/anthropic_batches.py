@@ -242,6 +242,8 @@ async def create_message(request: Request) -> Response:
     if not isinstance(model, str):
         return error_response(request, 400, "model: Field required.")
     catalog = _runtime(request).catalog
+    if (batch_only := catalog.batch_only(model)) is not None:
+        return error_response(request, 400, f"model: {batch_only}")
     problem = catalog.check(model, MESSAGES_ENDPOINT)
     backend = catalog.backend_for(model)
     if problem is not None or backend is None:

@@ -47,6 +47,8 @@ async def _realtime(request: Request, endpoint: str) -> Response:
         return error_response(400, "Missing required parameter: 'model'.", param="model",
                               code="missing_required_parameter")
     catalog = _runtime(request).catalog
+    if (batch_only := catalog.batch_only(model)) is not None:
+        return error_response(400, batch_only, param="model", code="batch_only_model")
     problem = catalog.check(model, endpoint)
     backend = catalog.backend_for(model)
     if problem is not None or backend is None:

@@ -29,14 +29,17 @@ Recovery after a crash (shared with the runner, see freight/domain/lanes.py):
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import IO, Any
 
 import httpx
 
+from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
+from freight.domain.ids import new_request_id
 from freight.domain.lanes import LaneLimits, LaneOutcome, LaneRefused, OutcomeKind, UpstreamProgress
 from freight.domain.requests import Result
 from freight.domain.retry import is_transient_status
@@ -46,8 +49,13 @@ from freight.wire import jsonx
 
 OPENAI_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/completions", "/v1/responses")
 MESSAGES = "/v1/messages"
+log = logging.getLogger("freight.lanes")
+
 #: Statuses of a create/upload that will never succeed as they are.
 REFUSED = frozenset({400, 401, 403, 404, 413, 415, 422})
+#: Statuses of a poll or a download that asking again will not change (the batch or file is not there for
+#: this key); anything else (connection, 5xx, 429) is asked again.
+GONE = frozenset({401, 403, 404, 410})
 #: How far back from a lost create to look for the batch it made.
 CREATE_SKEW_S = 30.0
 
@@ -56,13 +64,44 @@ class UpstreamError(Exception):
     """An upstream call failed in a way worth trying again (connection, 5xx, 429)."""
 
 
-def _check(response: httpx.Response, what: str, refusable: bool = False, secret: Secret | None = None) -> None:
+def _check(response: httpx.Response, what: str, refusable: frozenset[int] | bool = False,
+           secret: Secret | None = None) -> None:
     if response.is_success:
         return
     text = (secret.scrub(response.text) if secret is not None else response.text)[:500]
-    if refusable and response.status_code in REFUSED:
+    final = REFUSED if refusable is True else (refusable or frozenset())
+    if response.status_code in final:
         raise LaneRefused(f"the upstream refused {what}: HTTP {response.status_code}: {text}")
     raise UpstreamError(f"{what}: HTTP {response.status_code}: {text}")
+
+
+def _parsed(line: bytes, model_id: str) -> Any:
+    """One line of a results file; None (the request then counts as not run, and gets another round) for
+    one that is not JSON, rather than losing every other answer of the file."""
+    try:
+        return jsonx.loads(line)
+    except jsonx.JSONDecodeError:
+        log.warning("an upstream results line is not JSON; its request counts as not run",
+                    extra={"event": "lane_bad_line", "model": model_id,
+                           "line_start": line[:80].decode(errors="replace")})
+        return None
+
+
+def _tokens(usage: Mapping[str, Any], *keys: str) -> int:
+    """The first of ``keys`` that is a count (anything else, such as a string, counts 0)."""
+    for key in keys:
+        value = usage.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return 0
+
+
+def _request_id(holder: Mapping[str, Any]) -> str:
+    """The upstream's request id where it gives a plain one, else a new one (as the openai backend)."""
+    value = holder.get("request_id")
+    if isinstance(value, str) and value and len(value) <= 200 and value.isascii() and value.isprintable():
+        return value
+    return new_request_id()
 
 
 def _rfc3339(value: Any) -> float | None:
@@ -88,8 +127,14 @@ class _Lane:
         where = f'[models."{model_id}"]'
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: base_url must be an http(s) URL, got {base_url!r}")
-        if max_rounds < 1 or poll_interval_s <= 0 or max_poll_interval_s < poll_interval_s:
-            raise ConfigError(f"{where}: need max_rounds >= 1 and 0 < poll_interval_s <= max_poll_interval_s")
+        if max_rounds < 1:
+            raise ConfigError(f"{where}: max_rounds must be at least 1, got {max_rounds}")
+        if poll_interval_s <= 0 or max_poll_interval_s < poll_interval_s:
+            raise ConfigError(f"{where}: need 0 < poll_interval_s <= max_poll_interval_s, got poll_interval_s = "
+                              f"{poll_interval_s} and max_poll_interval_s = {max_poll_interval_s}")
+        served = self.served_endpoints()
+        if endpoints is not None and (not endpoints or not set(endpoints) <= served):
+            raise ConfigError(f"{where}: endpoints must be among {', '.join(sorted(served))}, got {list(endpoints)}")
         self.model_id = model_id
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model
@@ -103,6 +148,10 @@ class _Lane:
         self.timeout_s = float(timeout_s)
         self._endpoints = frozenset(endpoints) if endpoints else None
         self._client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def served_endpoints(cls) -> frozenset[str]:
+        return frozenset(OPENAI_ENDPOINTS)
 
     def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}(model={self.model_id!r}, base_url={self.base_url!r})"
@@ -139,13 +188,16 @@ class _Lane:
             response = await self.http.get(url, params=params or None)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        _check(response, what, secret=self._secret)
+        _check(response, what, refusable=GONE if what in ("polling", "downloading results") else False,
+               secret=self._secret)
         return response.json()
 
     async def _lines_of(self, url: str, what: str) -> AsyncIterator[bytes]:
         try:
             async with self.http.stream("GET", url) as response:
-                _check(response, what, secret=self._secret)
+                if not response.is_success:
+                    await response.aread()
+                _check(response, what, refusable=GONE, secret=self._secret)
                 buffer = b""
                 async for chunk in response.aiter_bytes():
                     buffer += chunk
@@ -166,6 +218,11 @@ class OpenAIBatchLane(_Lane):
 
     def __init__(self, model_id: str, *, completion_window: str = "24h", **options: Any):
         super().__init__(model_id, **options)
+        try:  # (checked here, not by the upstream refusing every batch after its upload)
+            parse_duration_s(completion_window)
+        except (TypeError, ValueError):
+            raise ConfigError(f'[models."{model_id}"]: completion_window must be a duration such as "24h", got '
+                              f"{completion_window!r}") from None
         self.completion_window = completion_window
 
     def _headers(self) -> dict[str, str]:
@@ -173,7 +230,7 @@ class OpenAIBatchLane(_Lane):
         return {"authorization": f"Bearer {key}"} if key else {}
 
     def models(self) -> Sequence[ModelInfo]:
-        return [ModelInfo(id=self.model_id, endpoints=self._endpoints or frozenset(OPENAI_ENDPOINTS),
+        return [ModelInfo(id=self.model_id, endpoints=self._endpoints or self.served_endpoints(),
                           owned_by=f"{self.kind}:{self.base_url}")]
 
     @staticmethod
@@ -264,7 +321,7 @@ class OpenAIBatchLane(_Lane):
             if not file_id:
                 continue
             async for line in self._lines_of(f"{self.base_url}/files/{file_id}/content", "downloading results"):
-                outcome = self.outcome(jsonx.loads(line))
+                outcome = self.outcome(_parsed(line, self.model_id))
                 if outcome is not None:
                     out.append(outcome)
         return out
@@ -281,9 +338,9 @@ class OpenAIBatchLane(_Lane):
             body = response.get("body")
             usage = body.get("usage") if isinstance(body, dict) else None
             usage = usage if isinstance(usage, dict) else {}
-            result = Result(status_code=status, body=jsonx.dumps(body), request_id=response.get("request_id"),
-                            input_tokens=int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0),
-                            output_tokens=int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
+            result = Result(status_code=status, body=jsonx.dumps(body), request_id=_request_id(response),
+                            input_tokens=_tokens(usage, "prompt_tokens", "input_tokens"),
+                            output_tokens=_tokens(usage, "completion_tokens", "output_tokens"))
             kind = OutcomeKind.RETRY if is_transient_status(status) else OutcomeKind.FINAL
             return LaneOutcome(key, kind, result)
         error = error if isinstance(error, dict) else {}
@@ -322,8 +379,12 @@ class AnthropicBatchLane(_Lane):
             headers["x-api-key"] = key
         return headers
 
+    @classmethod
+    def served_endpoints(cls) -> frozenset[str]:
+        return frozenset({MESSAGES})
+
     def models(self) -> Sequence[ModelInfo]:
-        return [ModelInfo(id=self.model_id, endpoints=self._endpoints or frozenset({MESSAGES}),
+        return [ModelInfo(id=self.model_id, endpoints=self._endpoints or self.served_endpoints(),
                           owned_by=f"{self.kind}:{self.base_url}")]
 
     async def upload(self, sub_id: str, endpoint: str, lines: IO[bytes]) -> str | None:
@@ -378,7 +439,7 @@ class AnthropicBatchLane(_Lane):
             url = self.base_url + url
         out: list[LaneOutcome] = []
         async for line in self._lines_of(url, "downloading results"):
-            outcome = self.outcome(jsonx.loads(line))
+            outcome = self.outcome(_parsed(line, self.model_id))
             if outcome is not None:
                 out.append(outcome)
         return out
@@ -395,8 +456,8 @@ class AnthropicBatchLane(_Lane):
             usage = message.get("usage") if isinstance(message, dict) else None
             usage = usage if isinstance(usage, dict) else {}
             return LaneOutcome(key, OutcomeKind.FINAL, Result(
-                status_code=200, body=jsonx.dumps(message), request_id=None,
-                input_tokens=int(usage.get("input_tokens") or 0), output_tokens=int(usage.get("output_tokens") or 0)))
+                status_code=200, body=jsonx.dumps(message), request_id=new_request_id(),
+                input_tokens=_tokens(usage, "input_tokens"), output_tokens=_tokens(usage, "output_tokens")))
         if kind in ("canceled", "expired"):
             return LaneOutcome(key, OutcomeKind.NOT_RUN)
         envelope = result.get("error") if isinstance(result, dict) else None
@@ -404,7 +465,7 @@ class AnthropicBatchLane(_Lane):
         error: dict[str, Any] = envelope["error"] if isinstance(envelope.get("error"), dict) else {}
         error_type = str(error.get("type") or "api_error")
         body = {"type": "error", "error": {"type": error_type, "message": str(error.get("message") or "")}}
-        request_id = envelope.get("request_id") if isinstance(envelope.get("request_id"), str) else None
+        request_id = _request_id(envelope)
         if error_type in RETRYABLE_TYPES:
             return LaneOutcome(key, OutcomeKind.RETRY, Result(RETRYABLE_TYPES[error_type], jsonx.dumps(body),
                                                               request_id))

@@ -99,7 +99,7 @@ def _lane(requests: str, size: str) -> tuple[tuple[Any, ...], ...]:
         ("max_requests_per_batch", "int", None, "Requests per upstream batch, at most.", {"shown_default": requests}),
         ("max_bytes_per_batch", "int", None, "Bytes per upstream batch, at most.", {"shown_default": size}),
         ("poll_interval_s", "float", 30.0, "The first wait between polls of an upstream batch, growing ×1.5 ..."),
-        ("max_poll_interval_s", "float", 300.0, "... up to this."),
+        ("max_poll_interval_s", "float", 300.0, "... up to this (at least `poll_interval_s`)."),
         ("max_rounds", "int", 3, "How often one request may be submitted (expired and retryable ones are sent "
          "again)."),
         ("cancel_timeout_s", "float", 900.0, "After a cancel or an expiry: how long to wait for the upstream batches "

@@ -32,7 +32,7 @@ import logging
 import random as _random
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 from freight.domain.batches import Batch, BatchStatus
@@ -273,7 +273,10 @@ class LaneRunner:
         if closing and not sub.cancel_sent:
             await lane.cancel(sub.upstream_id)
             await asyncio.to_thread(update, sub.id, cancel_sent=True)
-        progress = await lane.poll(sub.upstream_id)
+        try:
+            progress = await lane.poll(sub.upstream_id)
+        except LaneRefused as exc:  # (the upstream batch is not there for this key: asking again will not help)
+            return await self._gone(batch, sub, closing, str(exc))
         moved = (progress.completed, progress.failed, progress.status) != (sub.completed, sub.failed,
                                                                            sub.upstream_status)
         if moved:
@@ -284,7 +287,11 @@ class LaneRunner:
             return True
         if not progress.ended:
             return False
-        outcomes = await lane.outcomes(sub.upstream_id)
+        try:
+            outcomes = await lane.outcomes(sub.upstream_id)
+        except LaneRefused as exc:
+            return await self._gone(batch, sub, closing, str(exc))
+        sub = replace(sub, upstream_status=progress.status)  # (what _settle names in upstream_not_run)
         stored = await asyncio.to_thread(self._settle, batch, lane, sub, outcomes, closing)
         self._planned.discard(batch.id)  # handed-back requests wait in the pool for the next round
         self._due.pop(sub.id, None)
@@ -293,12 +300,22 @@ class LaneRunner:
                                                "requests": sub.requests})
         return True
 
+    async def _gone(self, batch: Batch, sub: LaneSub, closing: bool, message: str) -> bool:
+        """The upstream batch or its results cannot be read with this key (401/403/404/410): its requests
+        fail with ``upstream_refused``, or, while the batch closes, go back to be closed with it."""
+        if closing:
+            await asyncio.to_thread(self.store.lane_finish, sub.id, batch.id, [])
+        else:
+            await self._fail_sub(batch, sub, "upstream_refused", message)
+        return True
+
     async def _fail_sub(self, batch: Batch, sub: LaneSub, code: str, message: str) -> None:
         idxs = await asyncio.to_thread(self.store.lane_items, sub.id)
         result = Result.never_ran(code, message)
         await asyncio.to_thread(self.store.lane_finish, sub.id, batch.id, [(idx, result) for idx in idxs])
-        log.warning("upstream refused a batch", extra={"event": "lane_refused", "batch_id": batch.id, "sub": sub.id,
-                                                       "reason": message})
+        what = "the upstream batch failed" if code == "upstream_batch_failed" else "the upstream refused a batch"
+        log.warning(what, extra={"event": "lane_failed" if code == "upstream_batch_failed" else "lane_refused",
+                                 "batch_id": batch.id, "sub": sub.id, "reason": message})
 
     def _settle(self, batch: Batch, lane: BatchLane, sub: LaneSub, outcomes: list[LaneOutcome],
                 closing: bool) -> int:

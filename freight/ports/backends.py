@@ -46,7 +46,9 @@ class BatchLane(Protocol):
     state of its own beyond a connection pool; every id it returns is recorded by the runner before
     the next call. Requests come as freight's own batch lines (``{"custom_id", "method", "url",
     "body"}``) whose ``custom_id`` is the upstream key (freight.domain.lanes.upstream_key); outcomes
-    are returned by that key. Errors (connection, 5xx, 429) are raised and retried by the runner.
+    are returned by that key. Errors (connection, 5xx, 429) are raised and retried by the runner;
+    ``LaneRefused`` where asking again cannot help (a 4xx on upload or create; 401/403/404/410 on a poll
+    or a download), and the sub's requests then fail with ``upstream_refused``.
     """
 
     limits: LaneLimits

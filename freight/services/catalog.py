@@ -43,6 +43,15 @@ class ModelCatalog:
     def models(self) -> list[ModelInfo]:
         return [m.info for m in self._models.values()] + [info for info, _ in self._lane_models.values()]
 
+    def batch_only(self, model: str) -> str | None:
+        """Why ``model`` cannot answer a real-time request (a batch lane's: it is only forwarded in batches);
+        None when it can, or when it is not served at all."""
+        lane = self.lane_for(model) if model not in self._models else None
+        if lane is None:
+            return None
+        return (f"The model '{model}' is served only through batches (its provider's batch API): send it in a "
+                "batch (POST /v1/batches, or /v1/messages/batches).")
+
     def backend_for(self, model: str) -> Backend | None:
         served = self._models.get(model)
         return served.backend if served else None
