@@ -223,6 +223,7 @@ def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     # the named tables too: each model's keys (passwords masked), each project's and each intake's
     file = tmp_path / "freight.toml"
     assert lines['models."gpt-x".rpm'] == f'models."gpt-x".rpm = 60  # {file}'
+    assert lines['models."gpt-x".chunk_size'] == 'models."gpt-x".chunk_size = 16  # default'  # its backend's default
     assert '"http://u:***@127.0.0.1:9/v1"' in lines['models."gpt-x".base_url'] and "secret" not in done.stdout
     assert lines['projects."team-a".max_cost_usd'] == f'projects."team-a".max_cost_usd = 5.0  # {file}'
     assert lines['intake."tickets".stream'] == f'intake."tickets".stream = "in"  # {file}'

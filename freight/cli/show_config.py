@@ -9,6 +9,7 @@ import click
 
 from freight.cli.options import blobs_option, config_option, data_dir_option, database_url_option, redis_url_option
 from freight.cli.options import load as _settings
+from freight.config.models import keys_of
 from freight.config.registry import BY_NAME
 from freight.config.settings import Settings
 from freight.domain.secrets import redact_url
@@ -60,7 +61,7 @@ def config_command(as_json: bool, data_dir: Path | None, database_url: str | Non
         out: dict[str, Any] = {"config_file": str(settings.config_path) if settings.config_path else None,
                                "settings": given}
         for section, entries in tables.items():
-            out[section] = {name: {k: _shown(v) for k, v in table.items()} for name, table in entries.items()}
+            out[section] = {name: {k: _shown(v) for k, (v, _) in table.items()} for name, table in entries.items()}
         click.echo(jsonx.dumps(out).decode())
         return
     click.echo(f"# config file: {settings.config_path or '(none)'}")
@@ -70,17 +71,31 @@ def config_command(as_json: bool, data_dir: Path | None, database_url: str | Non
         if item["value"] == 0 and (zero := _zero(name)) is not None:
             value += f" ({zero})"
         click.echo(f"{name:<{width}} = {value}  # {item['source']}")
-    source = str(settings.config_path) if settings.config_path else "default"
     for section, entries in tables.items():
-        where = "bundled default" if section == "models" and not settings.models else source
         for name, table in entries.items():
-            for key, v in table.items():
-                if v is not None:
-                    click.echo(f'{section}."{name}".{key} = {jsonx.dumps(_shown(v)).decode()}  # {where}')
+            for key, (v, where) in table.items():
+                click.echo(f'{section}."{name}".{key} = {jsonx.dumps(_shown(v)).decode()}  # {where}')
 
 
-def _tables(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
-    """The named tables of freight.toml: each model's, each project's and each intake's keys."""
-    return {"models": settings.model_tables(),
-            "projects": {name: {"max_cost_usd": p.max_cost_usd} for name, p in settings.projects.items()},
-            "intake": {name: i.as_table() for name, i in settings.intake.items()}}
+Sourced = dict[str, tuple[Any, str]]
+
+
+def _tables(settings: Settings) -> dict[str, dict[str, Sourced]]:
+    """The named tables of freight.toml, each key's value and where it came from: each model's keys (its
+    backend's defaults filled in), each project's and each intake's (unset ones left out)."""
+    file = str(settings.config_path) if settings.config_path else "default"
+    models: dict[str, Sourced] = {}
+    for name, table in settings.model_tables().items():
+        where = file if settings.models else "bundled default"
+        shown: Sourced = {}
+        for s in keys_of(str(table.get("backend"))):
+            if s.key in table:
+                shown[s.key] = (table[s.key], where)
+            elif s.default is not None:
+                shown[s.key] = (s.default, "default")
+        models[name] = shown
+    return {"models": models,
+            "projects": {name: {"max_cost_usd": (p.max_cost_usd, file)} for name, p in settings.projects.items()
+                         if p.max_cost_usd is not None},
+            "intake": {name: {k: (v, file) for k, v in i.as_table().items() if v is not None}
+                       for name, i in settings.intake.items()}}

@@ -189,7 +189,8 @@ BACKEND_OPTIONS: dict[str, tuple[Setting, ...]] = {
 }
 
 
-def _keys(backend: str) -> tuple[Setting, ...]:
+def keys_of(backend: str) -> tuple[Setting, ...]:
+    """Every key a model table of ``backend`` may have (``freight config`` shows their defaults)."""
     placement = PLACEMENT if backend in RAY_BACKENDS else ()
     lane_common = tuple(s for s in COMMON if s.key != "cache") if backend.endswith("-batch") else COMMON
     return (*lane_common, *placement, *BACKEND_OPTIONS[backend])
@@ -207,7 +208,7 @@ def check_models(models: Mapping[str, Any], file: str) -> None:
         if "api_key" in table:  # (its value is never repeated)
             raise ConfigError(f"{where}: put the key in an environment variable and name it in api_key_env; "
                               "an api_key in the file is refused")
-        keys = _keys(table["backend"])
+        keys = keys_of(table["backend"])
         check_table(table, keys, where)
         for s in keys:
             if s.required and s.key not in table:
