@@ -89,8 +89,10 @@ def test_secret_is_normalised_and_a_bad_one_refused_without_showing_it() -> None
         with pytest.raises(ConfigError, match="HOSTILE_UPSTREAM_KEY") as info:
             Secret.from_env(ENV_NAME, {ENV_NAME: bad}, '[models."m"]')
         assert_no_key(str(info.value), "the error")
-    with pytest.raises(ConfigError, match="is not set"):
+    with pytest.raises(ConfigError, match="is empty"):
         Secret.from_env(ENV_NAME, {ENV_NAME: " \n"})
+    with pytest.raises(ConfigError, match="is not set"):
+        Secret.from_env(ENV_NAME, {})
 
 
 def test_scrub_matches_every_encoding() -> None:

@@ -89,7 +89,8 @@ class Secret:
         value = env.get(name)
         if value is None or not value.strip():
             prefix = f"{where}: " if where else ""
-            raise ConfigError(f"{prefix}the environment variable {name} (api_key_env) is not set")
+            state = "is not set" if value is None else "is empty"
+            raise ConfigError(f"{prefix}the environment variable {name} (api_key_env) {state}")
         return cls(normalize_secret(value, name, where))
 
     def __bool__(self) -> bool:

@@ -85,7 +85,7 @@ class OpenAIHTTPBackend:
         if not isinstance(timeout_s, int | float) or isinstance(timeout_s, bool) or timeout_s <= 0:
             raise ConfigError(f"{where}: timeout_s must be a positive number of seconds")
         self.model_id = model_id
-        self.base_url = normalize_base_url(base_url)
+        self.base_url = normalize_base_url(base_url, where)
         self.api_key_env = api_key_env
         self._secret = Secret.from_env(api_key_env, os.environ if env is None else env, where)
         self.upstream_model = upstream_model or model_id

@@ -44,10 +44,11 @@ def missing_fields(endpoint: str, body: Any) -> str | None:
     return None
 
 
-def normalize_base_url(base_url: str) -> str:
+def normalize_base_url(base_url: str, where: str = "") -> str:
     parts = urlsplit(base_url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"base_url must be an http(s) URL, got {redact_url(base_url)!r}")
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}base_url must be an http(s) URL, got {redact_url(base_url)!r}")
     return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/"), parts.query, ""))
 
 
