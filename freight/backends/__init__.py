@@ -75,11 +75,13 @@ def build_backends(tables: dict[str, dict[str, Any]], cache: CacheSetup | None =
     """Every configured backend; chat models also serve /v1/messages (freight.backends.messages_adapter);
     answers are checked against the schema their request asks for (freight.backends.output_check);
     with ``cache``, answers are reused (freight.backends.result_cache) unless the table says
-    ``cache = false``. ``ray_address``/``queue_depth``: for models placed on Ray (``build_backend``).
+    ``cache = false``; a model that cannot load ends its requests (freight.backends.start_guard).
+    ``ray_address``/``queue_depth``: for models placed on Ray (``build_backend``).
     Models on a batch lane (``LANE_KINDS``) are not backends: see ``build_lanes``."""
     from freight.backends.messages_adapter import MessagesAdapter
     from freight.backends.output_check import OutputCheck
     from freight.backends.result_cache import CachedBackend, model_identity
+    from freight.backends.start_guard import StartGuard
 
     out: list[Backend] = []
     for name, table in tables.items():
@@ -91,8 +93,8 @@ def build_backends(tables: dict[str, dict[str, Any]], cache: CacheSetup | None =
             raise ConfigError(f"[models.\"{name}\"].cache must be true or false, got {use_cache!r}")
         # Outputs are checked outside the Messages adapter: a /v1/messages answer is checked as a Message;
         # the cache is outermost, so that it stores only checked answers.
-        backend: Backend = OutputCheck(MessagesAdapter(build_backend(
-            name, table, redis_url, ray_address=ray_address, queue_depth=queue_depth)))
+        backend: Backend = OutputCheck(MessagesAdapter(StartGuard(build_backend(
+            name, table, redis_url, ray_address=ray_address, queue_depth=queue_depth))))
         if cache is not None and use_cache:
             backend = CachedBackend(backend, cache, functools.partial(model_identity, name, table))
         out.append(backend)

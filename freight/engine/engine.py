@@ -360,10 +360,11 @@ class Engine:
                 try:
                     await self.starts.start(backend)
                     started = True
-                except Exception:
+                except Exception as exc:  # (one line; the traceback with -v)
                     self.errors += 1
                     start_failures += 1
-                    log.exception("backend failed to start; trying again", extra={"event": "backend_start_failed"})
+                    log.error("backend failed to start (%s: %s); trying again", type(exc).__name__, exc,
+                              exc_info=log.isEnabledFor(logging.DEBUG), extra={"event": "backend_start_failed"})
                     slots.release()
                     await asyncio.sleep(min(60.0, self.settings.poll_interval_s * 2 ** min(start_failures, 10)))
                     continue
