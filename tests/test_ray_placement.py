@@ -185,3 +185,38 @@ def test_a_replica_runs_as_many_model_calls_as_its_reserved_cores_hold(
     other = SimpleNamespace()  # a backend without parallel model calls is left as it is
     fit_to_reserved_cores(other, 2)
     assert not hasattr(other, "calls")
+
+
+def test_a_cluster_address_where_nothing_answers_is_a_config_error_at_once(tmp_path: Path) -> None:
+    """Found by an audit: ``ray.init`` kept trying such an address for many minutes, on a thread Ctrl-C
+    could not stop, so ``freight run`` hung. A probe of the address Ray would use says so in seconds."""
+    import socket
+    import time
+
+    from freight.backends.ray.backend import bootstrap_address
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert bootstrap_address("ray://head:10001") == ("head", 10001)
+    backend = build_backend("e", {"backend": "local-embeddings", "placement": "ray"}, ray_address=f"127.0.0.1:{port}")
+    assert isinstance(backend, RayBackend)
+    began = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"nothing answers at .*:{port}"):
+        backend._connect()
+    assert time.monotonic() - began < 30
+
+
+def test_a_replica_that_is_not_placed_is_reported_not_waited_for_silently(caplog: pytest.LogCaptureFixture) -> None:
+    """A replica Ray cannot place waits in Ray without a word; the pool says so once (found by an audit)."""
+    import asyncio
+
+    from freight.backends.ray.placement import RayPlacement
+    from freight.backends.ray.pool import ReplicaPool, ReplicaSpec
+
+    placement = RayPlacement(num_cpus=2.0, resources=(("big_memory", 1.0),))
+    pool = ReplicaPool(ReplicaSpec("local-embeddings", "emb", {}, "emb:x:y", placement, 1))
+    with caplog.at_level("WARNING"), pytest.raises(TimeoutError):
+        asyncio.run(pool.wait_ready(1, timeout_s=0.3, warn_after_s=0.1))
+    [record] = [r for r in caplog.records if getattr(r, "event", "") == "replica_unplaced"]
+    assert "num_cpus=2.0" in record.getMessage() and "'big_memory': 1.0" in record.getMessage()

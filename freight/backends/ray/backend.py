@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,30 @@ log = logging.getLogger(__name__)
 #: Environment of a one-machine Ray started by freight (``address = "local"``): bind to 127.0.0.1
 #: only (by default Ray listens on the machine's network address).
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+#: How long the probe of a cluster's address waits for a connection.
+PROBE_TIMEOUT_S = 5.0
+
+
+def bootstrap_address(address: str) -> tuple[str, int] | None:
+    """The (host, port) Ray connects to for ``address`` ("auto": the cluster this machine last started,
+    as Ray finds it; "ray://host:port": the client server); None when there is none to check."""
+    if address.startswith("ray://"):
+        text: str | None = address.removeprefix("ray://").split("/", 1)[0]
+    else:
+        try:  # (Ray's own resolution: "auto" read from its temp dir, localhost as Ray rewrites it)
+            from ray._private.services import canonicalize_bootstrap_address
+
+            text = canonicalize_bootstrap_address(address)
+        except Exception:  # (a private API that may move; an address Ray would refuse is its to report)
+            text = None if address == "auto" else address
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
 
 
 class RayBackend:
@@ -64,6 +89,8 @@ class RayBackend:
 
         if ray.is_initialized():
             return
+        if self.address != "local":
+            self._probe()
         try:
             ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
             self._owns_ray = self.address == "local"
@@ -71,6 +98,22 @@ class RayBackend:
             raise ConfigError(f"[models.\"{self.model_id}\"] is placed on Ray, but no Ray cluster was found at "
                               f"{self.address!r} ([ray] address, or RAY_ADDRESS; \"local\" starts one on this "
                               f"machine): {exc}") from None
+
+    def _probe(self) -> None:
+        """A ConfigError at once when nothing answers at the address Ray would connect to: ``ray.init`` keeps
+        trying for many minutes there, on a thread that Ctrl-C cannot stop."""
+        target = bootstrap_address(self.address)
+        if target is None:
+            return  # ("auto" with no cluster on this machine: ray.init says so at once)
+        host, port = target
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"[models.\"{self.model_id}\"] is placed on Ray, but nothing answers at {host}:{port} (from "
+                f"{self.address!r}: [ray] address, or RAY_ADDRESS): {exc.strerror or exc}. Start the cluster, or "
+                "use \"local\" for a one-machine Ray; a head bound to 127.0.0.1 needs "
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in freight's environment too (docs/ray.md).") from None
 
     def _spec(self) -> ReplicaSpec:
         weights = weights_identity(self.kind, self.model_id, self.options)[:12]

@@ -269,11 +269,27 @@ class ReplicaPool:
         except Exception:  # already gone
             pass
 
-    async def wait_ready(self, count: int, timeout_s: float) -> None:
+    async def wait_ready(self, count: int, timeout_s: float, warn_after_s: float = 30.0) -> None:
+        """Until ``count`` replicas are live (or a load failed). Past ``warn_after_s`` it says so once: a
+        replica Ray cannot place (the cluster lacks the CPUs, GPUs or resources it asks for) waits in Ray
+        without a word of its own."""
         async with self.changed:
             # A model that could not load ends the wait too: its chunks fail (MODEL_UNAVAILABLE), not wait.
-            await asyncio.wait_for(self.changed.wait_for(
-                lambda: len(self.live) >= count or self.load_failed_recently()), timeout_s)
+            def ready() -> bool:
+                return len(self.live) >= count or self.load_failed_recently()
+
+            try:
+                await asyncio.wait_for(self.changed.wait_for(ready), min(warn_after_s, timeout_s))
+                return
+            except TimeoutError:
+                if timeout_s <= warn_after_s:
+                    raise
+            p = self.spec.placement
+            log.warning("no replica of %s is ready after %.0f s: Ray may not be able to place one (it asks for "
+                        "num_cpus=%s, num_gpus=%s, resources=%s; see `ray status`)", self.spec.model_id,
+                        warn_after_s, p.num_cpus, p.num_gpus, dict(p.resources),
+                        extra={"event": "replica_unplaced", "model": self.spec.model_id})
+            await asyncio.wait_for(self.changed.wait_for(ready), timeout_s - warn_after_s)
 
     # ---- chunks ----------------------------------------------------------------------------
 
