@@ -279,7 +279,8 @@ def test_each_backends_declared_keys_and_defaults_are_its_own(backend: str) -> N
     ('model_path = "x.gguf"', "needs a 'backend' key"),
     ('backend = "openai"\nbase_url = "http://h/v1"\napi_key = "sk-very-secret"', "name it in api_key_env"),
     ('backend = "openai-batch"\nbase_url = "http://h/v1"\ncache = false', r"unknown key\(s\).*cache"),
-    ('backend = "openai"\nbase_url = "http://h/v1"\nplacement = "ray"', r"unknown key\(s\).*placement"),
+    ('backend = "openai"\nbase_url = "http://h/v1"\nplacement = "ray"',
+     r"placement apply only to local models, which can be placed on Ray .*not to backend .openai."),
     ('backend = "llama-cpp"\nreplicas = "two"\nplacement = "ray"', None),  # its own parser says (at build)
     # numeric keys' bounds, read with the file (so `freight config` catches them before a deploy)
     ('backend = "openai"\nbase_url = "http://h/v1"\nrpm = -1', r'models."m".rpm in .* must be at least 1, got -1'),

@@ -85,7 +85,7 @@ def max_tokens(body: dict[str, Any], prompt_len: int, default: int | None, param
                context: int) -> int:
     """The completion's token budget (``key``: max_tokens or max_completion_tokens) within ``context``
     tokens of prompt and completion; the 400s OpenAI gives for an empty or too long prompt."""
-    wanted_max = integer(body, key, None, 1, 1 << 31)
+    wanted_max = integer(body, key, None, 1, (1 << 31) - 1)
     if prompt_len == 0:
         raise BadRequest("the prompt is empty", param, "invalid_value")
     wanted = wanted_max if wanted_max is not None else (default or 0)

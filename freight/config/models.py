@@ -209,6 +209,10 @@ def check_models(models: Mapping[str, Any], file: str) -> None:
             raise ConfigError(f"{where}: put the key in an environment variable and name it in api_key_env; "
                               "an api_key in the file is refused")
         keys = keys_of(table["backend"])
+        misplaced = sorted(set(table) & {s.key for s in PLACEMENT}) if table["backend"] not in RAY_BACKENDS else []
+        if misplaced:  # (clearer than "unknown key": the key exists, for other backends)
+            raise ConfigError(f"{where}: {', '.join(misplaced)} apply only to local models, which can be placed on "
+                              f"Ray ({', '.join(RAY_BACKENDS)}); not to backend {table['backend']!r}")
         check_table(table, keys, where)
         for s in keys:
             if s.required and s.key not in table:
