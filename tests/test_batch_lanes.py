@@ -24,6 +24,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+from openai.types.batch_request_counts import BatchRequestCounts as RequestCounts
 from servers import SCRIPTED, SCRIPTED_SLOW, TERMINAL, FreightServer, config_text, jsonl_bytes, parse_jsonl, wait_for
 
 CHAT = "/v1/chat/completions"
@@ -234,8 +235,11 @@ def test_cancel_reaches_the_provider(client: openai.OpenAI, forwarder: FreightSe
                                      upstream: FreightServer) -> None:
     batch_id = submit(client, "fwd-slow", 40, "c", sleep_s=0.5)  # 2.5 s of work upstream, 8 at a time
     wait_for(lambda: any(s["state"] == "running" for s in subs_of(forwarder, batch_id)), 15, "the upstream batch")
-    time.sleep(0.3)
-    client.batches.cancel(batch_id)
+    seen = wait_for(lambda: (client.batches.retrieve(batch_id).request_counts or RequestCounts(
+        completed=0, failed=0, total=0)).completed, 15, "upstream progress")
+    cancelling = client.batches.cancel(batch_id)
+    # the cancel answer shows the upstream's progress as a retrieve does (it showed 0 done)
+    assert cancelling.request_counts is not None and cancelling.request_counts.completed >= seen
     done = wait_done(client, batch_id)
     assert done.status == "cancelled" and done.request_counts is not None
     out, err = lines_of(client, done.output_file_id), lines_of(client, done.error_file_id)
@@ -353,8 +357,6 @@ def test_a_real_time_request_to_a_lane_model_says_it_is_batch_only(client: opena
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="fwd-openai", messages=[{"role": "user", "content": "x"}])
     assert e.value.code == "batch_only_model" and "only through batches" in e.value.message
-    import anthropic
-
     with anthropic.Anthropic(base_url=forwarder.url, api_key="x", max_retries=0) as claude, \
             pytest.raises(anthropic.BadRequestError) as a:
         claude.messages.create(model="fwd-claude", max_tokens=3, messages=[{"role": "user", "content": "x"}])

@@ -242,5 +242,5 @@ class BatchService:
             if updated is not None:
                 log_transition(batch.status, updated)
                 self._on_change()
-                return updated
+                return with_upstream_progress(self.store, [updated])[0]  # (the counts a retrieve shows)
         return self.get(project, batch_id)
