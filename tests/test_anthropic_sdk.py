@@ -341,6 +341,7 @@ def test_create_is_checked_synchronously(client: Anthropic, server: FreightServe
     assert refused([good, good, {"custom_id": "a b", "params": {}}]).startswith("requests.1.custom_id:")
     assert refused([good, {"custom_id": "a b", "params": {}}]) == (
         "requests.1.custom_id: String should match pattern '^[a-zA-Z0-9_-]{1,64}$'.")
+    assert refused([{"custom_id": "a\n", "params": {}}]).startswith("requests.0.custom_id: String should match")
     assert refused([{"custom_id": "x" * 65, "params": {}}]) == (
         "requests.0.custom_id: String should have at most 64 characters.")
     assert refused([{"custom_id": "", "params": {}}]).startswith("requests.0.custom_id: String should have at least")
@@ -390,6 +391,7 @@ def test_error_envelopes_and_request_ids(server: FreightServer, client: Anthropi
         assert r.status_code == 400 and "not ended" in r.json()["error"]["message"]
         for method, path, status in (("GET", "/v1/messages/batches/x/y/z", 404), ("PUT", "/v1/messages/batches", 405),
                                      ("GET", f"/v1/messages/batches/{UNKNOWN}/cancel", 405),
+                                     ("GET", f"/v1/messages/batches/{UNKNOWN}/pause", 405),
                                      ("PATCH", f"/v1/messages/batches/{UNKNOWN}", 405), ("GET", "/v1/messages", 405)):
             r = c.request(method, path)
             body = r.json()

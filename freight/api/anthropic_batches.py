@@ -240,7 +240,8 @@ async def create_message(request: Request) -> Response:
         return error_response(request, 400, "stream: streaming is not supported by this server.")
     model = body.get("model")
     if not isinstance(model, str):
-        return error_response(request, 400, "model: Field required.")
+        return error_response(request, 400, "model: Field required." if model is None
+                              else "model: Input should be a valid string.")
     catalog = _runtime(request).catalog
     if (batch_only := catalog.batch_only(model)) is not None:
         return error_response(request, 400, f"model: {batch_only}")
@@ -271,6 +272,8 @@ async def create_message(request: Request) -> Response:
 # ---- anything else under /v1/messages: Anthropic's 404 / 405 --------------------------------
 
 _KNOWN = ("/v1/messages", "/v1/messages/batches")
+#: The routes under a Message Batch (a wrong method on one is a 405, not a 404).
+ACTIONS = ("cancel", "results", "pause", "resume", "priority")
 
 
 @router.api_route("/v1/messages", methods=_METHODS, include_in_schema=False)
@@ -280,7 +283,7 @@ async def unknown_route(request: Request) -> Response:
     path = request.url.path.rstrip("/")
     parts = path.split("/")
     known = path in _KNOWN or (len(parts) in (5, 6) and parts[:4] == ["", "v1", "messages", "batches"]
-                               and (len(parts) == 5 or parts[5] in ("cancel", "results")))
+                               and (len(parts) == 5 or parts[5] in ACTIONS))
     if known:
         return error_response(request, 405, f"Method {request.method} is not allowed for {path}.")
     return error_response(request, 404, f"Unknown request URL: {request.method} {request.url.path}.")

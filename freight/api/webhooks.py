@@ -91,6 +91,7 @@ async def test_endpoint(request: Request, endpoint_id: str) -> JSONResponse:
         raise InvalidInput(f"The webhook endpoint {e.url} could not be reached.", param="url",
                            code="webhook_unreachable")
     return JSONResponse({"object": "webhook_endpoint.test", "webhook_endpoint_id": e.id, "event_type": event_type,
+                         # (OpenAI's contract: success is "always true for returned results; use status_code")
                          "status_code": status, "success": True})
 
 

@@ -215,7 +215,7 @@ class MessageBatchCreate:
             raise InvalidInput(f"{where}.custom_id: String should have at least 1 character.")
         if len(custom_id) > 64:
             raise InvalidInput(f"{where}.custom_id: String should have at most 64 characters.")
-        if not CUSTOM_ID_RE.match(custom_id):
+        if not CUSTOM_ID_RE.fullmatch(custom_id):  # (match: "$" lets a final "\n" through)
             raise InvalidInput(f"{where}.custom_id: String should match pattern '{CUSTOM_ID_RE.pattern}'.")
         first = self._seen.setdefault(custom_id, i)
         if first != i:

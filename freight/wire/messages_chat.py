@@ -253,7 +253,7 @@ def messages_to_chat(params: dict[str, Any]) -> dict[str, Any]:
         if key == "stream":
             if value is False:
                 continue
-            raise Untranslatable("stream: streaming is not supported in a Message Batch.")
+            raise Untranslatable("stream: streaming is not supported by this server.")
         if key == "thinking" and isinstance(value, dict) and value.get("type") == "disabled":
             continue
         raise Untranslatable(f"{key}: not supported when the model runs through chat completions "
