@@ -469,3 +469,17 @@ def test_a_step_cancelled_before_it_starts_leaves_no_unawaited_coroutine(world: 
         gc.collect()
     assert ran == []
     assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_an_ingest_spawned_from_a_stale_status_does_nothing(world: World) -> None:
+    """Found by an audit: a tick that read a batch as validating before its ingest ended spawned a second
+    ingest, whose inserts collided (a 'batch step failed' traceback). It now sees the batch started."""
+    from freight.engine.ingest import ingest_batch
+    from freight.wire.batch_input import InputLimits
+
+    batch = world.submit([chat(i) for i in range(3)])
+    stale = world.store.get_batch(None, batch.id)
+    assert stale is not None and stale.status is BatchStatus.VALIDATING
+    assert ingest_batch(stale, world.store, world.blobs, world.engine.catalog, InputLimits(), world.clock) is True
+    again = ingest_batch(stale, world.store, world.blobs, world.engine.catalog, InputLimits(), world.clock)
+    assert again is None and world.store.open_counts(batch.id) == (3, 0)

@@ -294,15 +294,17 @@ class Engine:
             with contextlib.suppress(RuntimeError):  # a loop closed meanwhile: nothing to warm
                 loop.call_soon_threadsafe(self.starts.warm, model)
 
+        # (None: an ingest spawned from a status read before another ingest ended; that one did the work)
         if batch.endpoint == MESSAGES_ENDPOINT and await asyncio.to_thread(self.store.is_message_batch, batch.id):
             # A Message Batch: a bad request is that request's error, not the batch's (ingest_messages.py).
-            await asyncio.to_thread(
+            went = await asyncio.to_thread(
                 ingest_message_batch, batch, self.store, self.blobs, self.catalog, self.clock)
         else:
-            await asyncio.to_thread(
+            went = await asyncio.to_thread(
                 ingest_batch, batch, self.store, self.blobs, self.catalog, self.settings.input_limits, self.clock,
                 seen)
-        await self._transitioned(batch.status, batch.id)
+        if went is not None:
+            await self._transitioned(batch.status, batch.id)
 
     async def _finish(self, batch: Batch) -> None:
         pending, running = await asyncio.to_thread(self.store.open_counts, batch.id)

@@ -23,10 +23,12 @@ INSERT_CHUNK = 5000
 def ingest_batch(
     batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog, limits: InputLimits, clock: Clock,
     on_model: Callable[[str], None] | None = None,
-) -> bool:
-    """Validate and persist a batch's requests. True when the batch went on to in_progress.
+) -> bool | None:
+    """Validate and persist a batch's requests. True when the batch went on to in_progress, None when
+    another ingest had started it (this one read a stale status: nothing to do).
     ``on_model`` is told the batch's model once, at its first valid request (to start loading it)."""
-    store.clear_requests(batch.id)
+    if not store.clear_requests(batch.id):
+        return None
     key = store.file_blob_key(batch.input_file_id)
     if key is None or not blobs.exists(key):
         error = BatchError(

@@ -62,9 +62,12 @@ def check_params(params: Any, catalog: ModelCatalog) -> Result | None:
     return None
 
 
-def ingest_message_batch(batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog, clock: Clock) -> bool:
-    """Persist a Message Batch's requests. True when the batch went on (to in_progress)."""
-    store.restart_ingest(batch.id)
+def ingest_message_batch(batch: Batch, store: Store, blobs: BlobStore, catalog: ModelCatalog,
+                         clock: Clock) -> bool | None:
+    """Persist a Message Batch's requests. True when the batch went on (to in_progress), None when another
+    ingest had started it (a stale status: nothing to do)."""
+    if not store.restart_ingest(batch.id):
+        return None
     key = store.file_blob_key(batch.input_file_id)
     if key is None or not blobs.exists(key):
         error = BatchError(code="invalid_request", param="input_file_id",

@@ -34,14 +34,18 @@ class BatchStore(Protocol):
         ...
 
     # ---- ingest ------------------------------------------------------------------------
-    def clear_requests(self, batch_id: str) -> None: ...
+    def clear_requests(self, batch_id: str) -> bool:
+        """Drop what an interrupted validation stored; False (and nothing dropped) when the batch was
+        started already: an ingest that read a stale status then has nothing to do."""
+        ...
     def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None: ...
     def insert_finished_requests(self, batch_id: str, rows: Sequence[tuple[NewRequest, Result]]) -> None:
         """Persist requests that already have their final result (refused at validation); counted."""
         ...
 
-    def restart_ingest(self, batch_id: str) -> None:
-        """Drop the requests of a batch being validated and zero its counters (validation starts over)."""
+    def restart_ingest(self, batch_id: str) -> bool:
+        """Drop the requests of a batch being validated and zero its counters (validation starts over);
+        False (and nothing touched) when the batch was started already."""
         ...
 
     def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:

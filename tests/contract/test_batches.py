@@ -99,12 +99,12 @@ def test_clear_and_restart_ingest_start_validation_over(store: Store) -> None:
     assert got is not None and got.request_counts.failed == 1
     assert [r.custom_id for r in store.results(b.id, -1, 10)] == ["z"]
     assert store.open_counts(b.id) == (2, 0)
-    store.restart_ingest(b.id)
+    assert store.restart_ingest(b.id) is True
     got = store.get_batch("p", b.id)
     assert got is not None and got.request_counts.failed == 0 and store.open_counts(b.id) == (0, 0)
     assert store.results(b.id, -1, 10) == []
     store.insert_requests(b.id, [NewRequest(0, 1, "x", b"{}")])
-    store.clear_requests(b.id)
+    assert store.clear_requests(b.id) is True
     assert store.open_counts(b.id) == (0, 0)
 
 

@@ -113,10 +113,12 @@ class BatchesMixin(Base):
             return None  # started (a batch cancelled while validating starts with its total, still cancelling)
         return row if BatchStatus(row["status"]) in (BatchStatus.VALIDATING, BatchStatus.CANCELLING) else None
 
-    def clear_requests(self, batch_id: str) -> None:
+    def clear_requests(self, batch_id: str) -> bool:
         with self._db.write() as tx:
-            if self._unstarted(tx, batch_id) is not None:
-                tx.run("delete_requests", {"batch_id": batch_id})
+            if self._unstarted(tx, batch_id) is None:
+                return False
+            tx.run("delete_requests", {"batch_id": batch_id})
+            return True
 
     def insert_requests(self, batch_id: str, rows: Sequence[NewRequest]) -> None:
         with self._db.write() as tx:
@@ -131,12 +133,14 @@ class BatchesMixin(Base):
                  **result_params(r)} for q, r in rows])
             self._add_counts(tx, batch_id, Tally.of((r for _, r in rows), tokens=False))
 
-    def restart_ingest(self, batch_id: str) -> None:
+    def restart_ingest(self, batch_id: str) -> bool:
         with self._db.write() as tx:
             row = self._unstarted(tx, batch_id)
-            if row is not None:
-                tx.run("delete_requests", {"batch_id": batch_id})
-                tx.run("reset_counts", {"id": batch_id, "expected": row["status"]})
+            if row is None:
+                return False
+            tx.run("delete_requests", {"batch_id": batch_id})
+            tx.run("reset_counts", {"id": batch_id, "expected": row["status"]})
+            return True
 
     def start_batch(self, batch_id: str, total: int, model: str | None, at: int) -> bool:
         if total >= REFRESH_STATS_AT:
