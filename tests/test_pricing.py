@@ -192,7 +192,8 @@ def test_affordable_examples() -> None:
     assert not budget.spent_out(1.98, 2.0, 100, 0) and budget.spent_out(2.0, 2.0, 100, 1)
     assert budget.affordable(1.99, 2.0, 100, 1024, running=1) == 0  # one running already: wait for it
     assert budget.affordable(None, 2.0, 0, 1024) == budget.PROBE
-    assert budget.affordable(0.0, 2.0, 500, 1024, running=3) == budget.PROBE - 3  # free hits tell nothing
+    assert budget.affordable(0.0, 2.0, 500, 1024) == budget.PROBE == 1  # free hits tell nothing: one at a time
+    assert budget.affordable(0.0, 2.0, 500, 1024, running=1) == 0
     # a mean cost that underflows to 0, or a room too large for an int: the whole limit (found by hypothesis)
     assert budget.affordable(5e-324, 1.0, 10_000, 100) == 100
     assert budget.affordable(1e-310, 1.0, 1, 2048, running=5) == 2048  # (1 - 1e-310) / 1e-310 is inf

@@ -84,7 +84,9 @@ class BudgetedQueue:
             return limit
         spent = self._cost.cost(batch).cost_usd
         c = batch.request_counts
-        done = c.completed + c.failed
+        # The mean is over the answers that were paid for: free result-cache hits (and failures, most of which
+        # cost nothing) would make it too low and let claims start more than the cap has left for.
+        done = max(0, c.completed - batch.cached)
         if not budget.spent_out(spent, cap, done, running):
             return budget.affordable(spent, cap, done, limit, running)
         if batch.status is not BatchStatus.IN_PROGRESS:
