@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from freight.services.webhooks import WebhookService
 from freight.store import open_store
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
+
+log = logging.getLogger("freight")
 
 
 class SystemClock:
@@ -130,6 +133,10 @@ def open_blobs(settings: Settings) -> BlobStore:
         s3.check()
         return s3
     root = Path(location).expanduser() if location else settings.data_dir / "blobs"
+    if not location and settings.database_url:
+        log.warning("files are kept in this process's own data dir (%s): with --database-url, every freight "
+                    "process that shares the database must share --blobs too (docs/deployment.md), else a batch "
+                    "made here cannot be read elsewhere", root, extra={"event": "blobs_not_shared"})
     try:
         return LocalBlobStore(root, reserve=settings.data_dir / "disk-reserve")
     except OSError as exc:  # (a directory that cannot be made or written: the setting's mistake, not a crash)

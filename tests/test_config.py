@@ -73,6 +73,9 @@ def test_nothing_configured_gives_the_defaults_of_the_objects_that_use_them(tmp_
     ("[server]\nredis_url = \"notaurl\"", "server.redis_url in .* must be a URL starting redis://, rediss:// or "
      "unix://, got 'notaurl'"),
     ("[server]\nblobs = \"ftp://x/y\"", "server.blobs in .* must be a directory or a URL starting s3://"),
+    # ... or a port that is not a number (every remote request then failed: model_unavailable)
+    ("[server]\nredis_url = \"redis://:secret@127.0.0.1:notaport/0\"",
+     r"server.redis_url in .* is not a valid URL: Port could not be cast to integer value as 'notaport'$"),
     # a required key, when the config loads (not a constructor's missing-argument error at start)
     *[(f"[models.\"m\"]\nbackend = \"{b}\"", rf"\[models.\"m\"\] of .* needs a 'base_url' key \(backend '{b}'\)")
       for b in ("openai", "openai-batch", "anthropic-batch")],

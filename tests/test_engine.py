@@ -483,3 +483,19 @@ def test_an_ingest_spawned_from_a_stale_status_does_nothing(world: World) -> Non
     assert ingest_batch(stale, world.store, world.blobs, world.engine.catalog, InputLimits(), world.clock) is True
     again = ingest_batch(stale, world.store, world.blobs, world.engine.catalog, InputLimits(), world.clock)
     assert again is None and world.store.open_counts(batch.id) == (3, 0)
+
+
+def test_a_file_whose_bytes_are_not_in_this_processs_store_says_so(world: World) -> None:
+    """Found by an audit: with PostgreSQL and no shared --blobs, the worker could not see the API's file
+    and the batch failed with 'it was deleted', which it was not."""
+    from freight.engine.ingest import ingest_batch
+    from freight.wire.batch_input import InputLimits
+
+    batch = world.submit([chat(0)])
+    key = world.store.file_blob_key(batch.input_file_id)
+    assert key is not None
+    world.blobs.delete(key)  # (as seen from a process whose --blobs is elsewhere)
+    assert ingest_batch(batch, world.store, world.blobs, world.engine.catalog, InputLimits(), world.clock) is False
+    failed = world.store.get_batch(None, batch.id)
+    assert failed is not None and failed.errors is not None
+    assert "share --blobs" in failed.errors[0].message and "deleted" not in failed.errors[0].message

@@ -149,3 +149,19 @@ def test_names_follow_prometheus_conventions(name: str) -> None:
     assert name.startswith("freight_") and name == name.lower()
     assert name.endswith("_total") == (spec.kind == "counter")
     assert "duration" not in name or name.endswith("_seconds")
+
+
+def test_a_request_withdrawn_unsent_is_neither_a_retry_nor_a_duration() -> None:
+    """Found by an audit: pausing a batch counted each request taken back from the backend's queue as a
+    retry and as an answer's duration, though none of them ran."""
+    from freight.domain.requests import Failure, Result
+    from freight.observe.metrics import ProcessMeter
+    from freight.ports import WITHDRAWN
+
+    meter = ProcessMeter()
+    bodies = [{"model": "m"}] * 4
+    meter.observe(bodies, [Result(status_code=200, body=b"{}"), Failure(WITHDRAWN, "paused"),
+                           Failure(WITHDRAWN, "paused"), Failure("timeout", "no answer")], 1.5)
+    samples = {(s.name, s.labels.get("model")): s.value for m in meter.collect() for s in m.samples}
+    assert samples[("freight_request_retries_total", "m")] == 1
+    assert samples[("freight_request_duration_seconds_count", "m")] == 2

@@ -26,7 +26,7 @@ from freight.cli.options import blobs_option, config_option, data_dir_option, da
 from freight.cli.options import load as _settings
 from freight.cli.progress import BatchProgress, console
 from freight.cli.results import results
-from freight.cli.show_config import config_command
+from freight.cli.show_config import config_command, without_password
 from freight.domain.batches import TERMINAL, BatchStatus
 from freight.domain.errors import ConfigError, FreightError, InvalidInput
 from freight.domain.keys import DEFAULT_PROJECT
@@ -110,10 +110,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, log_format: st
     try:
         with_keys = runtime.keys.required()
         if not with_keys and not is_loopback(settings.host):
+            where = (f"--database-url {without_password(settings.database_url)}" if settings.database_url
+                     else f"--data-dir {settings.data_dir}")
             raise ConfigError(
-                f"refusing to serve on {settings.host}: this data dir has no API keys, so anyone who can reach "
-                "the port could use it. Without keys freight binds to loopback only (127.0.0.1, ::1, localhost). "
-                f"Create a key first: freight keys create --project NAME --data-dir {settings.data_dir}")
+                f"refusing to serve on {settings.host}: this {'database' if settings.database_url else 'data dir'} "
+                "has no API keys, so anyone who can reach the port could use it. Without keys freight binds to "
+                f"loopback only (127.0.0.1, ::1, localhost). Create a key first: freight keys create --project NAME "
+                f"{where}")
     except BaseException:
         runtime.close()
         raise

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from freight.config.registry import OTHER_SECTIONS, SECTIONS, SETTINGS, Setting, known_variables, section_settings
 from freight.domain.durations import parse_duration_s
@@ -167,7 +168,13 @@ def _url(s: Setting, value: Any, where: str) -> Any:
     if not s.schemes or not isinstance(value, str):
         return value
     scheme, sep, _ = value.partition("://")
-    if (sep and scheme in s.schemes) or (not sep and s.paths and value):
+    if sep and scheme in s.schemes:
+        try:  # (a port that is not a number: caught here, not when a backend first connects)
+            _ = urlsplit(value).port
+        except ValueError as exc:  # (the value not repeated: it may hold a password)
+            raise ConfigError(f"{where} is not a valid URL: {exc}") from None
+        return value
+    if not sep and s.paths and value:
         return value
     starts = [f"{x}://" for x in s.schemes]
     wanted = "a URL starting " + (", ".join(starts[:-1]) + " or " + starts[-1] if len(starts) > 1 else starts[0])

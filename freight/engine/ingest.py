@@ -31,11 +31,11 @@ def ingest_batch(
         return None
     key = store.file_blob_key(batch.input_file_id)
     if key is None or not blobs.exists(key):
-        error = BatchError(
-            code="invalid_request",
-            message=f"Cannot find file {batch.input_file_id}; it was deleted before the batch could read it.",
-            param="input_file_id",
-        )
+        message = (f"Cannot find file {batch.input_file_id}; it was deleted before the batch could read it."
+                   if key is None else
+                   f"The bytes of file {batch.input_file_id} are not in this process's file store: do all freight "
+                   "processes on this database share --blobs (docs/deployment.md)?")
+        error = BatchError(code="invalid_request", message=message, param="input_file_id")
         store.fail_validation(batch.id, [error], int(clock.now()))
         return False
     validator = BatchInputValidator(endpoint=batch.endpoint, model_check=catalog.check, limits=limits)

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from freight.domain.pricing import Tokens
 from freight.domain.requests import Failure, Result
 from freight.domain.retry import is_transient_status
-from freight.ports import Backend, ModelInfo, StatsStore
+from freight.ports import WITHDRAWN, Backend, ModelInfo, StatsStore
 from freight.services.prices import PriceBook
 
 
@@ -186,6 +186,8 @@ class ProcessMeter(Collector):
         models: dict[str, int] = {}
         for body, result in zip(bodies, results, strict=False):
             model = str(body.get("model", "")) if isinstance(body, dict) else ""
+            if isinstance(result, Failure) and result.code == WITHDRAWN:
+                continue  # (taken back unsent by a pause or a cancel: it neither ran nor was retried)
             models[model] = models.get(model, 0) + 1
             if type(result) is Result and (result.status_code is None or result.status_code < 400):
                 continue  # the common case: an answer that is neither a rate limit nor retryable
