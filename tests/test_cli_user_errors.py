@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,3 +185,13 @@ def test_submit_metadata_values_and_the_servers_limits(tmp_path: Path, server: F
     assert r.returncode == 1 and "HTTP 400" in r.stderr and "at most 16" in r.stderr, r
     r = freight("submit", path, "--metadata", "k=" + "v" * 513, "--url", server.url, cwd=tmp_path)
     assert r.returncode == 1 and "HTTP 400" in r.stderr and "at most 512" in r.stderr, r
+
+
+def test_a_negative_priority_is_a_priority_not_an_option(tmp_path: Path) -> None:
+    """`freight priority BATCH -5` said "No such option: -5" (found by an audit); out of range is a usage error."""
+    done = subprocess.run([sys.executable, "-m", "freight", "priority", "batch_x", "-5", "--url", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60)
+    assert "No such option" not in done.stderr and "cannot reach" in (done.stdout + done.stderr).lower(), done.stderr
+    done = subprocess.run([sys.executable, "-m", "freight", "priority", "batch_x", "5000"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "-1000<=x<=1000" in done.stderr, done.stderr

@@ -205,7 +205,7 @@ def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     (tmp_path / "freight.toml").write_text(
         "[engine]\nlease_s = 45\n[limits]\nmax_active_batches_per_project = 0\n"
         '[models."gpt-x"]\nbackend = "openai"\nbase_url = "http://u:secret@127.0.0.1:9/v1"\nrpm = 60\n'
-        '[projects."team-a"]\nmax_cost_usd = 5.0\n'
+        '[projects."team-a"]\nmax_cost_usd = 5.0\nweight = 2.0\n'
         '[intake."tickets"]\nkind = "redis"\nurl = "redis://127.0.0.1:6379/0"\nstream = "in"\nmodel = "gpt-x"\n')
     env = {"FREIGHT_CONFIG": str(tmp_path / "freight.toml"), "FREIGHT_WEBHOOKS_TIMEOUT_S": "3",
            "FREIGHT_DATABASE_URL": "postgresql://freight:hunter2@db:5432/freight"}
@@ -234,7 +234,7 @@ def test_freight_config_shows_each_value_and_its_source(tmp_path: Path) -> None:
     as_json = jsonx.loads(subprocess.run([sys.executable, "-m", "freight", "config", "--json"], capture_output=True,
                                          env={**os.environ, **env}, text=True, cwd=tmp_path, check=True).stdout)
     assert as_json["models"]["gpt-x"]["backend"] == "openai"
-    assert as_json["projects"] == {"team-a": {"max_cost_usd": 5.0}}
+    assert as_json["projects"] == {"team-a": {"max_cost_usd": 5.0, "weight": 2.0}}  # (every key: weights too)
     assert as_json["intake"]["tickets"]["model"] == "gpt-x"
 
 

@@ -305,9 +305,9 @@ def resume(batch_id: str, url: str | None, api_key: str | None) -> None:
     _control(batch_id, "resume", url, api_key)
 
 
-@click.command()
+@click.command(context_settings={"ignore_unknown_options": True})  # (so "-5" is a priority, not an option)
 @click.argument("batch_id")
-@click.argument("priority", type=int)
+@click.argument("priority", type=click.IntRange(-1000, 1000))
 @url_option
 @key_option
 def priority(batch_id: str, priority: int, url: str | None, api_key: str | None) -> None:

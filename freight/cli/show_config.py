@@ -84,18 +84,17 @@ def _tables(settings: Settings) -> dict[str, dict[str, Sourced]]:
     """The named tables of freight.toml, each key's value and where it came from: each model's keys (its
     backend's defaults filled in), each project's and each intake's (unset ones left out)."""
     file = str(settings.config_path) if settings.config_path else "default"
+    given = settings.file_tables.get("models") or {}
     models: dict[str, Sourced] = {}
     for name, table in settings.model_tables().items():
         where = file if settings.models else "bundled default"
-        shown: Sourced = {}
+        shown: Sourced = {key: (value, where) for key, value in (given.get(name) or table).items()}
         for s in keys_of(str(table.get("backend"))):
-            if s.key in table:
-                shown[s.key] = (table[s.key], where)
-            elif s.default is not None:
+            if s.key not in shown and s.default is not None:
                 shown[s.key] = (s.default, "default")
         models[name] = shown
     return {"models": models,
-            "projects": {name: {"max_cost_usd": (p.max_cost_usd, file)} for name, p in settings.projects.items()
-                         if p.max_cost_usd is not None},
+            "projects": {name: {k: (v, file) for k, v in table.items()}
+                         for name, table in (settings.file_tables.get("projects") or {}).items()},
             "intake": {name: {k: (v, file) for k, v in i.as_table().items() if v is not None}
                        for name, i in settings.intake.items()}}

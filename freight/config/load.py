@@ -110,6 +110,8 @@ def load_settings(
         data_dir=data_dir_value,
         host=r["server.host"], port=r["server.port"], public_url=r["server.public_url"],
         models={str(k): backend_options(v) for k, v in models.items()},
+        file_tables={"models": {str(k): dict(v) for k, v in models.items()},
+                     "projects": {str(k): dict(p) for k, p in r.named["projects"].items()}},
         prices=PriceBook.from_tables({str(k): dict(v) for k, v in models.items()}) if models else None,
         input_limits=input_limits,
         upload=UploadLimits(max_upload_bytes=r["limits.max_upload_bytes"], input=input_limits),

@@ -79,6 +79,10 @@ class Settings:
     metrics_project_label: bool = False
     redis_url: str | None = None
     ray_address: str | None = None
+    #: The ``[models."name"]`` and ``[projects."name"]`` tables as the file gives them, every key (prices,
+    #: hours and weights included, which ``models`` and ``projects`` leave to other settings); what
+    #: ``freight config`` shows.
+    file_tables: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     #: Each declared setting of the fixed sections: "section.key" -> (value, where it came from:
     #: "default", the config file, the variable's name or the flag); ``freight config`` shows them.
     given: dict[str, tuple[Any, str]] = field(default_factory=dict)
