@@ -4,6 +4,7 @@ on a fixed clock."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,9 @@ def test_held_until_combines_not_before_model_windows_and_off_peak() -> None:
     assert held_until(noon, model=NIGHT, off_peak=off_peak) == MIDNIGHT + 26 * H, "both open"
     assert held_until(noon, not_before=MIDNIGHT + 27 * H, model=NIGHT, off_peak=off_peak) == MIDNIGHT + 27 * H
     assert held_until(MIDNIGHT + 3 * H, model=NIGHT, off_peak=off_peak) is None
+    # hours that never meet: never (it gave a made-up date a week on, found by an audit)
+    never = held_until(noon, model=[parse_window("05:00-06:00")], off_peak=[parse_window("02:00-04:00")])
+    assert never is not None and not math.isfinite(never)
 
 
 def test_an_off_peak_batch_waits_for_its_window_unless_its_deadline_needs_it_now() -> None:

@@ -119,6 +119,7 @@ def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | No
     calendar = settings.engine.scheduling.calendar
     now = time.time() if now is None else now
     starts = calendar.starts_at(now, model=model, schedule=schedule, not_before=None)
+    held = calendar.held_until(now, model=model, schedule=schedule, not_before=None)
     pricing = settings.price_book().for_model(model, starts)
     if pricing.machine is not None and pricing.machine.tokens_per_s is not None:
         table["tokens_per_s"] = pricing.machine.tokens_per_s
@@ -133,6 +134,7 @@ def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | No
         "cost_usd": cost, "realtime_cost_usd": pricing.realtime_usd(est.tokens),
         "duration_s": None if seconds is None else math.ceil(seconds), "rate": rate_note,
         "starts_at": int(starts) if starts > now else None, "price_window": pricing.charged is not None,
+        "never_starts": held is not None and not math.isfinite(held),
     }
 
 
@@ -145,7 +147,10 @@ def show_estimate(e: dict[str, Any]) -> None:
         window = " (its price window's price)" if e.get("price_window") else ""
         click.echo(f"cost: {usd(e['cost_usd'])} as run here ({e['billing']}){window}, "
                    f"{usd(e['realtime_cost_usd'])} at real-time prices")
-    if e.get("starts_at") is not None:
+    if e.get("never_starts"):
+        click.echo("starts: never in its hours: the model's hours and the off-peak hours do not overlap, so the "
+                   "batch would wait until its deadline forces it to run (docs/scheduling.md)")
+    elif e.get("starts_at") is not None:
         when = dt.datetime.fromtimestamp(e["starts_at"], dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         click.echo(f"starts: {when} at the earliest (held for the model's hours or the schedule)")
     seconds = e["duration_s"]

@@ -79,7 +79,8 @@ def held_until(now: float, *, not_before: float | None = None, model: Sequence[W
                model_tz: dt.tzinfo = dt.UTC, off_peak: Sequence[Window] | None = None,
                off_peak_tz: dt.tzinfo = dt.UTC) -> float | None:
     """When a batch may start: None when it may start now; else the earliest time at which ``not_before``
-    has passed, the model's windows are open and (for an off-peak batch) an off-peak window is open."""
+    has passed, the model's windows are open and (for an off-peak batch) an off-peak window is open;
+    ``math.inf`` when no such time comes (a model's hours that never overlap the off-peak hours)."""
     t = now
     for _ in range(16):  # each step moves to the next opening of one of them; they agree within a few
         moved = max(t, not_before or t, next_open(model, t, model_tz),
@@ -87,6 +88,8 @@ def held_until(now: float, *, not_before: float | None = None, model: Sequence[W
         if moved == t:
             break
         t = moved
+    else:  # (they kept moving each other on: a week and more without a common minute)
+        return math.inf
     return None if t <= now else t
 
 
@@ -201,9 +204,10 @@ class Calendar:
                           off_peak_tz=dt.UTC if off_peak is None else off_peak.tz)
 
     def starts_at(self, now: float, *, model: str | None, schedule: str | None, not_before: float | None) -> float:
-        """When the batch is expected to start: the time whose price window its estimate uses."""
+        """When the batch is expected to start: the time whose price window its estimate uses (now where it
+        never would: it then waits for its deadline, when the ramp runs it whatever the hours)."""
         held = self.held_until(now, model=model, schedule=schedule, not_before=not_before)
-        return now if held is None else held
+        return now if held is None or not math.isfinite(held) else held
 
 
 ALWAYS = Hours()

@@ -4,6 +4,7 @@ Anthropic Message Batches, project-isolated (another project's batch is not foun
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 from freight.domain import ids, scheduling, windows
@@ -74,6 +75,8 @@ def held_extension(calendar: windows.Calendar, clock: Clock) -> Callable[[Batch]
         if b.is_terminal:
             return {"held_until": None}
         held = calendar.held_until(clock.now(), model=b.model, schedule=b.schedule, not_before=b.not_before)
+        if held is not None and not math.isfinite(held):  # (hours that never meet: until the deadline ramp)
+            held = b.expires_at
         return {"held_until": None if held is None else int(held)}
     return extension
 
