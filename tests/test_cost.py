@@ -49,6 +49,10 @@ chunk_size = 64
 max_concurrency = 2
 price = {{ input_per_mtok = {INPUT_PER_MTOK}, output_per_mtok = {OUTPUT_PER_MTOK} }}
 
+[models."by-the-hour"]
+backend = "scripted"
+machine_cost_per_hour = 3600.0
+
 [projects."someone-else"]
 max_cost_usd = 50.0
 """
@@ -156,6 +160,14 @@ def test_a_cap_that_is_not_a_positive_number_is_a_400(client: OpenAI, cap: objec
 def test_a_cap_on_an_unpriced_model_is_refused(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="needs a price"):
         create(client, [line(0, SCRIPTED_SLOW)], max_cost_usd=1.0)
+
+
+def test_a_cap_on_a_model_billed_by_the_hour_needs_its_tokens_per_s(client: OpenAI) -> None:
+    """Billed by the hour since it started, a batch held for its hours or paused spent its cap doing nothing
+    and was cancelled with nothing run (found by an audit): such a cap is refused until tokens_per_s is set."""
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client, [line(0, "by-the-hour")], max_cost_usd=5.0)
+    assert e.value.param == "max_cost_usd" and "tokens_per_s" in e.value.message
 
 
 def test_reaching_the_cap_stops_the_batch_cancelled_with_budget_exceeded_lines(client: OpenAI) -> None:

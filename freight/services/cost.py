@@ -95,6 +95,14 @@ class CostControls:
             raise InvalidInput(f"'max_cost_usd' needs a price for model {est.model!r}; configure one "
                                f"([models.\"{est.model}\"] price or machine_cost_per_hour) or send no cap.",
                                param="max_cost_usd", code="invalid_value")
+        if (model.billing is pricing.Billing.MACHINE and model.machine is not None
+                and model.machine.tokens_per_s is None and model.charged is None):
+            # (billed by the hour since it started, a batch waiting for its hours or paused would spend its
+            # cap doing nothing, and be cancelled with nothing run: found by an audit)
+            raise InvalidInput(f"'max_cost_usd' needs a per-token cost for model {est.model!r}: it is priced by the "
+                               f"hour (machine_cost_per_hour); add tokens_per_s to [models.\"{est.model}\"] so "
+                               "that only the work done is counted, or send no cap.",
+                               param="max_cost_usd", code="invalid_value")
         estimate = model.cost_usd(pricing.Tokens(input=est.input_tokens))
         if estimate is not None:
             which = "the batch's max_cost_usd" if cap == batch.max_cost_usd else "the project's max_cost_usd"
