@@ -238,7 +238,7 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
         deliverer = WebhookDeliverer(store, store, store if shared else None, clock, settings.webhooks, engine.owner,
                                      settings.engine.step_lease_s)
         message_batches = MessageBatchService(store, blobs, clock, settings.anthropic, settings.quota, engine.wake,
-                                              calendar)
+                                              calendar, cost.project_cap_problem)
         if owner is not None and settings.database_url is not None:
             # On a shared store only this data dir's previous engine's leases are known to be dead.
             store.release_leases(owner)

@@ -249,3 +249,14 @@ def test_a_projects_cap_applies_to_its_batches_only(make_server: Callable[..., F
         # The lower of the batch's own cap and the project's applies.
         with pytest.raises(openai.BadRequestError, match=r"exceeds the batch's max_cost_usd \(\$0\.0000\)"):
             create(a, lines, max_cost_usd=0.00001)
+    # A Message Batch has no cap of its own, but its project's cannot hold a model without a price: refused
+    # (it was accepted, and the cap did nothing; found by an audit). Another project's is fine.
+    import anthropic
+
+    request = {"custom_id": "m", "params": {"model": SCRIPTED, "max_tokens": 8,
+                                            "messages": [{"role": "user", "content": "hi"}]}}
+    with anthropic.Anthropic(base_url=capped.url, api_key=key_a, max_retries=0) as claude_a, \
+            pytest.raises(anthropic.BadRequestError, match="max_cost_usd needs a price for model"):
+        claude_a.messages.batches.create(requests=[request])  # type: ignore[list-item]
+    with anthropic.Anthropic(base_url=capped.url, api_key=key_b, max_retries=0) as claude_b:
+        assert claude_b.messages.batches.create(requests=[request]).id  # type: ignore[list-item]

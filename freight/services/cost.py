@@ -48,6 +48,21 @@ def ended_at(batch: Batch) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def uncappable(model: pricing.ModelPricing, name: str) -> str | None:
+    """Why a spending cap cannot hold a batch of ``name`` (None: it can): a cap needs to know what each
+    request cost."""
+    if not model.known:
+        return (f"needs a price for model {name!r}; configure one ([models.\"{name}\"] price or "
+                "machine_cost_per_hour) or send no cap.")
+    if (model.billing is pricing.Billing.MACHINE and model.machine is not None
+            and model.machine.tokens_per_s is None and model.charged is None):
+        # (billed by the hour since it started, a batch waiting for its hours or paused would spend its
+        # cap doing nothing, and be cancelled with nothing run: found by an audit)
+        return (f"needs a per-token cost for model {name!r}: it is priced by the hour (machine_cost_per_hour); "
+                f"add tokens_per_s to [models.\"{name}\"] so that only the work done is counted, or send no cap.")
+    return None
+
+
 @dataclass
 class CostControls:
     """Prices, caps and the clock: what the cost figures and the budget checks need."""
@@ -72,6 +87,14 @@ class CostControls:
                                      not_before=batch.not_before)
         return self.prices.for_model(model, at)
 
+    def project_cap_problem(self, project: str, model: str) -> str | None:
+        """Why ``project``'s cap could not hold a batch of ``model`` (None: it can, or the project has none);
+        for a Message Batch, which has no cap of its own and is not estimated at create."""
+        if self.project_caps.get(project) is None:
+            return None
+        problem = uncappable(self.prices.for_model(model, self.clock.now()), model)
+        return None if problem is None else f"the project's max_cost_usd {problem}"
+
     def cap(self, batch: Batch) -> float | None:
         return budget.effective_cap(batch.max_cost_usd, self.project_caps.get(batch.project))
 
@@ -91,18 +114,9 @@ class CostControls:
         if est.model is None:
             return  # the batch will fail validation: nothing to estimate
         model = self.pricing_of(batch, est.model)
-        if not model.known:
-            raise InvalidInput(f"'max_cost_usd' needs a price for model {est.model!r}; configure one "
-                               f"([models.\"{est.model}\"] price or machine_cost_per_hour) or send no cap.",
-                               param="max_cost_usd", code="invalid_value")
-        if (model.billing is pricing.Billing.MACHINE and model.machine is not None
-                and model.machine.tokens_per_s is None and model.charged is None):
-            # (billed by the hour since it started, a batch waiting for its hours or paused would spend its
-            # cap doing nothing, and be cancelled with nothing run: found by an audit)
-            raise InvalidInput(f"'max_cost_usd' needs a per-token cost for model {est.model!r}: it is priced by the "
-                               f"hour (machine_cost_per_hour); add tokens_per_s to [models.\"{est.model}\"] so "
-                               "that only the work done is counted, or send no cap.",
-                               param="max_cost_usd", code="invalid_value")
+        problem = uncappable(model, est.model)
+        if problem is not None:
+            raise InvalidInput(f"'max_cost_usd' {problem}", param="max_cost_usd", code="invalid_value")
         estimate = model.cost_usd(pricing.Tokens(input=est.input_tokens))
         if estimate is not None:
             which = "the batch's max_cost_usd" if cap == batch.max_cost_usd else "the project's max_cost_usd"

@@ -72,6 +72,8 @@ class MessageBatchService:
     on_change: Callable[[], None] = lambda: None
     #: The models' and off-peak hours (``schedule: "off_peak"`` needs off-peak hours configured).
     calendar: Calendar = field(default_factory=Calendar)
+    #: Why a project's spending cap could not hold a batch of a model (None: it can, or there is none).
+    cap_problem: Callable[[str, str], str | None] = lambda project, model: None
 
     # ---- create ------------------------------------------------------------------------
     def creator(self, project: str) -> MessageBatchCreate:
@@ -257,6 +259,8 @@ class MessageBatchCreate:
             raise InvalidInput(f"{sorted(others)[0]}: Extra inputs are not permitted.")
         if self.count == 0:
             raise InvalidInput("requests: List should have at least 1 item after validation, not 0.")
+        if self.model is not None and (problem := self.service.cap_problem(self.project, self.model)) is not None:
+            raise InvalidInput(f"requests.{self._model_at}.params.model: {problem}")
         quota = self.service.quota
         if quota.max_queued_requests is not None and self.count > quota.max_queued_requests:
             raise InvalidInput(f"requests: this batch has {self.count} requests; a project may have at most "
