@@ -89,3 +89,37 @@ def test_plain_http_to_another_host_is_given_up_without_sending(tmp_path: Path) 
     assert step(deliverer, httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200))) == 1
     assert sent == [] and store.delivery_states("we_" + "1" * 24)[0][1] == "failed"
     store.close()
+
+
+def test_a_slow_receiver_holds_up_no_other_delivery(tmp_path: Path) -> None:
+    """Found by an audit: each step awaited every attempt it started, so one receiver that took its whole
+    timeout delayed every other endpoint's delivery (7 s), and its own retries. Each attempt now runs on
+    its own task: a step starts what is due and returns; a delivery already being sent is not sent twice."""
+    store, clock, _ = setup(tmp_path, "https://slow.example/x")
+    at = int(clock.now())
+    store.insert_webhook_endpoint(WebhookEndpoint("we_" + "2" * 24, "p", "n", "https://fast.example/x",
+                                                  ("batch.failed",), new_secret(), at, at))
+    deliverer = WebhookDeliverer(store, store, None, clock, WebhookPolicy(), "me", 15)
+    slow_may_answer = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "slow.example":
+            await slow_may_answer.wait()
+        return httpx.Response(200)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            assert await deliverer.step(client, wait=False) == 2
+            for _ in range(200):
+                if store.delivery_states("we_" + "2" * 24)[0][1] == "delivered":
+                    break
+                await asyncio.sleep(0.01)
+            assert store.delivery_states("we_" + "2" * 24)[0][1] == "delivered", "the fast one is not held up"
+            assert store.delivery_states("we_" + "1" * 24)[0][1] == "pending"
+            assert await deliverer.step(client, wait=False) == 0, "the slow one is in flight: not sent again"
+            slow_may_answer.set()
+            await asyncio.gather(*deliverer._inflight.values())
+        assert store.delivery_states("we_" + "1" * 24)[0][1] == "delivered"
+
+    asyncio.run(go())
+    store.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,9 @@ class WebhookDeliverer:
         self.policy = policy
         self.holder = StepHolder(leases, owner, clock, lease_s, name=WEBHOOKS_LEASE)
         self._sem = asyncio.Semaphore(concurrency)
+        #: Deliveries being attempted, by seq: each on its own task, so that a slow receiver holds up
+        #: neither the planning nor the other receivers' deliveries.
+        self._inflight: dict[int, asyncio.Task[None]] = {}
         self._planned_upto = -1
         self.delivered = 0
         self.failed_attempts = 0
@@ -51,25 +55,45 @@ class WebhookDeliverer:
                 while not stop.is_set():
                     try:
                         if await self.holder.held():
-                            await self.step(client)
+                            await self.step(client, wait=False)
                     except Exception:
                         log.warning("webhook step failed; will try again", exc_info=True,
                                     extra={"event": "webhook_step_failed"})
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=self.policy.poll_interval_s)
             finally:
+                # (an attempt cut short stays pending: the next holder sends it, at least once)
+                for task in list(self._inflight.values()):
+                    task.cancel()
+                await asyncio.gather(*self._inflight.values(), return_exceptions=True)
                 await self.holder.release()
 
-    async def step(self, client: httpx.AsyncClient) -> int:
-        """Plan new events, send what is due; how many deliveries were attempted."""
+    async def step(self, client: httpx.AsyncClient, *, wait: bool = True) -> int:
+        """Plan new events and start sending what is due (not already being sent); how many attempts were
+        started. ``wait``: until they end (else they run on, each on its own task)."""
         last = await asyncio.to_thread(self.events.last_event_seq)
         if last != self._planned_upto:  # a read first: no write transaction on an idle store
             while await asyncio.to_thread(self.store.plan_deliveries, self.clock.now(), 500):
                 pass
             self._planned_upto = last
-        due = await asyncio.to_thread(self.store.due_deliveries, self.clock.now(), 64)
-        await asyncio.gather(*(self._attempt(client, d) for d in due))
-        return len(due)
+        due = await asyncio.to_thread(self.store.due_deliveries, self.clock.now(), 64 + len(self._inflight))
+        started = []
+        for d in due:
+            if d.seq in self._inflight:
+                continue
+            task = asyncio.create_task(self._attempt(client, d))
+            self._inflight[d.seq] = task
+            task.add_done_callback(functools.partial(self._ended, d.seq))
+            started.append(task)
+        if wait:
+            await asyncio.gather(*started)
+        return len(started)
+
+    def _ended(self, seq: int, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(seq, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:  # (e.g. the store, recording it)
+            log.warning("webhook delivery attempt failed: %s: %s", type(exc).__name__, exc,
+                        extra={"event": "webhook_step_failed"})
 
     async def _attempt(self, client: httpx.AsyncClient, d: Delivery) -> None:
         async with self._sem:
