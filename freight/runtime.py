@@ -38,7 +38,7 @@ from freight.services.keys import KeyService
 from freight.services.message_batches import MessageBatchService
 from freight.services.scheduling import held_extension
 from freight.services.webhooks import WebhookService
-from freight.store import open_store
+from freight.store import make_data_dir, open_store
 from freight.store.blobs import LocalBlobStore
 from freight.store.lock import DataDirLock
 
@@ -191,7 +191,7 @@ def build_runtime(settings: Settings, *, backends: list[Backend] | None = None, 
     ``models=False``: no models at all (``freight keys``); ``lock=False``: do not join the data dir's
     processes (no start-up clean-up, no batch-steps lease: an engine alone on its store, in tests);
     ``exclusive``: refuse to share the data dir (``freight run``)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    make_data_dir(settings.data_dir)
     data_lock = DataDirLock(settings.data_dir) if lock else None
     alone = data_lock.acquire(exclusive=exclusive) if data_lock is not None else False
     store: Store | None = None

@@ -6,7 +6,7 @@ the provider, not killed). A killed process is started again at once (a worker u
 owner id: it joins mid-batch); now and then a worker is stopped with SIGTERM instead (it leaves and
 gives its work back) and started again later.
 
-    python -m tests.chaos_postgres --kills 60          # from the repository root (make chaos-postgres)
+    python -m tests.chaos_postgres --kills 60          # from the repository root (`make chaos` runs it too)
 
 Checked when every batch has ended:
 

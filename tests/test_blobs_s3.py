@@ -140,6 +140,10 @@ def test_plain_http_is_refused_unless_asked_for(s3: dict[str, str]) -> None:
     env = {k: v for k, v in s3.items() if k != "FREIGHT_BLOBS_ALLOW_HTTP"}
     with pytest.raises(ConfigError, match="FREIGHT_BLOBS_ALLOW_HTTP=1"):
         S3BlobStore(f"s3://{BUCKET}/x", env=env)
+    s3_only = {**{k: v for k, v in env.items() if k != "AWS_ENDPOINT_URL"},
+               "AWS_ENDPOINT_URL_S3": env["AWS_ENDPOINT_URL"]}
+    with pytest.raises(ConfigError, match=r"^AWS_ENDPOINT_URL_S3 "):  # the variable it came from
+        S3BlobStore(f"s3://{BUCKET}/x", env=s3_only)
     S3BlobStore(f"s3://{BUCKET}/x", env={**env, "FREIGHT_BLOBS_ALLOW_HTTP": "1"}).check()
 
 

@@ -195,3 +195,13 @@ def test_a_negative_priority_is_a_priority_not_an_option(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-m", "freight", "priority", "batch_x", "5000"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "-1000<=x<=1000" in done.stderr, done.stderr
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")  # a data dir under a file cannot be made
+    done = subprocess.run([sys.executable, "-m", "freight", "migrate", "--data-dir", str(blocked / "data")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert f"--data-dir {blocked / 'data'}: cannot keep freight's data there" in done.stderr
+    assert "Error" not in done.stderr.replace("error:", ""), done.stderr

@@ -20,6 +20,15 @@ def _check_url(database_url: str) -> None:
                           f"not {scheme!r}; leave it out to use SQLite in the data dir")
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """The data dir, made where it is missing; a ConfigError naming it where it cannot be (a bare
+    FileNotFoundError reached the user)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--data-dir {data_dir}: cannot keep freight's data there: {exc.strerror or exc}") from None
+
+
 def open_store(database_url: str | None, data_dir: Path, *, sqlite_synchronous: str = "FULL",
                pool_size: int = 10) -> Store:
     """PostgreSQL at ``database_url`` (its schema must be up to date: ``freight migrate``), or
@@ -27,7 +36,7 @@ def open_store(database_url: str | None, data_dir: Path, *, sqlite_synchronous: 
     if database_url is None:
         from freight.store.sqlite import SqliteStore
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(data_dir)
         return SqliteStore(data_dir / SQLITE_FILE, synchronous=sqlite_synchronous)
     _check_url(database_url)
     from freight.store.postgres import PostgresStore
@@ -44,7 +53,7 @@ def migrate_store(database_url: str | None, data_dir: Path) -> tuple[str, list[i
 
         from freight.store.sqlite.migrate import migrate
 
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_data_dir(data_dir)
         path = data_dir / SQLITE_FILE
         conn = sqlite3.connect(path, isolation_level=None)
         try:

@@ -139,15 +139,16 @@ class S3BlobStore:
         self.url = url
         bucket, prefix = parse_s3_url(url)
         config: S3Config = {}
-        endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+        variable = "AWS_ENDPOINT_URL_S3" if environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+        endpoint = environ.get(variable)
         allow_http = _truthy(environ.get(ALLOW_HTTP_ENV))
         if endpoint:
             scheme = urlparse(endpoint).scheme
             if scheme not in ("http", "https"):
-                raise ConfigError(f"AWS_ENDPOINT_URL {endpoint!r}: expected an http:// or https:// URL")
+                raise ConfigError(f"{variable} {endpoint!r}: expected an http:// or https:// URL")
             if scheme == "http" and not allow_http:
                 raise ConfigError(
-                    f"AWS_ENDPOINT_URL {endpoint!r} is plain http: credentials and file bytes would cross the "
+                    f"{variable} {endpoint!r} is plain http: credentials and file bytes would cross the "
                     f"network unencrypted. Use https, or set {ALLOW_HTTP_ENV}=1 to allow it (e.g. a store on "
                     "loopback or a trusted network).")
             config["endpoint"] = endpoint
