@@ -111,6 +111,17 @@ def test_message_batch_create_refuses_a_deep_request(services: Any, levels: int)
     assert caught.value.message.startswith("requests.1 nests arrays and objects more than")
 
 
+def test_a_deep_extension_parameter_says_it_is_too_deep_not_invalid_json(services: Any) -> None:
+    """A nested ``priority`` on a Message Batches create was "priority: not valid JSON" (found by an audit)."""
+    _, message_batches = services
+    create = message_batches.creator("p")
+    with pytest.raises(InvalidInput) as caught:
+        create.feed(b'{"priority": ' + nested(5000) + b', "requests": [{"custom_id": "a", "params": {"model": "m"}}]}')
+        create.finish()
+    create.abort()
+    assert caught.value.code == "nesting_too_deep" and caught.value.message.startswith("priority: the value nests")
+
+
 def test_a_stored_message_batch_with_a_deep_request_gives_that_request_its_error(services: Any) -> None:
     files, message_batches = services
     store, blobs, clock = files.store, files.blobs, files.clock

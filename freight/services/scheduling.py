@@ -11,8 +11,10 @@ from freight.domain import ids, scheduling, windows
 from freight.domain.batches import Batch
 from freight.domain.clock import Clock
 from freight.domain.errors import InvalidInput, NotFound
+from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.ports import Store
 from freight.wire import jsonx
+from freight.wire.json_stream import nests_deeper_than
 
 
 @contextlib.contextmanager
@@ -39,11 +41,7 @@ def priority_of_raw(raw: bytes | None) -> int:
     """``priority`` given as raw JSON (a streamed Message Batches create)."""
     if raw is None:
         return 0
-    try:
-        value = jsonx.loads(raw)
-    except ValueError:
-        raise InvalidInput("priority: not valid JSON.", param="priority", code="invalid_value") from None
-    return priority_of(value)
+    return priority_of(raw_value(raw, "priority"))
 
 
 def schedule_of(value: object, calendar: windows.Calendar) -> str | None:
@@ -62,6 +60,8 @@ def raw_value(raw: bytes | None, param: str) -> object:
     """An extension parameter given as raw JSON (a streamed Message Batches create)."""
     if raw is None:
         return None
+    if nests_deeper_than(raw, MAX_JSON_NESTING):  # (orjson refuses it too, as "not valid JSON": say why)
+        raise InvalidInput(f"{param}: {too_deep_message('the value')}", param=param, code="nesting_too_deep")
     try:
         return jsonx.loads(raw)
     except ValueError:
