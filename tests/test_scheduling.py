@@ -21,6 +21,7 @@ from freight.domain.batches import TERMINAL, Batch
 from freight.domain.clock import FixedClock
 from freight.domain.requests import Failure, Result
 from freight.domain.scheduling import Candidate, Policy, check_priority, order, share, target, urgent
+from freight.domain.windows import huge_integer
 from freight.engine.engine import Engine, EngineSettings
 from freight.engine.settings import SchedulingSettings
 from freight.services.batches import BatchService
@@ -73,12 +74,20 @@ def test_scaling_every_weight_alike_changes_nothing(
     assert [c.id for c in a] == [c.id for c in b]
 
 
+def test_an_integer_too_large_for_json_parsers_is_out_of_range_not_of_the_wrong_type() -> None:
+    from freight.wire import jsonx
+
+    huge = jsonx.loads(b"1180591620717411303424")  # 2**70: orjson reads it as a float
+    with pytest.raises(ValueError, match="must be between -1000 and 1000, got 1180591620717411303424"):
+        check_priority(huge)
+
+
 @given(st.one_of(st.integers(), st.booleans(), st.floats(), st.text(max_size=3)))
 def test_priority_is_an_integer_in_range(value: object) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and -1000 <= value <= 1000:
         assert check_priority(value) == value
     else:  # (a wrong type is a TypeError: the API answers invalid_type, an integer out of range invalid_value)
-        wrong_type = isinstance(value, bool) or not isinstance(value, int)
+        wrong_type = (isinstance(value, bool) or not isinstance(value, int)) and not huge_integer(value)
         with pytest.raises(TypeError if wrong_type else ValueError, match="priority"):
             check_priority(value)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from freight.domain.windows import ALWAYS, Hours
+from freight.domain.windows import ALWAYS, Hours, huge_integer
 
 #: The range of ``priority`` on create and on ``POST …/priority``.
 PRIORITY_MIN = -1000
@@ -140,6 +140,8 @@ def window_start(now: float, window_s: float = DEFAULT_USAGE_WINDOW_S) -> int:
 
 def check_priority(value: object, param: str = "priority") -> int:
     """A valid ``priority``, or TypeError (not an integer) or ValueError (out of range) with the message."""
+    if huge_integer(value):
+        raise ValueError(f"Invalid '{param}': must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {value:.0f}.")
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Invalid type for '{param}': expected an integer.")
     if not PRIORITY_MIN <= value <= PRIORITY_MAX:

@@ -228,10 +228,18 @@ def check_schedule(value: object, off_peak: Hours | None) -> str | None:
     return value
 
 
+def huge_integer(value: object) -> bool:
+    """An integer too large for 64 bits, which JSON parsers read as a float (``2**70`` is out of range, not
+    of the wrong type)."""
+    return isinstance(value, float) and value.is_integer() and abs(value) >= 2.0**63
+
+
 def check_not_before(value: object, expires_at: float) -> int | None:
     """A valid ``not_before`` (unix seconds, before the batch expires), or TypeError / ValueError with the message."""
     if value is None:
         return None
+    if huge_integer(value):
+        raise ValueError(f"Invalid 'not_before': {value:.0f} is not before the batch expires ({int(expires_at)}).")
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("Invalid type for 'not_before': expected an integer (unix seconds).")
     if value < 0:
