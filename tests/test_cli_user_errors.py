@@ -205,3 +205,16 @@ def test_a_data_dir_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> Non
     assert done.returncode == 1, done.stderr
     assert f"--data-dir {blocked / 'data'}: cannot keep freight's data there" in done.stderr
     assert "Error" not in done.stderr.replace("error:", ""), done.stderr
+
+
+def test_no_key_against_a_server_with_keys_says_a_key_is_needed(make_server: Callable[..., FreightServer],
+                                                                  tmp_path: Path) -> None:
+    """It said "Incorrect API key provided" though none was given (found by an audit)."""
+    keyed = make_server(config_text(), start=False)
+    key = keyed.create_key("p")
+    keyed.start()
+    r = freight("list", "--url", keyed.url, cwd=tmp_path)
+    assert r.returncode == 1 and "needs an API key, and none was given" in shown(r), r.stderr
+    r = freight("list", "--url", keyed.url, "--api-key", "wrong", cwd=tmp_path)
+    assert r.returncode == 1 and "none was given" not in shown(r)
+    assert freight("list", "--url", keyed.url, "--api-key", key, cwd=tmp_path).returncode == 0

@@ -35,9 +35,13 @@ def _client(url: str | None, api_key: str | None) -> httpx.Client:
     base = (url or os.environ.get("FREIGHT_URL") or DEFAULT_URL).rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
-    key = api_key or os.environ.get("FREIGHT_API_KEY") or "freight"
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"},
+    key = api_key or os.environ.get("FREIGHT_API_KEY")
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key or NO_KEY}"},
                         timeout=httpx.Timeout(600, connect=5))
+
+
+#: What is sent when no key is given (a server without keys takes any); a 401 then says so.
+NO_KEY = "freight"
 
 
 def _check(response: httpx.Response) -> Any:
@@ -47,6 +51,8 @@ def _check(response: httpx.Response) -> Any:
             message = error["message"]
         except Exception:
             message = response.text[:500]
+        if response.status_code == 401 and response.request.headers.get("authorization") == f"Bearer {NO_KEY}":
+            message = "this server needs an API key, and none was given: pass --api-key or set FREIGHT_API_KEY"
         raise ApiError(f"HTTP {response.status_code}: {message}")
     return response.json()
 
