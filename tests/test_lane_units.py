@@ -22,6 +22,7 @@ from freight.domain.lanes import (
     LaneLimits,
     LaneOutcome,
     LaneRefused,
+    LaneSub,
     OutcomeKind,
     SubState,
     UpstreamProgress,
@@ -242,6 +243,18 @@ def test_a_bad_results_line_or_usage_loses_only_itself() -> None:
     assert ok is not None and ok.result is not None and ok.result.request_id and ok.result.input_tokens == 0
 
 
+def running_sub(tmp_path: Path, world: tuple[SqliteStore, LaneRunner, FakeLane, Batch], lane: FakeLane,
+                **state: object) -> tuple[LaneRunner, Batch, LaneSub]:
+    """The world's batch in progress on ``lane``, planned, with its first sub running upstream as ``up-1``."""
+    store, _, _, batch = world
+    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs2"), ModelCatalog([], [lane]), FixedClock())
+    running = dataclasses.replace(batch, status=BatchStatus.IN_PROGRESS, model="lane-model", expires_at=2**40)
+    runner._plan(running, lane)  # type: ignore[arg-type]
+    sub = store.lane_subs(batch.id)[0]
+    store.lane_update(sub.id, state=SubState.RUNNING, upstream_id="up-1", **state)
+    return runner, running, store.lane_subs(batch.id)[0]
+
+
 class GoneLane(CountingLane):
     """The upstream batch is not there for this key any more (a 404 on poll)."""
 
@@ -254,13 +267,9 @@ def test_an_upstream_batch_that_is_gone_ends_its_requests_not_retried_until_expi
         tmp_path: Path, world: tuple[SqliteStore, LaneRunner, FakeLane, Batch], closing: bool) -> None:
     store, _, _, batch = world
     lane = GoneLane()
-    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs2"), ModelCatalog([], [lane]), FixedClock())
-    running = dataclasses.replace(batch, status=BatchStatus.IN_PROGRESS, model="lane-model", expires_at=2**40)
-    runner._plan(running, lane)  # type: ignore[arg-type]
-    sub = store.lane_subs(batch.id)[0]
-    store.lane_update(sub.id, state=SubState.RUNNING, upstream_id="up-1", cancel_sent=True)
+    runner, running, sub = running_sub(tmp_path, world, lane, cancel_sent=True)
     items = store.lane_items(sub.id)
-    assert asyncio.run(runner._step(running, lane, store.lane_subs(batch.id)[0], closing))  # type: ignore[arg-type]
+    assert asyncio.run(runner._step(running, lane, sub, closing))  # type: ignore[arg-type]
     assert sub.id not in {s.id for s in store.lane_subs(batch.id)}, "the sub is finished, not polled again"
     results = {r.idx: r.result for r in store.results(batch.id, -1, 100)}
     if closing:  # back to the pool, where the close gives them batch_cancelled/batch_expired
@@ -301,12 +310,8 @@ def test_upstream_not_run_names_the_status_the_upstream_batch_ended_with(
         tmp_path: Path, world: tuple[SqliteStore, LaneRunner, FakeLane, Batch]) -> None:
     store, _, _, batch = world
     lane = EndedLane()
-    runner = LaneRunner(store, LocalBlobStore(tmp_path / "blobs2"), ModelCatalog([], [lane]), FixedClock())
-    running = dataclasses.replace(batch, status=BatchStatus.IN_PROGRESS, model="lane-model", expires_at=2**40)
-    runner._plan(running, lane)  # type: ignore[arg-type]
-    sub = store.lane_subs(batch.id)[0]
-    store.lane_update(sub.id, state=SubState.RUNNING, upstream_id="up-1")
-    asyncio.run(runner._step(running, lane, store.lane_subs(batch.id)[0], False))  # type: ignore[arg-type]
+    runner, running, sub = running_sub(tmp_path, world, lane)
+    asyncio.run(runner._step(running, lane, sub, False))  # type: ignore[arg-type]
     messages = {r.result.error_message for r in store.results(batch.id, -1, 100) if r.idx in store.lane_items(sub.id)
                 or r.result.error_code == "upstream_not_run"}
     assert messages and all("(its last status: completed)" in (m or "") for m in messages), messages

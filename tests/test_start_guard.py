@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from freight.backends.start_guard import CODE, StartGuard
+from freight.backends.start_guard import StartGuard
+from freight.domain.requests import MODEL_UNAVAILABLE as CODE
 from freight.domain.requests import Failure, Result
 from freight.ports import ModelInfo
 

@@ -39,7 +39,7 @@ import httpx
 
 from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
-from freight.domain.ids import new_request_id
+from freight.domain.ids import new_request_id, upstream_request_id
 from freight.domain.lanes import LaneLimits, LaneOutcome, LaneRefused, OutcomeKind, UpstreamProgress
 from freight.domain.requests import Result
 from freight.domain.retry import is_transient_status
@@ -64,12 +64,13 @@ class UpstreamError(Exception):
     """An upstream call failed in a way worth trying again (connection, 5xx, 429)."""
 
 
-def _check(response: httpx.Response, what: str, refusable: frozenset[int] | bool = False,
+def _check(response: httpx.Response, what: str, final: frozenset[int] = frozenset(),
            secret: Secret | None = None) -> None:
+    """Nothing for a 2xx; ``LaneRefused`` for a status in ``final`` (asking again cannot help), else
+    ``UpstreamError`` (the runner asks again)."""
     if response.is_success:
         return
     text = (secret.scrub(response.text) if secret is not None else response.text)[:500]
-    final = REFUSED if refusable is True else (refusable or frozenset())
     if response.status_code in final:
         raise LaneRefused(f"the upstream refused {what}: HTTP {response.status_code}: {text}")
     raise UpstreamError(f"{what}: HTTP {response.status_code}: {text}")
@@ -94,14 +95,6 @@ def _tokens(usage: Mapping[str, Any], *keys: str) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return 0
-
-
-def _request_id(holder: Mapping[str, Any]) -> str:
-    """The upstream's request id where it gives a plain one, else a new one (as the openai backend)."""
-    value = holder.get("request_id")
-    if isinstance(value, str) and value and len(value) <= 200 and value.isascii() and value.isprintable():
-        return value
-    return new_request_id()
 
 
 def _rfc3339(value: Any) -> float | None:
@@ -183,13 +176,12 @@ class _Lane:
             obj["model"] = self.upstream_model
         return jsonx.dumps(obj)
 
-    async def _get_json(self, url: str, what: str, **params: Any) -> Any:
+    async def _get_json(self, url: str, what: str, final: frozenset[int] = frozenset(), **params: Any) -> Any:
         try:
             response = await self.http.get(url, params=params or None)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"{what}: {type(exc).__name__}: {exc}") from exc
-        _check(response, what, refusable=GONE if what in ("polling", "downloading results") else False,
-               secret=self._secret)
+        _check(response, what, final, secret=self._secret)
         return response.json()
 
     async def _lines_of(self, url: str, what: str) -> AsyncIterator[bytes]:
@@ -197,7 +189,7 @@ class _Lane:
             async with self.http.stream("GET", url) as response:
                 if not response.is_success:
                     await response.aread()
-                _check(response, what, refusable=GONE, secret=self._secret)
+                _check(response, what, GONE, secret=self._secret)
                 buffer = b""
                 async for chunk in response.aiter_bytes():
                     buffer += chunk
@@ -251,7 +243,7 @@ class OpenAIBatchLane(_Lane):
                                                 files={"file": (self.filename(sub_id), spool, "application/jsonl")})
             except httpx.HTTPError as exc:
                 raise UpstreamError(f"upload: {type(exc).__name__}: {exc}") from exc
-        _check(response, "the upload", refusable=True, secret=self._secret)
+        _check(response, "the upload", final=REFUSED, secret=self._secret)
         file_id: str = response.json()["id"]
         return file_id
 
@@ -281,7 +273,7 @@ class OpenAIBatchLane(_Lane):
                                             headers={"idempotency-key": sub_id})
         except httpx.HTTPError as exc:
             raise UpstreamError(f"create: {type(exc).__name__}: {exc}") from exc
-        _check(response, "the batch", refusable=True, secret=self._secret)
+        _check(response, "the batch", final=REFUSED, secret=self._secret)
         batch_id: str = response.json()["id"]
         return batch_id
 
@@ -303,7 +295,7 @@ class OpenAIBatchLane(_Lane):
         return None
 
     async def poll(self, upstream_id: str) -> UpstreamProgress:
-        b = await self._get_json(f"{self.base_url}/batches/{upstream_id}", "polling")
+        b = await self._get_json(f"{self.base_url}/batches/{upstream_id}", "polling", GONE)
         status = str(b.get("status"))
         counts = b.get("request_counts") or {}
         failure = None
@@ -315,7 +307,7 @@ class OpenAIBatchLane(_Lane):
                                 failure=failure)
 
     async def outcomes(self, upstream_id: str) -> list[LaneOutcome]:
-        b = await self._get_json(f"{self.base_url}/batches/{upstream_id}", "polling")
+        b = await self._get_json(f"{self.base_url}/batches/{upstream_id}", "polling", GONE)
         out: list[LaneOutcome] = []
         for file_id in (b.get("output_file_id"), b.get("error_file_id")):
             if not file_id:
@@ -338,7 +330,8 @@ class OpenAIBatchLane(_Lane):
             body = response.get("body")
             usage = body.get("usage") if isinstance(body, dict) else None
             usage = usage if isinstance(usage, dict) else {}
-            result = Result(status_code=status, body=jsonx.dumps(body), request_id=_request_id(response),
+            result = Result(status_code=status, body=jsonx.dumps(body),
+                            request_id=upstream_request_id(response.get("request_id")),
                             input_tokens=_tokens(usage, "prompt_tokens", "input_tokens"),
                             output_tokens=_tokens(usage, "completion_tokens", "output_tokens"))
             kind = OutcomeKind.RETRY if is_transient_status(status) else OutcomeKind.FINAL
@@ -410,7 +403,7 @@ class AnthropicBatchLane(_Lane):
                                             headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise UpstreamError(f"create: {type(exc).__name__}: {exc}") from exc
-        _check(response, "the batch", refusable=True, secret=self._secret)
+        _check(response, "the batch", final=REFUSED, secret=self._secret)
         batch_id: str = response.json()["id"]
         return batch_id
 
@@ -425,7 +418,7 @@ class AnthropicBatchLane(_Lane):
         return None
 
     async def poll(self, upstream_id: str) -> UpstreamProgress:
-        b = await self._get_json(f"{self.base_url}/v1/messages/batches/{upstream_id}", "polling")
+        b = await self._get_json(f"{self.base_url}/v1/messages/batches/{upstream_id}", "polling", GONE)
         counts = b.get("request_counts") or {}
         status = str(b.get("processing_status"))
         failed = sum(int(counts.get(k) or 0) for k in ("errored", "canceled", "expired"))
@@ -433,7 +426,7 @@ class AnthropicBatchLane(_Lane):
                                 completed=int(counts.get("succeeded") or 0), failed=failed)
 
     async def outcomes(self, upstream_id: str) -> list[LaneOutcome]:
-        b = await self._get_json(f"{self.base_url}/v1/messages/batches/{upstream_id}", "polling")
+        b = await self._get_json(f"{self.base_url}/v1/messages/batches/{upstream_id}", "polling", GONE)
         url = b.get("results_url") or f"/v1/messages/batches/{upstream_id}/results"
         if url.startswith("/"):
             url = self.base_url + url
@@ -465,7 +458,7 @@ class AnthropicBatchLane(_Lane):
         error: dict[str, Any] = envelope["error"] if isinstance(envelope.get("error"), dict) else {}
         error_type = str(error.get("type") or "api_error")
         body = {"type": "error", "error": {"type": error_type, "message": str(error.get("message") or "")}}
-        request_id = _request_id(envelope)
+        request_id = upstream_request_id(envelope.get("request_id"))
         if error_type in RETRYABLE_TYPES:
             return LaneOutcome(key, OutcomeKind.RETRY, Result(RETRYABLE_TYPES[error_type], jsonx.dumps(body),
                                                               request_id))

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from freight.domain.requests import Failure, Result
+from freight.domain.requests import MODEL_UNAVAILABLE, Failure, Result
 from freight.ports import Backend, ModelInfo
 
 log = logging.getLogger("freight.engine")
@@ -26,8 +26,6 @@ log = logging.getLogger("freight.engine")
 MAX_FAILURES = 5
 #: How often a real start is tried again while the model is unavailable.
 RETRY_S = 60.0
-#: The error code of each request of a model that cannot load (the same as a Ray replica's).
-CODE = "model_unavailable"
 
 
 class StartGuard:
@@ -61,7 +59,7 @@ class StartGuard:
             if self.why is None:
                 names = ", ".join(m.id for m in self.inner.models())
                 log.error("model %s cannot be loaded (%d tries): its requests fail with %s until it can; %s",
-                          names, self.failures, CODE, why, extra={"event": "model_unavailable"})
+                          names, self.failures, MODEL_UNAVAILABLE, why, extra={"event": "model_unavailable"})
             self.why = why
             self._next_try = self._clock() + self.retry_s
             return
@@ -74,7 +72,7 @@ class StartGuard:
         if self.why is not None and self._clock() >= self._next_try:
             await self.start()  # (sets the next try again if it fails)
         if self.why is not None:
-            return [Failure(CODE, self.why)] * len(bodies)
+            return [Failure(MODEL_UNAVAILABLE, self.why)] * len(bodies)
         return list(await self.inner.execute(endpoint, bodies))
 
     async def close(self) -> None:

@@ -36,6 +36,14 @@ def new_request_id() -> str:
     return REQUEST_PREFIX + _random()
 
 
+def upstream_request_id(value: object) -> str:
+    """An upstream's request id where it is a plain short token (ASCII, printable, at most 200 characters),
+    else a new one: every answer carries one."""
+    if isinstance(value, str) and value and len(value) <= 200 and value.isascii() and value.isprintable():
+        return value
+    return new_request_id()
+
+
 def new_request_ids(n: int) -> list[str]:
     """``n`` request ids (as ``new_request_id``), from one read of the system's random source."""
     text = secrets.token_hex(12 * n)

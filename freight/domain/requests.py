@@ -30,6 +30,9 @@ BATCH_CANCELLED = "batch_cancelled"
 REQUEST_TIMEOUT = "request_timeout"
 ATTEMPTS_EXHAUSTED = "attempts_exhausted"
 WORKER_LOST = "worker_lost"
+#: The model could not be loaded (in process, or by any Ray replica): a transient failure, so each request
+#: ends with it as its error line once its attempts run out.
+MODEL_UNAVAILABLE = "model_unavailable"
 #: The answer failed the JSON-schema check its request (or batch) asked for, on every try.
 OUTPUT_INVALID = "output_invalid"
 

@@ -313,9 +313,10 @@ class LaneRunner:
         idxs = await asyncio.to_thread(self.store.lane_items, sub.id)
         result = Result.never_ran(code, message)
         await asyncio.to_thread(self.store.lane_finish, sub.id, batch.id, [(idx, result) for idx in idxs])
-        what = "the upstream batch failed" if code == "upstream_batch_failed" else "the upstream refused a batch"
-        log.warning(what, extra={"event": "lane_failed" if code == "upstream_batch_failed" else "lane_refused",
-                                 "batch_id": batch.id, "sub": sub.id, "reason": message})
+        failed = code == "upstream_batch_failed"
+        log.warning("the upstream batch failed" if failed else "the upstream refused a batch",
+                    extra={"event": "lane_failed" if failed else "lane_refused", "batch_id": batch.id, "sub": sub.id,
+                           "reason": message})
 
     def _settle(self, batch: Batch, lane: BatchLane, sub: LaneSub, outcomes: list[LaneOutcome],
                 closing: bool) -> int:

@@ -32,7 +32,6 @@ class IntakeSettings:
     #: Redis: another consumer's unacknowledged entries idle this long are taken over.
     claim_idle_s: float = 30.0
 
-
     def as_table(self) -> dict[str, Any]:
         """The settings as ``[intake."name"]`` keys, defaults filled in (``freight config`` shows them)."""
         return {"kind": self.kind, "url": self.url, "stream" if self.kind == "redis" else "queue": self.queue or None,

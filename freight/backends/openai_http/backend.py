@@ -21,7 +21,7 @@ from freight.backends.openai_http.checks import (
 )
 from freight.backends.openai_http.upstream import REGISTRY, REGISTRY_LOCK, UpstreamState
 from freight.domain.errors import ConfigError
-from freight.domain.ids import new_request_id
+from freight.domain.ids import new_request_id, upstream_request_id
 from freight.domain.ratelimit import Reservation
 from freight.domain.requests import Failure, Result
 from freight.domain.secrets import Secret
@@ -275,10 +275,9 @@ class OpenAIHTTPBackend:
 
     def _request_id(self, value: str | None) -> str:
         """The upstream's ``x-request-id`` if it is a plain short token that does not quote the key."""
-        if (not value or len(value) > 200 or not (value.isascii() and value.isprintable())
-                or self._secret.scrub(value) != value):
+        if value and self._secret.scrub(value) != value:
             return new_request_id()
-        return value
+        return upstream_request_id(value)
 
     def _wrapped_error(self, status: int, raw: bytes) -> bytes:
         """An error body that is not JSON (already scrubbed) wrapped in an OpenAI error, as one line."""

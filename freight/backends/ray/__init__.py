@@ -10,7 +10,8 @@ Ray is imported only when a model placed on Ray starts (``pip install 'freight[r
 
 from freight.backends.ray.backend import RayBackend
 from freight.backends.ray.placement import PLACEMENT_KEYS, RayPlacement, check_address, parse_placement
-from freight.backends.ray.pool import MODEL_UNAVAILABLE, REPLICA_LOST, ReplicaPool
+from freight.backends.ray.pool import REPLICA_LOST, ReplicaPool
+from freight.domain.requests import MODEL_UNAVAILABLE  # (re-exported: the code of a model no replica can load)
 
 __all__ = ["MODEL_UNAVAILABLE", "PLACEMENT_KEYS", "REPLICA_LOST", "RayBackend", "RayPlacement", "ReplicaPool",
            "check_address", "parse_placement"]

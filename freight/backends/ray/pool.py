@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from freight.backends.ray.placement import NAMESPACE, RayPlacement
-from freight.domain.requests import Failure, Result
+from freight.domain.requests import MODEL_UNAVAILABLE, Failure, Result
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 REPLICA_NICENESS_ENV = "RAY_worker_niceness"
 #: The ``Failure`` code of requests whose replica died under them (retried by the engine).
 REPLICA_LOST = "replica_lost"
-#: The ``Failure`` code of requests whose model no replica could load (retried by the engine, so a batch of
-#: such requests ends with this error once their attempts run out instead of waiting for ever).
-MODEL_UNAVAILABLE = "model_unavailable"
 #: Tries to load the model in a new replica before its slot gives up (each a new actor).
 LOAD_TRIES = 2
 #: After a slot gave up, no replica is started for this long, and chunks with no live replica fail at once.
