@@ -34,7 +34,10 @@ from freight.testing.upstream import CHAT, EMBEDDINGS, RESPONSES, Upstream, Upst
 SECRET = "sk-remote-7d1e9a3c5b2f4e6a8c0d1b3f5a7c9e2d"
 WRONG = "sk-wrong-0f2e4d6c8b0a1f3e5d7c9b1a3f5e7d9c"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+# Throttled two ways: in windows (a quarter of every 0.6 s) and at random (5% of requests, so that a batch
+# that runs between two windows on a fast machine still meets a 429: 0.95**200 < 1e-4).
 CHAOS = UpstreamConfig(api_key=SECRET, error_rate=0.10, timeout_rate=0.05, throttle_every_s=0.6, throttle_for_s=0.15,
+                       overload_rate=0.05, overload_retry_after_s=0.05,
                        latency_s=0.01, latency_dist="exponential", seed=11)
 CLEAN = UpstreamConfig(api_key=SECRET, echo_key_in_errors=True, latency_s=0.005)
 
