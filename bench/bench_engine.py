@@ -46,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Row, vm_hwm_mb
+from bench.common import Row, reset_peak_rss, vm_hwm_mb
 
 CHAT = "/v1/chat/completions"
 PG_ADMIN = os.environ.get("FREIGHT_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -123,6 +123,7 @@ def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY, poll_
     with tempfile.TemporaryDirectory(prefix="freight-bench-engine-") as tmp:
         root = Path(tmp)
         write_input(root / "in.jsonl", n)
+        reset_peak_rss()  # this run's peak, not that of what ran before it in this process
         rt = build_runtime(_settings(root), backends=[_backend(chunk, concurrency)], exclusive=True)  # as `freight run`
         tune_gc()  # as `freight run` does
         stages = Stages(rt.store)
@@ -140,7 +141,7 @@ def run_sqlite(n: int, chunk: int = CHUNK, concurrency: int = CONCURRENCY, poll_
         lines = sum(1 for _ in open(root / "out.jsonl", "rb"))
         assert lines == n, f"{lines} output lines for {n} requests ({batch.status})"
     figures = {"wall": wall, "rps": n / wall, "upload_us": (uploaded - started) / n * 1e6, "cpu_us": cpu / n * 1e6,
-               "rss_mb": vm_hwm_mb()}  # this process's peak so far
+               "rss_mb": vm_hwm_mb()}  # this run's peak (reset above)
     figures.update({f"{k}_us": v / n * 1e6 for k, v in stages.seconds.items()})
     figures.update(_phases(seen, wall, n, uploaded - started))
     return figures
