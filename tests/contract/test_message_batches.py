@@ -72,6 +72,29 @@ def test_deleting_an_ended_message_batch_takes_its_rows_and_files(store: Store) 
     assert not store.delete_message_batch("p", b.id)
 
 
+def test_a_deleted_batch_still_marks_its_place_for_paging(store: Store) -> None:
+    """Deleting each page's batches while paging (what the SDK's auto-pagination with a delete in the loop does)
+    reaches every batch: the cursor is a batch deleted meanwhile."""
+    made = [message_batch(store, i) for i in range(1, 8)]
+    for b in made:
+        store.set_status(b.id, [BatchStatus.VALIDATING], BatchStatus.EXPIRED, 1)
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page = store.list_message_batches("p", after=after, before=None, limit=3)
+        for m in page.items:
+            seen.append(m.batch.id)
+            assert store.delete_message_batch("p", m.batch.id)
+        if not page.has_more:
+            break
+        after = page.items[-1].batch.id
+    assert seen == [b.id for b in reversed(made)]
+    assert store.list_message_batches("p", after=None, before=None, limit=10).items == []
+    page = store.list_message_batches("p", after=None, before=made[0].id, limit=10)
+    assert page.items == [] and not page.has_more
+    assert store.list_message_batches("q", after=made[3].id, before=None, limit=10).items == [], "another project's"
+
+
 def test_the_quota_is_checked_with_the_insert(store: Store) -> None:
     message_batch(store, 1, quota=Quota(max_active_batches=1))
     with pytest.raises(RateLimited):

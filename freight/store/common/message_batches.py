@@ -72,6 +72,9 @@ class MessageBatchesMixin(Base):
             tx.run("delete_requests", {"batch_id": batch_id})
             files = [row[k] for k in ("input_file_id", "output_file_id", "error_file_id") if row[k]]
             tx.many("delete_file_of_batch", [{"id": f} for f in files])
-            tx.run("delete_message_batch", {"batch_id": batch_id})
+            # The message_batches row stays: its seq is the deleted batch's place in the list, so a client
+            # paging with it as ``after_id``/``before_id`` (deleting each page's batches as it goes, as
+            # ``for b in client.messages.batches.list(): client.messages.batches.delete(b.id)`` does) gets the
+            # next page instead of an empty one. Every read joins batches, so the batch is gone everywhere else.
             tx.run("delete_batch", {"id": batch_id})
         return True

@@ -4,7 +4,8 @@
 INSERT INTO message_batches (batch_id, project, requests) VALUES (:batch_id, :project, :requests);
 
 -- name: is_message_batch
-SELECT 1 FROM message_batches WHERE batch_id = :batch_id;
+-- (joined: a deleted batch's row stays as its place in the list, see delete_message_batch in store/common)
+SELECT 1 FROM message_batches m JOIN batches b ON b.id = m.batch_id WHERE m.batch_id = :batch_id;
 
 -- name: message_batch
 SELECT {cols.b_batch}, m.requests AS m_requests,
@@ -46,5 +47,3 @@ SELECT b.status, b.input_file_id, b.output_file_id, b.error_file_id
 FROM message_batches m JOIN batches b ON b.id = m.batch_id
 WHERE m.batch_id = :batch_id AND m.project = :project;
 
--- name: delete_message_batch
-DELETE FROM message_batches WHERE batch_id = :batch_id;
