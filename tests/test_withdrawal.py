@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,10 @@ import pytest
 from freight.backends.scripted import ScriptedBackend
 from freight.domain.batches import TERMINAL, Batch, BatchStatus
 from freight.domain.clock import FixedClock
-from freight.domain.requests import NEVER_RAN_MESSAGES, Failure
+from freight.domain.requests import NEVER_RAN_MESSAGES, Failure, Result
 from freight.domain.retry import RetryPolicy
 from freight.engine.engine import Engine, EngineSettings
-from freight.ports import WITHDRAWN, Withdrawal, current_withdrawal
+from freight.ports import WITHDRAWN, Completion, Withdrawal, current_withdrawal
 from freight.services.batches import BatchService
 from freight.services.catalog import ModelCatalog
 from freight.services.files import FileService
@@ -154,6 +155,45 @@ def test_a_withdrawn_failure_is_retried_as_usual_when_the_call_was_not_withdrawn
     done = world.run(batch.id, nothing)
     assert done.status is BatchStatus.COMPLETED and len(world.lines(done.output_file_id)) == N
     assert len(calls) == 2 and all(isinstance(c, Withdrawal) and not c.is_set() for c in calls)
+
+
+def test_a_stopped_engine_gives_back_the_requests_it_was_running(world: World) -> None:
+    """SIGTERM to a worker: its claimed requests go back to pending at once (not after lease_s), a late
+    answer of one of its calls is refused, and another engine runs every request exactly once."""
+    batch = world.submit()
+    stop = asyncio.Event()
+    held: dict[str, Any] = {}
+
+    async def main() -> None:
+        task = asyncio.create_task(world.engine.run(stop))
+        await world.two_running()
+        held["claimed"] = world.store.open_counts(batch.id)
+        held["attempts"] = attempts_of(world, batch.id)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+    asyncio.run(main())
+    assert held["claimed"] == (0, N), "the whole batch was claimed by the first engine"
+    assert world.store.open_counts(batch.id) == (N, 0), "given back, not left leased until lease_s"
+    late = world.store.complete(batch.id, [Completion(0, held["attempts"][0], Result(status_code=200, body=b"{}"))])
+    assert late == 0, "the stopped engine's attempt no longer counts"
+    second = ScriptedBackend(chunk_size=N, max_concurrency=1)
+    world.engine = Engine(world.store, world.blobs, ModelCatalog([second]), world.clock, world.engine.settings)
+
+    async def nothing() -> None:
+        return None
+
+    world.backend = second
+    done = world.run(batch.id, nothing)
+    assert done.status is BatchStatus.COMPLETED and done.request_counts.completed == N
+    assert second.executed == N
+    assert sorted(line["custom_id"] for line in world.lines(done.output_file_id)) == sorted(f"r{i}" for i in range(N))
+
+
+def attempts_of(world: World, batch_id: str) -> list[str]:
+    with sqlite3.connect(world.store_path) as c:
+        return [row[0] for row in c.execute(
+            "SELECT attempt_id FROM requests WHERE batch_id = ? AND state = 1 ORDER BY idx", (batch_id,))]
 
 
 def test_withdrawal_runs_callbacks_once() -> None:

@@ -154,7 +154,7 @@ def worker(ctx: click.Context, log_format: str | None, log_level: str | None, da
 
     Any number of workers (and `freight serve`s) may share one data dir; each runs requests of
     the models it serves, and one of them at a time runs the batch steps (docs/deployment.md).
-    Stop it with Ctrl-C or SIGTERM: its running requests are given back when their leases expire.
+    Stop it with Ctrl-C or SIGTERM: the requests it was running go back to pending for others to run.
     """
     from freight.runtime import build_runtime, tune_gc
 

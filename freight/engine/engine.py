@@ -39,7 +39,7 @@ from freight.domain.steps import StepPolicy
 from freight.engine.decide import decide
 from freight.engine.finalize import finalize_batch
 from freight.engine.give_up import give_up_validation
-from freight.engine.housekeeping import Housekeeping
+from freight.engine.housekeeping import Housekeeping, give_back
 from freight.engine.ingest import ingest_batch
 from freight.engine.ingest_messages import ingest_message_batch
 from freight.engine.lanes import LaneRunner
@@ -171,6 +171,7 @@ class Engine:
             for turns in self._turns.values():
                 await asyncio.to_thread(turns.save)  # the model time used since the last save
             await self.steps.release()
+            await asyncio.to_thread(give_back, self.store, self.owner)  # (its chunks were cancelled above)
 
     async def tick(self) -> None:
         holder = await self.steps.held()  # the batch steps run in one process at a time

@@ -53,3 +53,18 @@ class Housekeeping:
         if swept:
             log.info("removed %d blob(s) no file refers to", swept, extra={"event": "orphan_blobs_swept",
                                                                             "blobs": swept})
+
+
+def give_back(store: Store, owner: str) -> None:
+    """On stopping: return the requests the engine ``owner`` still holds to pending, so that other workers take
+    them now rather than after ``lease_s`` (a worker scaled down by SIGTERM). A late result of one of them is
+    refused by its attempt id; a store that does not answer leaves the leases to expire, as a killed
+    process's do."""
+    try:
+        n = store.release_leases(owner)
+    except Exception as exc:
+        log.warning("could not give back running requests on stopping (their leases will expire): %s", exc,
+                    extra={"event": "give_back_failed"})
+        return
+    if n:
+        log.info("gave back %d running requests on stopping", n, extra={"event": "requests_given_back", "n": n})
