@@ -46,11 +46,15 @@ def test_an_offline_catalog_knows_keyed_models_but_serving_them_needs_the_key(tm
         build_catalog(settings)
 
 
-def test_several_processes_share_a_data_dir_and_only_one_alone_cleans_up(tmp_path: Path) -> None:
-    first, second = DataDirLock(tmp_path), DataDirLock(tmp_path, wait_s=0.2)
+def test_several_processes_share_a_data_dir_and_only_one_alone_cleans_up(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first, second = DataDirLock(tmp_path), DataDirLock(tmp_path, wait_s=0.8)
     assert first.acquire() is True, "alone: may return leases and sweep orphan blobs"
     with pytest.raises(ConfigError, match="keeps it to itself"):
         second.acquire()  # the first is still cleaning up (exclusive)
+    said = [r.getMessage() for r in caplog.records if r.name == "freight.store"]
+    assert len(said) == 1 and said[0].startswith(f"waiting for the data directory {tmp_path}:"), \
+        "a process that waits says so at once, not only when it gives up"
     first.share()
     assert second.acquire() is False, "not alone: must leave the others' work alone"
     first.release()

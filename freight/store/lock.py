@@ -13,6 +13,7 @@ process, alone on its data dir. The lock is released when the process dies.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import secrets
@@ -20,6 +21,8 @@ import time
 from pathlib import Path
 
 from freight.domain.errors import ConfigError
+
+log = logging.getLogger("freight.store")
 
 
 class DataDirLock:
@@ -45,6 +48,7 @@ class DataDirLock:
                     "stop it or use another --data-dir") from None
         # Others hold it: shared by running processes, or exclusively by one cleaning up as it starts.
         deadline = time.monotonic() + self._wait_s
+        said = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -56,6 +60,12 @@ class DataDirLock:
                     raise ConfigError(
                         f"the data directory {self.path.parent} is in use by a process that keeps it to itself "
                         "(freight run, or an older freight); stop it or use another --data-dir") from None
+                if not said and time.monotonic() >= deadline - self._wait_s + 0.5:
+                    # (a process starting up holds it for a moment; a `freight run` for its whole run)
+                    log.warning("waiting for the data directory %s: another freight process keeps it to itself "
+                                "(a freight run, or a process starting up); giving up in %.0f s",
+                                self.path.parent, self._wait_s, extra={"event": "data_dir_wait"})
+                    said = True
                 time.sleep(0.05)
 
     def share(self) -> None:
