@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from freight.domain.errors import ConfigError
+
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 #: The table that records which migrations a database has.
@@ -45,8 +47,17 @@ def latest(dialect: str) -> int:
     return migrations(dialect)[-1].version
 
 
-def pending(dialect: str, applied: set[int]) -> list[Migration]:
+def pending(dialect: str, applied: set[int], where: str = "the database") -> list[Migration]:
+    """The migrations ``applied`` lacks, in order. A schema made by a newer freight (a version this one does
+    not know) is refused: nothing here can tell whether this freight's code still fits it."""
+    if applied and max(applied) > latest(dialect):
+        raise ConfigError(newer_schema(where, max(applied), latest(dialect)))
     return [mig for mig in migrations(dialect) if mig.version not in applied]
+
+
+def newer_schema(where: str, version: int, known: int) -> str:
+    return (f"{where} has freight's schema version {version}, made by a newer freight (this one knows versions up "
+            f"to {known}); upgrade freight.")
 
 
 def reference_schema(dialect: str) -> str:

@@ -134,3 +134,15 @@ def test_a_postgres_store_refuses_a_database_that_is_not_migrated(monkeypatch: p
             c.execute("INSERT INTO freight_migrations VALUES (%s, 'future', 0)", (latest("postgres") + 1,))
         with pytest.raises(ConfigError, match="newer freight"):
             PostgresStore(url)
+        with pytest.raises(ConfigError, match="newer freight"):  # not "up to date"
+            pg_migrate.migrate(url)
+
+
+def test_sqlite_refuses_a_schema_made_by_a_newer_freight(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "db.sqlite").close()
+    with sqlite3.connect(tmp_path / "db.sqlite") as c:
+        c.execute("INSERT INTO freight_migrations VALUES (?, 'future', 0)", (latest("sqlite") + 1,))
+    c.close()
+    with pytest.raises(ConfigError, match=rf"db.sqlite has freight's schema version {latest('sqlite') + 1}, made by "
+                                          "a newer freight"):
+        SqliteStore(tmp_path / "db.sqlite")

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from freight.domain.errors import ConfigError
-from freight.store.migrations import MIGRATIONS_TABLE, latest, pending
+from freight.store.migrations import MIGRATIONS_TABLE, latest, newer_schema, pending
 from freight.store.postgres.database import connect, describe
 
 _LOCK = "SELECT pg_advisory_lock(hashtext('freight.migrate'))"
@@ -35,7 +35,7 @@ def migrate(url: str) -> list[int]:
         conn.execute(_LOCK)
         try:
             conn.execute(_TABLE)
-            for mig in pending("postgres", applied(conn) or set()):
+            for mig in pending("postgres", applied(conn) or set(), describe(url)):
                 with conn.transaction():
                     conn.execute(mig.sql.encode())
                     conn.execute(f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (%s, %s, %s)",
@@ -57,5 +57,4 @@ def check_schema(conn: psycopg.Connection[Any], url: str) -> None:
     if top < want or len(have) < want:
         raise ConfigError(f"{describe(url)} has freight's schema version {top}, this freight needs {want}; {hint}.")
     if top > want:
-        raise ConfigError(f"{describe(url)} has freight's schema version {top}, made by a newer freight (this one "
-                          f"knows versions up to {want}); upgrade freight.")
+        raise ConfigError(newer_schema(describe(url), top, want))

@@ -40,7 +40,9 @@ def _script(mig: Migration, prelude: str = "") -> str:
 def migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply what is missing; the versions applied now."""
     done = applied(conn)
-    todo = pending("sqlite", done)
+    where = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main" and row[2]),
+                 "the database")
+    todo = pending("sqlite", done, where)
     out = []
     for mig in todo:
         prelude = ""
