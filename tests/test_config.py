@@ -63,6 +63,11 @@ def test_nothing_configured_gives_the_defaults_of_the_objects_that_use_them(tmp_
     ("[intake.\"q\"]\nkind = \"kafka\"", "intake.\"q\".kind in .* must be one of 'redis', 'amqp', 'http'"),
     ("[limits]\ncompletion_window_min = \"2d\"\ncompletion_window_max = \"1d\"",
      "completion_window_min .* is more than"),
+    # an intake's window out of the limits: every flush would fail, for ever
+    ("[intake.\"q\"]\nkind = \"http\"\ncompletion_window = \"31d\"",
+     r"\[intake.\"q\"\] completion_window '31d' is outside limits.completion_window_min..max \(1s..2592000s\)"),
+    ("[limits]\ncompletion_window_min = \"1h\"\n[intake.\"q\"]\nkind = \"http\"\ncompletion_window = \"10m\"",
+     r"completion_window '10m' is outside .*\(3600s..2592000s\)"),
     ("[engine]\nretry_base_delay_s = 10\nretry_max_delay_s = 5", "retry_base_delay_s must be at most"),
     # nan passes every bound (a nan poll interval hung the engine), inf is no setting
     ("[engine]\npoll_interval_s = nan", "engine.poll_interval_s in .* must be a finite number, got nan"),

@@ -18,6 +18,7 @@ from freight.config.models import check_models
 from freight.config.read import Resolved, misspelt_variables, resolve
 from freight.config.settings import CacheSettings, ProjectSettings, Settings, default_data_dir
 from freight.domain import windows
+from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
 from freight.domain.webhooks import WebhookPolicy
@@ -104,6 +105,12 @@ def load_settings(
         intake_sources = intake_settings(r.named["intake"])
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    for source in intake_sources.values():  # (a window no batch may take would fail every flush, for ever)
+        seconds = parse_duration_s(source.completion_window)
+        if not window.min_s <= seconds <= window.max_s:
+            raise ConfigError(f'{path}: [intake."{source.name}"] completion_window {source.completion_window!r} is '
+                              f"outside limits.completion_window_min..max ({window.min_s}s..{window.max_s}s): every "
+                              "batch it made would be refused")
     data_dir_value = r["server.data_dir"] or default_dir or default_data_dir()
     r.values["server.data_dir"] = data_dir_value  # the default shown as what it is
     return Settings(
