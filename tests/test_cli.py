@@ -235,6 +235,23 @@ def test_run_prints_a_summary_and_writes_the_outputs(tmp_path: Path, config: Pat
     assert errors.exists() and errors.read_bytes() == b""
 
 
+def test_run_that_expires_counts_what_never_ran_apart(tmp_path: Path, config: Path) -> None:
+    """The summary's "ran" is what was sent to the model: requests the expiry ended unsent are counted apart
+    (they were counted as ran)."""
+    lines = [request_line(f"e{i}", model=SCRIPTED_SLOW, sleep_s=1.0) for i in range(24)]  # 8 at a time
+    path = write_jsonl(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "o.jsonl"
+    r = freight("run", path, "-o", out, "--data-dir", tmp_path / "data", "--config", config,
+                "--completion-window", "2s", cwd=tmp_path)
+    assert r.returncode == 3, r
+    errors = parse_jsonl((tmp_path / "o.errors.jsonl").read_bytes())
+    unsent = sum(line["error"]["code"] == "batch_expired" for line in errors)
+    assert unsent >= 1, "the window let every request start: the test tested nothing"
+    shown = " ".join(r.stderr.split())
+    assert f"reused: 0 from the result cache, ran: {24 - unsent}, never sent: {unsent} (the batch was expired " \
+           "first)" in shown, shown
+
+
 def test_run_again_after_it_finished_runs_nothing_and_says_so(tmp_path: Path, config: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [request_line(c) for c in ("a", "b")])
     out = tmp_path / "o.jsonl"

@@ -11,6 +11,7 @@ request finished before the kill must keep, in the final file, the request_id it
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -187,3 +188,5 @@ def test_freight_run_interrupted_exits_130_and_resumes(tmp_path: Path, signum: i
     assert again.returncode == 3, again
     check_results(parse_jsonl(out.read_bytes()),
                   parse_jsonl((tmp_path / "out.errors.jsonl").read_bytes()), before)
+    summary = re.search(r"reused: (\d+) from the result cache, ran: (\d+)", again.stderr)
+    assert summary and int(summary[1]) + int(summary[2]) == N - len(before), "what this run did, not the whole batch"

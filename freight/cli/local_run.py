@@ -18,6 +18,7 @@ from pathlib import Path
 
 from freight.domain.batches import TERMINAL, Batch, BatchStatus
 from freight.domain.errors import InvalidInput
+from freight.domain.requests import BATCH_CANCELLED, BATCH_EXPIRED
 from freight.runtime import Runtime
 from freight.wire import jsonx
 
@@ -152,3 +153,20 @@ def deliver(rt: Runtime, batch: Batch, output_path: Path, errors_path: Path) -> 
 
 def elapsed_since(start: float) -> float:
     return time.monotonic() - start
+
+
+_NEVER_SENT = (BATCH_EXPIRED, BATCH_CANCELLED)
+
+
+def never_sent(errors_path: Path) -> int:
+    """Lines of the error file written for requests that were never sent: the batch expired or was cancelled
+    first (they count as failed, but nothing ran or was paid for)."""
+    n = 0
+    if not errors_path.is_file():
+        return 0
+    with open(errors_path, "rb") as fh:
+        for line in fh:
+            if any(code.encode() in line for code in _NEVER_SENT):  # (a quick look before parsing)
+                error = jsonx.loads(line).get("error") or {}
+                n += error.get("code") in _NEVER_SENT
+    return n

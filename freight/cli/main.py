@@ -241,10 +241,11 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
         if finished_before:
             console.print(f"{batch.id} finished in an earlier run of this command ({batch.status}): nothing runs "
                           "now; its files are written again")
-        elif resumed:
+        done_before, cached_before = 0, batch.cached
+        if resumed and not finished_before:
             counts = batch.request_counts
-            done = counts.completed + counts.failed
-            console.print(f"resuming {batch.id} ({batch.status}, {done}/{counts.total} done)")
+            done_before = counts.completed + counts.failed
+            console.print(f"resuming {batch.id} ({batch.status}, {done_before}/{counts.total} done)")
         with BatchProgress(input_path.name) as bar:
             def show(b: Any) -> None:
                 c = b.request_counts
@@ -270,8 +271,11 @@ def run(input_path: Path, output_path: Path, errors_path: Path | None, endpoint:
     pace = "" if finished_before else f" ({rate:.0f} requests/s)"
     console.print(f"[bold]{batch.status}[/bold] {batch.id}{took}: {counts.total} requests, "
                   f"{counts.completed} succeeded, {counts.failed} failed{pace}", soft_wrap=True)
-    if not finished_before:
-        console.print(f"  reused: {batch.cached} from the result cache, ran: {counts.total - batch.cached}",
+    if not finished_before:  # what this run did (a resumed run: since it resumed)
+        reused, unsent = batch.cached - cached_before, local_run.never_sent(errors_path)
+        ran = counts.completed + counts.failed - done_before - reused - unsent
+        console.print(f"  reused: {reused} from the result cache, ran: {ran}"
+                      + (f", never sent: {unsent} (the batch was {batch.status} first)" if unsent else ""),
                       soft_wrap=True)
     console.print(f"  output: {output_path}", soft_wrap=True)
     console.print(f"  errors: {errors_path}", soft_wrap=True)
