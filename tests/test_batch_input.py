@@ -123,6 +123,18 @@ def test_every_documented_code_with_line_and_param() -> None:
     assert "not valid UTF-8" in v.problems[-2].message
 
 
+def test_a_line_that_is_not_json_says_why_and_where() -> None:
+    # (what json.dumps writes for text holding half an emoji: JSON that no UTF-8 string can hold)
+    half = json.dumps({"custom_id": "x", "method": "POST", "url": "/v1/embeddings",
+                       "body": {"model": "m", "input": "half \ud83d"}}).encode()
+    column = half.index(b"\\ud83d") + 1
+    v = validate(b'{"custom_id": broken}', half)
+    assert [p.message for p in v.problems] == [
+        "This line is not parseable as valid JSON (unexpected character, expected a JSON value, column 15).",
+        "This line is not parseable as valid JSON (no low surrogate in string (a \\ud800-\\udfff escape without its "
+        f"pair: half an emoji, which no UTF-8 text can hold), column {column})."]
+
+
 def test_mismatched_model() -> None:
     v = BatchInputValidator("/v1/embeddings", lambda model, ep: None, InputLimits())
     for n, model in enumerate(["m1", "m1", "m2"], start=1):

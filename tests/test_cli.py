@@ -305,13 +305,17 @@ def test_run_refuses_an_output_it_cannot_write_before_running_anything(tmp_path:
 
 def test_run_of_a_file_that_is_not_jsonl_lists_its_lines_and_points_to_validate(tmp_path: Path, config: Path) -> None:
     path = tmp_path / "in.jsonl"
+    # line 5: what json.dumps writes for text holding half an emoji (valid JSON; no UTF-8 string can hold it)
     path.write_bytes(jsonl_bytes([request_line("a")]) + b'{"custom_id": broken\n' + jsonl_bytes([request_line("b")])
-                     + b"[1]\n")
+                     + b"[1]\n" + json.dumps(request_line("c", body={"note": "half \ud83d"})).encode() + b"\n")
     r = freight("run", path, "-o", tmp_path / "o.jsonl", "--data-dir", tmp_path / "data", "--config", config,
                 cwd=tmp_path)
     assert r.returncode == 1, r
     shown = " ".join(r.stderr.split())
-    assert "line 2: not valid JSON; line 4: not a JSON object." in shown, shown
+    said = ("line 2: not valid JSON: unexpected character, expected a JSON value, column 15; line 4: not a JSON "
+            "object; line 5: not valid JSON: no low surrogate in string (a \\ud800-\\udfff escape without its pair: "
+            "half an emoji")
+    assert said in shown, shown
     assert f"`freight validate {path}` lists every problem of the file." in shown, shown
 
 

@@ -61,8 +61,8 @@ async def json_body(request: Request, max_bytes: int = MAX_JSON_BODY_BYTES) -> A
         raise InvalidInput(too_deep_message("The request body"), code="nesting_too_deep")
     try:
         return jsonx.loads(data)
-    except jsonx.JSONDecodeError:
-        raise InvalidInput("The request body is not valid JSON.", code="invalid_json") from None
+    except jsonx.JSONDecodeError as exc:
+        raise InvalidInput(f"The request body is not valid JSON: {jsonx.reason(exc)}.", code="invalid_json") from None
 
 
 def idempotency_key(request: Request) -> str | None:

@@ -178,8 +178,8 @@ class FileService:
                     lines += 1
                     try:
                         obj = jsonx.loads(raw.data)
-                    except jsonx.JSONDecodeError:
-                        problem = f"line {raw.line}: not valid JSON"
+                    except jsonx.JSONDecodeError as exc:
+                        problem = f"line {raw.line}: not valid JSON: {jsonx.reason(exc)}"
                     else:
                         if not isinstance(obj, dict):
                             problem = f"line {raw.line}: not a JSON object"

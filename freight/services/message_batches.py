@@ -200,8 +200,8 @@ class MessageBatchCreate:
             raise InvalidInput(too_deep_message(where))
         try:
             request = jsonx.loads(raw)
-        except jsonx.JSONDecodeError:
-            raise InvalidInput(f"{where}: not valid JSON.") from None
+        except jsonx.JSONDecodeError as exc:
+            raise InvalidInput(f"{where}: not valid JSON: {jsonx.reason(exc)}.") from None
         if not isinstance(request, dict):
             raise InvalidInput(f"{where}: Input should be a valid dictionary.")
         for key in ("custom_id", "params"):

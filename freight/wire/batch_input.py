@@ -201,7 +201,7 @@ class BatchInputValidator:
     def _check(self, line: int, data: bytes) -> ValidRequest | None:
         try:
             obj = jsonx.loads(data)
-        except jsonx.JSONDecodeError:
+        except jsonx.JSONDecodeError as exc:
             if nests_deeper_than(data, MAX_JSON_NESTING):
                 self._problem(line, "nesting_too_deep", too_deep_message("This line"))
                 return None
@@ -210,7 +210,7 @@ class BatchInputValidator:
             except UnicodeDecodeError:
                 self._problem(line, "invalid_json_line", "This line is not valid UTF-8.")
                 return None
-            self._problem(line, "invalid_json_line", "This line is not parseable as valid JSON.")
+            self._problem(line, "invalid_json_line", f"This line is not parseable as valid JSON ({jsonx.reason(exc)}).")
             return None
         if not isinstance(obj, dict):
             self._problem(line, "invalid_json_line", f"This line is JSON but not an object (got {_type_name(obj)}).")

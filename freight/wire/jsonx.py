@@ -14,6 +14,16 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
+def reason(exc: orjson.JSONDecodeError) -> str:
+    """Why a text is not JSON freight can read, for the user: the parser's reason and where. (Some are
+    valid JSON that no string can hold, e.g. a lone surrogate escape such as ``"\\ud83d"``, which
+    Python's json module reads without complaint: say which.)"""
+    what = exc.msg
+    if "surrogate" in what:
+        what += " (a \\ud800-\\udfff escape without its pair: half an emoji, which no UTF-8 text can hold)"
+    return f"{what}, column {exc.colno}"
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON, ASCII-only: U+2028/U+2029/U+0085 and every non-ASCII character escaped.
 
