@@ -69,6 +69,8 @@ def test_nothing_configured_gives_the_defaults_of_the_objects_that_use_them(tmp_
     ("[limits]\ncompletion_window_min = \"1h\"\n[intake.\"q\"]\nkind = \"http\"\ncompletion_window = \"10m\"",
      r"completion_window '10m' is outside .*\(3600s..2592000s\)"),
     ("[engine]\nretry_base_delay_s = 10\nretry_max_delay_s = 5", "retry_base_delay_s must be at most"),
+    ("[webhooks]\nretry_base_delay_s = 10\nretry_max_delay_s = 5",
+     r"\[webhooks\]: retry_base_delay_s \(10.0\) must be at most retry_max_delay_s \(5.0\)"),
     # nan passes every bound (a nan poll interval hung the engine), inf is no setting
     ("[engine]\npoll_interval_s = nan", "engine.poll_interval_s in .* must be a finite number, got nan"),
     ("[engine]\nlease_s = inf", "engine.lease_s in .* must be a finite number, got inf"),
@@ -156,12 +158,13 @@ def test_any_number_in_bounds_is_used_as_given_and_any_other_refused(tmp_path_fa
     s = data.draw(st.sampled_from(NUMBERS))
     tmp = tmp_path_factory.mktemp("cfg")
     value = data.draw(_in_bounds(s))
-    if s.name == "engine.retry_max_delay_s":
-        value = max(value, BY_NAME["engine.retry_base_delay_s"].default)
+    for pair in ("engine", "webhooks"):  # (base <= max is checked: keep the other at its default)
+        if s.name == f"{pair}.retry_max_delay_s":
+            value = max(value, BY_NAME[f"{pair}.retry_base_delay_s"].default)
+        if s.name == f"{pair}.retry_base_delay_s":
+            value = min(value, BY_NAME[f"{pair}.retry_max_delay_s"].default)
     if s.name == "limits.completion_window_min":
         value = min(value, BY_NAME["limits.completion_window_max"].default)
-    if s.name == "engine.retry_base_delay_s":
-        value = min(value, BY_NAME["engine.retry_max_delay_s"].default)
     literal = repr(float(value)) if isinstance(value, float) else str(value)
     got = load(tmp, f"[{s.section}]\n{s.key} = {literal}\n").given[s.name]
     assert got[0] == (None if s.zero is not None and value == 0 else value)

@@ -630,6 +630,8 @@ def test_create_time_errors_are_400s_and_create_nothing(client: OpenAI) -> None:
 
     e = create(**ok, output_expires_after={"anchor": "created_at", "seconds": 60})
     assert e.param == "output_expires_after.seconds"
+    e = create(**ok, output_expires_after={"anchor": "created_at", "seconds": 3600, "secnods": 7200})
+    assert (e.code, e.param) == ("unknown_parameter", "output_expires_after.secnods"), e.body
 
     for value, code in (("high", "invalid_type"), (1.5, "invalid_type"), (True, "invalid_type"),
                         (10_000, "invalid_value")):

@@ -101,6 +101,9 @@ def load_settings(
         orphan_sweep_interval_s=r["engine.orphan_sweep_interval_s"],
         orphan_blob_age_s=r["engine.orphan_blob_age_s"], retry=retry, input_limits=input_limits,
         scheduling=_scheduling(r, models))
+    if r["webhooks.retry_base_delay_s"] > r["webhooks.retry_max_delay_s"]:  # (as [engine]'s pair)
+        raise ConfigError(f"[webhooks]: retry_base_delay_s ({r['webhooks.retry_base_delay_s']}) must be at most "
+                          f"retry_max_delay_s ({r['webhooks.retry_max_delay_s']})")
     try:
         intake_sources = intake_settings(r.named["intake"])
     except ValueError as exc:

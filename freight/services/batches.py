@@ -108,6 +108,10 @@ def check_output_expires_after(value: object) -> int | None:
         return None
     if not isinstance(value, dict):
         raise _wrong_type("output_expires_after", "an object", value)
+    for name in value:  # (as for the body's own fields: a misspelt key is not silently ignored)
+        if name not in ("anchor", "seconds"):
+            raise InvalidInput(f"Unknown parameter: 'output_expires_after.{name}'.",
+                               param=f"output_expires_after.{name}", code="unknown_parameter")
     anchor = value.get("anchor")
     if anchor != "created_at":
         raise InvalidInput("Invalid value for 'output_expires_after.anchor': only 'created_at' is supported.",
