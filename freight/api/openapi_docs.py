@@ -62,7 +62,7 @@ CREATE_BATCH: dict[str, Any] = {
             "output_expires_after": {"type": "object", "required": ["anchor", "seconds"], "properties": {
                 "anchor": {"type": "string", "enum": ["created_at"]},
                 "seconds": {"type": "integer", "minimum": 3600, "maximum": 2592000},
-            }},
+            }, "additionalProperties": False},
             "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "description": "freight's extension"},
             "schedule": {"type": "string", "description": "freight's extension (docs/scheduling.md)"},
             "not_before": {"type": "integer", "description": "freight's extension: unix seconds"},
