@@ -18,7 +18,6 @@ from freight.config.models import check_models
 from freight.config.read import Resolved, misspelt_variables, resolve
 from freight.config.settings import CacheSettings, ProjectSettings, Settings, default_data_dir
 from freight.domain import windows
-from freight.domain.durations import parse_duration_s
 from freight.domain.errors import ConfigError
 from freight.domain.retry import RetryPolicy
 from freight.domain.webhooks import WebhookPolicy
@@ -101,19 +100,17 @@ def load_settings(
         orphan_sweep_interval_s=r["engine.orphan_sweep_interval_s"],
         orphan_blob_age_s=r["engine.orphan_blob_age_s"], retry=retry, input_limits=input_limits,
         scheduling=_scheduling(r, models))
-    if r["webhooks.retry_base_delay_s"] > r["webhooks.retry_max_delay_s"]:  # (as [engine]'s pair)
-        raise ConfigError(f"[webhooks]: retry_base_delay_s ({r['webhooks.retry_base_delay_s']}) must be at most "
-                          f"retry_max_delay_s ({r['webhooks.retry_max_delay_s']})")
     try:
-        intake_sources = intake_settings(r.named["intake"])
+        webhooks = WebhookPolicy(retry_for_s=float(r["webhooks.retry_for"]),
+                                 base_delay_s=r["webhooks.retry_base_delay_s"],
+                                 max_delay_s=r["webhooks.retry_max_delay_s"], timeout_s=r["webhooks.timeout_s"],
+                                 poll_interval_s=r["webhooks.poll_interval_s"], allow_http=r["webhooks.allow_http"])
+    except ValueError as exc:
+        raise ConfigError(f"[webhooks]: {exc}") from None
+    try:
+        intake_sources = intake_settings(r.named["intake"], window.min_s, window.max_s)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    for source in intake_sources.values():  # (a window no batch may take would fail every flush, for ever)
-        seconds = parse_duration_s(source.completion_window)
-        if not window.min_s <= seconds <= window.max_s:
-            raise ConfigError(f'{path}: [intake."{source.name}"] completion_window {source.completion_window!r} is '
-                              f"outside limits.completion_window_min..max ({window.min_s}s..{window.max_s}s): every "
-                              "batch it made would be refused")
     data_dir_value = r["server.data_dir"] or default_dir or default_data_dir()
     r.values["server.data_dir"] = data_dir_value  # the default shown as what it is
     return Settings(
@@ -138,10 +135,7 @@ def load_settings(
         intake=intake_sources,
         cache=CacheSettings(enabled=r["cache.enabled"], ttl_s=r["cache.ttl"], max_bytes=r["cache.max_bytes"],
                             scope=r["cache.scope"]),
-        webhooks=WebhookPolicy(retry_for_s=float(r["webhooks.retry_for"]),
-                               base_delay_s=r["webhooks.retry_base_delay_s"],
-                               max_delay_s=r["webhooks.retry_max_delay_s"], timeout_s=r["webhooks.timeout_s"],
-                               poll_interval_s=r["webhooks.poll_interval_s"], allow_http=r["webhooks.allow_http"]),
+        webhooks=webhooks,
         metrics_project_label=r["metrics.project_label"],
         redis_url=r["server.redis_url"],
         ray_address=_ray_address(r["ray.address"]),

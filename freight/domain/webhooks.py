@@ -104,6 +104,11 @@ class WebhookPolicy:
     #: How often the deliverer looks for new events and due deliveries.
     poll_interval_s: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.base_delay_s > self.max_delay_s:
+            raise ValueError(f"retry_base_delay_s ({self.base_delay_s}) must be at most retry_max_delay_s "
+                             f"({self.max_delay_s})")
+
     def next_attempt(self, attempts: int, event_at: float, now: float) -> float | None:
         """When to try again after ``attempts`` failed tries; None once ``retry_for_s`` is spent."""
         delay = min(self.max_delay_s, self.base_delay_s * 2 ** max(0, attempts - 1))

@@ -2,7 +2,8 @@
 whenever a batch ended): the bytes of deleted and expired files, the step-failure counts of batches
 that are no longer active, and, every ``orphan_sweep_interval_s``, blobs no file refers to that are
 older than ``orphan_blob_age_s`` (left by a process that died uploading or finalizing while others
-ran: the start-up sweep in runtime.py only runs when a process is alone on its store)."""
+ran: the start-up sweep in runtime.py only runs when a process is alone on its store). And, when any
+engine stops, ``give_back``: its claims returned to pending."""
 
 from __future__ import annotations
 

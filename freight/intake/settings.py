@@ -42,8 +42,10 @@ class IntakeSettings:
                 "claim_idle_s": self.claim_idle_s}
 
 
-def intake_settings(tables: dict[str, Any]) -> dict[str, IntakeSettings]:
-    """Parse the ``[intake]`` section; ValueError names the table and key at fault."""
+def intake_settings(tables: dict[str, Any], window_min_s: int = 1, window_max_s: int = 30 * 86400
+                    ) -> dict[str, IntakeSettings]:
+    """Parse the ``[intake]`` section; ValueError names the table and key at fault. A ``completion_window``
+    must be one a batch may take (``limits.completion_window_min``..``max``)."""
     out: dict[str, IntakeSettings] = {}
     for name, table in tables.items():
         where = f'[intake."{name}"]'
@@ -66,9 +68,12 @@ def intake_settings(tables: dict[str, Any]) -> dict[str, IntakeSettings]:
             raise ValueError(f"{where}: {exc}") from None
         window = table.get("completion_window", "24h")
         try:  # (a window no batch can take would fail every flush of the intake, for ever)
-            parse_duration_s(window if isinstance(window, str) else "")
+            seconds = parse_duration_s(window if isinstance(window, str) else "")
         except ValueError:
             raise ValueError(f"{where}: completion_window must be a duration like \"24h\", got {window!r}") from None
+        if not window_min_s <= seconds <= window_max_s:
+            raise ValueError(f"{where} completion_window {window!r} is outside limits.completion_window_min..max "
+                             f"({window_min_s}s..{window_max_s}s): every batch it made would be refused")
         out[str(name)] = IntakeSettings(
             name=str(name), kind=kind, url=table.get("url"), queue=str(queue), group=str(table.get("group", "freight")),
             consumer=table.get("consumer"), model=table.get("model"),

@@ -48,7 +48,7 @@ class DataDirLock:
                     "stop it or use another --data-dir") from None
         # Others hold it: shared by running processes, or exclusively by one cleaning up as it starts.
         deadline = time.monotonic() + self._wait_s
-        said = False
+        say_at: float | None = time.monotonic() + 0.5  # (a process starting up holds it for a moment)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -60,12 +60,11 @@ class DataDirLock:
                     raise ConfigError(
                         f"the data directory {self.path.parent} is in use by a process that keeps it to itself "
                         "(freight run, or an older freight); stop it or use another --data-dir") from None
-                if not said and time.monotonic() >= deadline - self._wait_s + 0.5:
-                    # (a process starting up holds it for a moment; a `freight run` for its whole run)
+                if say_at is not None and time.monotonic() >= say_at:
                     log.warning("waiting for the data directory %s: another freight process keeps it to itself "
                                 "(a freight run, or a process starting up); giving up in %.0f s",
-                                self.path.parent, self._wait_s, extra={"event": "data_dir_wait"})
-                    said = True
+                                self.path.parent, deadline - time.monotonic(), extra={"event": "data_dir_wait"})
+                    say_at = None
                 time.sleep(0.05)
 
     def share(self) -> None:

@@ -51,13 +51,9 @@ def pending(dialect: str, applied: set[int], where: str = "the database") -> lis
     """The migrations ``applied`` lacks, in order. A schema made by a newer freight (a version this one does
     not know) is refused: nothing here can tell whether this freight's code still fits it."""
     if applied and max(applied) > latest(dialect):
-        raise ConfigError(newer_schema(where, max(applied), latest(dialect)))
+        raise ConfigError(f"{where} has freight's schema version {max(applied)}, made by a newer freight (this one "
+                          f"knows versions up to {latest(dialect)}); upgrade freight.")
     return [mig for mig in migrations(dialect) if mig.version not in applied]
-
-
-def newer_schema(where: str, version: int, known: int) -> str:
-    return (f"{where} has freight's schema version {version}, made by a newer freight (this one knows versions up "
-            f"to {known}); upgrade freight.")
 
 
 def reference_schema(dialect: str) -> str:
