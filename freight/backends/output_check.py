@@ -17,9 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from freight.domain.cache_key import NO_CACHE_KEY
+from freight.domain.ids import new_request_id
 from freight.domain.requests import OUTPUT_INVALID, Failure, Outcome, Result
 from freight.ports import Backend, ModelInfo
-from freight.services.outputs import BATCH_SCHEMA_KEY, Check, check_answer, requested_check
+from freight.services.outputs import BATCH_SCHEMA_KEY, Check, check_answer, requested_check, unusable
+from freight.wire import jsonx
+from freight.wire.openai import error_envelope
 
 #: More tries for an invalid answer (each is another model call, counted in the cost).
 DEFAULT_RETRIES = 2
@@ -55,6 +58,9 @@ class OutputCheck:
                 body = {k: v for k, v in body.items() if k not in (BATCH_SCHEMA_KEY, NO_CACHE_KEY)}
             clean.append(body)
             checks.append(requested_check(endpoint, body, batch_schema if isinstance(batch_schema, dict) else None))
+        refused = {i: why for i, check in enumerate(checks) if check is not None and (why := unusable(check))}
+        if refused:
+            return await self._without(endpoint, bodies, refused)
         results = list(await self.inner.execute(endpoint, clean))
         if not any(checks) or len(results) != len(clean):
             return results
@@ -98,3 +104,16 @@ class OutputCheck:
             else:
                 out.append(result)
         return out
+
+    async def _without(self, endpoint: str, bodies: Sequence[dict[str, Any]],
+                       refused: dict[int, str]) -> list[Result | Failure]:
+        """The requests whose schema cannot be used get a 400 (never sent, nothing spent); the others run."""
+        send = [i for i in range(len(bodies)) if i not in refused]
+        got = list(await self.execute(endpoint, [bodies[i] for i in send])) if send else []
+        if len(got) != len(send):
+            return got  # a broken backend: the engine reports it as it is
+        out: dict[int, Result | Failure] = dict(zip(send, got, strict=True))
+        for i, why in refused.items():
+            out[i] = Result(status_code=400, request_id=new_request_id(), body=jsonx.dumps(
+                error_envelope(why, "invalid_request_error", None, "invalid_value")))
+        return [out[i] for i in range(len(bodies))]

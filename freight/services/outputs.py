@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 from freight.domain.cache_key import NO_CACHE_KEY
 from freight.domain.errors import InvalidInput
@@ -32,7 +33,64 @@ def check_output_schema(value: object) -> dict[str, Any] | None:
     except SchemaError as exc:
         raise InvalidInput(f"Invalid 'output_schema': {exc.message}.", param="output_schema",
                            code="invalid_value") from None
+    if (outside := ref_outside(value)) is not None:
+        raise InvalidInput(f"Invalid 'output_schema': {_outside_message(outside)}", param="output_schema",
+                           code="invalid_value")
     return dict(value)
+
+
+#: Keywords whose values are data, not schemas (a "$ref" inside them is not a reference).
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def ref_outside(schema: dict[str, Any]) -> str | None:
+    """The first ``$ref``/``$dynamicRef`` of ``schema`` that points outside it (None: every one is inside).
+
+    A schema is checked with no network and no file access (``_validate``): a reference to a URL or a
+    file would otherwise be fetched by the validator, on the server, for whoever sent the schema. A
+    reference within the schema (``#/$defs/x``, an ``$anchor``, a subschema's own ``$id``) is fine."""
+    refs: list[tuple[str, str]] = []  # (base URI, reference)
+
+    def walk(node: object, base: str) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$id"), str):
+                base = urljoin(base, node["$id"])
+            for key in ("$ref", "$dynamicRef"):
+                if isinstance(node.get(key), str):
+                    refs.append((base, node[key]))
+            for key, value in node.items():
+                if key not in _DATA_KEYWORDS:
+                    walk(value, base)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, base)
+
+    walk(schema, "")
+    if all(base == "" and ref.startswith("#") for base, ref in refs):
+        return None  # (the common case, without building a registry)
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    try:
+        root = DRAFT202012.create_resource(schema)
+        registry = Registry().with_resource("", root)
+        if root.id():
+            registry = registry.with_resource(root.id() or "", root)
+        resolver = registry.crawl().resolver()
+    except Exception:  # a schema too malformed to index (a list where a subschema goes): plain refs only
+        return next(ref for base, ref in refs if not (base == "" and ref.startswith("#")))
+    for base, ref in refs:
+        try:
+            resolver.lookup(urljoin(base, ref))
+        except Unresolvable:
+            return ref
+    return None
+
+
+def _outside_message(ref: str) -> str:
+    return (f"its reference {ref!r} points outside the schema; freight resolves only references within the "
+            "schema itself (no URLs, no files).")
 
 
 #: The key under which ingest gives each request its batch's ``output_schema`` (popped before sending).
@@ -48,6 +106,15 @@ class Check:
     schema: dict[str, Any] | None = None
     tool: str | None = None
     batch_schema: dict[str, Any] | None = None
+
+
+def unusable(check: Check) -> str | None:
+    """Why a check's schema cannot be used (a reference outside it), or None: the request is refused
+    before it is sent (its schema would fail every answer)."""
+    for whose, schema in (("request's", check.schema), ("batch's output_schema", check.batch_schema)):
+        if schema is not None and (outside := ref_outside(schema)) is not None:
+            return f"The {whose} JSON schema is not usable: {_outside_message(outside)}"
+    return None
 
 
 def _dict(value: object) -> dict[str, Any]:
@@ -127,8 +194,14 @@ def _validate(value: Any, schema: dict[str, Any], what: str) -> str | None:
             return f"{what} is not JSON ({exc.msg} at character {exc.pos})"
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
 
-    error = best_match(Draft202012Validator(schema).iter_errors(value))
+    try:
+        # An empty registry: a reference is looked up in the schema itself, never fetched (no URL, no file).
+        error = best_match(Draft202012Validator(schema, registry=Registry()).iter_errors(value))
+    except Unresolvable as exc:
+        return "the schema is not usable: " + _outside_message(str(getattr(exc, "ref", exc)))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
