@@ -247,6 +247,12 @@ def test_freight_status_shows_a_hold() -> None:
     rows = dict(freight_rows({"freight": {"held_until": int(MIDNIGHT), "schedule": "off_peak"}}))
     assert rows["held until"].startswith("2026-03-02 00:00 UTC (off-peak hours")
     assert "held until" not in dict(freight_rows({"freight": {"held_until": None}}))
+    assert "deadline may start it earlier" in rows["held until"]
+    # Held only by its model's hours: the deadline ramp never overrides those (so the note must not promise it).
+    hours_only = dict(freight_rows({"freight": {"held_until": int(MIDNIGHT), "schedule": None, "not_before": None}}))
+    assert hours_only["held until"].endswith("(its model's hours, which its deadline does not override)")
+    waiting = dict(freight_rows({"freight": {"held_until": int(MIDNIGHT), "not_before": int(MIDNIGHT)}}))
+    assert "(not_before, or its model's hours; its deadline may start it earlier" in waiting["held until"]
 
 
 def test_the_estimate_and_the_cap_check_use_the_price_of_the_window_a_batch_starts_in(tmp_path: Path) -> None:

@@ -42,10 +42,20 @@ def freight_rows(batch: dict[str, Any]) -> list[tuple[str, str]]:
     if ext.get("cached"):
         rows.append(("from the result cache", f"{ext['cached']} requests (their cost is in the savings)"))
     if ext.get("held_until"):
-        why = "off-peak hours" if ext.get("schedule") == "off_peak" else "its model's hours or not_before"
         when = dt.datetime.fromtimestamp(ext["held_until"], dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        rows.append(("held until", f"{when} ({why}; earlier if its deadline needs it)"))
+        rows.append(("held until", f"{when} ({hold_reason(ext)})"))
     return rows
+
+
+def hold_reason(ext: dict[str, Any]) -> str:
+    """Why a batch is held and whether its deadline can end the hold early (docs/scheduling.md): the
+    deadline ramp overrides off-peak hours and ``not_before``, never its model's hours."""
+    asked = [what for what, on in (("off-peak hours", ext.get("schedule") == "off_peak"),
+                                   ("not_before", ext.get("not_before") is not None)) if on]
+    if not asked:
+        return "its model's hours, which its deadline does not override"
+    return (f"{' and '.join(asked)}, or its model's hours; its deadline may start it earlier, "
+            "but only within its model's hours")
 
 
 def live_note(batch: dict[str, Any], now: float | None = None) -> str:
