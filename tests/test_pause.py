@@ -74,7 +74,8 @@ def test_controls_are_project_isolated_and_check_priority(world: World) -> None:
         control.resume("p", "batch_nope")
     for bad, code in (({"priority": "high"}, "invalid_type"), ({"priority": 1.5}, "invalid_type"),
                       ({"priority": 10_000}, "invalid_value"), ({"priority": True}, "invalid_type"),
-                      ({}, "missing_required_parameter"), ([], "invalid_request")):
+                      ({}, "missing_required_parameter"), ([], "invalid_request"),
+                      ({"priority": 1, "prority": 2}, "unknown_parameter")):
         with pytest.raises(InvalidInput) as refused:
             control.set_priority("p", batch.id, bad)
         assert refused.value.code == code, (bad, refused.value.code)

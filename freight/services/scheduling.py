@@ -110,6 +110,9 @@ class BatchControl:
     def set_priority(self, project: str, batch_id: str, body: object) -> Batch:
         if not isinstance(body, dict):
             raise InvalidInput("The request body must be a JSON object.", code="invalid_request")
+        for name in body:
+            if name != "priority":  # as on create: a misspelt option is refused, not silently ignored
+                raise InvalidInput(f"Unknown parameter: {name!r}.", param=str(name), code="unknown_parameter")
         if body.get("priority") is None:
             raise InvalidInput("Missing required parameter: 'priority'.", param="priority",
                                code="missing_required_parameter")
