@@ -218,3 +218,14 @@ def test_no_key_against_a_server_with_keys_says_a_key_is_needed(make_server: Cal
     r = freight("list", "--url", keyed.url, "--api-key", "wrong", cwd=tmp_path)
     assert r.returncode == 1 and "none was given" not in shown(r)
     assert freight("list", "--url", keyed.url, "--api-key", key, cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["preview", "run"])
+def test_an_empty_input_file_is_said_to_be_empty(tmp_path: Path, command: str) -> None:
+    """Not "Cannot tell the endpoint … pass --endpoint", which sent the user after the wrong thing."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    extra = ["-o", str(tmp_path / "out.jsonl"), "--data-dir", str(tmp_path / "d")] if command == "run" else []
+    done = freight(command, empty, *extra, cwd=tmp_path)
+    assert done.returncode != 0 and "The input file is empty" in done.stderr, done.stderr
+    assert "--endpoint" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -44,16 +44,21 @@ def _digest(path: Path) -> str:
 
 def infer_endpoint(path: Path) -> str:
     """The url of the first line that has one (every line must match it; validation checks)."""
+    lines = 0
     with open(path, "rb") as fh:
         for raw in fh:
             if not raw.strip():
                 continue
+            lines += 1
             try:
                 obj = jsonx.loads(raw.lstrip(b"\xef\xbb\xbf"))
             except jsonx.JSONDecodeError:
                 continue
             if isinstance(obj, dict) and isinstance(obj.get("url"), str):
                 return str(obj["url"])
+    if not lines:
+        raise InvalidInput("The input file is empty. A batch input file needs at least one request line.",
+                           code="empty_file")
     raise InvalidInput("Cannot tell the endpoint from the input (no line has a 'url'); pass --endpoint.")
 
 
