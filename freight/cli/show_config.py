@@ -93,8 +93,11 @@ def _tables(settings: Settings) -> dict[str, dict[str, Sourced]]:
             if s.key not in shown and s.default is not None:
                 shown[s.key] = (s.default, "default")
         models[name] = shown
+    written = settings.file_tables.get("intake") or {}
     return {"models": models,
             "projects": {name: {k: (v, file) for k, v in table.items()}
                          for name, table in (settings.file_tables.get("projects") or {}).items()},
-            "intake": {name: {k: (v, file) for k, v in i.as_table().items() if v is not None}
+            # An intake's key is the file's where its table gives it, else its default.
+            "intake": {name: {k: (v, file if k in (written.get(name) or {}) else "default")
+                              for k, v in i.as_table().items() if v is not None}
                        for name, i in settings.intake.items()}}
