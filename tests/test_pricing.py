@@ -164,23 +164,74 @@ def test_the_freight_object_of_a_running_batch() -> None:
 
 
 @given(spent=st.floats(0, 100, allow_nan=False), cap=st.floats(0.01, 100, allow_nan=False),
-       done=st.integers(0, 10_000), limit=st.integers(1, 2048), running=st.integers(0, 300))
+       done=st.integers(0, 10_000), limit=st.integers(1, 2048), running=st.integers(0, 300),
+       bound=st.none() | st.floats(1e-6, 50))
 def test_a_claim_never_commits_a_capped_batch_to_much_more_than_its_cap(spent: float, cap: float, done: int,
-                                                                        limit: int, running: int) -> None:
-    n = budget.affordable(spent, cap, done, limit, running)
+                                                                        limit: int, running: int,
+                                                                        bound: float | None) -> None:
+    n = budget.affordable(spent, cap, done, limit, running, bound)
     assert 0 <= n <= limit
     if spent >= cap:
         assert n == 0
-    elif done == 0 or spent == 0:
-        assert n + running <= max(budget.PROBE, running), "no cost measured yet: a probe's worth in flight"
-    else:
-        per_request = spent / done
-        in_flight = n + running
-        assert n == 0 or spent + in_flight * per_request <= cap * (1 + 1e-9), "within the cap"
-        if running == 0:
-            # one more can start exactly while what is left pays for one at the mean; else the batch has spent
-            # its cap (spent_out) and ends, instead of waiting with nothing running
-            assert (n >= 1) == (not budget.spent_out(spent, cap, done, running))
+        return
+    paid = done if spent > 0 else 0
+    # no more requests unpaid in flight than have been paid for (a probe's worth before any)
+    assert n == 0 or n + running <= max(budget.PROBE, paid)
+    unit = budget.unit_cost(spent, paid, bound)
+    if unit is not None:
+        assert n == 0 or spent + (n + running) * unit <= cap * (1 + 1e-9), "within the cap"
+    if running == 0:
+        # one more can start exactly while what is left pays for one at the unit cost; else the batch has spent
+        # its cap (spent_out) and ends, instead of waiting with nothing running
+        assert (n >= 1) == (not budget.spent_out(spent, cap, done, running, bound))
+
+
+def _run_capped(costs: list[float], estimates: list[float], cap: float, limits: list[int],
+                finishing: list[int]) -> float:
+    """A capped batch run by claims (``affordable``) and completions in any order; returns what it spent."""
+    bound = max((e for e in estimates), default=None)
+    spent, done, nxt, running, step = 0.0, 0, 0, [], 0
+    while True:
+        step += 1
+        if nxt < len(costs):
+            n = budget.affordable(spent, cap, done, limits[step % len(limits)], len(running), bound)
+            if n == 0 and not running:
+                assert budget.spent_out(spent, cap, done, 0, bound)  # ends, never waits with nothing running
+                return spent
+            running += costs[nxt:nxt + n]
+            nxt += n
+        if not running:
+            return spent
+        for _ in range(1 + finishing[step % len(finishing)] % len(running)):
+            spent += running.pop(finishing[step % len(finishing)] % len(running))
+            done += 1
+            if not running:
+                break
+
+
+@given(pairs=st.lists(st.tuples(st.floats(1e-7, 1.0), st.floats(0, 1)), min_size=1, max_size=150),
+       cap=st.floats(1e-3, 5.0), slack=st.sampled_from([0.0, 0.25, 1.0]),
+       limits=st.lists(st.integers(1, 1024), min_size=1, max_size=5),
+       finishing=st.lists(st.integers(0, 1000), min_size=1, max_size=5))
+def test_whatever_the_mix_of_costs_spend_stays_within_the_cap_and_the_estimates_error(
+        pairs: list[tuple[float, float]], cap: float, slack: float, limits: list[int], finishing: list[int]) -> None:
+    """Each request's estimate from its output limit and prompt, and a cost of up to (1 + slack) times it
+    (slack: how far the prompt's estimate may be off). The batch spends at most cap x (1 + slack), whatever the
+    mix: one cheap request first no longer lets a claim start all the rest (capskew, found by an audit)."""
+    estimates = [e for e, _ in pairs]
+    costs = [e * (1 + slack) * share for e, share in pairs]
+    assert _run_capped(costs, estimates, cap, limits, finishing) <= cap * (1 + slack) * (1 + 1e-9)
+
+
+def test_one_cheap_request_first_does_not_let_a_claim_start_the_rest_past_the_cap() -> None:
+    """The audit's capskew: 100 requests, the first max_tokens 1, the rest 200 ($0.0006 each), cap $0.02. It
+    spent $0.0601 (3x): the probe's mean of $0.00001 let one claim start all 99 others."""
+    estimates = [0.00001] + [0.0006] * 99
+    assert _run_capped(estimates, estimates, 0.02, [64], [0]) <= 0.02
+    # without an estimate (no request sets an output limit): the allowance grows with the requests paid for,
+    # one, then two, four...: not the 99 at once of the one cheap sample's mean
+    assert _run_capped(estimates, [], 0.02, [64], [1000]) <= 0.02 + 0.0006 * 2
+    assert budget.affordable(0.00001, 0.02, 1, 64) == 1
 
 
 def test_affordable_examples() -> None:
@@ -196,4 +247,7 @@ def test_affordable_examples() -> None:
     assert budget.affordable(0.0, 2.0, 500, 1024, running=1) == 0
     # a mean cost that underflows to 0, or a room too large for an int: the whole limit (found by hypothesis)
     assert budget.affordable(5e-324, 1.0, 10_000, 100) == 100
-    assert budget.affordable(1e-310, 1.0, 1, 2048, running=5) == 2048  # (1 - 1e-310) / 1e-310 is inf
+    assert budget.affordable(1e-310, 1.0, 5000, 2048, running=5) == 2048  # (1 - 1e-310) / 1e-310 is inf
+    # a largest estimate above the mean is what each unpaid request is set aside at
+    assert budget.affordable(1.0, 2.0, 100, 1024, bound=0.1) == 10
+    assert budget.spent_out(1.95, 2.0, 100, 0, bound=0.1) and not budget.spent_out(1.95, 2.0, 100, 0)

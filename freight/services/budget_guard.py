@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from freight.domain import budget
-from freight.domain.batches import BatchStatus
+from freight.domain.batches import Batch, BatchStatus
 from freight.domain.requests import ClaimedRequest, Result
 from freight.ports import Store
 from freight.services.cost import CostControls
@@ -30,6 +30,9 @@ class BudgetedQueue:
         self._store = store
         self._cost = cost
         self._uncapped: set[str] = set()
+        #: batch -> the most one of its requests is estimated to cost (``CostControls.largest_request_usd``):
+        #: its input file never changes, so it is read once per process.
+        self._bounds: dict[str, float | None] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -87,16 +90,24 @@ class BudgetedQueue:
         # The mean is over the answers that were paid for: free result-cache hits (and failures, most of which
         # cost nothing) would make it too low and let claims start more than the cap has left for.
         done = max(0, c.completed - batch.cached)
-        if not budget.spent_out(spent, cap, done, running):
-            return budget.affordable(spent, cap, done, limit, running)
+        bound = self._bound(batch)
+        if not budget.spent_out(spent, cap, done, running, bound):
+            return budget.affordable(spent, cap, done, limit, running, bound)
         if batch.status is not BatchStatus.IN_PROGRESS:
             return limit  # (nothing is claimed from it anyway)
         assert spent is not None
-        closed = self._store.close_unstarted(
-            batch_id, Result.never_ran(budget.BUDGET_EXCEEDED, budget.budget_message(spent, cap, done)),
-            False)
+        message = budget.budget_message(spent, cap, budget.unit_cost(spent, done, bound))
+        closed = self._store.close_unstarted(batch_id, Result.never_ran(budget.BUDGET_EXCEEDED, message), False)
         moved = self._store.set_status(batch_id, [BatchStatus.IN_PROGRESS], BatchStatus.CANCELLING, int(now))
         if moved is not None:
             log_transition(BatchStatus.IN_PROGRESS, moved, reason=budget.BUDGET_EXCEEDED, cost_usd=spent,
                            max_cost_usd=cap, closed=closed)
         return 0
+
+    def _bound(self, batch: Batch) -> float | None:
+        if batch.id not in self._bounds:
+            if len(self._bounds) >= _UNCAPPED_CACHE_MAX:
+                self._bounds.clear()
+            f = self._store.get_file(batch.project, batch.input_file_id)
+            self._bounds[batch.id] = None if f is None else self._cost.largest_request_usd(batch, f)
+        return self._bounds[batch.id]

@@ -16,7 +16,7 @@ from freight.domain.clock import Clock
 from freight.domain.errors import InvalidInput
 from freight.domain.files import File
 from freight.domain.windows import Calendar
-from freight.services.estimate import estimate_lines
+from freight.services.estimate import estimate_lines, heuristic_count, input_texts, output_limit
 from freight.services.prices import PriceBook
 from freight.wire import jsonx
 from freight.wire.batch_input import iter_lines
@@ -121,6 +121,29 @@ class CostControls:
         if estimate is not None:
             which = "the batch's max_cost_usd" if cap == batch.max_cost_usd else "the project's max_cost_usd"
             budget.refuse_over_estimate(estimate, cap, which=which)
+
+    def largest_request_usd(self, batch: Batch, input_file: File) -> float | None:
+        """The most any one of the batch's requests that sets an output limit (``max_tokens`` ...) is estimated
+        to cost: its prompt (estimated as at create) and all of its limit. What a claim sets aside for each
+        request not yet paid for (``budget.affordable``); None when no request sets a limit, the file is
+        gone or the model has no per-token price."""
+        stream = self.open_file(input_file) if self.open_file is not None else None
+        if stream is None:
+            return None
+        largest: float | None = None
+        with stream:
+            for raw in iter_lines(stream, self.max_line_bytes):
+                body = _body(raw.data)
+                limit = None if body is None else output_limit(batch.endpoint, body)
+                if body is None or limit is None:
+                    continue
+                texts, fixed = input_texts(batch.endpoint, body)
+                tokens = pricing.Tokens(input=fixed + sum(heuristic_count(t) for t in texts), output=limit)
+                model = body.get("model")
+                cost = self.pricing_of(batch, model if isinstance(model, str) else None).cost_usd(tokens)
+                if cost is not None and (largest is None or cost > largest):
+                    largest = cost
+        return largest
 
     def cost(self, batch: Batch) -> BatchCost:
         model = self.pricing_of(batch)

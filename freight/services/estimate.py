@@ -70,14 +70,20 @@ def input_texts(endpoint: str, body: dict[str, Any]) -> tuple[list[str], int]:
     return texts, PER_MESSAGE_TOKENS * len(messages) + (3 if messages else 0)
 
 
-def output_tokens(endpoint: str, body: dict[str, Any]) -> int:
+def output_limit(endpoint: str, body: dict[str, Any]) -> int | None:
+    """The output tokens a request can use at most: its own limit, 0 for embeddings; None when it sets none."""
     if endpoint == "/v1/embeddings":
         return 0
     for key in _OUTPUT_LIMITS:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-    return DEFAULT_OUTPUT_TOKENS
+    return None
+
+
+def output_tokens(endpoint: str, body: dict[str, Any]) -> int:
+    limit = output_limit(endpoint, body)
+    return DEFAULT_OUTPUT_TOKENS if limit is None else limit
 
 
 @dataclass
