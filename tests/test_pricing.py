@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,9 @@ from freight.domain import budget
 from freight.domain.batches import Batch, BatchStatus, RequestCounts, Usage
 from freight.domain.errors import ConfigError, InvalidInput
 from freight.domain.pricing import Billing, MachineCost, ModelPricing, Price, Tokens, progress, projected_usd
+from freight.domain.requests import BATCH_CANCELLED, NEVER_RAN_MESSAGES, Result
+from freight.ports import Store
+from freight.services.budget_guard import BudgetedQueue
 from freight.services.cost import CostControls
 from freight.services.prices import PriceBook, pinned_price, pinned_table
 
@@ -251,3 +255,38 @@ def test_affordable_examples() -> None:
     # a largest estimate above the mean is what each unpaid request is set aside at
     assert budget.affordable(1.0, 2.0, 100, 1024, bound=0.1) == 10
     assert budget.spent_out(1.95, 2.0, 100, 0, bound=0.1) and not budget.spent_out(1.95, 2.0, 100, 0)
+
+
+class _ClosingStore:
+    """What BudgetedQueue reads of a store when a batch closes; records the lines it is given."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch, self.closed = batch, []  # type: list[tuple[str | None, bool]]
+
+    def get_batch(self, project: str | None, batch_id: str) -> Batch:
+        return self.batch
+
+    def get_file(self, project: str, file_id: str) -> None:
+        return None
+
+    def close_unstarted(self, batch_id: str, result: Result, include_running: bool) -> int:
+        self.closed.append((result.error_code, include_running))
+        return 1
+
+
+@pytest.mark.parametrize(("tokens", "code"), [(2_000_000, "budget_exceeded"), (1_000_000, "batch_cancelled")])
+def test_requests_withdrawn_when_the_cap_stopped_a_batch_get_budget_exceeded_lines(tokens: int, code: str) -> None:
+    """Requests claimed before the stop and still waiting in their backend are withdrawn, put back and closed by
+    the cancellation: they were labelled batch_cancelled (36 of them in an audit's run). A batch cancelled
+    short of its cap keeps batch_cancelled."""
+    book = PriceBook({"m": ModelPricing(Billing.REALTIME, Price(1.0, 1.0))})
+    batch = Batch(id="batch_x", project="p", endpoint="/v1/chat/completions", input_file_id="file-x",
+                  completion_window="24h", status=BatchStatus.CANCELLING, created_at=990, expires_at=99999,
+                  in_progress_at=1000, model="m", request_counts=RequestCounts(total=100, completed=10),
+                  usage=Usage(input_tokens=tokens), max_cost_usd=2.0)
+    store = _ClosingStore(batch)
+    queue = BudgetedQueue(cast(Store, store), CostControls(book, FixedClock(1010.0)))
+    never_ran = Result.never_ran(BATCH_CANCELLED, NEVER_RAN_MESSAGES[BATCH_CANCELLED])
+    queue.close_unstarted("batch_x", never_ran, False)
+    queue.close_unstarted("batch_x", never_ran, True)  # (abandoned past the drain timeout: as it was)
+    assert store.closed == [(code, False), ("batch_cancelled", True)]
