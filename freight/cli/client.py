@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import sys
 import time
@@ -123,6 +124,14 @@ def parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str
     return meta or None
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """inf and nan pass FloatRange but no JSON body can carry them: a usage error before anything is uploaded
+    (it uploaded the file, then failed with "Out of range float values are not JSON compliant")."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number of dollars.")
+    return value
+
+
 @click.command()
 @click.argument("input_path", metavar="INPUT.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--endpoint", default=None, help="Batch endpoint (default: the url of the input's lines).")
@@ -131,7 +140,7 @@ def parse_metadata(ctx: click.Context, param: click.Parameter, values: tuple[str
               help="KEY=VALUE, repeatable (the server checks OpenAI's limits: 16 pairs, keys up to 64 "
                    "characters, values up to 512).")
 @click.option("--wait", is_flag=True, help="Show a live progress bar, then download the results.")
-@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--max-cost-usd", type=click.FloatRange(min=0, min_open=True), default=None, callback=_finite,
               help="Spending cap: no request starts once the batch has cost this much (docs/cost.md).")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where --wait puts the output and error files.")
