@@ -167,7 +167,8 @@ def build_intakes(settings: Settings, store: Store, files: FileService, batches:
             from freight.intake.http_source import HttpSource
 
             source = HttpSource()
-        out.append((Intake(cfg, store, files, batches, clock, lambda: {m.id for m in catalog.models()}), source))
+        out.append((Intake(cfg, store, files, batches, clock, lambda: {m.id for m in catalog.models()},
+                           model_check=catalog.check), source))
     return out
 
 

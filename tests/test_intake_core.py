@@ -12,7 +12,7 @@ import pytest
 
 from freight.config import Settings
 from freight.config.settings import ProjectSettings
-from freight.domain.intake import FlushPolicy
+from freight.domain.intake import FlushPolicy, IntakeRequest
 from freight.intake.core import Intake
 from freight.intake.runner import pump_once
 from freight.intake.settings import IntakeSettings, intake_settings
@@ -183,3 +183,58 @@ def test_freight_toml_intake_tables_load_and_bad_ones_are_a_config_error(tmp_pat
     path.write_text('[intake."q"]\nkind = "sqs"\n')
     with pytest.raises(ConfigError, match=r"kind in .* must be one of 'redis', 'amqp', 'http', got 'sqs'"):
         load_settings(path, env={})
+
+
+def test_a_message_a_batch_line_would_refuse_gets_its_own_line_and_its_flush_runs_per_model(tmp_path: Path) -> None:
+    """Found by an audit: a message that passed the intake's checks but not a batch line's (``stream``, no
+    ``messages``, nesting past the limit) failed its whole flush's batch, and one naming another served model
+    failed it with ``mismatched_model``. Now the same line checks as a batch file's refuse it at once (over
+    HTTP a 400), and a flush makes one batch per model."""
+    other = "freight-scripted-2"
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", models={MODEL: {"backend": "scripted"},
+                                                                      other: {"backend": "scripted"}}), lock=False)
+    try:
+        clock = Clock()
+        cfg = IntakeSettings("q", "http", model=MODEL, policy=FlushPolicy(6, 10, 5))
+        intake = Intake(cfg, rt.store, rt.files, rt.batches, clock, lambda: {MODEL, other},
+                        model_check=rt.catalog.check)
+        chat = [{"role": "user", "content": "x"}]
+        poison = {"stream": {"messages": chat, "stream": True}, "nomessages": {"prompt": "x"},
+                  "deep": {"messages": chat, "x": json.loads("[" * 200 + "]" * 200)}}
+        for mid, body in poison.items():
+            rejected = intake.parse(mid, json.dumps({"body": body}))
+            assert not isinstance(rejected, IntakeRequest), mid  # what the HTTP intake answers with a 400
+            intake.accept(mid, json.dumps({"body": body}))
+        for i, model in enumerate([MODEL, MODEL, other]):
+            intake.accept(f"m{i}", json.dumps({"custom_id": f"c{i}", "body": {"model": model, "messages": chat}}))
+        errors = {m.message_id: json.loads(line)["error"] for m, line in intake.ready()}
+        assert {k: (e["code"], e["message"]) for k, e in errors.items()} == {
+            "stream": ("streaming_unsupported", "Streaming is not supported in the Batch API."),
+            "nomessages": ("invalid_request", "Messages parameter is required."),
+            "deep": ("nesting_too_deep", "The message's request, as a batch line, nests arrays and objects more "
+                     "than 128 levels deep; the limit is 128 levels.")}
+        intake.delivered([m for m, _ in intake.ready()])
+        clock.t += 10
+        assert len(intake.flush()) == 2  # one flush, one batch per model
+        sent: dict[str, dict[str, object]] = {}
+
+        class Source:
+            async def publish(self, message: IntakeMessage, line: bytes) -> None:
+                sent[message.message_id] = json.loads(line)
+
+        async def drive() -> None:
+            stop = asyncio.Event()
+            engine = asyncio.create_task(rt.engine.run(stop))
+            for _ in range(200):
+                await pump_once(intake, Source())  # type: ignore[arg-type]
+                if len(sent) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            stop.set()
+            await engine
+
+        asyncio.run(drive())
+        assert {mid: (line["custom_id"], line["error"]) for mid, line in sent.items()} == {
+            "m0": ("c0", None), "m1": ("c1", None), "m2": ("c2", None)}
+    finally:
+        rt.close()

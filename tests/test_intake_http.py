@@ -31,6 +31,10 @@ def test_http_tickets_get_results_across_a_kill(tmp_path: Path) -> None:
         bad = httpx.post(base, content=b"{nope")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
         assert httpx.post(base, json={"body": {"model": "nope"}}).json()["error"]["code"] == "model_not_found"
+        # What a batch line may not hold is refused here too, not left to fail the whole flush's batch:
+        streamed = httpx.post(base, json={"body": {"messages": [], "stream": True}})
+        assert streamed.status_code == 400 and {k: streamed.json()["error"][k] for k in ("code", "param")} == {
+            "code": "streaming_unsupported", "param": "body.stream"}
         assert httpx.get(server.url + "/v1/freight/intake/other/x").status_code == 404
         assert httpx.get(base + "/itk_000000000000000000000000").status_code == 404
         server.restart()  # kill -9: the tickets are in the store

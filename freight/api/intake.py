@@ -42,7 +42,7 @@ async def submit(request: Request, name: str) -> JSONResponse:
     ticket = "itk_" + (hashlib.sha256(key.encode()).hexdigest()[:24] if key else uuid.uuid4().hex[:24])
     parsed = intake.parse(ticket, payload)
     if isinstance(parsed, Rejected):
-        raise InvalidInput(parsed.message, code=parsed.code)
+        raise InvalidInput(parsed.message, code=parsed.code, param=parsed.param)
     await run_in_threadpool(intake.accept, ticket, payload)
     return JSONResponse({"id": ticket, "object": "freight.intake.ticket", "status": "queued"}, status_code=202,
                         headers={"location": f"{PREFIX}/{name}/{ticket}"})

@@ -92,6 +92,8 @@ class Rejected:
     custom_id: str
     code: str
     message: str
+    #: The parameter at fault, where one is (``body.stream``).
+    param: str | None = None
 
 
 def _deadline(value: object) -> float | None:

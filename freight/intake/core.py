@@ -4,9 +4,9 @@ Every step is a short store operation that a restarted (or second) process can r
 
 - ``accept``: the message is parsed and kept (deduplicated on its id) before the source acknowledges it;
   a malformed one is kept with its error line as its result.
-- ``flush``: pending messages are claimed into a flush (compare-and-set), then one batch per url is
-  made with the flush id as the file's and the batch's idempotency key, so a crash between the claim
-  and the batch makes that same batch on the next pass, never a second one.
+- ``flush``: pending messages are claimed into a flush (compare-and-set), then one batch per url and
+  model is made with the flush id in the file's and the batch's idempotency key, so a crash between the
+  claim and the batch makes that same batch on the next pass, never a second one.
 - ``ready``/``delivered``: results not yet delivered; the source publishes each, then records it.
   A crash in between publishes it again, the same line.
 """
@@ -31,16 +31,13 @@ from freight.ports import IntakeMessage, Store
 from freight.services.batches import BATCH_ENDPOINTS, BatchService
 from freight.services.files import FileService
 from freight.wire import jsonx
+from freight.wire.batch_input import BatchInputValidator, RawLine
 from freight.wire.batch_output import result_line
 
 log = logging.getLogger("freight.intake")
 
 #: The custom_id of a message's line in the batch file (unique in it, whatever the producer's custom_id).
 LINE_PREFIX = "intake-"
-
-
-#: What a batch line adds around a message's body: its custom_id, method and url keys (the url's length apart).
-LINE_OVERHEAD = 100
 
 
 @dataclass(frozen=True)
@@ -60,13 +57,25 @@ class Incoming:
     correlation_id: str | None = None
 
 
+def batch_line(custom_id: str, url: str, body_text: str) -> bytes:
+    """A message's line of its batch's input file."""
+    return (b'{"custom_id":' + jsonx.dumps(custom_id) + b',"method":"POST","url":' + jsonx.dumps(url)
+            + b',"body":' + body_text.encode() + b"}\n")
+
+
+def _model_of(body_text: str) -> str:
+    model = jsonx.loads(body_text).get("model")
+    return model if isinstance(model, str) else ""
+
+
 def _rejected_line_id(source: str, message_id: str) -> str:
     return "intake_req_" + hashlib.sha256(f"{source}\0{message_id}".encode()).hexdigest()[:24]
 
 
 class Intake:
     def __init__(self, settings: IntakeSettings, store: Store, files: FileService, batches: BatchService,
-                 clock: Clock, models: Callable[[], Collection[str]]):
+                 clock: Clock, models: Callable[[], Collection[str]],
+                 model_check: Callable[[str, str], str | None] | None = None):
         self.settings = settings
         self.name = settings.name
         self.store = store
@@ -74,6 +83,11 @@ class Intake:
         self.batches = batches
         self.clock = clock
         self.models = models
+        #: ``ModelCatalog.check``: None when a model is served for an endpoint, else why not.
+        self.model_check = model_check or self._served
+
+    def _served(self, model: str, endpoint: str) -> str | None:
+        return None if model in self.models() else f"The model {model!r} is not served here."
 
     def parse(self, message_id: str, payload: bytes | str | dict[str, object]) -> _Storable | Rejected:
         """The request a message asks for, ready to store; or why not (its error line; a 400 over HTTP)."""
@@ -113,18 +127,22 @@ class Intake:
 
     def _storable(self, parsed: IntakeRequest) -> _Storable | Rejected:
         """A request that can become a line of a batch file: its body written as JSON (a lone surrogate
-        cannot be), and the line within the batch line limit. Else its error line now, never a flush that
-        fails for ever (poison never blocks)."""
+        cannot be), and the line passing the checks every batch line passes (freight/wire/batch_input.py:
+        the line limit, nesting, ``stream``, the endpoint's required parameter, a model served for the
+        endpoint). Else its error line now, never a flush that fails for ever (poison never blocks)."""
         try:
             text = jsonx.dumps(parsed.body).decode()
         except (TypeError, ValueError) as exc:
             return Rejected(parsed.custom_id, "invalid_json", f"The message's body cannot be stored as JSON: {exc}.")
-        limit = self.files.limits.input.max_line_bytes
-        size = len(text.encode()) + LINE_OVERHEAD + len(parsed.url)
-        if size > limit:
-            return Rejected(parsed.custom_id, "line_too_large",
-                            f"The message's request is about {size} bytes as a batch line; the limit is {limit} "
-                            "bytes.")
+        limits = self.files.limits.input
+        line = batch_line(LINE_PREFIX + "9" * 19, parsed.url, text)[:-1]  # (the longest custom_id a line gets)
+        raw = RawLine(1, line if len(line) <= limits.max_line_bytes else None, len(line))
+        validator = BatchInputValidator(endpoint=parsed.url, model_check=self.model_check, limits=limits)
+        if validator.feed(raw) is None:
+            problem = validator.problems[0]
+            # (The line is freight's, not the producer's: say whose it is.)
+            message = problem.message.replace("This line", "The message's request, as a batch line,", 1)
+            return Rejected(parsed.custom_id, problem.code, message, problem.param)
         return _Storable(parsed.custom_id, parsed.url, parsed.body, parsed.deadline, text)
 
     def flush(self) -> list[str]:
@@ -146,14 +164,25 @@ class Intake:
             made += self._make_batches(flush_id)
 
     def _make_batches(self, flush_id: str) -> list[str]:
-        groups: dict[str, list[IntakeMessage]] = defaultdict(list)
+        """One batch per url and model of the flush's messages (a batch holds one model)."""
+        groups: dict[tuple[str, str], list[IntakeMessage]] = defaultdict(list)
         for m in self.store.intake_flush(flush_id):
-            if m.batch_id is None and m.body is not None and m.result is None:
-                groups[m.url].append(m)
+            if m.body is not None and m.result is None:
+                groups[(m.url, _model_of(m.body))].append(m)
+        models_per_url: dict[str, int] = defaultdict(int)
+        for url, _ in groups:
+            models_per_url[url] += 1
         made = []
-        for url, messages in groups.items():
+        for (url, model), members in groups.items():
+            messages = [m for m in members if m.batch_id is None]
+            if not messages:
+                continue
+            # The key of a url's only model is the url's (as before batches were per model too): a flush a
+            # crash left open across an upgrade still makes its one batch. From all the flush's messages,
+            # batched or not, so that a retry after a crash keys each group as the first try did.
+            key = f"intake:{self.name}:{flush_id}:{url}" + (f":{model}" if models_per_url[url] > 1 else "")
             try:
-                made.append(self._make_batch(flush_id, url, messages))
+                made.append(self._make_batch(flush_id, key, url, messages))
             except (InvalidInput, PayloadTooLarge) as exc:
                 # Refused as it is (a project's spending cap, a file over a limit): trying it again would
                 # be refused again and hold the flush open for ever, so each message gets the refusal as
@@ -161,21 +190,19 @@ class Intake:
                 self._refuse(messages, exc)
         return made
 
-    def _make_batch(self, flush_id: str, url: str, messages: Sequence[IntakeMessage]) -> str:
+    def _make_batch(self, flush_id: str, key: str, url: str, messages: Sequence[IntakeMessage]) -> str:
         project = self.settings.project
-        key = f"intake:{self.name}:{flush_id}:{url}"
         f = self.files.find(project, key)
         if f is None:
             file_id, writer = self.files.new_upload()
             for m in messages:
-                writer.write(b'{"custom_id":' + jsonx.dumps(f"{LINE_PREFIX}{m.seq}") + b',"method":"POST","url":'
-                             + jsonx.dumps(url) + b',"body":' + (m.body or "null").encode() + b"}\n")
+                writer.write(batch_line(f"{LINE_PREFIX}{m.seq}", url, m.body or "null"))
             f = self.files.finish_upload(project, file_id, writer, filename=f"intake-{self.name}.jsonl",
                                          purpose="batch", expires_after_s=None, idempotency_key=key)
         batch = self.batches.create(project, {
             "input_file_id": f.id, "endpoint": url, "completion_window": self.settings.completion_window,
             "metadata": {"freight_intake": self.name, "flush": flush_id}}, idempotency_key=key)
-        self.store.set_intake_batch(flush_id, url, batch.id)
+        self.store.set_intake_batch(flush_id, [m.seq for m in messages], batch.id)
         return batch.id
 
     def _refuse(self, messages: Sequence[IntakeMessage], exc: FreightError) -> None:

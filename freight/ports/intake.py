@@ -12,7 +12,7 @@ class IntakeMessage:
     """One message from an intake source (``[intake."name"]``), deduplicated on ``message_id``.
 
     ``body``: the request body (JSON text), None for a rejected message, whose error line is ``result``.
-    ``flush_id``: the flush it was taken into; ``batch_id``: the batch that flush made for its url.
+    ``flush_id``: the flush it was taken into; ``batch_id``: the batch that flush made for its url and model.
     """
 
     source: str
@@ -53,7 +53,10 @@ class IntakeStore(Protocol):
         ...
 
     def intake_flush(self, flush_id: str) -> list[IntakeMessage]: ...
-    def set_intake_batch(self, flush_id: str, url: str, batch_id: str) -> int: ...
+    def set_intake_batch(self, flush_id: str, seqs: Sequence[int], batch_id: str) -> int:
+        """Record the batch made of these messages (by ``seq``) of a flush (compare-and-set: only a message
+        with neither a batch nor a result); how many were set."""
+        ...
     def set_intake_results(self, source: str, results: Sequence[tuple[str, str]]) -> int:
         """Give messages of a flush that can never become a batch their error lines, ``(message_id, line)``
         each (compare-and-set: only a message with neither a batch nor a result); how many were set."""

@@ -29,10 +29,12 @@ def test_pending_messages_are_claimed_into_one_flush_once(store: Store) -> None:
     assert store.intake_pending("src") == []
     assert sorted(store.open_flushes("src")) == ["f1", "f2"]
     assert [m.message_id for m in store.intake_flush("f2")] == ["m3", "m4"]
-    assert store.set_intake_batch("f2", "/v1/chat/completions", "batch_x") == 1
+    m3, m4 = store.intake_flush("f2")
+    assert store.set_intake_batch("f2", [m3.seq], "batch_x") == 1
     assert store.open_flushes("src") == ["f1", "f2"] or sorted(store.open_flushes("src")) == ["f1", "f2"]
-    assert store.set_intake_batch("f2", "/v1/embeddings", "batch_y") == 1
-    assert store.set_intake_batch("f2", "/v1/embeddings", "batch_z") == 0  # a batch is set once
+    assert store.set_intake_batch("f1", [m4.seq], "batch_y") == 0  # not a message of that flush
+    assert store.set_intake_batch("f2", [m4.seq], "batch_y") == 1
+    assert store.set_intake_batch("f2", [m4.seq], "batch_z") == 0  # a batch is set once
     assert store.open_flushes("src") == ["f1"]
 
 
@@ -41,7 +43,7 @@ def test_undelivered_results_until_marked(store: Store) -> None:
     store.add_intake(_msg("ok"))
     store.add_intake(_msg("waiting"))
     store.claim_intake("src", "f", 1)  # "ok"
-    store.set_intake_batch("f", "/v1/chat/completions", "batch_1")
+    store.set_intake_batch("f", [m.seq for m in store.intake_flush("f")], "batch_1")
     assert [m.message_id for m in store.intake_undelivered("src", 10)] == ["bad", "ok"]
     assert store.mark_intake_delivered("src", ["bad", "ok"]) == 2
     assert store.mark_intake_delivered("src", ["bad"]) == 0
@@ -61,11 +63,10 @@ def test_a_refused_flush_gives_its_messages_results_once(store: Store) -> None:
     for mid in ("a", "b", "c"):
         store.add_intake(_msg(mid))
     store.claim_intake("src", "f", 3)
-    store.set_intake_batch("f", "/v1/embeddings", "batch_1")  # none of them: all are chat
     assert store.set_intake_results("src", [("a", "line-a\n"), ("b", "line-b\n")]) == 2
     assert store.set_intake_results("src", [("a", "again\n")]) == 0  # a result is set once
     assert store.open_flushes("src") == ["f"]  # "c" still needs its batch
-    store.set_intake_batch("f", "/v1/chat/completions", "batch_2")
+    store.set_intake_batch("f", [m.seq for m in store.intake_flush("f")], "batch_2")  # only "c": a and b have results
     assert store.open_flushes("src") == []
     assert store.set_intake_results("src", [("c", "late\n")]) == 0  # it has a batch
     got = {m.message_id: (m.result, m.batch_id) for m in store.intake_undelivered("src", 10)}

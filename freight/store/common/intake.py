@@ -53,9 +53,10 @@ class IntakeMixin(Base):
         with self._db.read() as tx:
             return [_message(r) for r in tx.all("intake_flush", {"flush_id": flush_id})]
 
-    def set_intake_batch(self, flush_id: str, url: str, batch_id: str) -> int:
+    def set_intake_batch(self, flush_id: str, seqs: Sequence[int], batch_id: str) -> int:
         with self._db.write() as tx:
-            return tx.run("set_intake_batch", {"flush_id": flush_id, "url": url, "batch_id": batch_id})
+            return tx.many("set_intake_batch", [{"flush_id": flush_id, "seq": seq, "batch_id": batch_id}
+                                                for seq in seqs])
 
     def set_intake_results(self, source: str, results: Sequence[tuple[str, str]]) -> int:
         with self._db.write() as tx:

@@ -1,6 +1,6 @@
 -- Queue intake (freight/store/common/intake.py): every message taken from a source until its result
 -- is delivered. A message is deduplicated on (source, message_id); a flush takes pending messages
--- (compare-and-set on flush_id) and makes one batch per url.
+-- (compare-and-set on flush_id) and makes one batch per url and model.
 
 -- name: insert_intake
 INSERT INTO intake_messages (source, message_id, custom_id, url, body, reply_to, correlation_id, received_at,
@@ -27,7 +27,7 @@ SELECT seq, source, message_id, custom_id, url, body, reply_to, correlation_id, 
 
 -- name: set_intake_batch
 UPDATE intake_messages SET batch_id = :batch_id
-WHERE flush_id = :flush_id AND url = :url AND batch_id IS NULL AND result IS NULL;
+WHERE seq = :seq AND flush_id = :flush_id AND batch_id IS NULL AND result IS NULL;
 
 -- name: set_intake_result
 UPDATE intake_messages SET result = :result
