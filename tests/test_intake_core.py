@@ -4,15 +4,17 @@ interrupted makes the same batch (never a second one), and results are handed ou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import postgres_database
 
 from freight.config import Settings
 from freight.config.settings import ProjectSettings
-from freight.domain.intake import FlushPolicy, IntakeRequest
+from freight.domain.intake import FlushPolicy, IntakeRequest, message_key
 from freight.intake.core import Intake
 from freight.intake.runner import pump_once
 from freight.intake.settings import IntakeSettings, intake_settings
@@ -238,3 +240,49 @@ def test_a_message_a_batch_line_would_refuse_gets_its_own_line_and_its_flush_run
             "m0": ("c0", None), "m1": ("c1", None), "m2": ("c2", None)}
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_message_the_store_cannot_keep_as_sent_is_refused_alone_and_a_long_id_is_kept_as_its_digest(
+        tmp_path: Path, store: str) -> None:
+    """Found by an audit on PostgreSQL: a NUL in a custom_id, message id or reply_to, or an id of 8,000
+    characters (over the unique index's entry size), made the store refuse the whole transaction, for ever:
+    a Redis consumer reread the same entries every second, AMQP requeued them in a hot loop, HTTP answered
+    500. Now such a message gets its own error line (a NUL id, a long one: kept as its digest) and the
+    messages with it are kept."""
+    from freight.intake.core import Incoming
+
+    with contextlib.ExitStack() as stack:
+        url = None
+        if store == "postgres":
+            from freight.store.postgres.migrate import migrate
+
+            url = stack.enter_context(postgres_database("freight_intake_core"))
+            migrate(url)
+        rt = build_runtime(Settings(data_dir=tmp_path / "data", database_url=url,
+                                    models={MODEL: {"backend": "scripted"}}), lock=False)
+        stack.callback(rt.close)
+        intake = _intake(rt, Clock(), size=100)
+        long_id = "x" * 8000
+        sent = [Incoming("nul-custom", json.dumps({"custom_id": "a\0b", "body": {"messages": []}}), "r"),
+                Incoming("nul-reply", _msg(1), "r\0"), Incoming("nul-corr", _msg(2), "r", "c\0"),
+                Incoming("nul\0id", _msg(3), "r"), Incoming(long_id, _msg(4), "r"),
+                Incoming("surrogate", '{"custom_id": "\\ud800", "body": {"messages": []}}', "r"),
+                Incoming("fine", _msg(5), "r")]
+        intake.accept_many(sent)
+        intake.accept_many(sent)  # redelivered: kept once, under the same ids
+        assert [m.message_id for m in rt.store.intake_pending("q")] == [
+            message_key("nul\0id"), message_key(long_id), "fine"]
+        assert message_key(long_id).startswith("sha256:") and len(message_key(long_id)) == 71
+        assert intake.accept(long_id, _msg(4)).custom_id == "c4"
+        errors = {m.message_id: (m.reply_to, json.loads(line)["custom_id"], json.loads(line)["error"]["code"],
+                                 json.loads(line)["error"]["message"]) for m, line in intake.ready()}
+        assert errors == {
+            "nul-custom": ("r", "nul-custom", "invalid_value", "The message's custom_id holds a NUL character or "
+                           "text that is not UTF-8; it cannot be kept."),
+            "nul-reply": (None, "c1", "invalid_value", "The message's reply_to holds a NUL character or text that "
+                          "is not UTF-8; it cannot be kept."),
+            "nul-corr": (None, "c2", "invalid_value", "The message's correlation_id holds a NUL character or text "
+                         "that is not UTF-8; it cannot be kept."),
+            "surrogate": ("r", "surrogate", "invalid_value", "The message's custom_id holds a NUL character or "
+                          "text that is not UTF-8; it cannot be kept.")}

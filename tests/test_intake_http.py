@@ -35,6 +35,8 @@ def test_http_tickets_get_results_across_a_kill(tmp_path: Path) -> None:
         streamed = httpx.post(base, json={"body": {"messages": [], "stream": True}})
         assert streamed.status_code == 400 and {k: streamed.json()["error"][k] for k in ("code", "param")} == {
             "code": "streaming_unsupported", "param": "body.stream"}
+        nul = httpx.post(base, content=b'{"custom_id": "a\\u0000b", "body": {"messages": []}}')
+        assert nul.status_code == 400 and nul.json()["error"]["param"] == "custom_id", nul.text  # (was a 500)
         assert httpx.get(server.url + "/v1/freight/intake/other/x").status_code == 404
         assert httpx.get(base + "/itk_000000000000000000000000").status_code == 404
         server.restart()  # kill -9: the tickets are in the store

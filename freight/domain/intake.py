@@ -15,6 +15,7 @@ a restarted (or second) process decides the same from the store.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Collection, Sequence
@@ -96,6 +97,41 @@ class Rejected:
     param: str | None = None
 
 
+#: A message id longer than this is kept as its digest (``message_key``): a store's unique index on
+#: (intake, message id) has a size limit per entry (PostgreSQL's btree: about 2,700 bytes).
+MAX_MESSAGE_ID_CHARS = 256
+
+
+def storable(text: str) -> bool:
+    """Whether a store can keep this text as it is: no NUL character (PostgreSQL's text cannot hold one)
+    and valid UTF-8 (no lone surrogate)."""
+    if "\0" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def message_key(message_id: str) -> str:
+    """The id a message is kept (and deduplicated) under: its own, or, when that is too long or not
+    storable, ``sha256:`` and the digest of it (the same for a redelivery, so it is still kept once)."""
+    if len(message_id) <= MAX_MESSAGE_ID_CHARS and storable(message_id):
+        return message_id
+    return "sha256:" + hashlib.sha256(message_id.encode(errors="surrogatepass")).hexdigest()
+
+
+def route_problem(custom_id: str, **route: str | None) -> Rejected | None:
+    """Why a message's reply route (``reply_to``, ``correlation_id``) cannot be kept, if it cannot: the
+    message is refused, and its error line goes where the results of messages without a route go."""
+    for name, value in route.items():
+        if value is not None and not storable(value):
+            return Rejected(custom_id, "invalid_value", f"The message's {name} holds a NUL character or text "
+                            "that is not UTF-8; it cannot be kept.", name)
+    return None
+
+
 def _deadline(value: object) -> float | None:
     if value is None or isinstance(value, bool):
         return None
@@ -131,6 +167,9 @@ def parse_message(payload: bytes | str | dict[str, Any], *, message_id: str, mod
         return Rejected(message_id, "invalid_request", "The message must be a JSON object with a 'body'.")
     raw_custom_id = fields.get("custom_id")
     custom_id = raw_custom_id if isinstance(raw_custom_id, str) and raw_custom_id else message_id
+    if not storable(custom_id):
+        return Rejected(message_id, "invalid_value", "The message's custom_id holds a NUL character or text that "
+                        "is not UTF-8; it cannot be kept.", "custom_id")
     body = fields.get("body")
     if isinstance(body, str):
         try:

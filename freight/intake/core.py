@@ -24,7 +24,15 @@ from freight.domain.batches import TERMINAL
 from freight.domain.clock import Clock
 from freight.domain.errors import FreightError, InvalidInput, PayloadTooLarge
 from freight.domain.ids import batch_request_id
-from freight.domain.intake import IntakeRequest, Pending, Rejected, flush_reason, parse_message
+from freight.domain.intake import (
+    IntakeRequest,
+    Pending,
+    Rejected,
+    flush_reason,
+    message_key,
+    parse_message,
+    route_problem,
+)
 from freight.domain.requests import Result
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage, Store
@@ -98,11 +106,11 @@ class Intake:
     def accept(self, message_id: str, payload: bytes | str | dict[str, object], *, reply_to: str | None = None,
                correlation_id: str | None = None) -> IntakeMessage:
         """Keep one message durably (a redelivery: the one kept before). Acknowledge it after this returns."""
-        existing = self.store.get_intake(self.name, message_id)
+        existing = self.store.get_intake(self.name, message_key(message_id))
         if existing is not None:
             return existing
         self.accept_many([Incoming(message_id, payload, reply_to, correlation_id)])
-        stored = self.store.get_intake(self.name, message_id)
+        stored = self.store.get_intake(self.name, message_key(message_id))
         assert stored is not None
         return stored
 
@@ -111,16 +119,23 @@ class Intake:
         now = self.clock.now()
         messages = []
         for item in incoming:
-            parsed = self.parse(item.message_id, item.payload)
+            # Whatever a producer sent must not make the store refuse the lot (a NUL, an id longer than
+            # its index takes): every message here is kept, as a request or with its error line.
+            key = message_key(item.message_id)
+            parsed = self.parse(key, item.payload)
+            reply_to, correlation_id = item.reply_to, item.correlation_id
+            refused = route_problem(parsed.custom_id, reply_to=reply_to, correlation_id=correlation_id)
+            if refused is not None:
+                log.warning("intake %s: message %s refused: %s", self.name, key, refused.message)
+                parsed, reply_to, correlation_id = refused, None, None
             if isinstance(parsed, _Storable):
-                messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, parsed.url,
-                                              parsed.body_text, item.reply_to, item.correlation_id,
-                                              now, parsed.deadline))
+                messages.append(IntakeMessage(self.name, key, parsed.custom_id, parsed.url, parsed.body_text,
+                                              reply_to, correlation_id, now, parsed.deadline))
             else:
-                line = result_line(_rejected_line_id(self.name, item.message_id), parsed.custom_id,
+                line = result_line(_rejected_line_id(self.name, key), parsed.custom_id,
                                    Result.never_ran(parsed.code, parsed.message))
-                messages.append(IntakeMessage(self.name, item.message_id, parsed.custom_id, self.settings.endpoint,
-                                              None, item.reply_to, item.correlation_id, now, result=line.decode()))
+                messages.append(IntakeMessage(self.name, key, parsed.custom_id, self.settings.endpoint,
+                                              None, reply_to, correlation_id, now, result=line.decode()))
         new = self.store.add_intakes(messages)
         if new < len(messages):
             log.info("intake %s: %d message(s) delivered again; kept once", self.name, len(messages) - new)
