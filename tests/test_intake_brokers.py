@@ -217,3 +217,88 @@ def test_freight_worker_runs_the_intakes_too(tmp_path: Path) -> None:
         assert proc.wait(15) == 0, (tmp_path / "worker.log").read_text()
         log.close()
         r.delete(stream, stream + ":results")
+
+
+def test_results_a_broker_refuses_are_given_up_after_backing_off_and_never_hold_back_the_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by an audit: a result Redis refuses (its reply_to is a key of another type: WRONGTYPE) was tried
+    again for ever, and with PUBLISH_AT_ONCE such results first nothing else went out. Now each backs off on
+    its own, the others are delivered, and it is given up after PUBLISH_RETRY.max_attempts tries (logged once,
+    recorded as delivered). An AMQP queue that rejects publishes (full, x-overflow reject-publish) is the same
+    Undeliverable."""
+    redis = pytest.importorskip("redis")
+    import asyncio
+
+    from freight.config import Settings
+    from freight.domain.intake import FlushPolicy
+    from freight.intake.core import Incoming, Intake
+    from freight.intake.redis_source import RedisSource
+    from freight.intake.runner import PUBLISH_AT_ONCE, PUBLISH_RETRY, PublishRetries, pump_once
+    from freight.intake.settings import IntakeSettings
+    from freight.runtime import build_runtime
+
+    class Clock:
+        t = 1000.0
+
+        def now(self) -> float:
+            return self.t
+
+    r = redis.Redis(host="127.0.0.1", port=6379)
+    tag = uuid.uuid4().hex[:10]
+    wrong, good = f"freight-string-{tag}", f"freight-out-{tag}"
+    r.set(wrong, "not a stream")
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", models={SCRIPTED: {"backend": "scripted"}}), lock=False)
+    clock = Clock()
+    cfg = IntakeSettings("q", "redis", queue=f"freight-in-{tag}", model=SCRIPTED, policy=FlushPolicy(100, 10, 5))
+    intake = Intake(cfg, rt.store, rt.files, rt.batches, clock, lambda: {SCRIPTED})
+    # Poison lines are results at once: no batch needs to run for the pump to have something to send.
+    intake.accept_many([Incoming(f"bad{i}", b"{not json", wrong) for i in range(PUBLISH_AT_ONCE + 5)]
+                       + [Incoming(f"good{i}", b"{not json", good) for i in range(3)])
+    source = RedisSource(cfg)
+    retries = PublishRetries()
+
+    async def drive() -> list[int]:
+        delivered = [await pump_once(intake, source, flush=False, retries=retries)]
+        delivered.append(await pump_once(intake, source, flush=False, retries=retries))  # all backing off
+        for _ in range(PUBLISH_RETRY.max_attempts - 1):
+            clock.t += PUBLISH_RETRY.max_delay_s
+            delivered.append(await pump_once(intake, source, flush=False, retries=retries))
+        await source.close()
+        return delivered
+
+    try:
+        with caplog.at_level("WARNING", logger="freight.intake"):
+            delivered = asyncio.run(drive())
+        assert delivered == [3] + [0] * PUBLISH_RETRY.max_attempts
+        assert sorted(f[b"id"].decode() for _, f in r.xrange(good)) == ["good0", "good1", "good2"]
+        assert intake.ready() == [] and retries.waiting == {}  # given up: recorded as delivered
+        events = [getattr(rec, "event", None) for rec in caplog.records]
+        assert events.count("intake_publish_refused") == 1 and events.count("intake_undeliverable") == 1, events
+        [gave_up] = [rec for rec in caplog.records if getattr(rec, "event", None) == "intake_undeliverable"]
+        assert "gave up publishing 105 result(s) after 8 tries" in gave_up.getMessage()
+        assert "WRONGTYPE" in gave_up.getMessage()
+    finally:
+        rt.close()
+        r.delete(wrong, good)
+
+    pika = pytest.importorskip("aio_pika")
+    from freight.intake.amqp_source import AmqpSource
+    from freight.intake.runner import Undeliverable
+    from freight.ports import IntakeMessage
+
+    async def amqp() -> None:
+        connection = await pika.connect_robust("amqp://guest:guest@127.0.0.1:5672/")
+        async with connection:
+            channel = await connection.channel()
+            full = await channel.declare_queue(f"freight-full-{tag}", auto_delete=True, arguments={
+                "x-max-length": 1, "x-overflow": "reject-publish"})
+            await channel.default_exchange.publish(pika.Message(b"x"), routing_key=full.name)
+            source = AmqpSource(IntakeSettings("q", "amqp", queue="in"))
+            try:
+                with pytest.raises(Undeliverable, match="refused"):
+                    await source.publish(IntakeMessage("q", "m", "c", "/v1/chat/completions", "{}", full.name, "m",
+                                                       0.0), b"{}")
+            finally:
+                await source.close()
+
+    asyncio.run(amqp())

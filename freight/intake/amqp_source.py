@@ -13,9 +13,11 @@ import logging
 from typing import Any
 
 import aio_pika
+from aio_pika.exceptions import DeliveryError
 from pamqp.commands import Basic
 
 from freight.intake.core import Incoming, Intake, message_id_of
+from freight.intake.runner import Undeliverable
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage
 
@@ -89,10 +91,14 @@ class AmqpSource:
             return
         channel = await self._open()
         for to in targets:
-            confirmed = await channel.default_exchange.publish(
-                aio_pika.Message(line, correlation_id=message.correlation_id, message_id=message.message_id,
-                                 content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=to, mandatory=True)
+            try:
+                confirmed = await channel.default_exchange.publish(
+                    aio_pika.Message(line, correlation_id=message.correlation_id, message_id=message.message_id,
+                                     content_type="application/json",
+                                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=to, mandatory=True)
+            except DeliveryError as exc:  # nacked: the queue refused it (full, with x-overflow reject-publish)
+                raise Undeliverable(f"queue {to!r} refused it ({exc})") from exc
             if isinstance(confirmed, Basic.Ack):
                 return
             log.warning("intake %s: no queue %r to take the result of message %s (declare reply queues before "

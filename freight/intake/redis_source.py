@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from freight.intake.core import Incoming, Intake, fields_text
+from freight.intake.runner import Undeliverable
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage
 
@@ -75,7 +76,10 @@ class RedisSource:
 
     async def publish(self, message: IntakeMessage, line: bytes) -> None:
         fields = {"id": message.message_id, "custom_id": message.custom_id, "result": line}
-        await self.redis.xadd(message.reply_to or self.results, fields)
+        try:
+            await self.redis.xadd(message.reply_to or self.results, fields)
+        except ResponseError as exc:  # (WRONGTYPE: the key is not a stream) Redis refused this result
+            raise Undeliverable(str(exc)) from exc
 
     async def close(self) -> None:
         await self.redis.aclose()
