@@ -302,3 +302,55 @@ def test_results_a_broker_refuses_are_given_up_after_backing_off_and_never_hold_
                 await source.close()
 
     asyncio.run(amqp())
+
+
+def test_the_same_amqp_bytes_from_two_senders_without_a_message_id_are_two_messages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an audit: the dedupe key of a message with no message_id (nor correlation_id) was the digest of
+    its bytes alone, so a second sender's identical request was dropped as a redelivery and never answered.
+    The key covers the reply_to too; a redelivery to the same sender is still kept once."""
+    pika = pytest.importorskip("aio_pika")
+    import asyncio
+    import types
+
+    import aiormq.channel
+
+    from freight.config import Settings
+    from freight.intake.amqp_source import AmqpSource
+    from freight.intake.core import Intake
+    from freight.intake.settings import IntakeSettings
+    from freight.runtime import build_runtime
+
+    tag = uuid.uuid4().hex[:10]
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", models={SCRIPTED: {"backend": "scripted"}}), lock=False)
+    cfg = IntakeSettings("q", "amqp", queue=f"freight-in-{tag}", model=SCRIPTED)
+    intake = Intake(cfg, rt.store, rt.files, rt.batches, rt.clock, lambda: {SCRIPTED})
+    body = json.dumps({"body": _body(0)}).encode()
+
+    async def scenario() -> None:
+        connection = await pika.connect_robust("amqp://guest:guest@127.0.0.1:5672/")
+        async with connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(cfg.queue, durable=True)
+            with monkeypatch.context() as patch:  # send no message_id, as pika and most clients do (aiormq makes one)
+                patch.setattr(aiormq.channel, "UUID", lambda **_: types.SimpleNamespace(hex=None))
+                for reply_to in ("sender-a", "sender-b", "sender-a"):  # the last: sender a's redelivery
+                    await channel.default_exchange.publish(pika.Message(body, reply_to=reply_to),
+                                                           routing_key=queue.name)
+            source, stop = AmqpSource(cfg), asyncio.Event()
+            consumer = asyncio.create_task(source.consume(intake, stop))
+            for _ in range(100):
+                if len(rt.store.intake_pending("q")) >= 2 and (await queue.declare()).message_count == 0:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            stop.set()
+            await consumer
+            await source.close()
+            await queue.delete(if_unused=False, if_empty=False)
+
+    try:
+        asyncio.run(scenario())
+        assert sorted(m.reply_to or "" for m in rt.store.intake_pending("q")) == ["sender-a", "sender-b"]
+    finally:
+        rt.close()

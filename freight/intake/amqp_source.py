@@ -2,8 +2,8 @@
 
 Each message's body is one request as JSON: ``body``, optional ``custom_id``, ``url``, ``deadline``.
 Its dedupe key is the message's ``message_id`` (else its ``correlation_id``, else a digest of its
-bytes). It is acknowledged once it is in the store; its result is published to its ``reply_to`` (else, or
-when no such queue exists, the ``results_stream`` queue) with its ``correlation_id``.
+bytes and its ``reply_to``). It is acknowledged once it is in the store; its result is published to its
+``reply_to`` (else, or when no such queue exists, the ``results_stream`` queue) with its ``correlation_id``.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class AmqpSource:
 
     async def _keep(self, intake: Intake, messages: list[aio_pika.abc.AbstractIncomingMessage]) -> None:
         """Keep the messages in one transaction, then acknowledge them; if the store failed, requeue them."""
-        incoming = [Incoming(message_id_of(m.body, m.message_id, m.correlation_id), m.body, m.reply_to,
-                             m.correlation_id) for m in messages]
+        incoming = [Incoming(message_id_of(m.body, m.message_id, m.correlation_id, reply_to=m.reply_to), m.body,
+                             m.reply_to, m.correlation_id) for m in messages]
         try:
             await asyncio.to_thread(intake.accept_many, incoming)
         except Exception:

@@ -278,12 +278,14 @@ class Intake:
             return []
 
 
-def message_id_of(body: bytes, *candidates: str | None) -> str:
-    """A message's dedupe key: its own id where it has one, else a digest of its bytes."""
+def message_id_of(body: bytes, *candidates: str | None, reply_to: str | None = None) -> str:
+    """A message's dedupe key: its own id where it has one, else a digest of its bytes and of where its
+    result goes (the same request from two senders is two messages, each answered)."""
     for c in candidates:
         if c:
             return c
-    return "sha256:" + hashlib.sha256(body).hexdigest()
+    route = reply_to.encode(errors="surrogatepass") + b"\0" if reply_to else b""
+    return "sha256:" + hashlib.sha256(route + body).hexdigest()
 
 
 def fields_text(fields: dict[bytes, bytes]) -> dict[str, object]:
