@@ -286,3 +286,26 @@ def test_a_message_the_store_cannot_keep_as_sent_is_refused_alone_and_a_long_id_
                          "that is not UTF-8; it cannot be kept."),
             "surrogate": ("r", "surrogate", "invalid_value", "The message's custom_id holds a NUL character or "
                           "text that is not UTF-8; it cannot be kept.")}
+
+
+def test_intake_tables_that_could_never_work_are_refused_when_the_config_loads(tmp_path: Path) -> None:
+    """Found by an audit: a flush_size over [limits] max_lines (every full flush failed with too_many_tasks),
+    a redis intake with both stream and queue (it read queue, silently), an endpoint freight does not serve
+    (every flush refused) were all accepted."""
+    from freight.config import load_settings
+    from freight.domain.errors import ConfigError
+
+    path = tmp_path / "freight.toml"
+    for table, error in [
+        ('[limits]\nmax_lines = 10\n[intake."q"]\nkind = "http"\nflush_size = 11\n',
+         r'\[intake\."q"\] flush_size 11 is more than limits.max_lines \(10\): every full flush would make a batch '
+         r"over the limit, and fail"),
+        ('[intake."q"]\nkind = "redis"\nstream = "a"\nqueue = "b"\n',
+         r"\[intake\.\"q\"\]: set 'stream' only, not both 'stream' and 'queue' \(a redis intake reads its 'stream'"),
+        ('[intake."q"]\nkind = "http"\nendpoint = "/v1/chat"\n',
+         r"\[intake\.\"q\"\]: endpoint must be one of /v1/chat/completions, .*, got '/v1/chat'")]:
+        path.write_text(table)
+        with pytest.raises(ConfigError, match=error):
+            load_settings(path, env={})
+    path.write_text('[limits]\nmax_lines = 10\n[intake."q"]\nkind = "http"\nflush_size = 10\n')
+    assert load_settings(path, env={}).intake["q"].policy.flush_size == 10

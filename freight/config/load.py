@@ -108,7 +108,7 @@ def load_settings(
     except ValueError as exc:
         raise ConfigError(f"[webhooks]: {exc}") from None
     try:
-        intake_sources = intake_settings(r.named["intake"], window.min_s, window.max_s)
+        intake_sources = intake_settings(r.named["intake"], window.min_s, window.max_s, input_limits.max_lines)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     data_dir_value = r["server.data_dir"] or default_dir or default_data_dir()

@@ -206,14 +206,17 @@ SETTINGS: tuple[Setting, ...] = (
             "`redis://127.0.0.1:6379`).", example="redis://127.0.0.1:6379/0"),
     Setting("intake.*", "queue", "str", None, "amqp: the queue read (declared durable); required.",
             example="orders"),
-    Setting("intake.*", "stream", "str", None, "redis: the stream read; required.", example="orders"),
+    Setting("intake.*", "stream", "str", None, "redis: the stream read; required (and `queue` not set).",
+            example="orders"),
     Setting("intake.*", "group", "str", _IN.group, "redis: the consumer group."),
     Setting("intake.*", "consumer", "str", None, "redis: this process's name in the group "
             "(default `freight-<hostname>`)."),
     Setting("intake.*", "model", "str", None, "The model of messages whose body names none."),
-    Setting("intake.*", "endpoint", "str", _IN.endpoint, "The endpoint of messages that name no `url`."),
-    Setting("intake.*", "flush_size", "int", _FP.flush_size, "A batch is made once this many messages wait.",
-            min=1),
+    Setting("intake.*", "endpoint", "str", _IN.endpoint, "The endpoint of messages that name no `url`; one "
+            "that batches take (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/responses`, "
+            "`/v1/messages`)."),
+    Setting("intake.*", "flush_size", "int", _FP.flush_size, "A batch is made once this many messages wait; at "
+            "most `[limits] max_lines`.", min=1),
     Setting("intake.*", "flush_age_s", "float", _FP.flush_age_s, "... or once the oldest has waited this long.",
             min=0),
     Setting("intake.*", "deadline_margin_s", "float", _FP.deadline_margin_s, "... or this long before the earliest "

@@ -7,6 +7,7 @@ from typing import Any
 
 from freight.domain.durations import parse_duration_s
 from freight.domain.intake import FlushPolicy
+from freight.services.batches import BATCH_ENDPOINTS
 
 KINDS = ("redis", "amqp", "http")
 _KEYS = {"kind", "url", "queue", "stream", "group", "consumer", "model", "endpoint", "flush_size", "flush_age_s",
@@ -42,10 +43,12 @@ class IntakeSettings:
                 "claim_idle_s": self.claim_idle_s}
 
 
-def intake_settings(tables: dict[str, Any], window_min_s: int = 1, window_max_s: int = 30 * 86400
-                    ) -> dict[str, IntakeSettings]:
-    """Parse the ``[intake]`` section; ValueError names the table and key at fault. A ``completion_window``
-    must be one a batch may take (``limits.completion_window_min``..``max``)."""
+def intake_settings(tables: dict[str, Any], window_min_s: int = 1, window_max_s: int = 30 * 86400,
+                    max_lines: int = 50_000) -> dict[str, IntakeSettings]:
+    """Parse the ``[intake]`` section; ValueError names the table and key at fault. Refused, since every
+    flush would fail: a ``completion_window`` no batch may take (``limits.completion_window_min``..``max``),
+    a ``flush_size`` over the lines a batch may hold (``limits.max_lines``), an ``endpoint`` freight does
+    not serve. Both ``stream`` and ``queue`` is refused too (one of them would be ignored)."""
     out: dict[str, IntakeSettings] = {}
     for name, table in tables.items():
         where = f'[intake."{name}"]'
@@ -57,6 +60,10 @@ def intake_settings(tables: dict[str, Any], window_min_s: int = 1, window_max_s:
         kind = table.get("kind")
         if kind not in KINDS:
             raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if "queue" in table and "stream" in table:
+            own = "stream" if kind == "redis" else "queue"
+            raise ValueError(f"{where}: set {own!r} only, not both 'stream' and 'queue' (a {kind} intake reads "
+                             f"its {own!r}; the other would be ignored)")
         queue = table.get("queue") or table.get("stream") or ""
         if kind != "http" and (not isinstance(queue, str) or not queue):
             raise ValueError(f"{where}: needs a {'stream' if kind == 'redis' else 'queue'}")
@@ -66,6 +73,12 @@ def intake_settings(tables: dict[str, Any], window_min_s: int = 1, window_max_s:
                                  deadline_margin_s=float(table.get("deadline_margin_s", 30.0)))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: {exc}") from None
+        if policy.flush_size > max_lines:
+            raise ValueError(f"{where} flush_size {policy.flush_size} is more than limits.max_lines ({max_lines}): "
+                             "every full flush would make a batch over the limit, and fail")
+        endpoint = table.get("endpoint", "/v1/chat/completions")
+        if endpoint not in BATCH_ENDPOINTS:
+            raise ValueError(f"{where}: endpoint must be one of {', '.join(BATCH_ENDPOINTS)}, got {endpoint!r}")
         window = table.get("completion_window", "24h")
         try:  # (a window no batch can take would fail every flush of the intake, for ever)
             seconds = parse_duration_s(window if isinstance(window, str) else "")
