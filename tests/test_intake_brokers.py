@@ -354,3 +354,53 @@ def test_the_same_amqp_bytes_from_two_senders_without_a_message_id_are_two_messa
         assert sorted(m.reply_to or "" for m in rt.store.intake_pending("q")) == ["sender-a", "sender-b"]
     finally:
         rt.close()
+
+
+def test_a_blocked_flush_and_an_unreachable_broker_log_once_per_streak(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Found by an audit: a flush the project's quota held back logged a warning every 0.05 s (89 in 7 s), and
+    a broker that could not be reached logged a full traceback every second, with no backoff. Now: one
+    warning per streak (the traceback at debug), and the consumer backs off 1 s, 2 s, 4 s ... up to 30 s."""
+    pytest.importorskip("redis")
+    import asyncio
+
+    from freight.config import Settings
+    from freight.domain.intake import FlushPolicy
+    from freight.domain.quota import Quota
+    from freight.intake.core import Intake
+    from freight.intake.redis_source import RedisSource
+    from freight.intake.runner import _consume
+    from freight.intake.settings import IntakeSettings
+    from freight.runtime import build_runtime
+
+    rt = build_runtime(Settings(data_dir=tmp_path / "data", models={SCRIPTED: {"backend": "scripted"}},
+                                quota=Quota(max_active_batches=0)), lock=False)
+    try:
+        cfg = IntakeSettings("q", "redis", url="redis://127.0.0.1:1", queue="in", model=SCRIPTED,
+                             policy=FlushPolicy(1, 10, 5))
+        intake = Intake(cfg, rt.store, rt.files, rt.batches, rt.clock, lambda: {SCRIPTED})
+        intake.accept("m", json.dumps({"body": _body(0)}))
+        with caplog.at_level("WARNING", logger="freight.intake"):
+            assert [intake.try_flush() for _ in range(40)] == [[]] * 40  # the quota holds it back
+        [blocked] = caplog.records
+        assert "cannot make a batch yet" in blocked.getMessage() and blocked.levelname == "WARNING"
+        caplog.clear()
+
+        async def consume_for(seconds: float) -> None:
+            stop = asyncio.Event()
+            source = RedisSource(cfg)  # nothing listens on port 1
+            task = asyncio.create_task(_consume(intake, source, stop))
+            await asyncio.sleep(seconds)
+            stop.set()
+            await task
+            await source.close()
+
+        with caplog.at_level("DEBUG", logger="freight.intake"):
+            asyncio.run(consume_for(3.5))  # tries at 0 s, 1 s, 3 s (it was every second)
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        debug = [r for r in caplog.records if r.levelname == "DEBUG" and "consumer failure" in r.getMessage()]
+        assert len(warnings) == 1 and warnings[0].exc_info is None, [r.getMessage() for r in warnings]
+        assert "reconnecting, backing off up to 30 s" in warnings[0].getMessage()
+        assert len(debug) == 3 and all(r.exc_info for r in debug)
+    finally:
+        rt.close()

@@ -34,6 +34,7 @@ from freight.domain.intake import (
     route_problem,
 )
 from freight.domain.requests import Result
+from freight.engine.repeats import RepeatedFailures
 from freight.intake.settings import IntakeSettings
 from freight.ports import IntakeMessage, Store
 from freight.services.batches import BATCH_ENDPOINTS, BatchService
@@ -91,6 +92,7 @@ class Intake:
         self.batches = batches
         self.clock = clock
         self.models = models
+        self.repeats = RepeatedFailures(log)
         #: ``ModelCatalog.check``: None when a model is served for an endpoint, else why not.
         self.model_check = model_check or self._served
 
@@ -271,11 +273,17 @@ class Intake:
         self.store.mark_intake_delivered(self.name, [m.message_id for m in messages])
 
     def try_flush(self) -> list[str]:
+        """``flush``, where a refusal that may pass later (the project's quota) keeps the flush open to be
+        tried again: logged once when it starts, then as counts (RepeatedFailures), and once recovered."""
+        key = f"intake_flush_blocked:{self.name}"
         try:
-            return self.flush()
-        except FreightError as exc:  # e.g. the project's quota: the flush stays open and is retried
-            log.warning("intake %s: cannot make a batch yet: %s", self.name, exc)
+            made = self.flush()
+        except FreightError as exc:
+            self.repeats.failed(key, f"intake {self.name}: cannot make a batch yet: {exc.message}", exc,
+                                level=logging.WARNING, extra={"intake": self.name})
             return []
+        self.repeats.ok(key)
+        return made
 
 
 def message_id_of(body: bytes, *candidates: str | None, reply_to: str | None = None) -> str:

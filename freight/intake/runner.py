@@ -23,6 +23,8 @@ log = logging.getLogger("freight.intake")
 PUMP_INTERVAL_S = 0.1
 #: How often the flusher asks the policy (a look at the store's pending messages of this intake).
 FLUSH_INTERVAL_S = 0.05
+#: The longest wait before a failed consumer reconnects (the wait doubles from 1 s).
+CONSUME_BACKOFF_MAX_S = 30.0
 #: Results published concurrently (each awaits its broker's confirmation), then recorded together.
 PUBLISH_AT_ONCE = 100
 
@@ -164,13 +166,28 @@ async def _flusher(intake: Intake, stop: asyncio.Event) -> None:
 
 
 async def _consume(intake: Intake, source: Source, stop: asyncio.Event) -> None:
+    """Consume until ``stop``; a consumer that fails (a broker that cannot be reached) reconnects after a
+    backoff that doubles to ``CONSUME_BACKOFF_MAX_S``. One warning per streak of failures (the traceback and
+    each failure at debug); a consumer that ran that long before failing starts a new streak."""
+    loop = asyncio.get_running_loop()
+    failures = 0
     while not stop.is_set():
+        started = loop.time()
         try:
             await source.consume(intake, stop)
-        except Exception:
-            log.exception("intake %s: consumer failed; reconnecting", intake.name)
+        except Exception as exc:
+            if loop.time() - started >= CONSUME_BACKOFF_MAX_S:
+                failures = 0  # (it had been consuming: a new streak)
+            failures += 1
+            delay = min(CONSUME_BACKOFF_MAX_S, 2.0 ** (failures - 1))
+            if failures == 1:
+                log.warning("intake %s: consumer failed (%s: %s); reconnecting, backing off up to %.0f s",
+                            intake.name, type(exc).__name__, exc, CONSUME_BACKOFF_MAX_S,
+                            extra={"event": "intake_consume_failed", "intake": intake.name})
+            log.debug("intake %s: consumer failure %d; next try in %.0f s", intake.name, failures, delay,
+                      exc_info=True)
             try:
-                await asyncio.wait_for(stop.wait(), 1)
+                await asyncio.wait_for(stop.wait(), delay)
             except TimeoutError:
                 pass
 
