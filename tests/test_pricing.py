@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import cast
 
@@ -165,6 +166,9 @@ def test_the_freight_object_of_a_running_batch() -> None:
     assert ext["requests_per_s"] == pytest.approx(0.5)
     assert ext["eta_at"] == 1020
     assert ext["max_cost_usd"] == 7.0
+    # Paused, it finishes nothing until resumed: no finish time is promised (it kept one, moving with the clock).
+    paused = controls.freight_object(dataclasses.replace(batch, paused_at=1005))
+    assert paused["eta_at"] is None and paused["requests_per_s"] == pytest.approx(0.5)
 
 
 @given(spent=st.floats(0, 100, allow_nan=False), cap=st.floats(0.01, 100, allow_nan=False),

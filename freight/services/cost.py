@@ -187,6 +187,8 @@ class CostControls:
         c = batch.request_counts
         progress = pricing.progress(started_at=batch.in_progress_at, ended_at=ended_at(batch),
                                     now=self.clock.now(), done=c.completed + c.failed, total=c.total)
+        if batch.paused_at is not None:  # it finishes nothing while paused: no time can be promised
+            progress = pricing.Progress(progress.requests_per_s, None)
         out: dict[str, Any] = {
             "cost_usd": pricing.round_usd(figures.cost_usd),
             "projected_cost_usd": pricing.round_usd(figures.projected_cost_usd),
