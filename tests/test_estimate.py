@@ -113,6 +113,18 @@ def test_the_texts_each_endpoint_reads() -> None:
     assert (est.input_tokens, est.output_tokens) == (3 + 1, 0)
 
 
+def test_each_answer_a_request_asks_for_counts_its_output() -> None:
+    """``n`` answers (and completions' ``best_of`` candidates) are each generated and billed up to the limit."""
+    chat = {"model": "m", "messages": [{"role": "user", "content": "abcd"}]}
+    assert estimate_lines("/v1/chat/completions", [{**chat, "n": 4, "max_tokens": 20}]).output_tokens == 80
+    assert estimate_lines("/v1/chat/completions", [{**chat, "n": 3}]).output_tokens == 3 * DEFAULT_OUTPUT_TOKENS
+    assert estimate_lines("/v1/chat/completions", [{**chat, "n": True, "max_tokens": 20}]).output_tokens == 20
+    completions = {"model": "m", "prompt": "abcd", "max_tokens": 10}
+    assert estimate_lines("/v1/completions", [{**completions, "n": 2, "best_of": 5}]).output_tokens == 50
+    assert estimate_lines("/v1/responses", [{"model": "m", "input": "abcd", "n": 4,
+                                             "max_output_tokens": 10}]).output_tokens == 10
+
+
 @pytest.mark.parametrize(("table", "hint"), [
     ('backend = "local-embeddings"', "set machine_cost_per_hour and tokens_per_s in [models.\"all-MiniLM-L6-v2\"]"),
     ('backend = "openai"\nbase_url = "http://127.0.0.1:9/v1"', "set rpm and/or tpm in [models.\"all-MiniLM-L6-v2\"]"),

@@ -70,20 +70,35 @@ def input_texts(endpoint: str, body: dict[str, Any]) -> tuple[list[str], int]:
     return texts, PER_MESSAGE_TOKENS * len(messages) + (3 if messages else 0)
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+def generations(endpoint: str, body: dict[str, Any]) -> int:
+    """How many answers a request's output limit applies to (each is billed): ``n`` on chat completions;
+    ``n`` or, if more, ``best_of`` on completions (``best_of`` candidates are generated and billed); 1 else."""
+    if endpoint == "/v1/chat/completions":
+        return _count(body.get("n"))
+    if endpoint == "/v1/completions":
+        return max(_count(body.get("n")), _count(body.get("best_of")))
+    return 1
+
+
 def output_limit(endpoint: str, body: dict[str, Any]) -> int | None:
-    """The output tokens a request can use at most: its own limit, 0 for embeddings; None when it sets none."""
+    """The output tokens a request can use at most: its own limit for each of its answers (``generations``),
+    0 for embeddings; None when it sets none."""
     if endpoint == "/v1/embeddings":
         return 0
     for key in _OUTPUT_LIMITS:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
+            return value * generations(endpoint, body)
     return None
 
 
 def output_tokens(endpoint: str, body: dict[str, Any]) -> int:
     limit = output_limit(endpoint, body)
-    return DEFAULT_OUTPUT_TOKENS if limit is None else limit
+    return DEFAULT_OUTPUT_TOKENS * generations(endpoint, body) if limit is None else limit
 
 
 @dataclass
