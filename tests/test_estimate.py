@@ -113,6 +113,25 @@ def test_the_texts_each_endpoint_reads() -> None:
     assert (est.input_tokens, est.output_tokens) == (3 + 1, 0)
 
 
+def test_models_of_one_upstream_are_timed_at_the_smallest_limit_any_of_them_sets(tmp_path: Path) -> None:
+    """The backend shares one limiter among the models with the same base_url and key: the estimate too."""
+    shared = CONFIG + """
+[models."gpt-4-turbo-slow"]
+backend = "openai"
+base_url = "http://127.0.0.1:9/v1/"
+rpm = 60
+"""
+    (tmp_path / "freight.toml").write_text(shared)
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in chat_lines("gpt-4-turbo", max_tokens=5)))
+    r = subprocess.run([*freight_command(), "validate", str(path), "--estimate", "--json"], capture_output=True,
+                       text=True, cwd=tmp_path, env=subprocess_env(), stdin=subprocess.DEVNULL, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    e = json.loads(r.stdout.strip().splitlines()[-1])
+    assert e["duration_s"] == 20, e  # 20 requests at the other model's 60 rpm, not gpt-4-turbo's 6,000 tpm alone
+    assert "the smallest on its upstream" in e["rate"]
+
+
 def test_each_answer_a_request_asks_for_counts_its_output() -> None:
     """``n`` answers (and completions' ``best_of`` candidates) are each generated and billed up to the limit."""
     chat = {"model": "m", "messages": [{"role": "user", "content": "abcd"}]}

@@ -95,19 +95,41 @@ def no_rate(model: str | None, table: dict[str, Any]) -> str:
     return f"no configured rate (set machine_cost_per_hour and tokens_per_s in {where})"
 
 
-def duration_s(est: Estimate, table: dict[str, Any], model: str | None = None) -> tuple[float | None, str]:
-    """How long at the configured rate: ``tokens_per_s`` (a local model), else ``tpm``/``rpm`` limits."""
+def _upstream(table: dict[str, Any]) -> tuple[str, object] | None:
+    """Which upstream a remote model's limits belong to: its base URL and its key's variable (the backend
+    shares one limiter among the models with the same base URL and key, freight/backends/openai_http)."""
+    url = table.get("base_url")
+    if table.get("backend") != "openai" or not isinstance(url, str) or not url:
+        return None
+    return url.rstrip("/"), table.get("api_key_env")
+
+
+def shared_limit(key: str, table: dict[str, Any], tables: dict[str, dict[str, Any]]) -> int | None:
+    """A model's ``rpm`` or ``tpm`` as it runs: the smallest configured on any model of its upstream."""
+    upstream = _upstream(table)
+    limits = [t.get(key) for t in ([table] if upstream is None else
+                                  [t for t in tables.values() if _upstream(t) == upstream] or [table])]
+    found = [v for v in limits if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(found) if found else None
+
+
+def duration_s(est: Estimate, table: dict[str, Any], model: str | None = None,
+               tables: dict[str, dict[str, Any]] | None = None) -> tuple[float | None, str]:
+    """How long at the configured rate: ``tokens_per_s`` (a local model), else ``tpm``/``rpm`` limits
+    (the smallest of those set on the models of the same upstream: they share one limiter)."""
     rate = table.get("tokens_per_s")
     if isinstance(rate, int | float) and rate > 0:
         return est.tokens.total / rate, f"{rate:g} tokens/s (tokens_per_s)"
     times = []
-    tpm, rpm = table.get("tpm"), table.get("rpm")
-    if isinstance(tpm, int) and tpm > 0:
+    tpm, rpm = shared_limit("tpm", table, tables or {}), shared_limit("rpm", table, tables or {})
+    if tpm is not None:
         times.append(est.tokens.total / tpm * 60)
-    if isinstance(rpm, int) and rpm > 0:
+    if rpm is not None:
         times.append(est.requests / rpm * 60)
     if times:
-        return max(times), "the model's configured rpm/tpm limits"
+        shared = (tpm, rpm) != (table.get("tpm"), table.get("rpm"))
+        return max(times), "the model's configured rpm/tpm limits" + (
+            f" (rpm {rpm}, tpm {tpm}: the smallest on its upstream, which other models share)" if shared else "")
     return None, no_rate(model, table)
 
 
@@ -125,7 +147,7 @@ def estimate_file(settings: Settings, path: Path, endpoint: str, model: str | No
         table["tokens_per_s"] = pricing.machine.tokens_per_s
     counter, counted_by = counter_for(model or "", table)
     est = estimate_lines(endpoint, _bodies(path, settings.input_limits.max_line_bytes), counter)
-    seconds, rate_note = duration_s(est, table, model)
+    seconds, rate_note = duration_s(est, table, model, settings.model_tables())
     cost = pricing.cost_usd(est.tokens, busy_s=seconds)
     return {
         "model": model, "endpoint": endpoint, "requests": est.requests,
