@@ -222,8 +222,8 @@ class Client:
         batch = self.retrieve(batch_id)
         data = self.http.get(f"/files/{batch['input_file_id']}/content")
         requests = _requests_of(data.content) if data.status_code < 400 else {}
-        rates = (batch.get("freight") or {}).get("rates")
-        return rows_of(self.partial(batch_id), requests, rates)
+        ext = batch.get("freight") or {}
+        return rows_of(self.partial(batch_id), requests, ext.get("rates"), ext.get("output_schema") is not None)
 
     def to_dataframe(self, batch_id: str, library: str = "pandas") -> Any:
         return to_frame(self.results(batch_id), library)
@@ -291,8 +291,8 @@ class AsyncClient:
         batch = await self.retrieve(batch_id)
         data = await self.http.get(f"/files/{batch['input_file_id']}/content")
         requests = _requests_of(data.content) if data.status_code < 400 else {}
-        rates = (batch.get("freight") or {}).get("rates")
-        return rows_of(await self.partial(batch_id), requests, rates)
+        ext = batch.get("freight") or {}
+        return rows_of(await self.partial(batch_id), requests, ext.get("rates"), ext.get("output_schema") is not None)
 
     async def to_dataframe(self, batch_id: str, library: str = "pandas") -> Any:
         return to_frame(await self.results(batch_id), library)

@@ -96,6 +96,14 @@ def test_results_rows_with_answers_tokens_cost_and_errors(client: Client) -> Non
     assert total == pytest.approx(batch["freight"]["cost_usd"], rel=1e-6)
 
 
+def test_answers_checked_by_the_batch_output_schema_are_parsed_json(client: Client) -> None:
+    """The batch's output_schema checked every answer as JSON: the rows give it parsed, as for a request's own
+    schema (they were strings)."""
+    lines = [line(0, script={"reply": '{"x": 1}'}), line(1, script={"reply": '{"x": 2}'})]
+    batch = client.wait(client.submit(lines, output_schema={"type": "object"})["id"], poll_s=0.1, timeout_s=30)
+    assert [r["answer"] for r in client.results(batch["id"])] == [{"x": 1}, {"x": 2}]
+
+
 def test_freight_results_cli_joins_a_data_file_and_writes_csv_and_parquet(client: Client, server: FreightServer,
                                                                            tmp_path: Path) -> None:
     import pyarrow.parquet as pq

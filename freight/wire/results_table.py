@@ -1,9 +1,10 @@
 """One row per request of a batch, for people and data frames: ``freight results``, ``freight.client``.
 
 Each row: ``custom_id``, ``status`` ("succeeded" / "failed"), ``answer`` (the message text — parsed
-JSON when the request asked for a schema —, the tool call's arguments, the embedding, the completion
-text), ``input_tokens``, ``output_tokens``, ``cost_usd`` (the tokens at the batch's effective rates,
-when it has them), ``error_code``, ``error_message``.
+JSON when the request or its batch's ``output_schema`` asked for a schema —, the tool call's
+arguments, the embedding, the completion text), ``input_tokens``, ``output_tokens``, ``cost_usd`` (the
+tokens at the batch's effective rates, when it has them; an answer from the result cache is priced too,
+though it cost nothing this time: the lines do not say which were cached), ``error_code``, ``error_message``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def _maybe_json(text: Any, parse: bool) -> Any:
     return text
 
 
-def answer_of(response: Mapping[str, Any], request: Mapping[str, Any] | None) -> Any:
-    """The useful part of a 2xx response body."""
-    parse = request is not None and asks_for_json(request)
+def answer_of(response: Mapping[str, Any], request: Mapping[str, Any] | None, json_answers: bool = False) -> Any:
+    """The useful part of a 2xx response body (its text parsed as JSON when the request asked for a schema,
+    or ``json_answers``: the batch's ``output_schema`` checked every answer as JSON)."""
+    parse = json_answers or (request is not None and asks_for_json(request))
     if "choices" in response:
         choice = _d((response.get("choices") or [{}])[0])
         message = _d(choice.get("message"))
@@ -69,7 +71,7 @@ def _tokens(usage: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def row_of(line: Mapping[str, Any], request: Mapping[str, Any] | None,
-           rates: Mapping[str, Any] | None) -> dict[str, Any]:
+           rates: Mapping[str, Any] | None, json_answers: bool = False) -> dict[str, Any]:
     """The row of one output or error line (``request``: its body from the input file, if known)."""
     response = _d(line.get("response"))
     error = _d(line.get("error"))
@@ -87,7 +89,7 @@ def row_of(line: Mapping[str, Any], request: Mapping[str, Any] | None,
     return {
         "custom_id": line.get("custom_id"),
         "status": "succeeded" if ok else "failed",
-        "answer": answer_of(_d(body), request) if ok else None,
+        "answer": answer_of(_d(body), request, json_answers) if ok else None,
         "input_tokens": tokens_in,
         "output_tokens": tokens_out,
         "cost_usd": cost,
@@ -97,5 +99,6 @@ def row_of(line: Mapping[str, Any], request: Mapping[str, Any] | None,
 
 
 def rows_of(lines: Iterable[Mapping[str, Any]], requests: Mapping[str, Mapping[str, Any]],
-            rates: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    return [row_of(line, requests.get(str(line.get("custom_id"))), rates) for line in lines]
+            rates: Mapping[str, Any] | None, json_answers: bool = False) -> list[dict[str, Any]]:
+    """``json_answers``: the batch has an ``output_schema`` (every answer was checked as JSON: parse it)."""
+    return [row_of(line, requests.get(str(line.get("custom_id"))), rates, json_answers) for line in lines]
