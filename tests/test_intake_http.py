@@ -26,8 +26,14 @@ def test_http_tickets_get_results_across_a_kill(tmp_path: Path) -> None:
             assert r.json()["status"] == "queued"
             assert r.headers["location"] == f"/v1/freight/intake/web/{r.json()['id']}"
             tickets[f"c{i}"] = r.json()["id"]
-        again = httpx.post(base, json={"body": {"messages": []}}, headers={"idempotency-key": "k3"})
-        assert again.json()["id"] == tickets["c3"]  # a retried POST: the same ticket, kept once
+        retried = {"custom_id": "c3", "body": {"messages": [{"role": "user", "content": "hi 3"}]}}
+        again = httpx.post(base, json=retried, headers={"idempotency-key": "k3"})
+        assert again.status_code == 202 and again.json()["id"] == tickets["c3"]  # a retry: the same ticket, kept once
+        # Another message under a used key would silently get the first's ticket (and its answer): refused.
+        reused = httpx.post(base, json={"custom_id": "c3", "body": {"messages": []}}, headers={"idempotency-key": "k3"})
+        assert reused.status_code == 422, reused.text
+        assert {k: reused.json()["error"][k] for k in ("code", "param")} == {
+            "code": "idempotency_key_reused", "param": "Idempotency-Key"}
         bad = httpx.post(base, content=b"{nope")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
         assert httpx.post(base, json={"body": {"model": "nope"}}).json()["error"]["code"] == "model_not_found"

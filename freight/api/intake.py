@@ -2,7 +2,8 @@
 
 ``POST /v1/freight/intake/{name}``: the body is one message (``body``, optional ``custom_id``, ``url``,
 ``deadline``); 202 with ``{"id", "status": "queued"}`` and a ``Location`` header. An ``Idempotency-Key``
-header makes a retried POST answer the same ticket (the message is kept once). A malformed message is a
+header makes a retried POST answer the same ticket (the message is kept once); the same key with a
+different message is a 422 ``idempotency_key_reused``. A malformed message is a
 400 at once (nothing kept). ``GET /v1/freight/intake/{name}/{ticket_id}``: ``status`` is ``queued``
 until the result is there, then ``completed`` (a response) or ``failed`` (an error), with ``result``,
 the request's output or error file line.
@@ -19,8 +20,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from freight.api.openai_files import _project, _runtime
-from freight.domain.errors import InvalidInput, NotFound
-from freight.domain.intake import Rejected
+from freight.domain.errors import InvalidInput, NotFound, Unprocessable
+from freight.domain.intake import Rejected, message_key
 from freight.intake.core import Intake
 
 router = APIRouter()
@@ -43,6 +44,13 @@ async def submit(request: Request, name: str) -> JSONResponse:
     parsed = intake.parse(ticket, payload)
     if isinstance(parsed, Rejected):
         raise InvalidInput(parsed.message, code=parsed.code, param=parsed.param)
+    if key:
+        kept = await run_in_threadpool(intake.store.get_intake, name, message_key(ticket))
+        if kept is not None and (kept.body, kept.custom_id, kept.url) != (parsed.body_text, parsed.custom_id,
+                                                                          parsed.url):
+            # A retry must repeat its request; another request under the same key would get the first's ticket.
+            raise Unprocessable("This Idempotency-Key was already used for a different message; use a new key "
+                                "for a new message.", param="Idempotency-Key", code="idempotency_key_reused")
     await run_in_threadpool(intake.accept, ticket, payload)
     return JSONResponse({"id": ticket, "object": "freight.intake.ticket", "status": "queued"}, status_code=202,
                         headers={"location": f"{PREFIX}/{name}/{ticket}"})

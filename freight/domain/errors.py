@@ -54,6 +54,13 @@ class Conflict(FreightError):
     error_type = "invalid_request_error"
 
 
+class Unprocessable(FreightError):
+    """Well-formed, but refused as it stands (an idempotency key reused for a different request)."""
+
+    status_code = 422
+    error_type = "invalid_request_error"
+
+
 class PayloadTooLarge(FreightError):
     """The upload is larger than the configured limit."""
 
