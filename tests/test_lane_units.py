@@ -279,6 +279,68 @@ def test_an_upstream_batch_that_is_gone_ends_its_requests_not_retried_until_expi
         assert "HTTP 404" in (results[items[0]].error_message or "")
 
 
+class GoneOnCancelLane(CountingLane):
+    """The upstream batch is not there for this key when freight cancels it (a 404 on cancel)."""
+
+    async def cancel(self, upstream_id: str) -> None:
+        self.calls.append("cancel")
+        raise LaneRefused("the upstream refused cancel: HTTP 404: gone")
+
+
+def test_a_cancel_the_upstream_says_is_gone_settles_the_sub_at_once(
+        tmp_path: Path, world: tuple[SqliteStore, LaneRunner, FakeLane, Batch]) -> None:
+    """Found by an audit: a 404 on cancel was retried for cancel_timeout_s (15 min by default), and no poll
+    (which would have seen the batch gone) was sent meanwhile."""
+    store, _, _, batch = world
+    lane = GoneOnCancelLane()
+    runner, running, sub = running_sub(tmp_path, world, lane)
+    items = store.lane_items(sub.id)
+    assert asyncio.run(runner._step(running, lane, sub, True))  # type: ignore[arg-type]
+    assert lane.calls == ["cancel"]
+    assert sub.id not in {s.id for s in store.lane_subs(batch.id)}, "settled, not cancelled again"
+    assert not set(items) & {r.idx for r in store.results(batch.id, -1, 100)}, "back to the pool for the close"
+
+
+@pytest.mark.parametrize("status", [404, 401, 409])
+def test_the_lanes_cancel_calls_a_gone_batch_gone_and_an_ended_one_nothing_to_do(status: int) -> None:
+    """Over real HTTP: 401/403/404/410 on cancel mean the batch is not there for this key (final, as on poll);
+    400/409 mean it has ended already (nothing to do)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # (http.server's name)
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for lane in (OpenAIBatchLane("m", base_url=base + "/v1", env={}),
+                     AnthropicBatchLane("c", base_url=base, env={})):
+            async def cancel(lane: OpenAIBatchLane | AnthropicBatchLane = lane) -> None:
+                await lane.start()
+                try:
+                    await lane.cancel("up-1")
+                finally:
+                    await lane.close()
+
+            if status == 409:
+                asyncio.run(cancel())
+            else:
+                with pytest.raises(LaneRefused, match=f"HTTP {status}"):
+                    asyncio.run(cancel())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"completion_window": "banana"}, "completion_window must be a duration"),
     ({"endpoints": ["/v1/bogus"]}, "endpoints must be among"),

@@ -349,7 +349,7 @@ class OpenAIBatchLane(_Lane):
         except httpx.HTTPError as exc:
             raise UpstreamError(f"cancel: {type(exc).__name__}: {exc}") from exc
         if response.status_code not in (400, 409):  # already finished: nothing to cancel
-            _check(response, "cancel", secret=self._secret)
+            _check(response, "cancel", GONE, secret=self._secret)  # (gone: settled as a poll settles it)
 
 
 # ---- Anthropic Message Batches ----------------------------------------------------------------
@@ -471,4 +471,4 @@ class AnthropicBatchLane(_Lane):
         except httpx.HTTPError as exc:
             raise UpstreamError(f"cancel: {type(exc).__name__}: {exc}") from exc
         if response.status_code not in (400, 409):  # ended already: nothing to cancel
-            _check(response, "cancel", secret=self._secret)
+            _check(response, "cancel", GONE, secret=self._secret)  # (gone: settled as a poll settles it)

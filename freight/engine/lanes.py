@@ -271,7 +271,10 @@ class LaneRunner:
             return True
         assert state is SubState.RUNNING and sub.upstream_id is not None
         if closing and not sub.cancel_sent:
-            await lane.cancel(sub.upstream_id)
+            try:
+                await lane.cancel(sub.upstream_id)
+            except LaneRefused as exc:  # (not there for this key: nothing to cancel, nothing to poll either)
+                return await self._gone(batch, sub, closing, str(exc))
             await asyncio.to_thread(update, sub.id, cancel_sent=True)
         try:
             progress = await lane.poll(sub.upstream_id)
