@@ -181,7 +181,8 @@ SETTINGS: tuple[Setting, ...] = (
             "doubling up to `retry_max_delay_s`.", above=0),
     Setting("webhooks", "retry_max_delay_s", "float", _WH.max_delay_s, "The longest wait between attempts.",
             above=0),
-    Setting("webhooks", "timeout_s", "float", _WH.timeout_s, "How long one attempt may take.", above=0),
+    Setting("webhooks", "timeout_s", "float", _WH.timeout_s, "How long one attempt may take, as a whole: "
+            "connecting, sending, and the whole answer.", above=0),
     Setting("webhooks", "poll_interval_s", "float", _WH.poll_interval_s, "How often the deliverer looks for new "
             "events.", above=0),
     Setting("webhooks", "allow_http", "bool", _WH.allow_http, "Plain http to hosts other than loopback."),

@@ -97,7 +97,7 @@ class WebhookPolicy:
     #: First wait after a failed attempt, doubling up to ``max_delay_s``.
     base_delay_s: float = 5.0
     max_delay_s: float = 3600.0
-    #: How long one attempt may take.
+    #: How long one attempt may take, as a whole (connecting, sending, and the whole answer).
     timeout_s: float = 10.0
     #: Plain http to hosts other than loopback (off: https only, except to 127.0.0.1/::1/localhost).
     allow_http: bool = False

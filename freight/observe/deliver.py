@@ -6,6 +6,9 @@ the event's id as ``webhook-id`` (the same on every attempt: receivers deduplica
 answer is delivered; anything else (or no answer) is tried again with exponential backoff until
 ``WebhookPolicy.retry_for_s`` after the event. Rows are the only state: a process killed at any
 point leaves the delivery pending, and the next holder sends it (at least once).
+
+An attempt is bounded as a whole by ``WebhookPolicy.timeout_s`` (connect, send, and the whole
+answer), so slow receivers can hold the deliverer's concurrent sends only that long each.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ class WebhookDeliverer:
                 error = f"not sent: {why}"
             else:
                 status, error = await send(client, d.endpoint, d.event.id, event_type, d.event.at, d.event.batch_id,
-                                           self.clock.now())
+                                           self.clock.now(), self.policy.timeout_s)
             now = self.clock.now()
             ok = status is not None and 200 <= status < 300
             next_at = None if ok or why is not None else self.policy.next_attempt(d.attempts + 1, d.event.at, now)
@@ -126,15 +129,22 @@ class WebhookDeliverer:
 
 
 async def send(client: httpx.AsyncClient, endpoint: WebhookEndpoint, event_id: str, event_type: str, created_at: int,
-               batch_id: str, now: float) -> tuple[int | None, str | None]:
-    """POST one signed event: (the HTTP status, None) or (None, why there was no answer)."""
+               batch_id: str, now: float, timeout_s: float) -> tuple[int | None, str | None]:
+    """POST one signed event: (the HTTP status, None) or (None, why there was no answer).
+
+    ``timeout_s`` bounds the whole attempt, the answer's body included: httpx's own timeout is per
+    read, so a receiver that trickles its answer a byte at a time would hold the attempt (and one of
+    the deliverer's concurrent sends) for as long as it liked."""
     import httpx
 
     body = event_payload(event_id, event_type, created_at, batch_id)
     try:
-        response = await client.post(endpoint.url, content=body,
-                                     headers={**signed_headers(endpoint, event_id, body, now),
-                                              "user-agent": "freight-webhooks"})
+        async with asyncio.timeout(timeout_s):
+            response = await client.post(endpoint.url, content=body,
+                                         headers={**signed_headers(endpoint, event_id, body, now),
+                                                  "user-agent": "freight-webhooks"})
+    except TimeoutError:
+        return None, f"timed out: no whole answer within {timeout_s:g} s"
     except httpx.HTTPError as exc:
         return None, f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:
@@ -148,5 +158,6 @@ async def send_test(endpoint: WebhookEndpoint, event_type: str, clock: Clock, po
 
     now = clock.now()
     async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False) as client:
-        status, _ = await send(client, endpoint, ids.new_event_id(), event_type, int(now), ids.new_batch_id(), now)
+        status, _ = await send(client, endpoint, ids.new_event_id(), event_type, int(now), ids.new_batch_id(), now,
+                               policy.timeout_s)
     return status
