@@ -1,5 +1,5 @@
-"""The deliverer against receivers on loopback that misbehave: no one delivery stops, starves or
-hot-loops the others (a real SQLite store, real HTTP)."""
+"""The deliverer against receivers on loopback that misbehave, and deliveries that cannot be sent:
+no one delivery stops, starves or hot-loops the others (a real SQLite store, real HTTP)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import httpx
 from servers import free_port
 from test_webhooks_deliver import setup
 from webhook_receiver import Receiver, receiving
@@ -72,3 +73,49 @@ def test_an_attempt_is_bounded_as_a_whole_by_timeout_s(tmp_path: Path) -> None:
         assert last_error(store, SLOW) == "timed out: no whole answer within 1 s"
         assert len(slow.received) == 8
         store.close()
+
+
+def test_a_stored_url_with_a_bad_port_is_given_up_not_looped(tmp_path: Path) -> None:
+    """Found by an audit: such a URL (accepted by the API then) made httpx raise InvalidURL, which is no
+    httpx.HTTPError: the attempt escaped unrecorded, and the row stayed pending with 0 attempts, sent again
+    every poll for ever. A URL deliveries may not go to is given up at once, as the docs say."""
+    store, clock, _ = setup(tmp_path, "https://example.com:abc/h")
+    deliverer = WebhookDeliverer(store, store, None, clock, WebhookPolicy(), "me", 15)
+
+    async def go() -> int:
+        async with httpx.AsyncClient() as client:
+            return await deliverer.step(client)
+
+    assert asyncio.run(go()) == 1
+    assert store.delivery_states(SLOW)[0][1:] == ("failed", 1)
+    assert "port" in last_error(store, SLOW)
+    clock.advance(10**6)
+    assert asyncio.run(go()) == 0
+    store.close()
+
+
+def test_whatever_one_attempt_raises_is_a_failed_attempt_backed_off_then_given_up(tmp_path: Path) -> None:
+    """httpx refuses to send to a host that is not valid IDNA (a ValueError, no httpx.HTTPError), which
+    check_url lets through: like no answer, each such attempt is recorded and tried again on the usual
+    schedule, then given up after retry_for, never looping."""
+    store, clock, _ = setup(tmp_path, "https://xn--zz.example/h")
+    policy = WebhookPolicy(retry_for_s=100, base_delay_s=10, max_delay_s=40)
+    deliverer = WebhookDeliverer(store, store, None, clock, policy, "me", 15)
+
+    async def go() -> list[int]:
+        waits = []
+        async with httpx.AsyncClient() as client:
+            assert await deliverer.step(client) == 1
+            assert await deliverer.step(client) == 0, "not due before its backoff"
+            for _ in range(4):
+                before = clock.now()
+                while await deliverer.step(client) == 0 and clock.now() - before < 1000:
+                    clock.advance(1)
+                waits.append(round(clock.now() - before))
+        return waits
+
+    assert asyncio.run(go()) == [10, 20, 40, 1000], "10, 20, 40 s; the next would be past retry_for: given up"
+    assert store.delivery_states(SLOW)[0][1:] == ("failed", 4)
+    assert last_error(store, SLOW).startswith("IDNAError: ")
+    store.close()
+

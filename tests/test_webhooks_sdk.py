@@ -103,6 +103,20 @@ def test_bad_endpoints_are_400s_in_openai_shape(client: OpenAI) -> None:
         client.webhooks.create(name="", url="https://example.com/hook", event_types=["batch.completed"])
 
 
+def test_a_url_no_delivery_could_use_is_a_400_and_test_never_a_500(client: OpenAI) -> None:
+    """Found by an audit: a non-numeric port was accepted (200), then /test answered 500 and every delivery
+    raised before its attempt was recorded. Such a URL is now a 400; and a URL httpx still refuses at send
+    time (a host that is not valid IDNA) makes /test answer as for any failed attempt."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.webhooks.create(name="x", url="https://example.com:abc/h", event_types=["batch.completed"])
+    assert (err.value.code, err.value.param) == ("invalid_url", "url") and "port" in err.value.message
+    made = client.webhooks.create(name="x", url="https://xn--zz.example/h", event_types=["batch.completed"])
+    with pytest.raises(openai.BadRequestError) as err:
+        client.webhooks.test(made.id, event_type="batch.completed")
+    assert err.value.code == "webhook_unreachable" and "IDNAError" in err.value.message
+    client.webhooks.delete(made.id)
+
+
 def test_test_sends_a_signed_sample_the_sdk_unwraps(client: OpenAI) -> None:
     with receiving(Receiver(free_port())) as receiver:
         made = client.webhooks.create(name="t", url=receiver.url, event_types=["batch.completed"])

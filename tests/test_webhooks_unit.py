@@ -80,6 +80,17 @@ def test_retries_back_off_exponentially_and_stop_after_retry_for() -> None:
     ("ftp://example.com/", True, False),
     ("not a url", False, False),
     ("", False, False),
+    ("https://example.com:8443/hook", False, True),
+    ("https://[::1]:8443/hook", False, True),
+    ("https://例え.jp/hook", False, True),
+    # (a port httpx cannot use: each was accepted, then no delivery could be attempted or recorded)
+    ("https://example.com:abc/h", False, False),
+    ("https://example.com:99999/h", False, False),
+    ("https://example.com:0/h", False, False),
+    ("https://example.com:-1/h", False, False),
+    ("https://[::1/h", False, False),
+    ("https://exa mple.com/h", False, False),
+    ("https://example.com/h\x00", False, False),
 ])
 def test_plain_http_only_to_loopback_unless_allowed(url: str, allow_http: bool, ok: bool) -> None:
     assert (check_url(url, allow_http) is None) is ok

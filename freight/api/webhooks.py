@@ -86,9 +86,9 @@ async def test_endpoint(request: Request, endpoint_id: str) -> JSONResponse:
                            param="event_type", code="invalid_value")
     runtime = _runtime(request)
     e = await run_in_threadpool(runtime.webhooks.get, _project(request), endpoint_id)
-    status = await send_test(e, event_type, runtime.clock, runtime.settings.webhooks)
+    status, error = await send_test(e, event_type, runtime.clock, runtime.settings.webhooks)
     if status is None:
-        raise InvalidInput(f"The webhook endpoint {e.url} could not be reached.", param="url",
+        raise InvalidInput(f"The webhook endpoint {e.url} could not be reached ({error}).", param="url",
                            code="webhook_unreachable")
     return JSONResponse({"object": "webhook_endpoint.test", "webhook_endpoint_id": e.id, "event_type": event_type,
                          # (OpenAI's contract: success is "always true for returned results; use status_code")

@@ -167,6 +167,9 @@ def check_url(url: Any, allow_http: bool) -> str | None:
         return "url must be a non-empty string."
     if len(url) > 2048:
         return "url must be at most 2048 characters."
+    bad = next((c for c in url if not c.isprintable() or c.isspace()), None)
+    if bad is not None:
+        return f"url must not contain spaces or control characters (it has {bad!r})."
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -174,6 +177,12 @@ def check_url(url: Any, allow_http: bool) -> str | None:
         return f"url is not a valid URL ({exc})."
     if parts.scheme not in ("https", "http") or not host:
         return "url must be an absolute https:// URL."
+    try:
+        port = parts.port  # (a ValueError when it is not a number from 0 to 65535)
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "url has an invalid port: give a number from 1 to 65535 (or none)."
     if parts.scheme == "http" and not allow_http and not _loopback(host):
         return ("url must use https (plain http is allowed only to loopback, or with [webhooks] allow_http = true "
                 "in freight.toml).")

@@ -7,8 +7,9 @@ answer is delivered; anything else (or no answer) is tried again with exponentia
 ``WebhookPolicy.retry_for_s`` after the event. Rows are the only state: a process killed at any
 point leaves the delivery pending, and the next holder sends it (at least once).
 
-An attempt is bounded as a whole by ``WebhookPolicy.timeout_s`` (connect, send, and the whole
-answer), so slow receivers can hold the deliverer's concurrent sends only that long each.
+One delivery can never stop or hot-loop the others: an attempt is bounded as a whole by
+``WebhookPolicy.timeout_s`` (connect, send, and the whole answer), anything one attempt raises is a
+failed attempt (recorded, backed off, given up in time).
 """
 
 from __future__ import annotations
@@ -94,22 +95,26 @@ class WebhookDeliverer:
 
     def _ended(self, seq: int, task: asyncio.Task[None]) -> None:
         self._inflight.pop(seq, None)
-        if not task.cancelled() and (exc := task.exception()) is not None:  # (e.g. the store, recording it)
+        if not task.cancelled() and (exc := task.exception()) is not None:  # (the store, recording the outcome)
             log.warning("webhook delivery attempt failed: %s: %s", type(exc).__name__, exc,
                         extra={"event": "webhook_step_failed"})
 
     async def _attempt(self, client: httpx.AsyncClient, d: Delivery) -> None:
         async with self._sem:
-            event_type = d.event.webhook_type
-            assert event_type is not None
-            why = check_url(d.endpoint.url, self.policy.allow_http)
             status: int | None = None
             error: str | None
-            if why is not None:
-                error = f"not sent: {why}"
-            else:
-                status, error = await send(client, d.endpoint, d.event.id, event_type, d.event.at, d.event.batch_id,
-                                           self.clock.now(), self.policy.timeout_s)
+            why: str | None
+            try:
+                event_type = d.event.webhook_type or ""  # (only terminal statuses are planned: never "")
+                why = check_url(d.endpoint.url, self.policy.allow_http) if event_type else \
+                    f"a {d.event.new_status!r} event sends no webhook"
+                if why is not None:
+                    error = f"not sent: {why}"
+                else:
+                    status, error = await send(client, d.endpoint, d.event.id, event_type, d.event.at,
+                                               d.event.batch_id, self.clock.now(), self.policy.timeout_s)
+            except Exception as exc:  # (send answers for its own; anything else is a failed attempt too)
+                why, error = None, _failure(exc)
             now = self.clock.now()
             ok = status is not None and 200 <= status < 300
             next_at = None if ok or why is not None else self.policy.next_attempt(d.attempts + 1, d.event.at, now)
@@ -128,36 +133,44 @@ class WebhookDeliverer:
             await asyncio.to_thread(self.store.delivery_attempted, d.seq, status, error, next_at, now)
 
 
+def _failure(exc: BaseException) -> str:
+    """What an attempt that raised records: printable (no NUL, no lone surrogate: both stores keep it) and short."""
+    text = f"{type(exc).__name__}: {exc}"
+    return "".join(c if c.isprintable() else "?" for c in text)[:500]
+
+
 async def send(client: httpx.AsyncClient, endpoint: WebhookEndpoint, event_id: str, event_type: str, created_at: int,
                batch_id: str, now: float, timeout_s: float) -> tuple[int | None, str | None]:
-    """POST one signed event: (the HTTP status, None) or (None, why there was no answer).
+    """POST one signed event: (the HTTP status, None) or (None, why there was no answer). Nothing it
+    raises escapes (an unusable URL, a secret that cannot sign: a failed attempt like no answer).
 
     ``timeout_s`` bounds the whole attempt, the answer's body included: httpx's own timeout is per
     read, so a receiver that trickles its answer a byte at a time would hold the attempt (and one of
     the deliverer's concurrent sends) for as long as it liked."""
-    import httpx
-
-    body = event_payload(event_id, event_type, created_at, batch_id)
     try:
+        body = event_payload(event_id, event_type, created_at, batch_id)
+        headers = {**signed_headers(endpoint, event_id, body, now), "user-agent": "freight-webhooks"}
         async with asyncio.timeout(timeout_s):
-            response = await client.post(endpoint.url, content=body,
-                                         headers={**signed_headers(endpoint, event_id, body, now),
-                                                  "user-agent": "freight-webhooks"})
+            response = await client.post(endpoint.url, content=body, headers=headers)
     except TimeoutError:
         return None, f"timed out: no whole answer within {timeout_s:g} s"
-    except httpx.HTTPError as exc:
-        return None, f"{type(exc).__name__}: {exc}"[:500]
+    except Exception as exc:
+        return None, _failure(exc)
     if 200 <= response.status_code < 300:
         return response.status_code, None
     return response.status_code, f"HTTP {response.status_code}"
 
 
-async def send_test(endpoint: WebhookEndpoint, event_type: str, clock: Clock, policy: WebhookPolicy) -> int | None:
-    """``POST /v1/webhook_endpoints/{id}/test``: a sample event (a made-up batch id), sent once."""
+async def send_test(endpoint: WebhookEndpoint, event_type: str, clock: Clock,
+                    policy: WebhookPolicy) -> tuple[int | None, str | None]:
+    """``POST /v1/webhook_endpoints/{id}/test``: a sample event (a made-up batch id), sent once, as
+    ``send`` answers (not sent to a URL deliveries may not go to)."""
     import httpx
 
+    why = check_url(endpoint.url, policy.allow_http)
+    if why is not None:
+        return None, f"not sent: {why}"
     now = clock.now()
     async with httpx.AsyncClient(timeout=policy.timeout_s, follow_redirects=False) as client:
-        status, _ = await send(client, endpoint, ids.new_event_id(), event_type, int(now), ids.new_batch_id(), now,
-                               policy.timeout_s)
-    return status
+        return await send(client, endpoint, ids.new_event_id(), event_type, int(now), ids.new_batch_id(), now,
+                          policy.timeout_s)
