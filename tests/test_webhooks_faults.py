@@ -37,6 +37,10 @@ def state(store: SqliteStore, endpoint_id: str) -> tuple[str, int] | None:
     return rows[0][1:] if rows else None
 
 
+async def drain(deliverer: WebhookDeliverer) -> None:
+    await asyncio.gather(*deliverer._inflight.values(), return_exceptions=True)
+
+
 def test_an_attempt_is_bounded_as_a_whole_by_timeout_s(tmp_path: Path) -> None:
     """Found by an audit: httpx's timeout is per read, so a receiver trickling its answer a byte a second
     kept one attempt open 39 s with timeout_s = 2, and 8 of them (the deliverer sends 8 at once) held a
@@ -119,3 +123,40 @@ def test_whatever_one_attempt_raises_is_a_failed_attempt_backed_off_then_given_u
     assert last_error(store, SLOW).startswith("IDNAError: ")
     store.close()
 
+
+class FlakyStore(SqliteStore):
+    """A store that cannot record the next ``failures`` outcomes (as when the database is locked)."""
+
+    failures = 0
+
+    def delivery_attempted(self, seq: int, status: int | None, error: str | None, next_at: float | None,
+                           now: float) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        super().delivery_attempted(seq, status, error, next_at, now)
+
+
+def test_a_delivery_whose_outcome_was_not_recorded_waits_before_it_is_sent_again(tmp_path: Path) -> None:
+    """The row of an outcome the store could not take still says due: it was sent again on every poll
+    (each second, for as long as the store failed on it). It now waits as a failed attempt would."""
+    with receiving(Receiver(free_port())) as receiver:
+        store, clock, _ = setup(tmp_path, receiver.url)
+        store.close()
+        flaky = FlakyStore(store.path, synchronous="OFF")
+        flaky.failures = 2
+        deliverer = WebhookDeliverer(flaky, flaky, None, clock, WebhookPolicy(base_delay_s=5), "me", 15)
+
+        async def go() -> list[int]:
+            started = []
+            async with httpx.AsyncClient() as client:
+                for advance in (0, 0, 1, 4, 9, 10):  # (not recorded twice: held 5 s, then 10 s)
+                    clock.advance(advance)
+                    started.append(await deliverer.step(client, wait=False))
+                    await drain(deliverer)
+            return started
+
+        assert asyncio.run(go()) == [1, 0, 0, 1, 0, 1]
+        assert flaky.delivery_states(SLOW)[0][1:] == ("delivered", 1)
+        assert len(receiver.received) == 3 and len({r.headers["webhook-id"] for r in receiver.received}) == 1
+        flaky.close()

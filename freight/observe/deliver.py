@@ -9,7 +9,8 @@ point leaves the delivery pending, and the next holder sends it (at least once).
 
 One delivery can never stop or hot-loop the others: an attempt is bounded as a whole by
 ``WebhookPolicy.timeout_s`` (connect, send, and the whole answer), anything one attempt raises is a
-failed attempt (recorded, backed off, given up in time).
+failed attempt (recorded, backed off, given up in time), and a delivery whose outcome could not be
+recorded waits before it is sent again.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class WebhookDeliverer:
         #: Deliveries being attempted, by seq: each on its own task, so that a slow receiver holds up
         #: neither the planning nor the other receivers' deliveries.
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        #: Deliveries whose outcome could not be recorded (the store failed), by seq: (how many times in a
+        #: row, not before when). Their rows still say due; this keeps them from being sent every poll.
+        self._held: dict[int, tuple[int, float]] = {}
         self._planned_upto = -1
         self.delivered = 0
         self.failed_attempts = 0
@@ -80,10 +84,11 @@ class WebhookDeliverer:
             while await asyncio.to_thread(self.store.plan_deliveries, self.clock.now(), 500):
                 pass
             self._planned_upto = last
-        due = await asyncio.to_thread(self.store.due_deliveries, self.clock.now(), 64 + len(self._inflight))
+        now = self.clock.now()
+        due = await asyncio.to_thread(self.store.due_deliveries, now, 64 + len(self._inflight) + len(self._held))
         started = []
         for d in due:
-            if d.seq in self._inflight:
+            if d.seq in self._inflight or self._held.get(d.seq, (0, now))[1] > now:
                 continue
             task = asyncio.create_task(self._attempt(client, d))
             self._inflight[d.seq] = task
@@ -96,8 +101,11 @@ class WebhookDeliverer:
     def _ended(self, seq: int, task: asyncio.Task[None]) -> None:
         self._inflight.pop(seq, None)
         if not task.cancelled() and (exc := task.exception()) is not None:  # (the store, recording the outcome)
-            log.warning("webhook delivery attempt failed: %s: %s", type(exc).__name__, exc,
-                        extra={"event": "webhook_step_failed"})
+            times = self._held.get(seq, (0, 0.0))[0] + 1
+            delay = min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** (times - 1))
+            self._held[seq] = (times, self.clock.now() + delay)
+            log.warning("webhook delivery attempt not recorded (%s: %s); not sent again for %.0f s",
+                        type(exc).__name__, exc, delay, extra={"event": "webhook_step_failed"})
 
     async def _attempt(self, client: httpx.AsyncClient, d: Delivery) -> None:
         async with self._sem:
@@ -131,6 +139,7 @@ class WebhookDeliverer:
                 log.warning("webhook %s to %s failed (%s); next attempt in %.0f s", d.event.id, d.endpoint.id, error,
                             next_at - now, extra=extra)
             await asyncio.to_thread(self.store.delivery_attempted, d.seq, status, error, next_at, now)
+            self._held.pop(d.seq, None)
 
 
 def _failure(exc: BaseException) -> str:
