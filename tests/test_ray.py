@@ -475,3 +475,26 @@ def test_scaling_down_lets_other_workers_chunks_finish(world: World) -> None:
             ray.get_actor(retired_name, namespace="freight")
 
     asyncio.run(main())
+
+
+def test_options_ray_refuses_give_model_unavailable_not_a_silent_wait(world: World) -> None:
+    """Found by an audit: ``resources = { CPU = 1 }`` (config refuses it now; Ray refuses it when it creates the
+    actor) raised in the replica's start task, which nobody awaited: the pool waited for ever. Whatever options
+    Ray refuses, the pool now records why, and a chunk gets MODEL_UNAVAILABLE at once."""
+    import dataclasses
+
+    from freight.backends.ray import MODEL_UNAVAILABLE
+    from freight.domain.requests import Failure
+
+    spec = world.backend(SCALED)._spec()
+    refused = dataclasses.replace(spec, prefix=spec.prefix + "-refused",
+                                  placement=dataclasses.replace(spec.placement, resources=(("CPU", 1.0),)))
+
+    async def main() -> None:
+        pool = ReplicaPool(refused)
+        results = await asyncio.wait_for(pool.execute("/v1/embeddings", [{"model": SCALED, "input": "x"}]), 60)
+        assert all(isinstance(r, Failure) and r.code == MODEL_UNAVAILABLE for r in results), results
+        assert pool.load_error is not None and "Ray refused the replica's options" in pool.load_error
+        assert not pool.live and not pool.starting
+
+    asyncio.run(main())

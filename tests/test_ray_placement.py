@@ -72,6 +72,8 @@ def test_placement_is_parsed_with_its_defaults() -> None:
     ({"backend": "local-embeddings", "placement": "ray", "num_cpus": -1}, "num_cpus must be a number"),
     ({"backend": "local-embeddings", "placement": "ray", "num_gpus": "one"}, "num_gpus must be a number"),
     ({"backend": "local-embeddings", "placement": "ray", "resources": [1]}, "resources must be a table"),
+    ({"backend": "local-embeddings", "placement": "ray", "resources": {"CPU": 1}}, r"resources.CPU: .*num_cpus"),
+    ({"backend": "llama-cpp", "placement": "ray", "resources": {"GPU": 1}}, r"resources.GPU: .*num_gpus"),
     ({"backend": "local-embeddings", "placement": "ray", "batch_size": 0}, "batch_size must be a positive"),
 ])
 def test_wrong_placement_is_a_config_error(table: dict[str, object], message: str) -> None:
@@ -149,6 +151,21 @@ def test_ray_address_from_config_else_environment(tmp_path: Path, text: str, env
     config = tmp_path / "freight.toml"
     config.write_text(text)
     assert load_settings(config, data_dir=tmp_path, env=env).ray_address == expected
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("replicas = 0", "min <= max"), ("replicas = { min = 2, max = 1 }", "min <= max"),
+    ('replicas = "two"', "replicas must be a number or a table"), ("replicas = true", "replicas must be"),
+    ("replicas = 1.5", "replicas must be"), ("resources = { CPU = 1 }", "resources.CPU"),
+])
+def test_a_ray_placement_freight_could_not_run_is_refused_when_the_config_loads(tmp_path: Path, table: str,
+                                                                                 message: str) -> None:
+    """Found by an audit: ``freight config`` (the check before a deploy) said nothing; only building the
+    runtime refused these."""
+    config = tmp_path / "freight.toml"
+    config.write_text(f'[models."e"]\nbackend = "local-embeddings"\nplacement = "ray"\n{table}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_settings(config, data_dir=tmp_path, env={})
 
 
 @pytest.mark.parametrize(("text", "message"), [

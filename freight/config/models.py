@@ -220,3 +220,7 @@ def check_models(models: Mapping[str, Any], file: str) -> None:
         for s in keys:
             if s.key in table:
                 parse(s, table[s.key], f'models."{name}".{s.key} in {file}')
+        if table["backend"] in RAY_BACKENDS:
+            from freight.backends.ray.placement import parse_placement  # (checks only: Ray is not imported)
+
+            parse_placement(str(name), table)  # replicas, resources…: refused here, not when a runtime is built

@@ -19,6 +19,10 @@ PLACEMENTS = ("local", "ray")
 RAY_KINDS = ("local-embeddings", "llama-cpp", "vllm")
 #: The namespace every freight actor lives in.
 NAMESPACE = "freight"
+#: Resources Ray takes from their own keys, never from ``resources`` (where it refuses them).
+_RESERVED = {"CPU": "set num_cpus in the model's table instead", "GPU": "set num_gpus in the model's table instead",
+             "memory": "freight does not set it: pin replicas with a custom resource instead",
+             "object_store_memory": "freight does not set it: pin replicas with a custom resource instead"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ def parse_placement(name: str, table: dict[str, Any]) -> RayPlacement | None:
     if not isinstance(resources, dict):
         raise ConfigError(f"[models.\"{name}\"].resources must be a table of Ray resource names and amounts, "
                           f"got {resources!r}", param="resources")
+    reserved = sorted(set(resources) & set(_RESERVED))
+    if reserved:  # (Ray refuses them there when it creates the actor: the replica never starts)
+        raise ConfigError(f"[models.\"{name}\"].resources.{reserved[0]}: Ray takes this one from an option of its "
+                          f"own, not from resources ({_RESERVED[reserved[0]]})", param="resources")
     placed = RayPlacement(
         bounds=bounds,
         resources=tuple(sorted((str(k), _number(name, f"resources.{k}", v, 0)) for k, v in resources.items())),

@@ -170,7 +170,14 @@ class ReplicaPool:
         load_failures = 0
         try:
             for attempt in range(20):
-                handle = await asyncio.to_thread(self._create, slot)
+                try:
+                    handle = await asyncio.to_thread(self._create, slot)
+                except (ValueError, TypeError) as exc:  # Ray refused the actor's options: again cannot help
+                    reason = f"Ray refused the replica's options: {type(exc).__name__}: {exc}"
+                    log.error("replica %s could not be created: %s", self.spec.name(slot), reason,
+                              extra={"event": "ray_replica_failed"})
+                    self.load_error, self.load_failed_at = reason, time.monotonic()
+                    return
                 try:
                     info = await handle.ready.remote()
                 except ray.exceptions.RayActorError:
