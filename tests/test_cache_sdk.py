@@ -103,8 +103,10 @@ def test_a_rerun_sends_nothing_and_an_edit_sends_only_the_edited_lines(client: O
     second, out2 = run(client, lines(200, temperature=0))
     assert sent(upstream) == 200, "the unchanged re-run sent nothing upstream"
     assert ext(second)["cached"] == 200
-    for cid, row in out2.items():  # the same answers, each line its own custom_id and a fresh request id
-        assert row["response"]["body"] == out1[cid]["response"]["body"]
+    for cid, row in out2.items():  # the same answers; each line its own custom_id, request id and completion id
+        again, was = row["response"]["body"], out1[cid]["response"]["body"]
+        assert {k: v for k, v in again.items() if k != "id"} == {k: v for k, v in was.items() if k != "id"}
+        assert again["id"] != was["id"] and again["id"].startswith("chatcmpl-")
         assert row["response"]["request_id"] != out1[cid]["response"]["request_id"]
     # Nothing was spent again; what the answers would have cost shows as saved.
     assert second.usage is not None and second.usage.total_tokens == 0

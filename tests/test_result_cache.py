@@ -69,6 +69,21 @@ def test_duplicates_in_one_call_run_once(store: SqliteStore) -> None:
     assert len({r.request_id for r in out}) == 5
 
 
+def test_each_answer_from_the_cache_has_a_completion_id_of_its_own(store: SqliteStore) -> None:
+    """Found by an audit: two identical seeded requests got the same body, ``id`` included; OpenAI's ids are
+    one per completion, and code that keys on them saw one answer. The rest of the body is the stored one."""
+    backend, inner = wrap(store, FixedClock())
+    body = {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
+    first = run(backend, CHAT, [body] * 3)
+    again = run(backend, CHAT, [body])
+    assert inner.executed == 1
+    parsed = [json.loads(r.body or b"") for r in first + again]
+    assert len({p["id"] for p in parsed}) == 4, [p["id"] for p in parsed]
+    assert all(p["id"].startswith("chatcmpl-") and len(p["id"]) == len(parsed[0]["id"]) for p in parsed)
+    assert all({k: v for k, v in p.items() if k != "id"} == {k: v for k, v in parsed[0].items() if k != "id"}
+               for p in parsed)
+
+
 def test_sampled_requests_are_never_cached(store: SqliteStore) -> None:
     backend, inner = wrap(store, FixedClock())
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7}

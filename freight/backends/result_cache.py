@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import hashlib
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from freight.domain.cache_key import NO_CACHE_KEY, cache_key, cacheable, canonic
 from freight.domain.clock import Clock
 from freight.domain.requests import Failure, Outcome, Result
 from freight.ports import Backend, CachedAnswer, ModelInfo, ResultCache, answering_for
+from freight.wire import jsonx
 
 #: Options of a model's table that do not change its answers (left out of its identity).
 _OPERATIONAL = frozenset({
@@ -263,9 +265,29 @@ def _without_marker(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _hit(answer: CachedAnswer, request_id: str | None = None) -> Result:
-    """A stored answer as a result of its own (a fresh request id: each output line has its own)."""
-    return Result(status_code=answer.status_code, body=answer.body, request_id=request_id or ids.new_request_id(),
-                  input_tokens=answer.input_tokens, output_tokens=answer.output_tokens, cached=True)
+    """A stored answer as a result of its own: a fresh request id, and a fresh ``id`` in its body (each
+    completion has its own, as OpenAI's and Anthropic's do: code that keys on it must not see two answers
+    as one)."""
+    return Result(status_code=answer.status_code, body=_with_fresh_id(answer.body),
+                  request_id=request_id or ids.new_request_id(), input_tokens=answer.input_tokens,
+                  output_tokens=answer.output_tokens, cached=True)
+
+
+def _with_fresh_id(body: bytes) -> bytes:
+    """``body`` with its top-level ``id`` (``chatcmpl-…``, ``msg_…``) replaced by a new one of the same form."""
+    if b'"id"' not in body:
+        return body  # (embeddings: no id)
+    try:
+        parsed = jsonx.loads(body)
+    except jsonx.JSONDecodeError:
+        return body
+    old = parsed.get("id") if isinstance(parsed, dict) else None
+    if not isinstance(old, str) or not old:
+        return body
+    cut = max(old.rfind("-"), old.rfind("_")) + 1  # the prefix kept: "chatcmpl-", "msg_"
+    size = max(16, len(old) - cut)  # random hex, as long as the old one's (at least 16)
+    parsed["id"] = old[:cut] + secrets.token_hex((size + 1) // 2)[:size]
+    return jsonx.dumps(parsed)
 
 
 __all__ = ["CACHED_CHUNK_BYTES", "CACHED_CHUNK_MAX", "CacheSetup", "CachedBackend", "file_hash", "model_identity"]
