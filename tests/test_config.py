@@ -292,7 +292,7 @@ def test_each_backends_declared_keys_and_defaults_are_its_own(backend: str) -> N
     ('backend = "openai-batch"\nbase_url = "http://h/v1"\ncache = false', r"unknown key\(s\).*cache"),
     ('backend = "openai"\nbase_url = "http://h/v1"\nplacement = "ray"',
      r"placement apply only to local models, which can be placed on Ray .*not to backend .openai."),
-    ('backend = "llama-cpp"\nreplicas = "two"\nplacement = "ray"', None),  # its own parser says (at build)
+    ('backend = "llama-cpp"\nreplicas = "two"\nplacement = "ray"', r"replicas must be a number or a table"),
     # numeric keys' bounds, read with the file (so `freight config` catches them before a deploy)
     ('backend = "openai"\nbase_url = "http://h/v1"\nrpm = -1', r'models."m".rpm in .* must be at least 1, got -1'),
     ('backend = "scripted"\nchunk_size = 0', r'models."m".chunk_size in .* must be at least 1, got 0'),
