@@ -261,3 +261,17 @@ def test_large_answers_make_smaller_chunks(store: SqliteStore) -> None:
     for _ in range(4):
         run(backend, EMB, big)
     assert 4 < backend.chunk_size <= 10, "at most CACHED_CHUNK_BYTES of answers a chunk"
+
+
+@pytest.mark.parametrize(("body", "prefix"), [
+    (b'{"id":"chatcmpl-0123456789abcdef01234567","object":"chat.completion"}', "chatcmpl-"),  # read in place
+    (b'{"object":"message","id":"msg_01XFDUDYJgAACzvnptvVoYEL"}', "msg_"),  # parsed: id is not first
+    (b'{"id":"odd\\"id","x":1}', ""),  # an escaped quote: parsed
+])
+def test_a_fresh_id_keeps_the_form_and_the_rest_of_the_body(body: bytes, prefix: str) -> None:
+    from freight.backends.result_cache import _with_fresh_id
+
+    old, new = json.loads(body), json.loads(_with_fresh_id(body))
+    assert new["id"] != old["id"] and new["id"].startswith(prefix) and len(new["id"]) >= len(prefix) + 16
+    assert {k: v for k, v in new.items() if k != "id"} == {k: v for k, v in old.items() if k != "id"}
+    assert _with_fresh_id(b'{"object":"list","data":[{"id":"x"}]}') == b'{"object":"list","data":[{"id":"x"}]}'

@@ -277,6 +277,10 @@ def _with_fresh_id(body: bytes) -> bytes:
     """``body`` with its top-level ``id`` (``chatcmpl-…``, ``msg_…``) replaced by a new one of the same form."""
     if b'"id"' not in body:
         return body  # (embeddings: no id)
+    if body.startswith(b'{"id":"'):  # the usual form (the top-level object's first key): no parse needed
+        end = body.find(b'"', 7)
+        if end > 7 and b"\\" not in body[7:end]:
+            return body[:7] + _fresh(body[7:end].decode()).encode() + body[end:]
     try:
         parsed = jsonx.loads(body)
     except jsonx.JSONDecodeError:
@@ -284,10 +288,15 @@ def _with_fresh_id(body: bytes) -> bytes:
     old = parsed.get("id") if isinstance(parsed, dict) else None
     if not isinstance(old, str) or not old:
         return body
-    cut = max(old.rfind("-"), old.rfind("_")) + 1  # the prefix kept: "chatcmpl-", "msg_"
-    size = max(16, len(old) - cut)  # random hex, as long as the old one's (at least 16)
-    parsed["id"] = old[:cut] + secrets.token_hex((size + 1) // 2)[:size]
+    parsed["id"] = _fresh(old)
     return jsonx.dumps(parsed)
+
+
+def _fresh(old: str) -> str:
+    """A new id of ``old``'s form: its prefix ("chatcmpl-", "msg_") and as many random hex digits (at least 16)."""
+    cut = max(old.rfind("-"), old.rfind("_")) + 1
+    size = max(16, len(old) - cut)
+    return old[:cut] + secrets.token_hex((size + 1) // 2)[:size]
 
 
 __all__ = ["CACHED_CHUNK_BYTES", "CACHED_CHUNK_MAX", "CacheSetup", "CachedBackend", "file_hash", "model_identity"]
