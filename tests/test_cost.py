@@ -150,6 +150,18 @@ def test_a_cap_the_estimate_exceeds_is_refused_with_how_much(client: OpenAI) -> 
     assert "exceeds the batch's max_cost_usd ($0.0001) by $" in err["message"]
 
 
+def test_a_cap_below_what_one_request_may_cost_is_refused_at_create(client: OpenAI) -> None:
+    """Each claim sets aside a request's largest estimate (its prompt and all of its max_tokens); a cap below
+    one such request would stop the batch at its first claim, before anything ran: refused at create instead."""
+    lines = [line(0, "priced"), {**line(1, "priced"), "body": {**line(1, "priced")["body"], "max_tokens": 1000}}]
+    with pytest.raises(openai.BadRequestError) as info:  # 1,000 output tokens at $4,000/Mtok: up to $4 for one
+        create(client, lines, max_cost_usd=1.0)
+    err = info.value.body
+    assert isinstance(err, dict) and (err["code"], err["param"]) == ("budget_exceeded", "max_cost_usd")
+    assert "One request of this batch may cost up to $4.0" in err["message"], err["message"]
+    wait_terminal(client, create(client, lines, max_cost_usd=5.0).id)  # a cap that one request fits in runs
+
+
 @pytest.mark.parametrize("cap", [0, -1, "1", True])
 def test_a_cap_that_is_not_a_positive_number_is_a_400(client: OpenAI, cap: object) -> None:
     with pytest.raises(openai.BadRequestError) as info:

@@ -106,6 +106,16 @@ def refuse_over_estimate(estimate_usd: float, cap: float, *, which: str) -> None
             param="max_cost_usd", code=BUDGET_EXCEEDED)
 
 
+def refuse_below_one_request(largest_usd: float, cap: float, *, which: str) -> None:
+    """A 400 when one request may cost more than the whole cap (its prompt and all of its output limit): the
+    first claim would stop the batch (``spent_out`` with that estimate as the unit cost) before any request ran."""
+    if largest_usd > cap:
+        raise InvalidInput(
+            f"One request of this batch may cost up to ${largest_usd:.4f} (its prompt and all of its output limit, "
+            f"max_tokens or the like), more than {which} (${cap:.4f}): the batch would stop before any request "
+            "ran. Raise the cap or lower the requests' output limit.", param="max_cost_usd", code=BUDGET_EXCEEDED)
+
+
 def budget_message(cost_usd: float, cap: float, unit: float | None = None) -> str:
     if cost_usd < cap and unit is not None:  # (spent_out short of the cap)
         return (f"The batch's spending cap (${cap:.4f}) had ${cap - cost_usd:.4f} left (${cost_usd:.4f} spent), "

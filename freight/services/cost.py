@@ -117,10 +117,13 @@ class CostControls:
         problem = uncappable(model, est.model)
         if problem is not None:
             raise InvalidInput(f"'max_cost_usd' {problem}", param="max_cost_usd", code="invalid_value")
+        which = "the batch's max_cost_usd" if cap == batch.max_cost_usd else "the project's max_cost_usd"
         estimate = model.cost_usd(pricing.Tokens(input=est.input_tokens))
         if estimate is not None:
-            which = "the batch's max_cost_usd" if cap == batch.max_cost_usd else "the project's max_cost_usd"
             budget.refuse_over_estimate(estimate, cap, which=which)
+        largest = self.largest_request_usd(batch, input_file)
+        if largest is not None:
+            budget.refuse_below_one_request(largest, cap, which=which)
 
     def largest_request_usd(self, batch: Batch, input_file: File) -> float | None:
         """The most any one of the batch's requests that sets an output limit (``max_tokens`` ...) is estimated
