@@ -3,6 +3,7 @@ and the OpenAI SDK lifecycle against ``freight serve --blobs s3://…``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -237,3 +238,39 @@ def test_a_large_blob_never_sits_whole_in_memory(s3: dict[str, str], tmp_path: P
     assert done.returncode == 0, done.stderr
     grew = float(done.stdout.strip().splitlines()[-1])
     assert grew < mib / 2, f"peak RSS grew by {grew:.0f} MiB moving a {mib} MiB blob"
+
+
+def test_a_file_store_that_stops_answering_is_a_503_that_says_so(tmp_path: Path) -> None:
+    """Found by an audit: with the S3 endpoint gone, an upload was a bare 500 and the log an 'unhandled error'
+    traceback (obstore's writer raises OSError, which was not caught). Now a 503 saying nothing was kept."""
+    import openai
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint, "FREIGHT_BLOBS_ALLOW_HTTP": "1"}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+    config = tmp_path / "freight.toml"
+    config.write_text(config_text())
+    server = _S3Server(tmp_path / "data", config, blobs=f"s3://{BUCKET}/gone", env=env).start()
+    try:
+        client = server.client().with_options(max_retries=0, timeout=120)
+        kept = client.files.create(file=("in.jsonl", jsonl_bytes([request_line("a")])), purpose="batch")
+        moto.stop()
+        with pytest.raises(openai.APIStatusError) as info:
+            client.files.create(file=("in.jsonl", jsonl_bytes([request_line("b")])), purpose="batch")
+        assert info.value.status_code == 503, info.value
+        assert "file store did not answer" in str(info.value.body) and endpoint not in str(info.value.body)
+        with pytest.raises(openai.APIStatusError) as read:
+            client.files.content(kept.id)
+        assert read.value.status_code == 503
+        log = server.log_tail(1 << 20)
+        assert "blob_store_failed" in log or "S3 file store failed" in log, log
+        assert "unhandled error" not in log, log
+    finally:
+        server.stop()
+        with contextlib.suppress(Exception):
+            moto.stop()

@@ -96,6 +96,13 @@ class StoreError(FreightError):
     """The store failed."""
 
 
+class StoreUnavailable(StoreError):
+    """The server's file store did not answer (an S3 endpoint down or refusing); try again later."""
+
+    status_code = 503
+    public = True
+
+
 class InsufficientStorage(StoreError):
     """The server has no space left to store this; nothing was stored."""
 

@@ -15,6 +15,7 @@ reader fetches ranges of ``read_bytes`` as it is read. Why obstore and not s3fs:
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any
@@ -25,7 +26,9 @@ from obstore.exceptions import BaseError as ObjectStoreError
 from obstore.exceptions import NotFoundError
 from obstore.store import S3Store
 
-from freight.domain.errors import ConfigError, StoreError
+from freight.domain.errors import ConfigError, StoreError, StoreUnavailable
+
+log = logging.getLogger("freight.store")
 
 if TYPE_CHECKING:
     from obstore import ReadableFile, WritableFile
@@ -46,6 +49,17 @@ _NOT_FOUND = (NotFoundError, FileNotFoundError)
 def _why(exc: BaseException) -> str:
     """obstore's message without its multi-line debug dump."""
     return str(exc).split("\n\nDebug source")[0].strip()
+
+
+#: What a failing S3 call raises: obstore's errors, and OSError from its file-like reader and writer.
+_FAILED = (ObjectStoreError, OSError)
+
+
+def _unavailable(what: str, exc: BaseException) -> StoreUnavailable:
+    """The bucket did not do ``what``: the detail to the log, a 503 that says so (and no more) to the client."""
+    log.error("the S3 file store failed to %s: %s", what, _why(exc), extra={"event": "blob_store_failed"})
+    return StoreUnavailable("The server's file store did not answer; nothing this request sent was kept. "
+                            "Try again later.")
 
 
 def _truthy(value: str | None) -> bool:
@@ -75,8 +89,8 @@ class _Reader(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         try:
             data = self._inner.read(len(view))
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot read blob: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable("read a blob", exc) from exc
         n = len(data)
         view[:n] = memoryview(data)
         return n
@@ -92,8 +106,8 @@ class S3BlobWriter:
         try:
             self._file: WritableFile | None = obstore.open_writer(
                 store, key, buffer_size=PART_BYTES, max_concurrency=MAX_CONCURRENCY)
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot create blob {key}: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable(f"create blob {key}", exc) from exc
         self._key = key
         self._size = 0
 
@@ -105,9 +119,9 @@ class S3BlobWriter:
         assert self._file is not None, "write after commit/abort"
         try:
             self._file.write(data)
-        except ObjectStoreError as exc:
+        except _FAILED as exc:
             self.abort()
-            raise StoreError(f"cannot write blob {self._key}: {_why(exc)}") from exc
+            raise _unavailable(f"write blob {self._key}", exc) from exc
         self._size += len(data)
 
     def commit(self) -> int:
@@ -115,8 +129,8 @@ class S3BlobWriter:
         file, self._file = self._file, None
         try:
             file.close()  # completes the multipart upload (or PUTs a small blob): visible only now
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot commit blob {self._key}: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable(f"commit blob {self._key}", exc) from exc
         return self._size
 
     def abort(self) -> None:
@@ -125,7 +139,7 @@ class S3BlobWriter:
             # Leaving the writer with an exception aborts the multipart upload: nothing under the key.
             try:
                 file.__exit__(StoreError, StoreError("aborted"), None)
-            except ObjectStoreError:
+            except _FAILED:
                 pass  # the bucket's lifecycle rule for incomplete uploads is the backstop
 
 
@@ -184,8 +198,10 @@ class S3BlobStore:
     def open(self, key: str) -> IO[bytes]:
         try:
             inner = obstore.open_reader(self._store, self._key(key), buffer_size=READ_BYTES)
-        except (*_NOT_FOUND, ObjectStoreError) as exc:
+        except _NOT_FOUND as exc:
             raise StoreError(f"cannot open blob {key}: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable(f"open blob {key}", exc) from exc
         return io.BufferedReader(_Reader(inner), buffer_size=READ_BYTES)
 
     def size(self, key: str) -> int:
@@ -193,24 +209,24 @@ class S3BlobStore:
             return int(obstore.head(self._store, self._key(key))["size"])
         except _NOT_FOUND as exc:
             raise FileNotFoundError(f"no blob {key}") from exc
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot stat blob {key}: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable(f"stat blob {key}", exc) from exc
 
     def delete(self, key: str) -> None:
         try:
             obstore.delete(self._store, self._key(key))
         except _NOT_FOUND:
             pass
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot delete blob {key}: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable(f"delete blob {key}", exc) from exc
 
     def exists(self, key: str) -> bool:
         try:
             obstore.head(self._store, self._key(key))
         except _NOT_FOUND:
             return False
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot stat blob {key}: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable(f"stat blob {key}", exc) from exc
         return True
 
     def keys(self, older_than: float | None = None) -> list[str]:
@@ -219,8 +235,8 @@ class S3BlobStore:
             for chunk in obstore.list(self._store):
                 found.extend(meta["path"] for meta in chunk if _KEY_RE.match(meta["path"])
                              and (older_than is None or meta["last_modified"].timestamp() < older_than))
-        except ObjectStoreError as exc:
-            raise StoreError(f"cannot list blobs: {_why(exc)}") from exc
+        except _FAILED as exc:
+            raise _unavailable("list blobs", exc) from exc
         return found
 
     # An object store has no disk of ours to fill: there is no reserve to give back or take again.
