@@ -371,10 +371,13 @@ def test_per_project_limits_are_clear_429s_and_400s(limited: FreightServer) -> N
         assert info.value.code == "too_many_queued_requests"
         assert info.value.body["type"] == "rate_limit_error"  # type: ignore[index]
         assert "50" in info.value.message
+        # Only finished batches lift it: the SDK is told not to retry within the second (it did, twice).
+        assert info.value.response.headers.get("x-should-retry") == "false"
         second = _batch_of(a, 10, "c", sleep_s=2.0)  # 40 queued: fits
         with pytest.raises(openai.RateLimitError) as info:
             _batch_of(a, 1, "d")
         assert info.value.code == "too_many_active_batches"
+        assert info.value.response.headers.get("x-should-retry") == "false"
         with pytest.raises(openai.BadRequestError) as too_big:
             _batch_of(a, 51, "e")  # could never fit
         assert too_big.value.code == "too_many_queued_requests"

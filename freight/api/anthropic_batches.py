@@ -49,18 +49,19 @@ def is_anthropic_path(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
-def error_response(request: Request | None, status: int, message: str, error_type: str | None = None) -> JSONResponse:
+def error_response(request: Request | None, status: int, message: str, error_type: str | None = None,
+                   code: str | None = None) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None) if request is not None else None
     body = anthropic.error_envelope(error_type or anthropic.error_type_for(status), message,
                                     request_id or ids.new_request_id())
-    return JSONResponse(body, status_code=status, headers=retry_headers(status))
+    return JSONResponse(body, status_code=status, headers=retry_headers(status, code))
 
 
 def from_freight_error(request: Request | None, exc: FreightError) -> JSONResponse:
     if exc.status_code >= 500 and not exc.public:
         log.error("internal error: %s", exc.message)
         return error_response(request, 500, "Internal server error.", "api_error")
-    return error_response(request, exc.status_code, exc.message)
+    return error_response(request, exc.status_code, exc.message, code=exc.code)
 
 
 def reshape_error(request: Request, response: JSONResponse) -> JSONResponse:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from freight.domain.errors import FreightError
+from freight.domain.quota import WAIT_FOR_BATCHES
 from freight.wire.openai import error_envelope
 
 log = logging.getLogger("freight.api")
@@ -37,14 +38,15 @@ _STATUS_TYPES = {
 DETERMINISTIC = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 422})
 
 
-def retry_headers(status: int) -> dict[str, str]:
-    """``x-should-retry: false`` for a ``DETERMINISTIC`` status, else nothing (the SDKs' own rules)."""
-    return {"x-should-retry": "false"} if status in DETERMINISTIC else {}
+def retry_headers(status: int, code: str | None = None) -> dict[str, str]:
+    """``x-should-retry: false`` for a ``DETERMINISTIC`` status, or a quota 429 that only finished batches lift
+    (the SDKs would retry it within a second or two, then fail anyway); else nothing (the SDKs' own rules)."""
+    return {"x-should-retry": "false"} if status in DETERMINISTIC or code in WAIT_FOR_BATCHES else {}
 
 
 def error_response(status: int, message: str, error_type: str | None = None, param: str | None = None,
                    code: str | None = None) -> JSONResponse:
-    headers = retry_headers(status)
+    headers = retry_headers(status, code)
     body = error_envelope(message, error_type or _STATUS_TYPES.get(status, "server_error"), param, code)
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -34,6 +34,11 @@ def queued_requests(batches: Iterable[ActiveBatch]) -> int:
     return sum((b.input_lines or 0) if b.total == 0 else b.total - b.completed - b.failed for b in batches)
 
 
+#: The 429s that only the project's own batches finishing can lift: asking again in a second cannot help
+#: (the API tells clients not to retry them at once: ``x-should-retry: false``).
+WAIT_FOR_BATCHES = frozenset({"too_many_active_batches", "too_many_queued_requests"})
+
+
 def check_quota(quota: Quota, active: int, queued: int, requests: int) -> None:
     """Raise ``RateLimited`` when a project with ``active`` batches and ``queued`` requests may not
     add a batch of ``requests`` more."""
