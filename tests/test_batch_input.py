@@ -159,6 +159,15 @@ def test_custom_id_length_limit() -> None:
     assert codes(v) == [(1, "invalid_value", "custom_id")]
 
 
+def test_a_custom_id_with_a_nul_is_its_lines_problem() -> None:
+    """Found by an audit: valid JSON, so it passed validation; PostgreSQL's text cannot hold U+0000, so storing
+    the requests failed ten times and the batch ended failed with internal_error and no line. On both stores
+    it is now its line's invalid_value."""
+    v = validate(line("ok"), line("a\x00b"), line("fine"))
+    assert codes(v) == [(2, "invalid_value", "custom_id")]
+    assert "NUL" in v.problems[0].message
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),

@@ -443,6 +443,11 @@ def test_batches_list_pages_newest_first(client: OpenAI) -> None:
     assert [b.id for b in after.data] == [mine[-2], mine[-3]]
     tail = client.batches.list(after=all_ids[-1], limit=2)
     assert tail.data == [] and tail.has_more is False
+    # A cursor no id can be (a NUL: PostgreSQL cannot even compare it) is the client's 400, not the store's 500.
+    for listing in (lambda: client.batches.list(after="batch_\x00"), lambda: client.files.list(after="file-\x00")):
+        with pytest.raises(openai.BadRequestError) as nul:
+            listing()
+        assert nul.value.code == "invalid_value" and nul.value.param == "after"
 
     for limit in (0, 101):
         with pytest.raises(openai.BadRequestError) as e:

@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from freight.domain.errors import InvalidInput, PayloadTooLarge
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
+from freight.domain.text import storable
 from freight.wire import jsonx
 from freight.wire.json_stream import nests_deeper_than
 
@@ -43,6 +44,9 @@ def choice_param(request: Request, name: str, default: str | None, choices: tupl
 
 def str_param(request: Request, name: str) -> str | None:
     raw = request.query_params.get(name)
+    if raw and not storable(raw):  # (no id holds one; PostgreSQL cannot even compare it)
+        raise InvalidInput(f"Invalid value for '{name}': it contains a NUL character (U+0000).", param=name,
+                           code="invalid_value")
     return raw or None
 
 

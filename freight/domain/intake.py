@@ -22,6 +22,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from freight.domain.text import storable
+
 FlushReason = Literal["size", "age", "deadline"]
 
 
@@ -100,18 +102,6 @@ class Rejected:
 #: A message id longer than this is kept as its digest (``message_key``): a store's unique index on
 #: (intake, message id) has a size limit per entry (PostgreSQL's btree: about 2,700 bytes).
 MAX_MESSAGE_ID_CHARS = 256
-
-
-def storable(text: str) -> bool:
-    """Whether a store can keep this text as it is: no NUL character (PostgreSQL's text cannot hold one)
-    and valid UTF-8 (no lone surrogate)."""
-    if "\0" in text:
-        return False
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def message_key(message_id: str) -> str:

@@ -19,6 +19,7 @@ from typing import IO, Any
 from freight.domain.batches import describe_problem
 from freight.domain.nesting import MAX_JSON_NESTING, too_deep_message
 from freight.domain.records import quick_init
+from freight.domain.text import storable
 from freight.wire import jsonx
 from freight.wire.json_stream import nests_deeper_than
 
@@ -228,6 +229,10 @@ class BatchInputValidator:
             return None
         if not custom_id:
             self._problem(line, "invalid_value", "custom_id must not be empty.", "custom_id")
+            return None
+        if not storable(custom_id):
+            self._problem(line, "invalid_value", "custom_id must not contain the NUL character (U+0000): "
+                          "freight's stores cannot keep it.", "custom_id")
             return None
         if len(custom_id) > self.limits.max_custom_id_chars:
             self._problem(
