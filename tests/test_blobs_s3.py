@@ -36,9 +36,8 @@ from freight.store.blobs_s3 import PART_BYTES, S3BlobStore
 BUCKET = "freight-blobs"
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, str]]:
-    """A moto S3 server on a free loopback port; the environment that points freight at it."""
+def _moto() -> tuple[ThreadedMotoServer, dict[str, str]]:
+    """A moto S3 server started on a free loopback port, with the bucket; the environment that points freight at it."""
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -47,6 +46,13 @@ def s3() -> Iterator[dict[str, str]]:
            "AWS_ENDPOINT_URL": endpoint, "FREIGHT_BLOBS_ALLOW_HTTP": "1"}
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
                  aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+    return server, env
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server on a free loopback port; the environment that points freight at it."""
+    server, env = _moto()
     try:
         yield env
     finally:
@@ -245,14 +251,8 @@ def test_a_file_store_that_stops_answering_is_a_503_that_says_so(tmp_path: Path)
     traceback (obstore's writer raises OSError, which was not caught). Now a 503 saying nothing was kept."""
     import openai
 
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint, "FREIGHT_BLOBS_ALLOW_HTTP": "1"}
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
+    moto, env = _moto()  # its own: this test stops it
+    endpoint = env["AWS_ENDPOINT_URL"]
     config = tmp_path / "freight.toml"
     config.write_text(config_text())
     server = _S3Server(tmp_path / "data", config, blobs=f"s3://{BUCKET}/gone", env=env).start()
