@@ -101,7 +101,13 @@ def _upstream(table: dict[str, Any]) -> tuple[str, object] | None:
     url = table.get("base_url")
     if table.get("backend") != "openai" or not isinstance(url, str) or not url:
         return None
-    return url.rstrip("/"), table.get("api_key_env")
+    from freight.backends.openai_http.checks import normalize_base_url  # (only for a remote model)
+    from freight.domain.errors import ConfigError
+
+    try:
+        return normalize_base_url(url), table.get("api_key_env")  # (the backend's own form of it)
+    except ConfigError:
+        return None
 
 
 def shared_limit(key: str, table: dict[str, Any], tables: dict[str, dict[str, Any]]) -> int | None:

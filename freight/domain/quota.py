@@ -34,9 +34,11 @@ def queued_requests(batches: Iterable[ActiveBatch]) -> int:
     return sum((b.input_lines or 0) if b.total == 0 else b.total - b.completed - b.failed for b in batches)
 
 
+TOO_MANY_ACTIVE_BATCHES = "too_many_active_batches"
+TOO_MANY_QUEUED_REQUESTS = "too_many_queued_requests"
 #: The 429s that only the project's own batches finishing can lift: asking again in a second cannot help
 #: (the API tells clients not to retry them at once: ``x-should-retry: false``).
-WAIT_FOR_BATCHES = frozenset({"too_many_active_batches", "too_many_queued_requests"})
+WAIT_FOR_BATCHES = frozenset({TOO_MANY_ACTIVE_BATCHES, TOO_MANY_QUEUED_REQUESTS})
 
 
 def check_quota(quota: Quota, active: int, queued: int, requests: int) -> None:
@@ -45,9 +47,9 @@ def check_quota(quota: Quota, active: int, queued: int, requests: int) -> None:
     if quota.max_active_batches is not None and active >= quota.max_active_batches:
         raise RateLimited(
             f"This project has {active} active batches, its limit (limits.max_active_batches_per_project); "
-            "wait for one to finish, or cancel one, then try again.", code="too_many_active_batches")
+            "wait for one to finish, or cancel one, then try again.", code=TOO_MANY_ACTIVE_BATCHES)
     if quota.max_queued_requests is not None and queued + requests > quota.max_queued_requests:
         raise RateLimited(
             f"This project has {queued} requests queued; this batch's {requests} more would pass its limit of "
             f"{quota.max_queued_requests} (limits.max_queued_requests_per_project). Try again when more "
-            "requests have finished.", code="too_many_queued_requests")
+            "requests have finished.", code=TOO_MANY_QUEUED_REQUESTS)

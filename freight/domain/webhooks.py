@@ -109,10 +109,13 @@ class WebhookPolicy:
             raise ValueError(f"retry_base_delay_s ({self.base_delay_s}) must be at most retry_max_delay_s "
                              f"({self.max_delay_s})")
 
+    def delay_s(self, attempts: int) -> float:
+        """How long to wait after ``attempts`` failed tries: doubling from ``base_delay_s``, at most ``max_delay_s``."""
+        return min(self.max_delay_s, self.base_delay_s * 2.0 ** max(0, attempts - 1))
+
     def next_attempt(self, attempts: int, event_at: float, now: float) -> float | None:
         """When to try again after ``attempts`` failed tries; None once ``retry_for_s`` is spent."""
-        delay = min(self.max_delay_s, self.base_delay_s * 2 ** max(0, attempts - 1))
-        at = now + delay
+        at = now + self.delay_s(attempts)
         return None if at > event_at + self.retry_for_s else at
 
 

@@ -102,7 +102,7 @@ class WebhookDeliverer:
         self._inflight.pop(seq, None)
         if not task.cancelled() and (exc := task.exception()) is not None:  # (the store, recording the outcome)
             times = self._held.get(seq, (0, 0.0))[0] + 1
-            delay = min(self.policy.max_delay_s, self.policy.base_delay_s * 2 ** (times - 1))
+            delay = self.policy.delay_s(times)
             self._held[seq] = (times, self.clock.now() + delay)
             log.warning("webhook delivery attempt not recorded (%s: %s); not sent again for %.0f s",
                         type(exc).__name__, exc, delay, extra={"event": "webhook_step_failed"})

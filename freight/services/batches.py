@@ -12,6 +12,7 @@ from freight.domain.clock import Clock
 from freight.domain.durations import completion_window_s
 from freight.domain.errors import InvalidInput, NotFound
 from freight.domain.files import MAX_EXPIRES_AFTER_S, MIN_EXPIRES_AFTER_S
+from freight.domain.quota import TOO_MANY_QUEUED_REQUESTS
 from freight.domain.windows import Calendar
 from freight.ports import Page, Quota, Store
 from freight.services.cost import CostControls
@@ -199,7 +200,7 @@ class BatchService:
             raise InvalidInput(
                 f"File {input_file_id!r} has {requests} requests; a project may have at most {limit} queued "
                 "(limits.max_queued_requests_per_project). Split it into smaller batches.",
-                param="input_file_id", code="too_many_queued_requests")
+                param="input_file_id", code=TOO_MANY_QUEUED_REQUESTS)
         batch = Batch(
             id=ids.new_batch_id(),
             project=project,

@@ -16,7 +16,7 @@ from freight.domain.clock import Clock
 from freight.domain.errors import InvalidInput
 from freight.domain.files import File
 from freight.domain.windows import Calendar
-from freight.services.estimate import estimate_lines, heuristic_count, input_texts, output_limit
+from freight.services.estimate import Estimate, output_limit
 from freight.services.prices import PriceBook
 from freight.wire import jsonx
 from freight.wire.batch_input import iter_lines
@@ -99,18 +99,15 @@ class CostControls:
         return budget.effective_cap(batch.max_cost_usd, self.project_caps.get(batch.project))
 
     def admit(self, batch: Batch, input_file: File) -> None:
-        """At create: a 400 when the batch has a cap that its input's estimated cost already exceeds,
-        or one that cannot be checked (its model has no price). Only the input tokens are counted,
-        so a refused cap is one that is certain to be exceeded."""
+        """At create: a 400 when the batch has a cap that its input's estimated cost already exceeds (only
+        the input tokens are counted, so a refused cap is one the prompts alone would exceed), one below what
+        a single request may cost (``largest_request_usd``: the first claim would stop the batch), or one
+        that cannot be checked (its model has no price)."""
         cap = self.cap(batch)
-        if cap is None or self.open_file is None:
+        scanned = self._scan(batch, input_file) if cap is not None else None
+        if cap is None or scanned is None:
             return
-        stream = self.open_file(input_file)
-        if stream is None:
-            return
-        with stream:
-            bodies = (_body(raw.data) for raw in iter_lines(stream, self.max_line_bytes))
-            est = estimate_lines(batch.endpoint, (b for b in bodies if b is not None))
+        est, largest = scanned
         if est.model is None:
             return  # the batch will fail validation: nothing to estimate
         model = self.pricing_of(batch, est.model)
@@ -121,7 +118,6 @@ class CostControls:
         estimate = model.cost_usd(pricing.Tokens(input=est.input_tokens))
         if estimate is not None:
             budget.refuse_over_estimate(estimate, cap, which=which)
-        largest = self.largest_request_usd(batch, input_file)
         if largest is not None:
             budget.refuse_below_one_request(largest, cap, which=which)
 
@@ -130,23 +126,34 @@ class CostControls:
         to cost: its prompt (estimated as at create) and all of its limit. What a claim sets aside for each
         request not yet paid for (``budget.affordable``); None when no request sets a limit, the file is
         gone or the model has no per-token price."""
+        scanned = self._scan(batch, input_file)
+        return None if scanned is None else scanned[1]
+
+    def _scan(self, batch: Batch, input_file: File) -> tuple[Estimate, float | None] | None:
+        """One read of the input file: its estimate, and the most one request that sets an output limit may
+        cost (``largest_request_usd``); None when the file is gone."""
         stream = self.open_file(input_file) if self.open_file is not None else None
         if stream is None:
             return None
+        est = Estimate()
         largest: float | None = None
+        prices: dict[str | None, pricing.ModelPricing] = {}
         with stream:
             for raw in iter_lines(stream, self.max_line_bytes):
                 body = _body(raw.data)
-                limit = None if body is None else output_limit(batch.endpoint, body)
-                if body is None or limit is None:
+                if body is None:
                     continue
-                texts, fixed = input_texts(batch.endpoint, body)
-                tokens = pricing.Tokens(input=fixed + sum(heuristic_count(t) for t in texts), output=limit)
-                model = body.get("model")
-                cost = self.pricing_of(batch, model if isinstance(model, str) else None).cost_usd(tokens)
+                input_tokens = est.add(batch.endpoint, body)
+                limit = output_limit(batch.endpoint, body)
+                if limit is None:
+                    continue
+                model = body.get("model") if isinstance(body.get("model"), str) else None
+                if model not in prices:
+                    prices[model] = self.pricing_of(batch, model)
+                cost = prices[model].cost_usd(pricing.Tokens(input=input_tokens, output=limit))
                 if cost is not None and (largest is None or cost > largest):
                     largest = cost
-        return largest
+        return est, largest
 
     def cost(self, batch: Batch) -> BatchCost:
         model = self.pricing_of(batch)

@@ -115,10 +115,12 @@ class Estimate:
     def tokens(self) -> pricing.Tokens:
         return pricing.Tokens(input=self.input_tokens, output=self.output_tokens)
 
-    def add(self, endpoint: str, body: dict[str, Any], count: Counter | None = None) -> None:
+    def add(self, endpoint: str, body: dict[str, Any], count: Counter | None = None) -> int:
+        """Count one request in; its input tokens."""
         texts, fixed = input_texts(endpoint, body)
         counter = count or heuristic_count
-        self.input_tokens += fixed + sum(counter(t) for t in texts)
+        tokens = fixed + sum(counter(t) for t in texts)
+        self.input_tokens += tokens
         self.output_tokens += output_tokens(endpoint, body)
         self.requests += 1
         model = body.get("model")
@@ -126,6 +128,7 @@ class Estimate:
             self.models.add(model)
             if self.model is None:
                 self.model = model
+        return tokens
 
 
 def estimate_lines(endpoint: str, bodies: Iterable[dict[str, Any]], count: Counter | None = None) -> Estimate:
