@@ -25,6 +25,8 @@ PUMP_INTERVAL_S = 0.1
 FLUSH_INTERVAL_S = 0.05
 #: The longest wait before a failed consumer reconnects (the wait doubles from 1 s).
 CONSUME_BACKOFF_MAX_S = 30.0
+#: A failed consumer's waits (``step_s``: no give-up, a broker that cannot be reached is tried for ever).
+CONSUME_BACKOFF = RetryPolicy(base_delay_s=1.0, max_delay_s=CONSUME_BACKOFF_MAX_S)
 #: Results published concurrently (each awaits its broker's confirmation), then recorded together.
 PUBLISH_AT_ONCE = 100
 
@@ -179,7 +181,7 @@ async def _consume(intake: Intake, source: Source, stop: asyncio.Event) -> None:
             if loop.time() - started >= CONSUME_BACKOFF_MAX_S:
                 failures = 0  # (it had been consuming: a new streak)
             failures += 1
-            delay = min(CONSUME_BACKOFF_MAX_S, 2.0 ** (failures - 1))
+            delay = CONSUME_BACKOFF.step_s(failures)
             if failures == 1:
                 log.warning("intake %s: consumer failed (%s: %s); reconnecting, backing off up to %.0f s",
                             intake.name, type(exc).__name__, exc, CONSUME_BACKOFF_MAX_S,
